@@ -1,0 +1,157 @@
+-- pg_deploy install script, part 10: the ledger's tables.
+
+-- Roles are cluster-wide and outlive the extension: create them only when missing, so CREATE EXTENSION works in a
+-- second database of the same cluster and again after DROP EXTENSION.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'deploy_reader') THEN
+        CREATE ROLE deploy_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'deploy_admin') THEN
+        CREATE ROLE deploy_admin NOLOGIN;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deploy_admin', 'deploy_reader', 'MEMBER') THEN
+        GRANT deploy_reader TO deploy_admin;
+    END IF;
+END
+$roles$;
+
+REVOKE ALL ON SCHEMA deploy FROM PUBLIC;
+GRANT USAGE ON SCHEMA deploy TO deploy_reader, deploy_admin;
+
+-- The catalog of known migrations. up/down/verify SQL are what the files said at registration time.
+CREATE TABLE deploy.migrations (
+    version        text        PRIMARY KEY,
+    sort_key       text        COLLATE "C" NOT NULL UNIQUE,   -- deploy.version_key(version): natural order
+    name           text        NOT NULL,
+    up_sql         text        NOT NULL,
+    down_sql       text,                                     -- NULL: irreversible
+    verify_sql     text,
+    checksum       text        NOT NULL,                     -- hex sha256 of up_sql
+    transactional  boolean     NOT NULL DEFAULT true,
+    reversibility  text        NOT NULL DEFAULT 'reversible'
+                   CHECK (reversibility IN ('reversible', 'lossy', 'irreversible')),
+    registered_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    registered_by  name        NOT NULL DEFAULT current_user,
+    CHECK (reversibility = 'irreversible' OR down_sql IS NOT NULL)
+);
+
+-- One row per operation that changes the schema version or the app version: up, down, rollback, baseline.
+CREATE TABLE deploy.deployments (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text        NOT NULL DEFAULT 'up' CHECK (kind IN ('up', 'down', 'rollback', 'baseline')),
+    app_version     text,
+    state           text        NOT NULL DEFAULT 'running'
+                    CHECK (state IN ('running', 'succeeded', 'failed', 'rolled_back')),
+    started_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at     timestamptz,
+    started_by      name        NOT NULL DEFAULT current_user,
+    version_before  text,
+    version_after   text,
+    reverts         bigint,      -- kind = rollback: the deployment it undid (no FK: keeps pg_dump simple)
+    rolled_back_by  bigint,      -- state = rolled_back: the rollback deployment that did it
+    error           jsonb,                                           -- {"version","sqlstate","message",...}
+    metadata        jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX deployments_state_idx ON deploy.deployments (state, id);
+
+-- What is applied now. A row is deleted when its migration is reverted (the events keep the history).
+-- down_sql is copied here at apply time: a rollback never depends on files a code revert removed.
+CREATE TABLE deploy.applied (
+    version        text             PRIMARY KEY,
+    sort_key       text             COLLATE "C" NOT NULL UNIQUE,
+    name           text             NOT NULL,
+    checksum       text             NOT NULL,
+    down_sql       text,
+    reversibility  text             NOT NULL,
+    transactional  boolean          NOT NULL DEFAULT true,
+    deployment_id  bigint           NOT NULL REFERENCES deploy.deployments (id),
+    applied_at     timestamptz      NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    applied_by     name             NOT NULL DEFAULT current_user,
+    duration_ms    double precision NOT NULL DEFAULT 0,
+    baseline       boolean          NOT NULL DEFAULT false
+);
+CREATE INDEX applied_deployment_idx ON deploy.applied (deployment_id);
+
+-- Checkpoints: one row per statement of a non-transactional migration (and per migration of CALL deploy.run),
+-- so an interrupted deployment resumes at the first step that is not done.
+CREATE TABLE deploy.checkpoints (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    deployment_id  bigint      NOT NULL REFERENCES deploy.deployments (id),
+    version        text        NOT NULL,
+    step           integer     NOT NULL,
+    statement      text        NOT NULL,
+    state          text        NOT NULL DEFAULT 'pending'
+                   CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    holder         text,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    attempts       integer     NOT NULL DEFAULT 0,
+    error          jsonb,
+    UNIQUE (deployment_id, version, step)
+);
+
+-- Rollback markers: a durable request to undo a deployment, executed by whoever claims it (seed 000).
+CREATE TABLE deploy.rollback_markers (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    deployment_id   bigint      NOT NULL REFERENCES deploy.deployments (id),
+    target_version  text,                -- schema version to return to (the deployment's version_before)
+    reason          text        NOT NULL,
+    details         jsonb       NOT NULL DEFAULT '{}',
+    state           text        NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'in_progress', 'done', 'failed', 'needs_attention')),
+    requested_by    name        NOT NULL DEFAULT current_user,
+    requested_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    holder          text,
+    lease_until     timestamptz,
+    attempts        integer     NOT NULL DEFAULT 0,
+    last_error      jsonb,
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    resolved_by     name,
+    resolution      text
+);
+-- At most one open marker per deployment: requesting twice returns the open one.
+CREATE UNIQUE INDEX rollback_markers_open_idx ON deploy.rollback_markers (deployment_id)
+    WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+CREATE INDEX rollback_markers_state_idx ON deploy.rollback_markers (state, id);
+
+-- Data that a lossy down script dropped, kept for the rollback window.
+CREATE TABLE deploy.archived (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    deployment_id  bigint      REFERENCES deploy.deployments (id),
+    version        text        NOT NULL,
+    object_type    text        NOT NULL,      -- 'table' | 'column'
+    object_name    text        NOT NULL,      -- as it was: schema.table or schema.table.column
+    archive_table  text        NOT NULL,      -- deploy_archive.<name>
+    row_count      bigint,
+    archived_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    expires_at     timestamptz
+);
+
+-- Append-only audit log. Every state change writes one row in the same transaction and sends NOTIFY pg_deploy.
+CREATE TABLE deploy.events (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at             timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    kind           text        NOT NULL,
+    deployment_id  bigint,
+    version        text,
+    marker_id      bigint,
+    actor          name        NOT NULL DEFAULT current_user,
+    details        jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_deployment_idx ON deploy.events (deployment_id) WHERE deployment_id IS NOT NULL;
+CREATE INDEX events_marker_idx ON deploy.events (marker_id) WHERE marker_id IS NOT NULL;
+
+-- pg_dump keeps the history (the tables are extension members, so it would skip their rows otherwise).
+SELECT pg_catalog.pg_extension_config_dump('deploy.migrations', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.deployments', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.applied', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.checkpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.rollback_markers', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.archived', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.events', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.deployments_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.checkpoints_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.rollback_markers_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.archived_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('deploy.events_id_seq', '');
