@@ -1,0 +1,1 @@
+SELECT id, email, name, created_at FROM shop.customers WHERE false;

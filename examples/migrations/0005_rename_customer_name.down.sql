@@ -1,0 +1,1 @@
+ALTER TABLE shop.customers RENAME COLUMN full_name TO name;

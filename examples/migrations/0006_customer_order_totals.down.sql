@@ -1,0 +1,1 @@
+DROP VIEW shop.customer_order_totals;

@@ -1,0 +1,67 @@
+// pg_deploy: pieces shared by the SQL-callable functions of the engine (arguments, events, JSON, timing).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "pg_deploy/pg/spi.hpp"
+
+namespace pgdeploy {
+
+using Json = nlohmann::ordered_json;
+
+// Arguments. NULL where a value is required is 22004; the message names the argument.
+std::optional<std::string> opt_text_arg(FunctionCallInfo fcinfo, int argno);
+std::string required_text_arg(FunctionCallInfo fcinfo, int argno, const char* name);
+std::optional<bool> opt_bool_arg(FunctionCallInfo fcinfo, int argno);
+bool bool_arg(FunctionCallInfo fcinfo, int argno, const char* name);          // NULL refused
+std::optional<int64_t> opt_int8_arg(FunctionCallInfo fcinfo, int argno);
+std::optional<std::string> opt_jsonb_arg(FunctionCallInfo fcinfo, int argno);  // as JSON text
+
+// EventLog writes events through deploy.log_event (the only writer of deploy.events), prepared once per call.
+class EventLog {
+public:
+    void log(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
+             std::optional<int64_t> marker_id, const Json& details);
+
+private:
+    Plan plan_;
+};
+
+// Monotonic-enough wall clock for durations (GetCurrentTimestamp, microseconds).
+int64_t now_us();
+double ms_since(int64_t start_us);
+
+// SQL-callable result: jsonb built from JSON text in the caller's memory context.
+Datum json_result(const Json& j);
+
+// Migration error as reported in results and stored in deployments.error.
+struct SqlFailure {
+    std::string sqlstate, message, detail, hint, context;
+    Json to_json() const;
+};
+SqlFailure failure_from(const PgError& e);
+SqlFailure failure_from(const class DeployError& e);
+// is_user_cancel: a cancel request (not a timeout) must abort the whole call, not be recorded as a failed migration.
+bool is_user_cancel(const PgError& e);
+
+// MigrationTimer arms the statement timeout for one migration (pg_deploy.statement_timeout) and restores the
+// caller's statement timeout afterwards. SPI statements do not arm statement_timeout themselves (only top-level
+// statements do), so the timer is armed directly.
+class MigrationTimer {
+public:
+    MigrationTimer();
+    ~MigrationTimer();
+    MigrationTimer(const MigrationTimer&) = delete;
+    MigrationTimer& operator=(const MigrationTimer&) = delete;
+
+private:
+    bool armed_ = false;
+    bool outer_active_ = false;
+    int64_t outer_finish_ = 0;
+};
+
+}  // namespace pgdeploy

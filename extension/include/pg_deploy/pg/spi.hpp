@@ -1,0 +1,83 @@
+// pg_deploy: SPI with typed parameters, prepared once per call, every return code checked, all through pg_guard.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pg_deploy/pg/boundary.hpp"
+
+namespace pgdeploy {
+
+using Cell = std::optional<std::string>;
+using Row = std::vector<Cell>;
+
+struct Rows {
+    std::vector<Row> rows;
+    uint64_t processed = 0;
+    bool empty() const { return rows.empty(); }
+    const Row& front() const { return rows.front(); }
+};
+
+// Param is one typed argument of a prepared statement (converted to a Datum inside the guard).
+struct Param {
+    enum class Kind { Null, Text, Int8, Int4, Bool, Float8, Jsonb } kind = Kind::Null;
+    std::string text;
+    int64_t integer = 0;
+    double real = 0;
+    bool boolean = false;
+};
+Param p_null();
+Param p_text(const std::string& s);
+Param p_text(const Cell& s);
+Param p_int8(int64_t v);
+Param p_int8(const std::optional<int64_t>& v);
+Param p_int4(int32_t v);
+Param p_bool(bool v);
+Param p_float8(double v);
+Param p_jsonb(const std::string& json_text);
+Param p_jsonb(const Cell& json_text);
+
+// SpiSession connects on construction; finish() disconnects on the success path. On the error path the connection is
+// left for PostgreSQL's (sub)transaction abort to pop, as PL/pgSQL does.
+class SpiSession {
+public:
+    SpiSession();
+    void finish();
+    ~SpiSession() = default;
+    SpiSession(const SpiSession&) = delete;
+    SpiSession& operator=(const SpiSession&) = delete;
+
+private:
+    bool connected_ = false;
+};
+
+// Plan is a statement prepared with search_path pinned to pg_catalog, pg_temp: the extension's own queries never
+// resolve names through the caller's search_path, while migration SQL keeps it.
+class Plan {
+public:
+    Plan() = default;
+    Plan(const char* sql, std::vector<Oid> types);
+    Rows run(const std::vector<Param>& params = {}, long limit = 0) const;
+    bool prepared() const { return plan_ != nullptr; }
+
+private:
+    SPIPlanPtr plan_ = nullptr;
+    std::vector<Oid> types_;
+    std::string sql_;
+};
+
+// run_query prepares and runs a statement once (pinned search_path).
+Rows run_query(const char* sql, std::vector<Oid> types = {}, const std::vector<Param>& params = {});
+
+// run_user_sql executes migration SQL (possibly several statements) with the caller's search_path and rights.
+// Transaction control (COMMIT, ROLLBACK, ...) comes back from SPI as a return code: thrown as PD009.
+void run_user_sql(const std::string& sql);
+
+// Helpers reading cells.
+int64_t cell_int8(const Cell& c);
+bool cell_bool(const Cell& c);
+double cell_float8(const Cell& c);
+
+}  // namespace pgdeploy

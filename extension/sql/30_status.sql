@@ -1,0 +1,196 @@
+-- pg_deploy install script, part 30: the read side (current version, status) and the deploy-lock helpers that the
+-- operational functions share.
+
+-- Checkpoints are kept forever (one per step of every resumable deployment), but status only wants the unfinished
+-- ones: a partial index keeps that lookup independent of the history's size.
+CREATE INDEX checkpoints_unfinished_idx ON deploy.checkpoints (deployment_id, version, step)
+    WHERE state <> 'done';
+
+-- deploy.deploy_lock_holder reports who holds the deploy lock (advisory lock 'PDEP', key 1), or NULL. status()
+-- shows it and the lock wait error names it, because "lock held" alone sends an operator hunting through pg_locks.
+-- "since" is the holder's transaction start (the lock is transaction-scoped, so it was taken at or after that); it is
+-- NULL for callers that may not see other roles' activity (pg_stat_activity hides it from them).
+CREATE FUNCTION deploy.deploy_lock_holder()
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT jsonb_build_object('pid', l.pid,
+                              'application_name', a.application_name,
+                              'since', a.xact_start)
+    FROM pg_locks l
+    LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.classid = 1346651472 AND l.objid = 1 AND l.objsubid = 2
+      AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    ORDER BY l.pid
+    LIMIT 1
+$fn$;
+
+-- deploy.wait_for_deploy_lock takes the transaction-scoped deploy lock for the operational functions (baseline,
+-- execute_rollback), waiting at most pg_deploy.lock_wait, the same way as the engine's C++ (extension/src/pg/lock.cpp):
+-- in the lock manager under a local lock_timeout, so the waiter shows in pg_locks and wakes the moment the holder
+-- commits; the timeout is caught and turned into an error that names the holder. The lock is re-entrant within a
+-- transaction, so calling deploy.rollback()/deploy.up() afterwards is fine.
+CREATE FUNCTION deploy.wait_for_deploy_lock(operation text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    wait_for      interval := coalesce(nullif(current_setting('pg_deploy.lock_wait', true), ''), '10s')::interval;
+    old_timeout   text := current_setting('lock_timeout');
+    holder        jsonb;
+BEGIN
+    IF pg_try_advisory_xact_lock(1346651472, 1) THEN
+        RETURN;
+    END IF;
+    IF wait_for > interval '0' THEN
+        BEGIN
+            PERFORM set_config('lock_timeout', (extract(epoch FROM wait_for) * 1000)::bigint::text, true);
+            PERFORM pg_advisory_xact_lock(1346651472, 1);
+            PERFORM set_config('lock_timeout', old_timeout, true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;   -- the subtransaction's rollback also restored lock_timeout
+        END;
+    END IF;
+    holder := deploy.deploy_lock_holder();
+    RAISE EXCEPTION 'deploy lock is held by another session (application_name "%"): % gave up after pg_deploy.lock_wait',
+                    coalesce(holder->>'application_name', ''), operation
+        USING ERRCODE = '55P03',
+              DETAIL = format('holder pid %s, since %s; waited %s', coalesce(holder->>'pid', '?'),
+                              coalesce(holder->>'since', 'unknown'), wait_for),
+              HINT = 'Wait for the other deploy operation to finish, or raise pg_deploy.lock_wait.';
+END
+$fn$;
+
+-- deploy.check_version_arg refuses a NULL or malformed version argument with the contract's SQLSTATEs before it
+-- reaches a query, so a typo reads "invalid version" rather than "unknown version".
+CREATE FUNCTION deploy.check_version_arg(version text, argument text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF version IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF version !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' THEN
+        RAISE EXCEPTION 'invalid version %: % must be 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit',
+                        quote_literal(left(version, 80)), argument
+            USING ERRCODE = '22023';
+    END IF;
+END
+$fn$;
+
+-- deploy.current_version is called by applications on every start-up and health check: one probe of the unique
+-- sort_key index, nothing else.
+CREATE FUNCTION deploy.current_version()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT version FROM deploy.applied ORDER BY sort_key DESC LIMIT 1
+$fn$;
+
+-- deploy.require_version lets an application refuse to start against a schema older than it needs. It raises rather
+-- than returning false, so a start-up check cannot ignore the answer by accident.
+CREATE FUNCTION deploy.require_version(version text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    needed_key   text;
+    current_row  record;
+BEGIN
+    PERFORM deploy.check_version_arg(version, 'version');
+    needed_key := deploy.version_key(version);
+    SELECT a.version, a.sort_key INTO current_row
+    FROM deploy.applied a ORDER BY a.sort_key DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'schema version % required, but the database has nothing applied', version
+            USING ERRCODE = 'PD005',
+                  HINT = 'Apply the migrations first (deploy.up() or pgdeploy up).';
+    END IF;
+    IF current_row.sort_key < needed_key COLLATE "C" THEN
+        RAISE EXCEPTION 'schema version % required, but the database is at %', version, current_row.version
+            USING ERRCODE = 'PD005',
+                  HINT = 'Apply the pending migrations (deploy.up() or pgdeploy up) before starting this release.';
+    END IF;
+    RETURN current_row.version;
+END
+$fn$;
+
+-- deploy.status is the one-call overview for psql, pgdeploy status and the watcher. It must stay fast on a ledger
+-- with 100,000 applied rows and millions of events, so every part is an index probe or a bounded index range:
+-- "pending" is what deploy.up() would apply next (registered versions above the current one, in order); older
+-- unapplied versions are out-of-order and are reported by deploy.validate(), which may scan. events are never read.
+CREATE FUNCTION deploy.status()
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    current_row  record;
+    result       jsonb;
+BEGIN
+    SELECT a.version, a.sort_key INTO current_row
+    FROM deploy.applied a ORDER BY a.sort_key DESC LIMIT 1;
+
+    SELECT jsonb_build_object(
+        'schema_version', 1,
+        'current_version', current_row.version,
+        'applied_count', (SELECT count(*) FROM deploy.applied),
+        'pending_count', (SELECT count(*) FROM deploy.migrations m
+                          WHERE current_row.sort_key IS NULL OR m.sort_key > current_row.sort_key),
+        'pending', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('version', p.version, 'name', p.name,
+                                                'transactional', p.transactional,
+                                                'reversibility', p.reversibility) ORDER BY p.sort_key)
+            FROM (SELECT m.version, m.name, m.transactional, m.reversibility, m.sort_key
+                  FROM deploy.migrations m
+                  WHERE current_row.sort_key IS NULL OR m.sort_key > current_row.sort_key
+                  ORDER BY m.sort_key LIMIT 100) p), '[]'),
+        'applied', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('version', r.version, 'name', r.name,
+                                                'applied_at', r.applied_at, 'deployment_id', r.deployment_id,
+                                                'baseline', r.baseline) ORDER BY r.sort_key DESC)
+            FROM (SELECT a.version, a.name, a.applied_at, a.deployment_id, a.baseline, a.sort_key
+                  FROM deploy.applied a ORDER BY a.sort_key DESC LIMIT 20) r), '[]'),
+        'last_deployment', (
+            SELECT jsonb_build_object('id', d.id, 'kind', d.kind, 'state', d.state, 'app_version', d.app_version,
+                                      'started_at', d.started_at, 'finished_at', d.finished_at,
+                                      'started_by', d.started_by, 'version_before', d.version_before,
+                                      'version_after', d.version_after, 'error', d.error)
+            FROM deploy.deployments d ORDER BY d.id DESC LIMIT 1),
+        'lock_holder', deploy.deploy_lock_holder(),
+        'open_markers', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('id', k.id, 'deployment_id', k.deployment_id, 'state', k.state,
+                                                'reason', k.reason, 'target_version', k.target_version,
+                                                'holder', k.holder, 'lease_until', k.lease_until,
+                                                'attempts', k.attempts, 'requested_at', k.requested_at,
+                                                'last_error', k.last_error) ORDER BY k.id)
+            FROM deploy.rollback_markers k
+            WHERE k.state IN ('pending', 'in_progress', 'failed', 'needs_attention')), '[]'),
+        'running_checkpoints', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('id', c.id, 'deployment_id', c.deployment_id,
+                                                'version', c.version, 'step', c.step, 'state', c.state,
+                                                'holder', c.holder, 'started_at', c.started_at,
+                                                'attempts', c.attempts, 'error', c.error)
+                             ORDER BY c.deployment_id, c.version, c.step)
+            FROM (SELECT c0.id, c0.deployment_id, c0.version, c0.step, c0.state, c0.holder, c0.started_at,
+                         c0.attempts, c0.error
+                  FROM deploy.checkpoints c0 WHERE c0.state <> 'done'
+                  ORDER BY c0.deployment_id, c0.version, c0.step LIMIT 100) c), '[]'),
+        'archived', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('id', x.id, 'deployment_id', x.deployment_id,
+                                                'version', x.version, 'object_type', x.object_type,
+                                                'object_name', x.object_name, 'archive_table', x.archive_table,
+                                                'row_count', x.row_count, 'archived_at', x.archived_at,
+                                                'expires_at', x.expires_at) ORDER BY x.id DESC)
+            FROM (SELECT * FROM deploy.archived x0 ORDER BY x0.id DESC LIMIT 100) x), '[]')
+    ) INTO result;
+    RETURN result;
+END
+$fn$;

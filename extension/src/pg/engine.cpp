@@ -1,0 +1,141 @@
+// pg_deploy: pieces shared by the SQL-callable functions.
+#include "pg_deploy/pg/engine.hpp"
+
+#include <cmath>
+
+#include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/settings.hpp"
+
+extern "C" {
+#include "catalog/pg_type_d.h"
+}
+
+namespace pgdeploy {
+
+std::optional<std::string> opt_text_arg(FunctionCallInfo fcinfo, int argno) {
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    return text_arg(fcinfo, argno);
+}
+
+std::string required_text_arg(FunctionCallInfo fcinfo, int argno, const char* name) {
+    auto v = opt_text_arg(fcinfo, argno);
+    if (!v) throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
+    return *v;
+}
+
+std::optional<bool> opt_bool_arg(FunctionCallInfo fcinfo, int argno) {
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    return PG_GETARG_BOOL(argno);
+}
+
+bool bool_arg(FunctionCallInfo fcinfo, int argno, const char* name) {
+    auto v = opt_bool_arg(fcinfo, argno);
+    if (!v) throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
+    return *v;
+}
+
+std::optional<int64_t> opt_int8_arg(FunctionCallInfo fcinfo, int argno) {
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    return PG_GETARG_INT64(argno);
+}
+
+std::optional<std::string> opt_jsonb_arg(FunctionCallInfo fcinfo, int argno) {
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    char* s = nullptr;
+    pg_guard([&] {
+        Jsonb* jb = PG_GETARG_JSONB_P(argno);
+        s = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+    });
+    std::string out(s);
+    pfree(s);
+    return out;
+}
+
+void EventLog::log(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
+                   std::optional<int64_t> marker_id, const Json& details) {
+    if (!plan_.prepared()) {
+        plan_ = Plan("SELECT deploy.log_event($1, $2, $3, $4, $5)", {TEXTOID, INT8OID, TEXTOID, INT8OID, JSONBOID});
+    }
+    plan_.run({p_text(std::string(kind)), p_int8(deployment_id), p_text(version), p_int8(marker_id),
+               p_jsonb(details.dump())});
+}
+
+int64_t now_us() { return static_cast<int64_t>(GetCurrentTimestamp()); }
+
+double ms_since(int64_t start_us) {
+    double ms = static_cast<double>(now_us() - start_us) / 1000.0;
+    return std::round(ms * 1000.0) / 1000.0;
+}
+
+Datum json_result(const Json& j) { return make_jsonb(j.dump()); }
+
+Json SqlFailure::to_json() const {
+    auto opt = [](const std::string& s) { return s.empty() ? Json(nullptr) : Json(s); };
+    return Json{{"sqlstate", sqlstate}, {"message", message}, {"detail", opt(detail)}, {"hint", opt(hint)},
+                {"context", opt(context)}};
+}
+
+SqlFailure failure_from(const PgError& e) {
+    SqlFailure f;
+    ErrorData* d = e.data();
+    f.sqlstate = e.sqlstate();
+    f.message = d->message ? d->message : "";
+    f.detail = d->detail ? d->detail : "";
+    f.hint = d->hint ? d->hint : "";
+    f.context = d->context ? d->context : "";
+    if (d->internalquery && d->internalpos > 0) {
+        std::string where = "at character " + std::to_string(d->internalpos) + " of the migration SQL";
+        f.context = f.context.empty() ? where : where + "\n" + f.context;
+    }
+    return f;
+}
+
+SqlFailure failure_from(const DeployError& e) {
+    SqlFailure f;
+    f.sqlstate = e.code();
+    f.message = e.what();
+    f.detail = e.detail();
+    f.hint = e.hint();
+    return f;
+}
+
+bool is_user_cancel(const PgError& e) {
+    ErrorData* d = e.data();
+    return d->sqlerrcode == ERRCODE_QUERY_CANCELED && d->message != nullptr &&
+           strstr(d->message, "statement timeout") == nullptr;
+}
+
+MigrationTimer::MigrationTimer() {
+    if (statement_timeout_ms <= 0) return;
+    bool outer = false;
+    TimestampTz outer_fin = 0;
+    int ms = statement_timeout_ms;
+    pg_guard([&] {
+        outer = get_timeout_active(STATEMENT_TIMEOUT);
+        if (outer) outer_fin = get_timeout_finish_time(STATEMENT_TIMEOUT);
+        TimestampTz fin = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+        if (!outer || fin < outer_fin) enable_timeout_at(STATEMENT_TIMEOUT, fin);
+    });
+    armed_ = true;
+    outer_active_ = outer;
+    outer_finish_ = outer_fin;
+}
+
+MigrationTimer::~MigrationTimer() {
+    if (!armed_) return;
+    // disable/enable_timeout only touch the timer and signal state; they do not raise in practice, but the guard
+    // keeps a surprise from longjmp'ing out of a destructor.
+    bool outer = outer_active_;
+    TimestampTz fin = outer_finish_;
+    try {
+        pg_guard([&] {
+            if (outer)
+                enable_timeout_at(STATEMENT_TIMEOUT, fin);
+            else
+                disable_timeout(STATEMENT_TIMEOUT, false);
+        });
+    } catch (...) {
+    }
+}
+
+}  // namespace pgdeploy

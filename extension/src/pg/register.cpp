@@ -1,0 +1,262 @@
+// pg_deploy: deploy.version_key() and deploy.register(): the catalog of known migrations.
+#include <string>
+
+#include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/engine.hpp"
+#include "pg_deploy/pg/settings.hpp"
+#include "pg_deploy/pg/sqltext.hpp"
+#include "pg_deploy/version.hpp"
+
+extern "C" {
+#include "catalog/pg_type_d.h"
+#include "common/sha2.h"
+}
+
+namespace pgdeploy {
+
+namespace {
+
+/*
+ * version_key_impl: deploy.version_key(text). Immutable and strict: a NULL never reaches it; an invalid version
+ * raises 22023 so that a bad version can never get a key.
+ */
+Datum version_key_impl(FunctionCallInfo fcinfo) {
+    std::string v = text_arg(fcinfo, 0);
+    check_version(v);
+    return PointerGetDatum(make_text(version_key(v)));
+}
+
+// sha256_hex: the checksum of up_sql, with PostgreSQL's own cryptohash (OpenSSL or the built-in fallback).
+std::string sha256_hex(const std::string& data) {
+    uint8 digest[PG_SHA256_DIGEST_LENGTH];
+    int rc = 0;
+    const char* error = nullptr;
+    const uint8* bytes = reinterpret_cast<const uint8*>(data.data());
+    size_t len = data.size();
+    pg_guard([&] {
+        pg_cryptohash_ctx* ctx = pg_cryptohash_create(PG_SHA256);
+        if (pg_cryptohash_init(ctx) < 0 || pg_cryptohash_update(ctx, bytes, len) < 0 ||
+            pg_cryptohash_final(ctx, digest, sizeof digest) < 0) {
+            rc = -1;
+            error = pg_cryptohash_error(ctx);
+        }
+        pg_cryptohash_free(ctx);
+    });
+    if (rc < 0) throw DeployError(sqlstate::internal_error, std::string("sha256 failed: ") + (error ? error : "?"));
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    out.reserve(64);
+    for (uint8 b : digest) {
+        out += hex[b >> 4];
+        out += hex[b & 0xf];
+    }
+    return out;
+}
+
+bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n\f") == std::string::npos; }
+
+// check_script parses one script and refuses what can never run as a migration.
+std::vector<SqlStatement> check_script(const std::string& sql, const std::string& what, const std::string& version,
+                                       bool allow_non_transactional) {
+    std::vector<SqlStatement> stmts = parse_sql(sql, what + " of migration " + version);
+    if (stmts.empty()) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          what + " of migration " + version + " holds no SQL statement (only comments or blanks)");
+    }
+    for (const SqlStatement& st : stmts) {
+        if (st.transaction_control) {
+            throw DeployError(sqlstate::transaction_control,
+                              what + " of migration " + version + " controls transactions at line " +
+                                  std::to_string(st.line) + ": " + st.text,
+                              {},
+                              "pg_deploy runs every migration in its own subtransaction and commits the batch "
+                              "itself; remove BEGIN/COMMIT/ROLLBACK/SAVEPOINT from the migration.");
+        }
+        if (!allow_non_transactional && !st.non_transactional.empty()) {
+            throw DeployError(sqlstate::non_transactional,
+                              what + " of migration " + version + " uses " + st.non_transactional +
+                                  " (line " + std::to_string(st.line) + "), which cannot run inside a transaction",
+                              {},
+                              "Reverts and verifications run inside a transaction. Keep " + st.non_transactional +
+                                  " in the up SQL of a non-transactional migration (transactional => false).");
+        }
+    }
+    return stmts;
+}
+
+/*
+ * register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility,
+ * replace). Everything that can be checked without running the SQL is checked here, before it is stored: syntax,
+ * transaction control, statements that cannot run in a transaction. It takes the deploy lock so that a registration
+ * never races an up() reading the catalog.
+ */
+Datum register_impl(FunctionCallInfo fcinfo) {
+    std::string version = required_text_arg(fcinfo, 0, "version");
+    std::string name = required_text_arg(fcinfo, 1, "name");
+    std::string up_sql = required_text_arg(fcinfo, 2, "up_sql");
+    std::optional<std::string> down_sql = opt_text_arg(fcinfo, 3);
+    std::optional<std::string> verify_sql = opt_text_arg(fcinfo, 4);
+    std::optional<bool> transactional_arg = opt_bool_arg(fcinfo, 5);
+    std::optional<std::string> reversibility_arg = opt_text_arg(fcinfo, 6);
+    bool replace = bool_arg(fcinfo, 7, "replace");
+
+    check_version(version);
+    if (blank(name)) throw DeployError(sqlstate::invalid_parameter, "name of migration " + version + " is empty");
+    if (blank(up_sql)) throw DeployError(sqlstate::invalid_parameter, "up_sql of migration " + version + " is empty");
+    if (down_sql && blank(*down_sql)) {
+        throw DeployError(sqlstate::invalid_parameter, "down_sql of migration " + version + " is empty", {},
+                          "Pass NULL for a migration that cannot be reverted.");
+    }
+    if (verify_sql && blank(*verify_sql)) {
+        throw DeployError(sqlstate::invalid_parameter, "verify_sql of migration " + version + " is empty", {},
+                          "Pass NULL when there is nothing to verify.");
+    }
+    std::string reversibility = reversibility_arg.value_or(down_sql ? "reversible" : "irreversible");
+    if (reversibility != "reversible" && reversibility != "lossy" && reversibility != "irreversible") {
+        throw DeployError(sqlstate::invalid_parameter, "reversibility \"" + reversibility + "\" is not valid", {},
+                          "Use reversible, lossy or irreversible.");
+    }
+    if (reversibility != "irreversible" && !down_sql) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          "migration " + version + " is declared " + reversibility + " but has no down_sql");
+    }
+    if (reversibility == "irreversible" && down_sql) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          "migration " + version + " is declared irreversible but has a down_sql", {},
+                          "Drop the down_sql, or declare it reversible or lossy.");
+    }
+
+    std::vector<SqlStatement> up_stmts = check_script(up_sql, "up_sql", version, true);
+    std::string detected;
+    for (const SqlStatement& st : up_stmts) {
+        if (!st.non_transactional.empty()) {
+            detected = st.non_transactional;
+            break;
+        }
+    }
+    if (transactional_arg.value_or(false) && !detected.empty()) {
+        throw DeployError(sqlstate::non_transactional,
+                          "migration " + version + " is declared transactional but uses " + detected +
+                              ", which cannot run inside a transaction",
+                          {},
+                          "Register it with transactional => false (or leave it NULL to detect): deploy.up() then "
+                          "plans its statements as steps that `pgdeploy up` (or deploy.next_step() and "
+                          "deploy.step_done() from psql) runs at top level.");
+    }
+    bool transactional = transactional_arg.value_or(detected.empty());
+    if (down_sql) check_script(*down_sql, "down_sql", version, false);
+    if (verify_sql) check_script(*verify_sql, "verify_sql", version, false);
+
+    std::string key = version_key(version);
+    std::string checksum = sha256_hex(up_sql);
+    std::string outcome;
+    {
+        SpiSession spi;
+        acquire_deploy_lock("deploy.register()");
+
+        Rows clash = run_query(
+            "SELECT version FROM deploy.migrations WHERE sort_key = $1 AND version <> $2 "
+            "UNION ALL SELECT version FROM deploy.applied WHERE sort_key = $1 AND version <> $2 LIMIT 1",
+            {TEXTOID, TEXTOID}, {p_text(key), p_text(version)});
+        if (!clash.empty()) {
+            throw DeployError(sqlstate::ambiguous_version,
+                              "version \"" + version + "\" is ambiguous: \"" + clash.front()[0].value_or("") +
+                                  "\" is already known and orders the same",
+                              "Digit runs compare as numbers, so leading zeros do not make a different version.",
+                              "Use the existing spelling.");
+        }
+        Rows existing = run_query(
+            "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility, "
+            "a.checksum AS applied_checksum, a.version IS NOT NULL AS is_applied "
+            "FROM deploy.migrations m LEFT JOIN deploy.applied a ON a.version = m.version WHERE m.version = $1",
+            {TEXTOID}, {p_text(version)});
+        Rows applied = run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID},
+                                 {p_text(version)});
+        bool is_applied = !applied.empty();
+        if (is_applied && applied.front()[0].value_or("") != checksum) {
+            throw DeployError(sqlstate::checksum_drift,
+                              "migration " + version + " is applied and its up_sql has changed (checksum drift)",
+                              "applied checksum " + applied.front()[0].value_or("") + ", new checksum " + checksum,
+                              "Never edit an applied migration: add a new migration that makes the change.");
+        }
+        Json details{{"name", name}, {"checksum", checksum}, {"transactional", transactional},
+                     {"reversibility", reversibility}};
+        EventLog events;
+        if (existing.empty()) {
+            run_query("INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
+                      "checksum, transactional, reversibility) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                      {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                      {p_text(version), p_text(key), p_text(name), p_text(up_sql), p_text(down_sql),
+                       p_text(verify_sql), p_text(checksum), p_bool(transactional), p_text(reversibility)});
+            events.log("migration_registered", std::nullopt, version, std::nullopt, details);
+            outcome = "registered";
+        } else {
+            const Row& r = existing.front();
+            bool same = r[0] == Cell(name) && r[1] == Cell(checksum) && r[2] == down_sql && r[3] == verify_sql &&
+                        cell_bool(r[4]) == transactional && r[5] == Cell(reversibility);
+            if (same) {
+                outcome = "unchanged";
+            } else if (!replace) {
+                throw DeployError(sqlstate::ambiguous_version,
+                                  "migration " + version + " is already registered with different content",
+                                  std::string("registered checksum ") + r[1].value_or("") + ", new " + checksum +
+                                      (is_applied ? " (applied)" : " (pending)"),
+                                  is_applied ? "It is applied: its up_sql cannot change; name, down_sql and "
+                                               "verify_sql can be replaced with replace => true."
+                                             : "Pass replace => true to update a pending migration.");
+            } else {
+                run_query("UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
+                          "checksum = $6, transactional = $7, reversibility = $8, "
+                          "registered_at = pg_catalog.clock_timestamp(), registered_by = CURRENT_USER "
+                          "WHERE version = $1",
+                          {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                          {p_text(version), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
+                           p_text(checksum), p_bool(transactional), p_text(reversibility)});
+                details["previous_checksum"] = r[1].value_or("");
+                events.log("migration_updated", std::nullopt, version, std::nullopt, details);
+                outcome = "updated";
+            }
+        }
+        spi.finish();
+    }
+    return PointerGetDatum(make_text(outcome));
+}
+
+/*
+ * unregister_impl: deploy.unregister(version) removes a pending migration from the catalog. An applied one is
+ * refused (55000): revert it first, the ledger must keep what is applied.
+ */
+Datum unregister_impl(FunctionCallInfo fcinfo) {
+    std::string version = required_text_arg(fcinfo, 0, "version");
+    check_version(version);
+    bool removed = false;
+    {
+        SpiSession spi;
+        acquire_deploy_lock("deploy.unregister()");
+        Rows applied = run_query("SELECT 1 FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(version)});
+        if (!applied.empty()) {
+            throw DeployError(sqlstate::object_not_in_prerequisite_state,
+                              "migration " + version + " is applied and cannot be unregistered", {},
+                              "Revert it first with deploy.down() or deploy.rollback().");
+        }
+        Rows gone = run_query("DELETE FROM deploy.migrations WHERE version = $1 RETURNING checksum", {TEXTOID},
+                              {p_text(version)});
+        if (gone.empty()) {
+            throw DeployError(sqlstate::no_data_found, "migration " + version + " is not registered");
+        }
+        EventLog events;
+        events.log("migration_updated", std::nullopt, version, std::nullopt,
+                   Json{{"unregistered", true}, {"checksum", gone.front()[0].value_or("")}});
+        removed = true;
+        spi.finish();
+    }
+    return BoolGetDatum(removed);
+}
+
+}  // namespace
+
+}  // namespace pgdeploy
+
+PGDEPLOY_SQL_FUNCTION(pgdeploy_version_key, pgdeploy::version_key_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_register, pgdeploy::register_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_unregister, pgdeploy::unregister_impl)

@@ -1,0 +1,206 @@
+// pg_deploy: SPI helpers. Every SPI call runs inside pg_guard; conversions to Datums happen inside the guard (they
+// palloc) and C++ strings are built outside it.
+#include "pg_deploy/pg/spi.hpp"
+
+#include "pg_deploy/errors.hpp"
+
+extern "C" {
+#include "catalog/pg_type_d.h"
+}
+
+namespace pgdeploy {
+
+Param p_null() { return Param{}; }
+Param p_text(const std::string& s) {
+    Param p;
+    p.kind = Param::Kind::Text;
+    p.text = s;
+    return p;
+}
+Param p_text(const Cell& s) { return s ? p_text(*s) : p_null(); }
+Param p_int8(int64_t v) {
+    Param p;
+    p.kind = Param::Kind::Int8;
+    p.integer = v;
+    return p;
+}
+Param p_int8(const std::optional<int64_t>& v) { return v ? p_int8(*v) : p_null(); }
+Param p_int4(int32_t v) {
+    Param p;
+    p.kind = Param::Kind::Int4;
+    p.integer = v;
+    return p;
+}
+Param p_bool(bool v) {
+    Param p;
+    p.kind = Param::Kind::Bool;
+    p.boolean = v;
+    return p;
+}
+Param p_float8(double v) {
+    Param p;
+    p.kind = Param::Kind::Float8;
+    p.real = v;
+    return p;
+}
+Param p_jsonb(const std::string& json_text) {
+    Param p;
+    p.kind = Param::Kind::Jsonb;
+    p.text = json_text;
+    return p;
+}
+Param p_jsonb(const Cell& json_text) { return json_text ? p_jsonb(*json_text) : p_null(); }
+
+SpiSession::SpiSession() {
+    int rc = 0;
+    pg_guard([&] { rc = SPI_connect(); });
+    if (rc != SPI_OK_CONNECT) throw DeployError(sqlstate::internal_error, "SPI_connect failed");
+    connected_ = true;
+}
+
+void SpiSession::finish() {
+    if (!connected_) return;
+    connected_ = false;
+    int rc = 0;
+    pg_guard([&] { rc = SPI_finish(); });
+    if (rc != SPI_OK_FINISH) throw DeployError(sqlstate::internal_error, "SPI_finish failed");
+}
+
+namespace {
+
+/*
+ * with_pinned_search_path runs body with search_path = pg_catalog, pg_temp in a GUC nest level of its own, the way
+ * a function's SET clause does, and restores the caller's value afterwards.
+ */
+template <typename F>
+void with_pinned_search_path(F&& body) {
+    int nest = 0;
+    pg_guard([&] {
+        nest = NewGUCNestLevel();
+        (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+                                true, 0, false);
+    });
+    try {
+        body();
+    } catch (...) {
+        pg_guard([&] { AtEOXact_GUC(false, nest); });
+        throw;
+    }
+    pg_guard([&] { AtEOXact_GUC(true, nest); });
+}
+
+Rows collect_rows(uint64_t processed) {
+    Rows out;
+    out.processed = processed;
+    SPITupleTable* table = SPI_tuptable;
+    if (table == nullptr) return out;
+    TupleDesc desc = table->tupdesc;
+    int natts = desc->natts;
+    std::vector<char*> values(static_cast<std::size_t>(natts));
+    out.rows.reserve(processed);
+    for (uint64_t r = 0; r < processed; ++r) {
+        HeapTuple tuple = table->vals[r];
+        char** slots = values.data();
+        pg_guard([&] {
+            for (int c = 0; c < natts; ++c) slots[c] = SPI_getvalue(tuple, desc, c + 1);
+        });
+        Row row;
+        row.reserve(static_cast<std::size_t>(natts));
+        for (int c = 0; c < natts; ++c) {
+            if (values[c] == nullptr) {
+                row.emplace_back(std::nullopt);
+            } else {
+                row.emplace_back(std::string(values[c]));
+                pfree(values[c]);
+            }
+        }
+        out.rows.push_back(std::move(row));
+    }
+    pg_guard([&] { SPI_freetuptable(table); });
+    return out;
+}
+
+}  // namespace
+
+Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), sql_(sql) {
+    SPIPlanPtr plan = nullptr;
+    int nargs = static_cast<int>(types_.size());
+    Oid* argtypes = types_.data();
+    const char* query = sql_.c_str();
+    with_pinned_search_path([&] { pg_guard([&] { plan = SPI_prepare(query, nargs, argtypes); }); });
+    if (plan == nullptr) {
+        throw DeployError(sqlstate::internal_error,
+                          std::string("SPI_prepare failed: ") + SPI_result_code_string(SPI_result));
+    }
+    plan_ = plan;
+}
+
+Rows Plan::run(const std::vector<Param>& params, long limit) const {
+    std::size_t n = params.size();
+    if (n != types_.size()) throw DeployError(sqlstate::internal_error, "wrong number of parameters for " + sql_);
+    std::vector<Datum> values(n + 1);
+    std::vector<char> nulls(n + 1, ' ');
+    Datum* vals = values.data();
+    char* nl = nulls.data();
+    const Param* ps = params.data();
+    SPIPlanPtr plan = plan_;
+    int rc = 0;
+    uint64 processed = 0;
+    pg_guard([&] {
+        for (std::size_t i = 0; i < n; ++i) {
+            const Param& p = ps[i];
+            switch (p.kind) {
+                case Param::Kind::Null: nl[i] = 'n'; vals[i] = (Datum)0; break;
+                case Param::Kind::Text:
+                    vals[i] = PointerGetDatum(cstring_to_text_with_len(p.text.data(), (int)p.text.size()));
+                    break;
+                case Param::Kind::Int8: vals[i] = Int64GetDatum(p.integer); break;
+                case Param::Kind::Int4: vals[i] = Int32GetDatum((int32)p.integer); break;
+                case Param::Kind::Bool: vals[i] = BoolGetDatum(p.boolean); break;
+                case Param::Kind::Float8: vals[i] = Float8GetDatum(p.real); break;
+                case Param::Kind::Jsonb:
+                    vals[i] = DirectFunctionCall1(jsonb_in, CStringGetDatum(p.text.c_str()));
+                    break;
+            }
+        }
+        rc = SPI_execute_plan(plan, vals, nl, false, limit);
+        processed = SPI_processed;
+    });
+    if (rc < 0) {
+        throw DeployError(sqlstate::internal_error,
+                          std::string("pg_deploy ledger query failed: ") + SPI_result_code_string(rc), sql_);
+    }
+    return collect_rows(processed);
+}
+
+Rows run_query(const char* sql, std::vector<Oid> types, const std::vector<Param>& params) {
+    Plan plan(sql, std::move(types));
+    return plan.run(params);
+}
+
+void run_user_sql(const std::string& sql) {
+    const char* query = sql.c_str();
+    int rc = 0;
+    pg_guard([&] {
+        rc = SPI_execute(query, false, 0);
+        if (SPI_tuptable != NULL) SPI_freetuptable(SPI_tuptable);
+    });
+    if (rc == SPI_ERROR_TRANSACTION) {
+        throw DeployError(sqlstate::transaction_control,
+                          "migration SQL must not control transactions (COMMIT, ROLLBACK, BEGIN, SAVEPOINT)",
+                          {}, "pg_deploy runs each migration in its own subtransaction; remove the statement.");
+    }
+    if (rc == SPI_ERROR_COPY) {
+        throw DeployError(sqlstate::non_transactional, "COPY to or from the client cannot run inside a migration",
+                          {}, "Use INSERT statements, or COPY from a server file.");
+    }
+    if (rc < 0) {
+        throw DeployError(sqlstate::internal_error, std::string("SPI_execute failed: ") + SPI_result_code_string(rc));
+    }
+}
+
+int64_t cell_int8(const Cell& c) { return c ? std::stoll(*c) : 0; }
+bool cell_bool(const Cell& c) { return c && *c == "t"; }
+double cell_float8(const Cell& c) { return c ? std::stod(*c) : 0.0; }
+
+}  // namespace pgdeploy

@@ -1,0 +1,45 @@
+// What every CLI sub-command shares: parsing its arguments, logging set-up, connecting, and turning a Failure into
+// the right exit code and message (text on stderr, or one JSON error document on stdout under --json).
+#pragma once
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/args.hpp"
+#include "common/connection.hpp"
+
+namespace pgdeploy::cli {
+
+struct Context {
+    const CommandSpec* spec = nullptr;
+    ParsedArgs args;
+    bool json = false;
+    bool quiet = false;
+
+    // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8).
+    common::Connection connect() const;
+
+    // holder: "pgdeploy@HOST:PID", how this process names itself in checkpoints and markers.
+    static std::string holder();
+
+    // progress: one line on stderr for humans (suppressed by --quiet).
+    void progress(const std::string& line) const;
+};
+
+// run_command: parses args against spec, sets up logging, runs body, maps every Failure (and any other exception)
+// to an exit code. body returns the exit code of a completed command.
+int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
+                const std::function<int(Context&)>& body);
+
+// emit: under --json prints doc + {"command", "exit_code"} (schema_version is always present); otherwise calls
+// human(). Returns exit_code.
+int emit(const Context& ctx, nlohmann::json doc, int exit_code, const std::function<void()>& human);
+
+// sqlstate_exit: exit code for a jsonb result's failure object {"sqlstate": ...}; 1 when absent.
+int failure_exit_code(const nlohmann::json& failure);
+
+// jstr: the string at key, or fallback when missing/null (numbers are printed).
+std::string jstr(const nlohmann::json& obj, const std::string& key, const std::string& fallback = "-");
+
+}  // namespace pgdeploy::cli

@@ -1,0 +1,153 @@
+// `pgdeploy load DIR`: read, validate, and register all migrations in one transaction (all or nothing).
+#include "cli/load.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "cli/context.hpp"
+#include "common/output.hpp"
+
+namespace pgdeploy::cli {
+
+namespace {
+
+common::Param opt(const std::optional<std::string>& v) { return v; }
+
+common::Param opt_bool(const std::optional<bool>& v) {
+    if (!v) return std::nullopt;
+    return std::string(*v ? "true" : "false");
+}
+
+/*
+ * Registration passes replace => true: the files are the source of truth for pending migrations, so an edited
+ * pending file is "updated". The extension still refuses a changed up script of an applied migration (drift, PD001).
+ *
+ * exit_code_for_refusal
+ *		Drift is its own exit code (6): a script can tell "someone edited an applied migration" apart from a bad
+ *		file. Anything else the extension refuses at registration is a bad migration file (2).
+ */
+int exit_code_for_refusal(const std::string& sqlstate) {
+    if (sqlstate == "PD001") return kExitDrift;
+    if (sqlstate == "55P03") return kExitLockHeld;
+    if (sqlstate == "42501") return kExitFailed;
+    return kExitUsage;
+}
+
+}  // namespace
+
+RegisterReport register_all(common::Connection& conn, const loader::LoadedDirectory& loaded, const std::string& dir) {
+    RegisterReport report;
+    nlohmann::json rows = nlohmann::json::array();
+    int counts_new = 0, counts_unchanged = 0, counts_updated = 0, counts_refused = 0;
+    for (const auto& m : loaded.migrations) {
+        nlohmann::json row = {{"version", m.version}, {"name", m.name}, {"file", m.up_path}};
+        conn.exec("SAVEPOINT pgdeploy_register");
+        try {
+            auto status = conn.query_value(
+                "SELECT deploy.register(version => $1, name => $2, up_sql => $3, down_sql => $4, "
+                "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true)",
+                {m.version, m.name, m.up_sql, opt(m.down_sql), opt(m.verify_sql), opt_bool(m.transactional),
+                 opt(m.reversibility)});
+            conn.exec("RELEASE SAVEPOINT pgdeploy_register");
+            std::string s = status.value_or("");
+            if (s == "registered") {
+                row["status"] = "new";
+                ++counts_new;
+            } else if (s == "unchanged") {
+                row["status"] = "unchanged";
+                ++counts_unchanged;
+            } else if (s == "updated") {
+                row["status"] = "updated";
+                ++counts_updated;
+            } else {
+                row["status"] = s;
+            }
+        } catch (const common::DbError& e) {
+            // 55P03 (lock) and lost connections are not about this file: stop at once.
+            if (e.sqlstate() == "55P03") throw;
+            conn.exec("ROLLBACK TO SAVEPOINT pgdeploy_register");
+            row["status"] = "refused";
+            row["sqlstate"] = e.sqlstate();
+            row["message"] = e.what();
+            if (!e.detail().empty()) row["detail"] = e.detail();
+            ++counts_refused;
+            int code = exit_code_for_refusal(e.sqlstate());
+            // Drift outranks the other refusals: it is the one that needs a person.
+            if (report.exit_code == 0 || code == kExitDrift) report.exit_code = code;
+            spdlog::error("{}: {} (SQLSTATE {})", m.up_path, e.what(), e.sqlstate());
+        }
+        rows.push_back(row);
+    }
+    report.doc = {{"directory", dir},          {"layout", loaded.layout},   {"new", counts_new},
+                  {"unchanged", counts_unchanged}, {"updated", counts_updated}, {"refused", counts_refused},
+                  {"migrations", rows}};
+    return report;
+}
+
+void print_register_report(const RegisterReport& report, bool dry_run) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& r : report.doc["migrations"]) {
+        std::string note = r.contains("message") ? jstr(r, "sqlstate") + ": " + jstr(r, "message") : "";
+        rows.push_back({jstr(r, "version"), jstr(r, "name"), jstr(r, "status"), note});
+    }
+    std::cout << common::render_table({"VERSION", "NAME", "RESULT", "NOTE"}, rows);
+    const auto& d = report.doc;
+    std::cout << d["new"].get<int>() << " new, " << d["unchanged"].get<int>() << " unchanged, "
+              << d["updated"].get<int>() << " updated, " << d["refused"].get<int>() << " refused ("
+              << d["layout"].get<std::string>() << " layout)";
+    if (report.exit_code != 0)
+        std::cout << "; nothing registered";
+    else if (dry_run)
+        std::cout << "; dry run: nothing registered";
+    std::cout << "\n";
+}
+
+const CommandSpec& load_spec() {
+    static const CommandSpec spec{
+        "load",
+        "DIR [--dry-run] [--lock-wait DURATION]",
+        "register migration files (native, Sqitch or Flyway layout) in one transaction",
+        {{"dry-run", 0, false, "", "validate and register, then roll back: shows what would change"},
+         {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (e.g. 10s)"}},
+        1,
+        1,
+        "DIR"};
+    return spec;
+}
+
+void apply_lock_wait(const Context& ctx, common::Connection& conn) {
+    if (auto lw = ctx.args.get("lock-wait")) {
+        long long ms = parse_duration_ms("lock-wait", *lw);
+        conn.exec("SELECT pg_catalog.set_config('pg_deploy.lock_wait', $1, false)", {std::to_string(ms) + "ms"});
+    }
+}
+
+/*
+ * cmd_load
+ *		Files are read and validated completely before connecting, so a bad directory never opens a transaction.
+ */
+int cmd_load(const std::vector<std::string>& args) {
+    return run_command(load_spec(), args, [](Context& ctx) {
+        const std::string dir = ctx.args.positionals[0];
+        bool dry_run = ctx.args.has("dry-run");
+        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        loader::LoadedDirectory loaded = loader::load_directory(dir);
+        spdlog::debug("{}: {} migrations ({} layout)", dir, loaded.migrations.size(), loaded.layout);
+        auto conn = ctx.connect();
+        apply_lock_wait(ctx, conn);
+        conn.exec("BEGIN");
+        RegisterReport report = register_all(conn, loaded, dir);
+        if (report.exit_code != 0 || dry_run)
+            conn.exec("ROLLBACK");
+        else
+            conn.exec("COMMIT");
+        nlohmann::json doc = report.doc;
+        doc["ok"] = report.exit_code == 0;
+        doc["dry_run"] = dry_run;
+        return emit(ctx, doc, report.exit_code, [&]() { print_register_report(report, dry_run); });
+    });
+}
+
+}  // namespace pgdeploy::cli

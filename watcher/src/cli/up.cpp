@@ -1,0 +1,237 @@
+// `pgdeploy up`: optionally load a directory, then deploy.up(), and drive non-transactional migrations statement by
+// statement at top level through deploy.next_step / step_done / step_failed until the deployment is complete.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "cli/context.hpp"
+#include "cli/load.hpp"
+#include "common/output.hpp"
+
+namespace pgdeploy::cli {
+
+namespace {
+
+using nlohmann::json;
+
+common::Param opt(const std::optional<std::string>& v) { return v; }
+
+double elapsed_ms(std::chrono::steady_clock::time_point since) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
+}
+
+std::string progress_line(size_t index, size_t total, const std::string& version, const std::string& name,
+                          const std::string& outcome) {
+    std::string counter = total ? "[" + std::to_string(index) + "/" + std::to_string(total) + "] "
+                                : "[" + std::to_string(index) + "] ";
+    return counter + version + "_" + name + " ... " + outcome;
+}
+
+double num(const json& obj, const std::string& key) {
+    if (obj.is_object() && obj.contains(key) && obj[key].is_number()) return obj[key].get<double>();
+    return 0;
+}
+
+/*
+ * run_steps
+ *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and friends
+ *		inside a function, so the extension hands out one statement at a time and we run it at top level on this
+ *		connection (autocommit). Cleanup statements come first: on a resume they remove what a failed attempt
+ *		left behind (an INVALID index). Returns the failure object, or null when every step is done.
+ */
+json run_steps(const Context& ctx, common::Connection& conn, const json& awaiting, json& steps_log,
+               size_t& step_counter) {
+    json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
+    common::Param dep_param;
+    if (deployment.is_number_integer()) dep_param = std::to_string(deployment.get<long long>());
+    const std::string holder = Context::holder();
+    while (true) {
+        json step = conn.query_json("SELECT deploy.next_step(deployment_id => $1::bigint, holder => $2)",
+                                    {dep_param, holder});
+        if (step.is_null() || (step.is_object() && step.value("done", false)) ||
+            (step.is_object() && !step.contains("statement")))
+            return nullptr;
+        json id = step.contains("step_id") ? step["step_id"] : step["id"];
+        std::string step_id = id.is_string() ? id.get<std::string>() : id.dump();
+        std::string version = jstr(step, "version", "?"), name = jstr(step, "name", "");
+        std::string label = version + (name.empty() ? "" : "_" + name) + " step " + jstr(step, "step", "?") +
+                            (step.contains("steps") ? "/" + jstr(step, "steps") : "");
+        auto started = std::chrono::steady_clock::now();
+        try {
+            json cleanup = step.contains("cleanup") ? step["cleanup"] : json::array();
+            if (cleanup.is_string()) cleanup = json::array({cleanup});
+            if (cleanup.is_array())
+                for (const auto& c : cleanup) {
+                    if (!c.is_string() || c.get<std::string>().empty()) continue;
+                    spdlog::info("{}: cleanup: {}", label, c.get<std::string>());
+                    conn.exec(c.get<std::string>());
+                }
+            spdlog::debug("{}: {}", label, step["statement"].get<std::string>());
+            conn.exec(step["statement"].get<std::string>());
+        } catch (const common::DbError& e) {
+            double ms = elapsed_ms(started);
+            ctx.progress("[" + std::to_string(++step_counter) + "] " + label + " ... FAILED " + common::format_ms(ms) +
+                         ": " + e.sqlstate() + " " + e.what());
+            conn.query_value("SELECT deploy.step_failed($1::bigint, $2, $3)", {step_id, e.sqlstate(), e.what()});
+            json failure = e.to_json();
+            failure["version"] = version;
+            failure["name"] = name;
+            failure["step"] = step.contains("step") ? step["step"] : json();
+            failure["statement"] = step["statement"];
+            steps_log.push_back({{"step_id", id}, {"version", version}, {"step", failure["step"]}, {"ok", false},
+                                 {"sqlstate", e.sqlstate()}, {"duration_ms", ms}});
+            return failure;
+        }
+        double ms = elapsed_ms(started);
+        conn.query_value("SELECT deploy.step_done($1::bigint)", {step_id});
+        ctx.progress("[" + std::to_string(++step_counter) + "] " + label + " ... ok " + common::format_ms(ms));
+        steps_log.push_back({{"step_id", id}, {"version", version}, {"step", step.contains("step") ? step["step"] : json()},
+                             {"ok", true}, {"duration_ms", ms}});
+    }
+}
+
+void print_up_human(const json& doc, int exit_code) {
+    bool dry = doc.value("dry_run", false);
+    std::string before = jstr(doc, "version_before", "(none)"), after = jstr(doc, "version_after", "(none)");
+    if (exit_code == 0) {
+        size_t n = doc.contains("applied") && doc["applied"].is_array() ? doc["applied"].size() : 0;
+        if (n == 0 && (!doc.contains("steps") || doc["steps"].empty())) {
+            std::cout << "nothing to apply: schema at " << before << (dry ? " (dry run)" : "") << "\n";
+            return;
+        }
+        std::cout << (dry ? "dry run: would apply " : "applied ") << n << " migration" << (n == 1 ? "" : "s")
+                  << ": " << before << " -> " << (dry ? jstr(doc, "target", after) : after);
+        if (doc.contains("deployment_id") && !doc["deployment_id"].is_null())
+            std::cout << " (deployment " << jstr(doc, "deployment_id") << ")";
+        std::cout << " in " << common::format_ms(num(doc, "duration_ms")) << "\n";
+        return;
+    }
+    const json& f = doc.contains("failed") ? doc["failed"] : json();
+    std::cout << (dry ? "dry run FAILED" : "FAILED") << " at " << jstr(f, "version", "?") << " " << jstr(f, "name", "")
+              << ": " << jstr(f, "message", "?") << " (SQLSTATE " << jstr(f, "sqlstate", "?") << ")\n";
+    if (f.contains("detail") && !f["detail"].is_null()) std::cout << "DETAIL: " << jstr(f, "detail") << "\n";
+    if (f.contains("hint") && !f["hint"].is_null()) std::cout << "HINT: " << jstr(f, "hint") << "\n";
+    if (doc.value("atomic", true) && !dry)
+        std::cout << "nothing applied (atomic); schema still at " << before << "\n";
+    else
+        std::cout << "schema at " << after << "\n";
+}
+
+}  // namespace
+
+const CommandSpec& up_spec() {
+    static const CommandSpec spec{
+        "up",
+        "[--dir DIR] [--target V] [--dry-run] [--app-version X] [--no-atomic] [--lock-wait DURATION]",
+        "apply pending migrations (loading DIR first), driving non-transactional ones at top level",
+        {{"dir", 0, true, "DIR", "load this directory first (as pgdeploy load)"},
+         {"target", 0, true, "V", "apply up to and including version V"},
+         {"dry-run", 0, false, "", "rehearse: run everything inside a transaction that is rolled back"},
+         {"app-version", 0, true, "X", "the release being deployed (commit, image tag); recorded on the deployment"},
+         {"no-atomic", 0, false, "", "keep the migrations that succeeded when a later one fails (writes a rollback marker)"},
+         {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (default 10s)"}},
+        0,
+        0,
+        ""};
+    return spec;
+}
+
+/*
+ * cmd_up
+ *		deploy.up() is called again after each batch of non-transactional steps: it resumes the same deployment
+ *		and applies what follows. A round that makes no progress ends the loop with an error rather than spinning.
+ */
+int cmd_up(const std::vector<std::string>& args) {
+    return run_command(up_spec(), args, [](Context& ctx) {
+        bool dry_run = ctx.args.has("dry-run");
+        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        std::optional<loader::LoadedDirectory> loaded;
+        auto dir = ctx.args.get("dir");
+        if (dir) loaded = loader::load_directory(*dir);
+        auto conn = ctx.connect();
+        apply_lock_wait(ctx, conn);
+
+        json load_doc;
+        if (loaded) {
+            conn.exec("BEGIN");
+            RegisterReport report = register_all(conn, *loaded, *dir);
+            load_doc = report.doc;
+            if (report.exit_code != 0) {
+                conn.exec("ROLLBACK");
+                json doc = {{"ok", false}, {"operation", "up"}, {"load", load_doc},
+                            {"error", {{"sqlstate", report.exit_code == kExitDrift ? "PD001" : nullptr},
+                                       {"message", "migration files refused at registration; nothing registered or applied"}}}};
+                return emit(ctx, doc, report.exit_code, [&]() {
+                    print_register_report(report, dry_run);
+                    std::cout << "nothing applied\n";
+                });
+            }
+            // A dry run keeps the transaction open: registration and rehearsal are rolled back together.
+            if (!dry_run) conn.exec("COMMIT");
+            spdlog::info("{}: {} new, {} unchanged, {} updated", *dir, load_doc["new"].get<int>(),
+                         load_doc["unchanged"].get<int>(), load_doc["updated"].get<int>());
+        }
+
+        json all_applied = json::array(), steps_log = json::array();
+        json result;
+        size_t counter = 0, step_counter = 0;
+        std::string last_awaiting;
+        auto started = std::chrono::steady_clock::now();
+        json failure;
+        for (int round = 0;; ++round) {
+            result = conn.query_json(
+                "SELECT deploy.up(target => $1, dry_run => $2::boolean, app_version => $3, atomic => $4::boolean)",
+                {opt(ctx.args.get("target")), std::string(dry_run ? "true" : "false"), opt(ctx.args.get("app-version")),
+                 std::string(ctx.args.has("no-atomic") ? "false" : "true")});
+            if (!result.is_object()) throw Failure(kExitFailed, "deploy.up() returned no result");
+            const json& applied = result.contains("applied") && result["applied"].is_array() ? result["applied"] : json::array();
+            size_t total = applied.size() + counter;
+            for (const auto& a : applied) {
+                ++counter;
+                ctx.progress(progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
+                                           (dry_run ? "ok (rehearsed) " : "ok ") + common::format_ms(num(a, "duration_ms"))));
+                all_applied.push_back(a);
+            }
+            if (!result.value("ok", false)) break;
+            json awaiting = result.contains("awaiting_nontransactional") ? result["awaiting_nontransactional"] : json();
+            if (awaiting.is_null() || dry_run) break;
+            std::string key = awaiting.dump();
+            if (key == last_awaiting)
+                throw Failure(kExitFailed, "deploy.up() keeps waiting for the same non-transactional migration (" +
+                                               jstr(awaiting, "version", "?") + ") although its steps are done");
+            last_awaiting = key;
+            if (!awaiting.contains("deployment_id") && result.contains("deployment_id"))
+                awaiting["deployment_id"] = result["deployment_id"];
+            ctx.progress("[" + std::to_string(counter + 1) + "] " + jstr(awaiting, "version", "?") + "_" +
+                         jstr(awaiting, "name", "") + " ... non-transactional: running its statements at top level");
+            failure = run_steps(ctx, conn, awaiting, steps_log, step_counter);
+            if (!failure.is_null()) break;
+            ++counter;
+        }
+        if (dry_run && loaded) conn.exec("ROLLBACK");
+
+        json doc = result;
+        doc["applied"] = all_applied;
+        if (!steps_log.empty()) doc["steps"] = steps_log;
+        if (!load_doc.is_null()) doc["load"] = load_doc;
+        doc["duration_ms"] = elapsed_ms(started);
+        int code = kExitOk;
+        if (!failure.is_null()) {
+            doc["ok"] = false;
+            doc["state"] = "failed";
+            doc["failed"] = failure;
+            code = kExitFailed;
+        } else if (!result.value("ok", false)) {
+            // A migration that failed is exit 1 whatever its own SQLSTATE; only drift has its own code here
+            // (the lock error is raised by deploy.up itself and mapped in run_command).
+            code = kExitFailed;
+            if (result.contains("failed") && jstr(result["failed"], "sqlstate", "") == "PD001") code = kExitDrift;
+        }
+        return emit(ctx, doc, code, [&]() { print_up_human(doc, code); });
+    });
+}
+
+}  // namespace pgdeploy::cli

@@ -1,0 +1,202 @@
+// libpq wrapper (see connection.hpp).
+#include "common/connection.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cctype>
+#include <cstdlib>
+
+#include "common/conninfo.hpp"
+#include "common/logging.hpp"
+
+namespace pgdeploy::common {
+
+namespace {
+
+std::string field(const PGresult* res, int code) {
+    const char* v = PQresultErrorField(res, code);
+    return v ? std::string(v) : std::string();
+}
+
+std::string trim_trailing_newlines(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+// one_line: libpq's connection errors span lines ("...\n\tIs the server running..."); messages are one line.
+std::string one_line(const std::string& s) {
+    std::string out;
+    bool space = false;
+    for (char c : trim_trailing_newlines(s)) {
+        if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
+            space = true;
+            continue;
+        }
+        if (space && !out.empty()) out += ' ';
+        space = false;
+        out += c;
+    }
+    return out;
+}
+
+/*
+ * log_notice
+ *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the log on stderr
+ *		instead of libpq's default print, so they obey --log-format and never mix into stdout.
+ */
+void log_notice(void*, const PGresult* res) {
+    std::string severity = field(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    std::string text = trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY));
+    std::string sqlstate = field(res, PG_DIAG_SQLSTATE);
+    if (severity == "WARNING")
+        spdlog::warn("server: {} ({})", text, sqlstate);
+    else
+        spdlog::debug("server {}: {}", severity, text);
+}
+
+// natural_less: "0.9" < "0.10"; enough for extension version strings.
+bool version_less(const std::string& a, const std::string& b) {
+    size_t i = 0, j = 0;
+    while (i < a.size() && j < b.size()) {
+        if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+            size_t ie = i, je = j;
+            while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie]))) ++ie;
+            while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je]))) ++je;
+            long long x = std::atoll(a.substr(i, ie - i).c_str()), y = std::atoll(b.substr(j, je - j).c_str());
+            if (x != y) return x < y;
+            i = ie;
+            j = je;
+        } else {
+            if (a[i] != b[j]) return a[i] < b[j];
+            ++i;
+            ++j;
+        }
+    }
+    return (a.size() - i) < (b.size() - j);
+}
+
+}  // namespace
+
+DbError::DbError(const std::string& sqlstate, const std::string& message, std::string detail, std::string hint,
+                 std::string context)
+    : Failure(exit_code_for_sqlstate(sqlstate), message, sqlstate),
+      detail_(std::move(detail)),
+      hint_(std::move(hint)),
+      context_(std::move(context)) {}
+
+nlohmann::json DbError::to_json() const {
+    auto or_null = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
+    return {{"sqlstate", or_null(sqlstate())}, {"message", what()}, {"detail", or_null(detail_)},
+            {"hint", or_null(hint_)},         {"context", or_null(context_)}};
+}
+
+/*
+ * Connection::connect
+ *		The DSN goes to libpq as the expandable dbname so every libpq source works (URI, conninfo, service=,
+ *		PG* variables, .pgpass, multi-host with target_session_attrs). connect_timeout comes before the DSN in
+ *		the keyword list so the DSN can override it; fallback_application_name only applies when nothing else
+ *		names the application.
+ */
+Connection Connection::connect(const ConnectOptions& options) {
+    // A password given in the DSN must never be logged, even verbatim inside a libpq message.
+    if (!options.dsn.empty()) {
+        char* err = nullptr;
+        PQconninfoOption* parsed = PQconninfoParse(options.dsn.c_str(), &err);
+        if (parsed) {
+            for (PQconninfoOption* o = parsed; o->keyword; ++o)
+                if (std::string(o->keyword) == "password" && o->val) add_log_secret(o->val);
+            PQconninfoFree(parsed);
+        } else {
+            std::string msg = err ? one_line(err) : "invalid connection string";
+            PQfreemem(err);
+            throw Failure(kExitConnect, "invalid connection string: " + scrub_secrets(msg));
+        }
+    }
+    std::vector<const char*> keys, values;
+    std::string timeout = std::to_string(options.connect_timeout_s);
+    if (options.connect_timeout_s > 0 && std::getenv("PGCONNECT_TIMEOUT") == nullptr) {
+        keys.push_back("connect_timeout");
+        values.push_back(timeout.c_str());
+    }
+    keys.push_back("dbname");
+    values.push_back(options.dsn.c_str());
+    keys.push_back("fallback_application_name");
+    values.push_back(options.application_name.c_str());
+    keys.push_back(nullptr);
+    values.push_back(nullptr);
+
+    PGconn* raw = PQconnectdbParams(keys.data(), values.data(), 1);
+    if (raw == nullptr) throw Failure(kExitConnect, "cannot connect: out of memory");
+    Connection conn(raw);
+    if (PQstatus(raw) != CONNECTION_OK) {
+        const char* pw = PQpass(raw);
+        std::string msg = scrub_secrets(one_line(PQerrorMessage(raw)), pw ? pw : "");
+        throw Failure(kExitConnect, "cannot connect to the database: " + msg);
+    }
+    if (const char* pw = PQpass(raw); pw && *pw) add_log_secret(pw);
+    PQsetNoticeReceiver(raw, &log_notice, nullptr);
+    spdlog::debug("connected to {}", conn.describe());
+    return conn;
+}
+
+void Connection::throw_error(PGresult* res) {
+    Result owned(res);
+    if (!ok()) {
+        std::string msg = one_line(PQerrorMessage(conn_.get()));
+        throw Failure(kExitConnect, "lost the database connection: " + scrub_secrets(msg));
+    }
+    std::string sqlstate = res ? field(res, PG_DIAG_SQLSTATE) : "";
+    std::string message = res ? trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY)) : "";
+    if (message.empty()) message = trim_trailing_newlines(PQerrorMessage(conn_.get()));
+    throw DbError(sqlstate, scrub_secrets(message), res ? field(res, PG_DIAG_MESSAGE_DETAIL) : "",
+                  res ? field(res, PG_DIAG_MESSAGE_HINT) : "", res ? field(res, PG_DIAG_CONTEXT) : "");
+}
+
+Result Connection::exec(const std::string& sql, const std::vector<Param>& params) {
+    PGresult* res;
+    if (params.empty()) {
+        res = PQexec(conn_.get(), sql.c_str());
+    } else {
+        std::vector<const char*> values;
+        values.reserve(params.size());
+        for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+        res = PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                           nullptr, nullptr, 0);
+    }
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) throw_error(res);
+    return Result(res);
+}
+
+std::optional<std::string> Connection::query_value(const std::string& sql, const std::vector<Param>& params) {
+    Result r = exec(sql, params);
+    if (r.rows() == 0 || r.columns() == 0 || r.is_null(0, 0)) return std::nullopt;
+    return r.value(0, 0);
+}
+
+nlohmann::json Connection::query_json(const std::string& sql, const std::vector<Param>& params) {
+    auto v = query_value(sql, params);
+    if (!v) return nullptr;
+    return nlohmann::json::parse(*v);
+}
+
+std::string Connection::require_extension() {
+    auto version = query_value("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_deploy'");
+    if (!version)
+        throw Failure(kExitExtension, "the pg_deploy extension is not installed in database \"" +
+                                          std::string(PQdb(conn_.get())) +
+                                          "\": run CREATE EXTENSION pg_deploy; as a superuser");
+    if (version_less(*version, kMinimumExtensionVersion))
+        throw Failure(kExitExtension, "pg_deploy " + *version + " is too old for this pgdeploy (needs " +
+                                          kMinimumExtensionVersion +
+                                          " or later): run ALTER EXTENSION pg_deploy UPDATE;");
+    return *version;
+}
+
+std::string Connection::describe() const {
+    if (!conn_) return "(not connected)";
+    std::string host = PQhost(conn_.get()) ? PQhost(conn_.get()) : "";
+    return std::string(PQuser(conn_.get())) + "@" + host + ":" + PQport(conn_.get()) + "/" + PQdb(conn_.get());
+}
+
+}  // namespace pgdeploy::common

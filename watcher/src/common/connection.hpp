@@ -1,0 +1,97 @@
+// A small RAII wrapper over a libpq connection, shared by the CLI commands and the watcher.
+//
+// - Connection::connect() hands the DSN to libpq untouched (conninfo or URI; PG* variables, service=, .pgpass and
+//   multi-host target_session_attrs all work natively) and sets fallback_application_name.
+// - exec() uses PQexecParams with text parameters (never string concatenation of user values) and throws DbError
+//   carrying the SQLSTATE, message, detail, hint and context; a lost connection throws a Failure with exit code 3.
+// - Every message that leaves this file has its passwords scrubbed.
+#pragma once
+#include <libpq-fe.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/exit_codes.hpp"
+
+namespace pgdeploy::common {
+
+// DbError: the server refused a statement. exit_code() follows exit_code_for_sqlstate().
+class DbError : public Failure {
+public:
+    DbError(const std::string& sqlstate, const std::string& message, std::string detail = {},
+            std::string hint = {}, std::string context = {});
+    const std::string& detail() const { return detail_; }
+    const std::string& hint() const { return hint_; }
+    const std::string& context() const { return context_; }
+    // to_json: {"sqlstate","message","detail","hint","context"} (empty fields are null).
+    nlohmann::json to_json() const;
+
+private:
+    std::string detail_, hint_, context_;
+};
+
+// Result: owns a PGresult. Values are text; is_null() tells SQL NULL apart from ''.
+class Result {
+public:
+    explicit Result(PGresult* res) : res_(res, &PQclear) {}
+    int rows() const { return PQntuples(res_.get()); }
+    int columns() const { return PQnfields(res_.get()); }
+    bool is_null(int row, int col) const { return PQgetisnull(res_.get(), row, col) != 0; }
+    std::string value(int row, int col) const { return PQgetvalue(res_.get(), row, col); }
+    std::string column_name(int col) const { return PQfname(res_.get(), col); }
+    PGresult* raw() const { return res_.get(); }
+
+private:
+    std::unique_ptr<PGresult, decltype(&PQclear)> res_;
+};
+
+using Param = std::optional<std::string>;   // std::nullopt = SQL NULL
+
+struct ConnectOptions {
+    std::string dsn;                              // "" = libpq defaults (PG* variables, service file, .pgpass)
+    std::string application_name = "pgdeploy";    // used unless the DSN or PGAPPNAME names one
+    int connect_timeout_s = 10;                   // unless the DSN or PGCONNECT_TIMEOUT sets one; 0 = none
+};
+
+class Connection {
+public:
+    // connect: throws Failure(kExitConnect) with libpq's message (scrubbed) when the connection fails.
+    static Connection connect(const ConnectOptions& options);
+
+    Connection(Connection&&) noexcept = default;
+    Connection& operator=(Connection&&) noexcept = default;
+
+    // exec: one statement (or several without parameters) with text parameters. Throws DbError on a server
+    // error, Failure(kExitConnect) when the connection is lost.
+    Result exec(const std::string& sql, const std::vector<Param>& params = {});
+
+    // query_value: first column of the first row; nullopt for SQL NULL or no row.
+    std::optional<std::string> query_value(const std::string& sql, const std::vector<Param>& params = {});
+
+    // query_json: first column of the first row parsed as JSON (json/jsonb results); JSON null for SQL NULL.
+    nlohmann::json query_json(const std::string& sql, const std::vector<Param>& params = {});
+
+    // require_extension: throws Failure(kExitExtension) unless pg_deploy (>= the minimum version this pgdeploy
+    // knows) is installed in the database; returns the installed version.
+    std::string require_extension();
+
+    // describe: "user@host:port/dbname" for logs (never the password).
+    std::string describe() const;
+
+    bool ok() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+    PGconn* raw() const { return conn_.get(); }
+
+private:
+    explicit Connection(PGconn* conn) : conn_(conn, &PQfinish) {}
+    [[noreturn]] void throw_error(PGresult* res);
+
+    std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+};
+
+// The oldest extension version this pgdeploy can drive (require_extension()).
+inline constexpr const char* kMinimumExtensionVersion = "0.1";
+
+}  // namespace pgdeploy::common

@@ -1,0 +1,24 @@
+// Header directives of a migration file: `-- pg_deploy: key=value ...` lines in the leading comment block.
+//
+//   -- pg_deploy: transaction=off            the migration runs statement by statement at top level (pgdeploy up)
+//   -- pg_deploy: reversible=lossy           reversible|lossy|irreversible
+//   -- pg_deploy: transaction=off, reversible=irreversible
+//
+// Only the comment block at the top of the file is read (blank lines and `--` lines; the first other line ends
+// it). An unknown key or value is an error naming file:line, so a typo never silently changes how a migration runs.
+#pragma once
+#include <optional>
+#include <string>
+
+namespace pgdeploy::loader {
+
+struct Directives {
+    std::optional<bool> transactional;          // nullopt: the extension detects
+    std::optional<std::string> reversibility;   // nullopt: reversible if a down script exists, else irreversible
+    int line_of_first = 0;                      // 0 when the file has none (for "directives only in .up.sql")
+};
+
+// parse_directives: throws UsageError("PATH:LINE: ...") for a malformed or unknown directive.
+Directives parse_directives(const std::string& text, const std::string& path);
+
+}  // namespace pgdeploy::loader

@@ -1,0 +1,120 @@
+// The watcher's configuration file (JSON): what to check, when to decide, how to roll back.
+// Every key, its default and its meaning is documented in docs/watch.md; keep the two in step.
+#pragma once
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "watch/duration.hpp"
+
+namespace pgdeploy::watch {
+
+// A configuration error names the key path it is about, e.g. `checks[2].interval: must be a positive duration`.
+class ConfigError : public std::runtime_error {
+public:
+    ConfigError(std::string path, const std::string& message)
+        : std::runtime_error(path.empty() ? message : path + ": " + message), path_(std::move(path)) {}
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+enum class CheckType { http, tcp, postgres, command };
+const char* to_string(CheckType t);
+
+struct ErrorRateConfig {
+    bool enabled = true;
+    double threshold = 0.10;        // fraction of failed samples in the window that counts as unhealthy
+    Millis window = 600 * 1000;     // seed 004: 10 % over 10 minutes
+    int min_samples = 10;           // fewer samples than this never decide anything
+};
+
+struct CheckConfig {
+    std::string name;
+    CheckType type = CheckType::http;
+    Millis interval = 10 * 1000;
+    Millis timeout = 2 * 1000;
+    bool critical = true;
+    int failure_threshold = 3;
+    int warning_threshold = 2;
+    int success_threshold = 2;
+    ErrorRateConfig error_rate;
+    Millis grace_period = 0;
+    bool dry_run = false;
+
+    // http
+    std::string url;
+    int expect_status = 200;
+    std::string body_contains;
+    // tcp
+    std::string host;
+    int port = 0;
+    // postgres
+    std::string dsn;                 // empty: the watcher's database dsn
+    std::string query = "SELECT 1";
+    // command
+    std::vector<std::string> argv;
+    std::size_t max_output = 4096;
+};
+
+enum class RollbackOrder { app_first, database_first };
+
+struct RollbackConfig {
+    std::vector<std::string> command;   // the app's rollback hook; empty: database only
+    Millis timeout = 5 * 60 * 1000;
+    RollbackOrder order = RollbackOrder::app_first;
+    Millis retry_backoff = 10 * 1000;
+    Millis retry_backoff_max = 5 * 60 * 1000;
+    Millis lease = 5 * 60 * 1000;
+    bool force = false;                 // pass force => true to execute_rollback (outside the rollback window)
+};
+
+struct DecisionConfig {
+    Millis watch_window = 30 * 60 * 1000;   // roll back only this long after a deployment finished
+    Millis cooldown = 10 * 60 * 1000;       // no second rollback this soon after one
+    Millis health_recovery = 2 * 60 * 1000; // after a rollback, health must recover within this
+    bool dry_run = false;                   // decide and record, never act
+};
+
+struct DatabaseConfig {
+    std::string dsn;                        // libpq conninfo; empty: PG* environment
+    Millis poll_interval = 5 * 1000;        // fallback poll of the ledger when no NOTIFY arrives
+    Millis reconnect_min = 500;
+    Millis reconnect_max = 30 * 1000;
+};
+
+struct LoggingConfig {
+    std::string level = "info";
+    std::string format = "plain";           // plain | json
+};
+
+struct MetricsConfig {
+    std::string listen;                     // empty: no metrics server; else loopback host:port
+    std::string host;
+    int port = 0;
+};
+
+struct WatchConfig {
+    std::string watcher_id;                 // stable holder identity; default: the host name
+    DatabaseConfig database;
+    std::vector<CheckConfig> checks;
+    DecisionConfig decision;
+    RollbackConfig rollback;
+    LoggingConfig logging;
+    MetricsConfig metrics;
+    bool leader_lock = true;                // false: never lead (a pure observer)
+    std::string state_file;                 // where the daemon writes its view for `watch --status`
+};
+
+// parse_config parses and validates a configuration document; throws ConfigError naming the key.
+WatchConfig parse_config(const std::string& text);
+
+// load_config reads FILE and parses it; unreadable files are ConfigError too (path "").
+WatchConfig load_config(const std::string& file);
+
+// Smallest interval of all checks (the main loop's natural tick); 1 s when there are no checks.
+Millis shortest_interval(const WatchConfig& cfg);
+
+}  // namespace pgdeploy::watch

@@ -1,0 +1,615 @@
+#include "watch/daemon.hpp"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
+#include <sstream>
+
+#include "common/connection.hpp"
+#include "common/conninfo.hpp"
+#include "watch/checks.hpp"
+#include "watch/decision.hpp"
+#include "watch/executor.hpp"
+#include "watch/ledger.hpp"
+#include "watch/metrics.hpp"
+
+namespace pgdeploy::watch {
+
+using nlohmann::json;
+
+Millis monotonic_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+namespace {
+
+// Signal handlers only set these flags; the main loop does the work (pgbouncer, pg_auto_failover do the same).
+std::atomic<bool> g_stop{false};
+std::atomic<bool> g_reload{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "signal flags must be lock-free");
+
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+extern "C" void on_reload_signal(int) { g_reload.store(true); }
+
+void install_signal_handlers() {
+    struct sigaction sa{};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;   // no SA_RESTART: a sleeping poll() returns at once
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+std::string iso_now() {
+    auto now = std::chrono::system_clock::now();
+    std::time_t t = std::chrono::system_clock::to_time_t(now);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    return buf;
+}
+
+Millis wall_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+void apply_log_level(const std::string& level) {
+    spdlog::set_level(spdlog::level::from_str(level == "warning" ? "warn" : level));
+}
+
+struct Verification {
+    std::int64_t marker_id = 0;
+    std::int64_t deployment_id = 0;
+    Millis started = 0;
+    Millis deadline = 0;
+};
+
+class Daemon {
+public:
+    Daemon(std::string config_path, const WatchConfig& cfg)
+        : config_path_(std::move(config_path)), cfg_(cfg), engine_(cfg), rng_(std::random_device{}()) {}
+
+    int run();
+
+private:
+    void reload();
+    void ensure_db(Millis now);
+    void drop_db(const std::string& why);
+    void refresh_view(Millis now);
+    void run_due_checks(Millis now);
+    void act(const Decision& d, Millis now);
+    void process_markers(Millis now);
+    void handle_outcome(const ExecOutcome& o, Millis now);
+    void verify_recovery(Millis now);
+    void publish(Millis now);
+    void feed_watchdog(Millis now);
+    void sleep_until(Millis until);
+    bool hook_tick();
+    void record_event(const std::string& kind, std::int64_t dep, std::int64_t marker, const json& details);
+
+    std::string config_path_;
+    WatchConfig cfg_;
+    DecisionEngine engine_;
+    std::mt19937_64 rng_;
+    std::optional<common::Connection> conn_;
+    bool leader_ = false;
+    Millis reconnect_at_ = 0;
+    Millis backoff_ = 0;
+    Millis next_poll_ = 0;
+    bool refresh_ = true;
+    std::map<std::string, Millis> next_due_;
+    Millis watchdog_every_ = 0;
+    Millis next_watchdog_ = 0;
+    Millis started_ = 0;
+    std::optional<Verification> verification_;
+    json last_decision_ = nullptr;
+    std::map<std::string, long> rollbacks_;     // by result
+    std::map<std::string, long> decisions_;     // by kind
+    int pending_migrations_ = -1;
+    MetricsServer metrics_;
+    bool metrics_on_ = false;
+    Millis next_publish_ = 0;
+};
+
+/*
+ * Daemon::feed_watchdog
+ *
+ * WATCHDOG=1 at half of WATCHDOG_USEC, only from the main loop (and the hook's wait loop, which is part of it): a
+ * loop that hangs stops feeding, and systemd restarts the watcher.
+ */
+void Daemon::feed_watchdog(Millis now) {
+    if (watchdog_every_ > 0 && now >= next_watchdog_) {
+        sd_notify(0, "WATCHDOG=1");
+        next_watchdog_ = now + watchdog_every_;
+    }
+}
+
+bool Daemon::hook_tick() {
+    feed_watchdog(monotonic_ms());
+    return !g_stop.load();
+}
+
+void Daemon::record_event(const std::string& kind, std::int64_t dep, std::int64_t marker, const json& details) {
+    if (!conn_) return;
+    try {
+        Ledger(*conn_).log_event(kind, dep, marker, details);
+    } catch (const common::DbError& e) {
+        spdlog::error("cannot record event {}: {}", kind, e.what());
+    } catch (const Failure& e) {
+        drop_db(e.what());
+    }
+}
+
+void Daemon::drop_db(const std::string& why) {
+    if (conn_) spdlog::warn("database connection lost: {}{}", why, leader_ ? " (leadership released)" : "");
+    conn_.reset();
+    leader_ = false;
+    Millis now = monotonic_ms();
+    if (backoff_ == 0) backoff_ = cfg_.database.reconnect_min;
+    else backoff_ = std::min(backoff_ * 2, cfg_.database.reconnect_max);
+    // Full jitter in [backoff/2, backoff]: many watchers that lost the same database do not return in lockstep.
+    std::uniform_int_distribution<Millis> jitter(backoff_ / 2, backoff_);
+    reconnect_at_ = now + jitter(rng_);
+}
+
+/*
+ * Daemon::ensure_db
+ *
+ * One session connection carries LISTEN pg_deploy, the leadership lock and the ledger queries. When it goes, so does
+ * leadership (the server releases the session lock), and another watcher takes over; this one keeps checking and
+ * reconnects with jittered exponential backoff.
+ */
+void Daemon::ensure_db(Millis now) {
+    if (conn_ || now < reconnect_at_) return;
+    try {
+        common::ConnectOptions opts;
+        opts.dsn = cfg_.database.dsn;
+        opts.application_name = "pgdeploy-watch";
+        opts.connect_timeout_s = 5;
+        conn_.emplace(common::Connection::connect(opts));
+        conn_->require_extension();
+        Ledger ledger(*conn_);
+        ledger.listen();
+        spdlog::info("connected to {} as watcher \"{}\"", conn_->describe(), cfg_.watcher_id);
+        backoff_ = 0;
+        refresh_ = true;
+        if (cfg_.leader_lock && ledger.try_lead()) {
+            leader_ = true;
+            spdlog::info("this watcher (\"{}\") is the leader", cfg_.watcher_id);
+        }
+    } catch (const Failure& e) {
+        bool had = conn_.has_value();
+        conn_.reset();
+        if (!had || true) {
+            spdlog::warn("cannot connect to the database: {}", e.what());
+        }
+        drop_db(e.what());
+    }
+}
+
+void Daemon::refresh_view(Millis now) {
+    if (!conn_) return;
+    Ledger ledger(*conn_);
+    if (!leader_ && cfg_.leader_lock && ledger.try_lead()) {
+        leader_ = true;
+        spdlog::warn("this watcher (\"{}\") took over leadership", cfg_.watcher_id);
+    }
+    DeploymentView v = ledger.read_view(now);
+    const DeploymentView& old = engine_.deployment();
+    if (v.id != old.id || v.state != old.state)
+        spdlog::info("deployment {} ({}) is {}", v.id, v.app_version.empty() ? "-" : v.app_version,
+                     v.id ? v.state : "absent");
+    engine_.observe_deployment(v, now);
+    pending_migrations_ = ledger.pending_migrations();
+    next_poll_ = now + cfg_.database.poll_interval;
+    refresh_ = false;
+}
+
+void Daemon::run_due_checks(Millis now) {
+    std::vector<const CheckConfig*> due;
+    for (const auto& c : cfg_.checks) {
+        auto it = next_due_.find(c.name);
+        if (it == next_due_.end() || it->second <= now) due.push_back(&c);
+    }
+    if (due.empty()) return;
+    for (const auto* c : due) next_due_[c->name] = now + c->interval;
+    std::vector<CheckResult> results = run_checks(due, cfg_.database.dsn);
+    Millis at = monotonic_ms();
+    for (const auto& r : results) {
+        auto before = engine_.trackers().count(r.name) ? engine_.trackers().at(r.name).state() : HealthState::ok;
+        engine_.record(r, at);
+        spdlog::debug("check {}: {} in {:.1f} ms: {}", r.name, to_string(r.status), r.latency_ms, r.detail);
+        const auto& t = engine_.trackers().at(r.name);
+        if (t.state() != before) {
+            auto level = t.state() == HealthState::failing ? spdlog::level::err
+                         : t.state() == HealthState::warning ? spdlog::level::warn
+                                                             : spdlog::level::info;
+            spdlog::log(level, "check {} is now {} (was {}): {}", r.name, to_string(t.state()), to_string(before),
+                        r.detail);
+            const auto& view = engine_.deployment();
+            if (leader_ && t.state() == HealthState::failing && t.config().critical && view.id != 0)
+                record_event("watcher_unhealthy", view.id, 0,
+                             {{"check", r.name}, {"detail", r.detail}, {"watcher_id", cfg_.watcher_id},
+                              {"app_version", view.app_version}});
+        }
+    }
+}
+
+/*
+ * Daemon::act
+ *
+ * Only the leader acts and records; followers evaluate the same rules (so that their --status is meaningful and a
+ * take-over continues seamlessly) and log what the leader is expected to do.
+ */
+void Daemon::act(const Decision& d, Millis now) {
+    if (d.fresh) {
+        last_decision_ = d.to_json();
+        last_decision_["at"] = iso_now();
+    }
+    if (d.kind == DecisionKind::none) {
+        if (d.fresh && d.reason != "healthy" && d.reason != "no_deployment") spdlog::debug("decision: {}", d.message);
+        return;
+    }
+    if (!leader_) {
+        if (d.fresh) spdlog::info("decision (not leader, the leader acts): {}", d.message);
+        return;
+    }
+    json details = d.to_json();
+    details["watcher_id"] = cfg_.watcher_id;
+    json checks = json::object();
+    for (const auto& name : d.triggering_checks) checks[name] = engine_.trackers().at(name).to_json(now);
+    details["checks"] = checks;
+
+    switch (d.kind) {
+        case DecisionKind::suppressed:
+            if (d.fresh) {
+                spdlog::warn("decision: {}", d.message);
+                ++decisions_["suppressed"];
+                record_event("watcher_decision", d.deployment_id, 0, details);
+            }
+            return;
+        case DecisionKind::freeze:
+            spdlog::critical("decision: {}", d.message);
+            ++decisions_["freeze"];
+            record_event("watcher_decision", d.deployment_id, 0, details);
+            record_event("watcher_frozen", d.deployment_id, 0, details);
+            engine_.commit(d, now);
+            return;
+        case DecisionKind::would_rollback:
+            spdlog::warn("decision: {}", d.message);
+            ++decisions_["would_rollback"];
+            record_event("watcher_decision", d.deployment_id, 0, details);
+            engine_.commit(d, now);
+            return;
+        case DecisionKind::rollback: break;
+        case DecisionKind::none: return;
+    }
+
+    // Re-read the ledger before acting: another watcher or a person may have acted a moment ago.
+    try {
+        refresh_view(now);
+    } catch (const common::DbError& e) {
+        spdlog::error("cannot re-read the ledger before rolling back: {}", e.what());
+        return;
+    }
+    Decision again = engine_.evaluate(now);
+    if (again.kind != DecisionKind::rollback || again.deployment_id != d.deployment_id) {
+        spdlog::info("decision changed on re-reading the ledger: {}", again.message);
+        return;
+    }
+    spdlog::critical("decision: {}", d.message);
+    ++decisions_["rollback"];
+    std::int64_t marker = 0;
+    try {
+        Ledger ledger(*conn_);
+        ledger.log_event("watcher_decision", d.deployment_id, 0, details);
+        marker = ledger.request_rollback("watcher " + cfg_.watcher_id + ": " + d.message, d.deployment_id, details);
+    } catch (const common::DbError& e) {
+        spdlog::error("cannot request the rollback of deployment {}: {}", d.deployment_id, e.what());
+        engine_.commit(d, now);   // never loop on a refused request; the event log and logs say why
+        return;
+    }
+    engine_.commit(d, now);
+    spdlog::warn("rollback marker {} requested for deployment {}", marker, d.deployment_id);
+    RollbackExecutor exec(cfg_, *conn_, [this] { return hook_tick(); });
+    handle_outcome(exec.claim_and_execute(marker), monotonic_ms());
+}
+
+void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
+    if (o.result == "not_claimed") return;
+    ++rollbacks_[o.result];
+    if (o.result == "done") {
+        if (!verification_ || verification_->marker_id != o.marker_id) {
+            verification_ = Verification{o.marker_id, o.deployment_id, now, now + cfg_.decision.health_recovery};
+        }
+        try {
+            refresh_view(now);   // the deployment is rolled_back now: checks start fresh evidence
+        } catch (const common::DbError& e) {
+            spdlog::error("cannot re-read the ledger: {}", e.what());
+        }
+    } else if (o.result == "failed") {
+        spdlog::warn("marker {}: attempt failed ({}); retrying after backoff", o.marker_id, o.error);
+    } else if (o.result == "needs_attention") {
+        spdlog::critical("marker {}: needs attention: {}", o.marker_id, o.error);
+    }
+}
+
+void Daemon::process_markers(Millis now) {
+    if (!conn_ || !leader_) return;
+    auto ready = list_claimable(*conn_, cfg_.watcher_id, cfg_.rollback, true);
+    for (const auto& m : ready) {
+        if (g_stop.load()) return;
+        spdlog::warn("marker {} ({}{}) is waiting: executing it", m.id, m.state, m.own ? ", ours from before" : "");
+        RollbackExecutor exec(cfg_, *conn_, [this] { return hook_tick(); });
+        handle_outcome(exec.claim_and_execute(m.id), monotonic_ms());
+    }
+}
+
+void Daemon::verify_recovery(Millis now) {
+    if (!verification_) return;
+    bool fresh_enough = true;
+    for (const auto& [name, t] : engine_.trackers())
+        if (t.config().critical && t.last_at() < verification_->started) fresh_enough = false;
+    if (fresh_enough && engine_.all_critical_healthy()) {
+        Millis took = now - verification_->started;
+        spdlog::warn("health recovered {} ms after rolling back deployment {}", took, verification_->deployment_id);
+        ++rollbacks_["recovered"];
+        record_event("watcher_rollback_done", verification_->deployment_id, verification_->marker_id,
+                     {{"recovered", true}, {"recovery_ms", took}, {"watcher_id", cfg_.watcher_id}});
+        verification_.reset();
+    } else if (now > verification_->deadline) {
+        spdlog::critical("health did not recover within {} after rolling back deployment {}",
+                         format_duration(cfg_.decision.health_recovery), verification_->deployment_id);
+        ++rollbacks_["unrecovered"];
+        record_event("watcher_rollback_unrecovered", verification_->deployment_id, verification_->marker_id,
+                     {{"recovered", false}, {"health_recovery", format_duration(cfg_.decision.health_recovery)},
+                      {"watcher_id", cfg_.watcher_id}});
+        verification_.reset();
+    }
+}
+
+void Daemon::publish(Millis now) {
+    json status = {{"schema_version", 1},
+                   {"watcher_id", cfg_.watcher_id},
+                   {"pid", static_cast<long>(getpid())},
+                   {"config_file", config_path_},
+                   {"leader", leader_},
+                   {"connected", conn_.has_value()},
+                   {"dry_run", cfg_.decision.dry_run},
+                   {"updated_at", iso_now()},
+                   {"updated_at_epoch_ms", wall_ms()},
+                   {"stale_after_ms", std::max<Millis>(3 * std::max(shortest_interval(cfg_), cfg_.database.poll_interval), 10000)},
+                   {"uptime_ms", now - started_},
+                   {"last_decision", last_decision_},
+                   {"rollbacks", rollbacks_},
+                   {"pending_migrations", pending_migrations_ < 0 ? json(nullptr) : json(pending_migrations_)}};
+    json engine = engine_.to_json(now);
+    status["checks"] = engine["checks"];
+    status["deployment"] = engine["deployment"];
+    status["cooldown_remaining_ms"] = engine["cooldown_remaining_ms"];
+    status["verification"] = verification_ ? json{{"marker_id", verification_->marker_id},
+                                                  {"deployment_id", verification_->deployment_id},
+                                                  {"remaining_ms", verification_->deadline - now}}
+                                           : json(nullptr);
+    std::string text = status.dump(2) + "\n";
+
+    if (!cfg_.state_file.empty()) {
+        std::string tmp = cfg_.state_file + ".tmp." + std::to_string(getpid());
+        {
+            std::ofstream out(tmp, std::ios::trunc);
+            out << text;
+        }
+        if (std::rename(tmp.c_str(), cfg_.state_file.c_str()) != 0) {
+            std::remove(tmp.c_str());
+            spdlog::debug("cannot write the state file {}", cfg_.state_file);
+        }
+    }
+    if (metrics_on_) {
+        std::ostringstream m;
+        m << "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
+             "# TYPE pgdeploy_watch_check_state gauge\n";
+        for (const auto& [name, t] : engine_.trackers())
+            m << "pgdeploy_watch_check_state{check=\"" << escape_label(name) << "\",type=\"" << to_string(t.config().type)
+              << "\",critical=\"" << (t.config().critical ? "true" : "false") << "\"} "
+              << static_cast<int>(t.state()) << "\n";
+        m << "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
+             "# TYPE pgdeploy_watch_check_up gauge\n";
+        for (const auto& [name, t] : engine_.trackers())
+            if (t.last())
+                m << "pgdeploy_watch_check_up{check=\"" << escape_label(name) << "\"} "
+                  << (t.last()->status == CheckStatus::ok ? 1 : 0) << "\n";
+        m << "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
+             "# TYPE pgdeploy_watch_check_latency_seconds gauge\n";
+        for (const auto& [name, t] : engine_.trackers())
+            if (t.last())
+                m << "pgdeploy_watch_check_latency_seconds{check=\"" << escape_label(name) << "\"} "
+                  << t.last()->latency_ms / 1000.0 << "\n";
+        m << "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
+             "# TYPE pgdeploy_watch_check_error_rate gauge\n";
+        for (const auto& [name, t] : engine_.trackers())
+            m << "pgdeploy_watch_check_error_rate{check=\"" << escape_label(name) << "\"} " << t.error_rate(now)
+              << "\n";
+        m << "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
+             "# TYPE pgdeploy_watch_rollbacks_total counter\n";
+        for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"})
+            m << "pgdeploy_watch_rollbacks_total{result=\"" << r << "\"} "
+              << (rollbacks_.count(r) ? rollbacks_.at(r) : 0) << "\n";
+        m << "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
+             "# TYPE pgdeploy_watch_decisions_total counter\n";
+        for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"})
+            m << "pgdeploy_watch_decisions_total{kind=\"" << k << "\"} " << (decisions_.count(k) ? decisions_.at(k) : 0)
+              << "\n";
+        m << "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
+             "# TYPE pgdeploy_watch_leader gauge\n"
+          << "pgdeploy_watch_leader " << (leader_ ? 1 : 0) << "\n"
+          << "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
+             "# TYPE pgdeploy_watch_database_up gauge\n"
+          << "pgdeploy_watch_database_up " << (conn_ ? 1 : 0) << "\n";
+        if (pending_migrations_ >= 0)
+            m << "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
+                 "# TYPE pgdeploy_watch_pending_migrations gauge\n"
+              << "pgdeploy_watch_pending_migrations " << pending_migrations_ << "\n";
+        const auto& v = engine_.deployment();
+        if (v.id != 0)
+            m << "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
+                 "# TYPE pgdeploy_watch_deployment_id gauge\n"
+              << "pgdeploy_watch_deployment_id{state=\"" << escape_label(v.state) << "\"} " << v.id << "\n";
+        metrics_.publish(m.str(), text);
+    }
+}
+
+/*
+ * Daemon::reload
+ *
+ * RELOADING=1, parse and validate the new file, swap only if it is entirely valid, READY=1. A bad file on reload is
+ * a warning, never a stop: the old configuration keeps watching.
+ */
+void Daemon::reload() {
+    g_reload.store(false);
+    sd_notify(0, "RELOADING=1");
+    try {
+        WatchConfig next = load_config(config_path_);
+        if (next.metrics.listen != cfg_.metrics.listen)
+            spdlog::warn("metrics.listen changed: takes effect at the next restart");
+        if (next.state_file != cfg_.state_file && !cfg_.state_file.empty()) std::remove(cfg_.state_file.c_str());
+        bool db_changed = next.database.dsn != cfg_.database.dsn || next.watcher_id != cfg_.watcher_id ||
+                          next.leader_lock != cfg_.leader_lock;
+        engine_.reconfigure(next);
+        std::map<std::string, Millis> due;
+        for (const auto& c : next.checks) due[c.name] = next_due_.count(c.name) ? next_due_[c.name] : 0;
+        next_due_ = std::move(due);
+        cfg_ = std::move(next);
+        apply_log_level(cfg_.logging.level);
+        if (db_changed && conn_) {
+            spdlog::info("database settings changed: reconnecting");
+            conn_.reset();
+            leader_ = false;
+            reconnect_at_ = 0;
+        }
+        spdlog::info("configuration reloaded from {} ({} checks)", config_path_, cfg_.checks.size());
+    } catch (const ConfigError& e) {
+        spdlog::warn("reload refused, keeping the old configuration: {}", e.what());
+    }
+    sd_notify(0, "READY=1");
+}
+
+void Daemon::sleep_until(Millis until) {
+    Millis now = monotonic_ms();
+    if (watchdog_every_ > 0) until = std::min(until, next_watchdog_);
+    Millis wait = std::clamp<Millis>(until - now, 0, 250);
+    if (wait <= 0) return;
+    struct pollfd pfd{-1, POLLIN, 0};
+    if (conn_ && PQsocket(conn_->raw()) >= 0) pfd.fd = PQsocket(conn_->raw());
+    int pr = poll(&pfd, pfd.fd >= 0 ? 1 : 0, static_cast<int>(wait));
+    if (pr > 0) refresh_ = true;   // something arrived on the connection: a NOTIFY most likely
+}
+
+int Daemon::run() {
+    install_signal_handlers();
+    init_checks();
+    started_ = monotonic_ms();
+    if (!cfg_.metrics.listen.empty()) {
+        std::string err;
+        if (!metrics_.start(cfg_.metrics.host, cfg_.metrics.port, err)) {
+            spdlog::critical("metrics: {}", err);
+            return kExitUsage;
+        }
+        metrics_on_ = true;
+        spdlog::info("metrics on http://{}:{}/metrics", cfg_.metrics.host, metrics_.bound_port());
+    }
+    std::uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+        watchdog_every_ = static_cast<Millis>(usec / 2000);
+        if (watchdog_every_ < 1) watchdog_every_ = 1;
+        spdlog::info("systemd watchdog: WATCHDOG=1 every {} ms", watchdog_every_);
+    }
+    spdlog::info("pgdeploy watch {} starting: watcher \"{}\", {} checks, config {}", PGDEPLOY_VERSION,
+                 cfg_.watcher_id, cfg_.checks.size(), config_path_);
+    ensure_db(monotonic_ms());
+    sd_notify(0, "READY=1\nSTATUS=watching");
+
+    while (!g_stop.load()) {
+        Millis now = monotonic_ms();
+        feed_watchdog(now);
+        if (g_reload.load()) reload();
+        ensure_db(now);
+        try {
+            if (conn_ && Ledger(*conn_).drain_notifications() > 0) refresh_ = true;
+            if (conn_ && (refresh_ || now >= next_poll_)) {
+                bool poll_due = now >= next_poll_;
+                refresh_view(now);
+                if (poll_due || true) process_markers(now);
+            }
+        } catch (const common::DbError& e) {
+            spdlog::error("ledger query failed: {}", e.what());
+            next_poll_ = now + cfg_.database.poll_interval;
+            refresh_ = false;
+        } catch (const Failure& e) {
+            drop_db(e.what());
+        }
+        if (g_stop.load()) break;
+
+        run_due_checks(monotonic_ms());
+        now = monotonic_ms();
+        feed_watchdog(now);
+        try {
+            Decision d = engine_.evaluate(now);
+            act(d, now);
+            verify_recovery(monotonic_ms());
+        } catch (const common::DbError& e) {
+            spdlog::error("ledger write failed: {}", e.what());
+        } catch (const Failure& e) {
+            drop_db(e.what());
+        }
+        now = monotonic_ms();
+        if (now >= next_publish_) {
+            publish(now);
+            next_publish_ = now + 250;
+        }
+
+        Millis next = now + 250;
+        for (const auto& [name, due] : next_due_) next = std::min(next, due);
+        if (conn_) next = std::min(next, next_poll_);
+        else next = std::min(next, reconnect_at_);
+        sleep_until(next);
+    }
+
+    sd_notify(0, "STOPPING=1");
+    spdlog::info("stopping (signal received)");
+    metrics_.stop();
+    conn_.reset();   // releases leadership at once
+    if (!cfg_.state_file.empty()) std::remove(cfg_.state_file.c_str());
+    return kExitOk;
+}
+
+}  // namespace
+
+int run_daemon(const std::string& config_path, const WatchConfig& cfg) {
+    g_stop.store(false);
+    g_reload.store(false);
+    Daemon d(config_path, cfg);
+    return d.run();
+}
+
+}  // namespace pgdeploy::watch

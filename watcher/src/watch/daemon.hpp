@@ -1,0 +1,16 @@
+// `pgdeploy watch`: the long-running watcher (main loop, leadership, LISTEN, systemd notifications, reload).
+#pragma once
+#include <string>
+
+#include "watch/config.hpp"
+
+namespace pgdeploy::watch {
+
+// run_daemon runs until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop, 2 when the metrics
+// address cannot be bound at start-up).
+int run_daemon(const std::string& config_path, const WatchConfig& cfg);
+
+// Wall-clock and monotonic milliseconds; the engine runs on the monotonic clock.
+Millis monotonic_ms();
+
+}  // namespace pgdeploy::watch

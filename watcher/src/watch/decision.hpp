@@ -1,0 +1,148 @@
+// The decision engine: pure code that turns check results and the ledger's view of the current deployment into
+// "roll back", "freeze", or "do nothing (and why)". Time is always an argument (milliseconds on one clock), so the
+// rules are tested without sleeping (tests/unit/test_watch_decision.cpp). The rules are listed in docs/watch.md.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "watch/config.hpp"
+
+namespace pgdeploy::watch {
+
+// The outcome of one run of one check.
+enum class CheckStatus { ok, warning, critical };
+const char* to_string(CheckStatus s);
+
+// The state a check is in after hysteresis.
+enum class HealthState { ok, warning, failing };
+const char* to_string(HealthState s);
+
+struct CheckResult {
+    std::string name;
+    CheckStatus status = CheckStatus::ok;
+    double latency_ms = 0;
+    std::string detail;    // short, scrubbed: "HTTP 503", "connection refused", "exit 2: ..."
+};
+
+/*
+ * CheckTracker: one check's state machine.
+ *   ok      -> warning  after warning_threshold consecutive non-ok results (warning or critical)
+ *   any     -> failing  after failure_threshold consecutive critical results
+ *   warning/failing -> ok only after success_threshold consecutive ok results (hysteresis)
+ * A warning result (command exit 1) never makes a check failing, and breaks a run of critical results.
+ * Failures inside the grace period after a deployment are ignored (counted apart); successes count.
+ * The error rate is critical results / all results in the sliding window; it means nothing below min_samples.
+ */
+class CheckTracker {
+public:
+    explicit CheckTracker(CheckConfig cfg) : cfg_(std::move(cfg)) {}
+
+    void record(const CheckResult& r, Millis now, bool in_grace);
+    void reset();
+    void reconfigure(const CheckConfig& cfg) { cfg_ = cfg; }
+
+    HealthState state() const { return state_; }
+    bool error_rate_exceeded(Millis now) const;
+    double error_rate(Millis now) const;
+    int samples(Millis now) const;
+    int consecutive_failures() const { return consecutive_critical_; }
+    int consecutive_successes() const { return consecutive_ok_; }
+    const CheckConfig& config() const { return cfg_; }
+    const std::optional<CheckResult>& last() const { return last_; }
+    Millis last_at() const { return last_at_; }
+    long grace_ignored() const { return grace_ignored_; }
+    nlohmann::json to_json(Millis now) const;
+
+private:
+    void prune(Millis now) const;
+
+    CheckConfig cfg_;
+    HealthState state_ = HealthState::ok;
+    int consecutive_ok_ = 0;
+    int consecutive_nonok_ = 0;
+    int consecutive_critical_ = 0;
+    long grace_ignored_ = 0;
+    std::optional<CheckResult> last_;
+    Millis last_at_ = 0;
+    mutable std::deque<std::pair<Millis, bool>> window_;   // (at, critical)
+};
+
+// The release a rollback would return to: the newest succeeded deployment before the current one.
+struct TargetInfo {
+    std::int64_t deployment_id = 0;
+    std::string app_version;
+    std::string schema_version;
+    bool failing = false;     // the ledger shows it was itself unhealthy or rolled back for health
+};
+
+// What the ledger says about the newest `up` deployment.
+struct DeploymentView {
+    std::int64_t id = 0;                       // 0: no deployment yet
+    std::string state;                         // running | succeeded | failed | rolled_back
+    std::string app_version;
+    std::string version_before;
+    std::string version_after;
+    Millis finished_at = 0;                    // on the watcher's clock (computed from the server's age)
+    std::vector<std::string> irreversible_versions;
+    bool has_marker = false;                   // a rollback marker exists for it (in any state)
+    std::optional<TargetInfo> target;
+    Millis last_rollback_at = 0;               // newest rollback marker request, for cooldown across restarts
+};
+
+enum class DecisionKind { none, rollback, would_rollback, freeze, suppressed };
+const char* to_string(DecisionKind k);
+
+struct Decision {
+    DecisionKind kind = DecisionKind::none;
+    std::string reason;                        // machine word: healthy, outside_window, cooldown, ...
+    std::string message;                       // for people
+    std::int64_t deployment_id = 0;
+    std::vector<std::string> triggering_checks;
+    bool fresh = false;                        // differs from the previous evaluation: log it / record the event
+    nlohmann::json to_json() const;
+};
+
+class DecisionEngine {
+public:
+    explicit DecisionEngine(const WatchConfig& cfg);
+
+    // reconfigure keeps the history of checks whose name survives a reload.
+    void reconfigure(const WatchConfig& cfg);
+
+    // observe_deployment: a new deployment (or a change of its state) starts fresh evidence for every check.
+    void observe_deployment(const DeploymentView& view, Millis now);
+
+    void record(const CheckResult& r, Millis now);
+    Decision evaluate(Millis now);
+
+    // commit: the caller acted on (or recorded) a rollback/freeze/would_rollback decision: never again for this
+    // deployment, and start the cooldown when it was a rollback.
+    void commit(const Decision& d, Millis now);
+
+    // all_healthy: every critical check has a result since `since` and is ok with at least success_threshold
+    // consecutive successes. Used to verify that health recovered after a rollback.
+    bool all_critical_healthy() const;
+
+    const DeploymentView& deployment() const { return view_; }
+    const std::map<std::string, CheckTracker>& trackers() const { return trackers_; }
+    bool in_grace(const std::string& check, Millis now) const;
+    nlohmann::json to_json(Millis now) const;
+
+private:
+    WatchConfig cfg_;
+    DeploymentView view_;
+    std::map<std::string, CheckTracker> trackers_;
+    std::set<std::int64_t> handled_;               // deployments rolled back / frozen / dry-run recorded
+    std::set<std::string> failing_app_versions_;   // releases this watcher saw fail
+    Millis last_rollback_at_ = 0;
+    std::string last_key_;                         // kind/reason/deployment of the previous evaluation
+};
+
+}  // namespace pgdeploy::watch

@@ -1,0 +1,218 @@
+#include "watch/executor.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "watch/process.hpp"
+
+namespace pgdeploy::watch {
+
+using nlohmann::json;
+
+namespace {
+
+Millis mono_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string tail(const std::string& s, std::size_t n = 1000) { return s.size() <= n ? s : s.substr(s.size() - n); }
+
+}  // namespace
+
+Millis retry_delay(const RollbackConfig& rb, int attempts) {
+    Millis d = rb.retry_backoff;
+    for (int i = 1; i < attempts && d < rb.retry_backoff_max; ++i) d *= 2;
+    return std::min(d, rb.retry_backoff_max);
+}
+
+std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
+                                            const RollbackConfig& rb, bool honour_backoff) {
+    auto r = conn.exec(R"SQL(
+SELECT k.id, k.state, k.attempts, (extract(epoch FROM (clock_timestamp() - k.updated_at)) * 1000)::bigint,
+       k.state = 'in_progress' AND k.holder = $1
+FROM deploy.rollback_markers k
+WHERE k.state IN ('pending', 'failed')
+   OR (k.state = 'in_progress' AND (k.lease_until < clock_timestamp() OR k.holder = $1))
+ORDER BY k.id)SQL",
+                       {holder});
+    std::vector<ClaimableMarker> out;
+    for (int i = 0; i < r.rows(); ++i) {
+        ClaimableMarker m;
+        m.id = std::stoll(r.value(i, 0));
+        m.state = r.value(i, 1);
+        m.attempts = std::stoi(r.value(i, 2));
+        m.age_ms = std::stoll(r.value(i, 3));
+        m.own = r.value(i, 4) == "t";
+        if (honour_backoff && m.state == "failed" && m.age_ms < retry_delay(rb, m.attempts)) continue;
+        out.push_back(m);
+    }
+    return out;
+}
+
+std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt) {
+    return {{"PGDEPLOY_FROM_APP_VERSION", m.from_app_version},
+            {"PGDEPLOY_TO_APP_VERSION", m.to_app_version},
+            {"PGDEPLOY_FROM_SCHEMA_VERSION", m.from_schema_version},
+            {"PGDEPLOY_TO_SCHEMA_VERSION", m.to_schema_version},
+            {"PGDEPLOY_DEPLOYMENT_ID", std::to_string(m.deployment_id)},
+            {"PGDEPLOY_MARKER_ID", std::to_string(m.id)},
+            {"PGDEPLOY_ATTEMPT", std::to_string(attempt)},
+            {"PGDEPLOY_REASON", m.reason}};
+}
+
+json ExecOutcome::to_json() const {
+    return {{"marker_id", marker_id},
+            {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
+            {"result", result},
+            {"error", error.empty() ? json(nullptr) : json(error)},
+            {"hook_ran", hook_ran},
+            {"hook_attempt", hook_attempt},
+            {"rollback", rollback}};
+}
+
+ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
+    try {
+        if (!ledger_.claim(cfg_.watcher_id, cfg_.rollback.lease, marker_id)) {
+            ExecOutcome o;
+            o.marker_id = marker_id;
+            o.result = "not_claimed";
+            return o;
+        }
+    } catch (const common::DbError& e) {
+        // PD007: another holder has it, or it was finished meanwhile: not ours to run.
+        if (e.sqlstate() != "PD007" && e.sqlstate() != "P0002") throw;
+        ExecOutcome o;
+        o.marker_id = marker_id;
+        o.result = "not_claimed";
+        o.error = e.what();
+        spdlog::info("marker {}: not claimed: {}", marker_id, e.what());
+        return o;
+    }
+    return execute_claimed(marker_id);
+}
+
+/*
+ * RollbackExecutor::run_hook
+ *
+ * The app hook runs at most once per marker unless a run was cut short (a crash, a kill, a stop request): then it
+ * runs again and PGDEPLOY_ATTEMPT says which run it is, so a hook that is not naturally idempotent can tell. A run
+ * that finished is remembered as a watcher_hook_done event and never repeated.
+ */
+bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
+    if (cfg_.rollback.command.empty()) return true;
+    if (m.hook_done) {
+        spdlog::info("marker {}: the app hook already completed; not running it again", m.id);
+        return true;
+    }
+    int attempt = m.hook_runs + 1;
+    out.hook_attempt = attempt;
+    out.hook_ran = true;
+    ledger_.log_event("watcher_hook_started", m.deployment_id, m.id,
+                      {{"attempt", attempt}, {"holder", cfg_.watcher_id}, {"argv0", cfg_.rollback.command[0]},
+                       {"from_app_version", m.from_app_version}, {"to_app_version", m.to_app_version}});
+    spdlog::warn("marker {}: running the app rollback hook {} (attempt {}, app {} -> {})", m.id,
+                 cfg_.rollback.command[0], attempt, m.from_app_version, m.to_app_version);
+    Millis last_renew = mono_ms();
+    Millis renew_every = std::max<Millis>(1000, cfg_.rollback.lease / 3);
+    bool renew_failed = false;
+    auto tick = [&]() {
+        if (mono_ms() - last_renew >= renew_every) {
+            last_renew = mono_ms();
+            try {
+                ledger_.renew_lease(m.id, cfg_.watcher_id, cfg_.rollback.lease);
+            } catch (const std::exception& e) {
+                spdlog::error("marker {}: cannot renew the lease: {}", m.id, e.what());
+                renew_failed = true;
+            }
+        }
+        return tick_ ? tick_() : true;
+    };
+    ProcessResult p = run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout,
+                                  64 * 1024, tick);
+    if (p.error == "interrupted") {
+        out.result = "interrupted";
+        out.error = "stopped while the app hook was running";
+        spdlog::warn("marker {}: app hook interrupted by shutdown; the marker stays ours and resumes at next start",
+                     m.id);
+        return false;
+    }
+    bool ok = p.started && !p.timed_out && p.signal == 0 && p.exit_code == 0;
+    if (ok) {
+        ledger_.log_event("watcher_hook_done", m.deployment_id, m.id,
+                          {{"attempt", attempt}, {"duration_ms", p.duration_ms}, {"output", tail(p.output)}});
+        spdlog::info("marker {}: app hook done in {:.0f} ms", m.id, p.duration_ms);
+        return true;
+    }
+    out.error = "app rollback hook failed: " + describe(p);
+    ledger_.log_event("watcher_hook_failed", m.deployment_id, m.id,
+                      {{"attempt", attempt}, {"error", out.error}, {"output", tail(p.output)},
+                       {"renew_failed", renew_failed}});
+    spdlog::error("marker {}: {}", m.id, out.error);
+    return false;
+}
+
+/*
+ * RollbackExecutor::execute_claimed
+ *
+ * Order app_first (default): the app goes back first, so old code never runs against a schema it does not know
+ * about for longer than the hook takes; the database revert follows. database_first is for apps whose old release
+ * cannot start against the new schema. Either way a failed step keeps the marker (failed, retried with backoff, then
+ * needs_attention through the extension's attempt count).
+ */
+ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
+    ExecOutcome out;
+    out.marker_id = marker_id;
+    MarkerInfo m = ledger_.marker_info(marker_id);
+    out.deployment_id = m.deployment_id;
+    bool app_first = cfg_.rollback.order == RollbackOrder::app_first;
+    ledger_.log_event("watcher_rollback_started", m.deployment_id, m.id,
+                      {{"holder", cfg_.watcher_id}, {"attempt", m.attempts},
+                       {"order", app_first ? "app_first" : "database_first"},
+                       {"from_app_version", m.from_app_version}, {"to_app_version", m.to_app_version},
+                       {"from_schema_version", m.from_schema_version}, {"to_schema_version", m.to_schema_version}});
+
+    auto hook_failed = [&]() {
+        if (out.result == "interrupted") return out;
+        std::string state = ledger_.fail_attempt(m.id, cfg_.watcher_id,
+                                                 {{"message", out.error}, {"step", "app_hook"}});
+        out.result = state == "needs_attention" ? "needs_attention" : "failed";
+        return out;
+    };
+    auto database = [&]() {
+        out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+        if (out.rollback.value("ok", false)) return true;
+        std::string state = out.rollback.value("state", "failed");
+        out.result = state == "needs_attention" ? "needs_attention" : "failed";
+        const auto& err = out.rollback["error"];
+        out.error = "database revert failed: " +
+                    (err.is_object() && err.contains("message") && err["message"].is_string()
+                         ? err["message"].get<std::string>()
+                         : out.rollback.dump());
+        spdlog::error("marker {}: {}", m.id, out.error);
+        return false;
+    };
+
+    if (app_first) {
+        if (!run_hook(m, out)) return hook_failed();
+        if (!database()) return out;
+    } else {
+        if (!database()) return out;
+        if (!run_hook(m, out)) {
+            if (out.result == "interrupted") return out;
+            // The marker is done (the database is back), so the marker cannot carry a retry: a person must.
+            out.result = "needs_attention";
+            ledger_.log_event("watcher_needs_attention", m.deployment_id, m.id,
+                              {{"error", out.error}, {"step", "app_hook"}});
+            return out;
+        }
+    }
+    out.result = "done";
+    spdlog::warn("marker {}: deployment {} rolled back (app {} -> {}, schema {} -> {})", m.id, m.deployment_id,
+                 m.from_app_version, m.to_app_version, m.from_schema_version, m.to_schema_version);
+    return out;
+}
+
+}  // namespace pgdeploy::watch

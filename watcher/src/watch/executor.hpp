@@ -1,0 +1,65 @@
+// Performing a rollback marker: the app hook and the database revert in the configured order, every step an event,
+// safe to repeat after a crash (docs/watch.md, "The rollback procedure").
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "watch/config.hpp"
+#include "watch/ledger.hpp"
+
+namespace pgdeploy::watch {
+
+struct ClaimableMarker {
+    std::int64_t id = 0;
+    std::string state;
+    int attempts = 0;
+    Millis age_ms = 0;          // since its last update
+    bool own = false;           // in_progress and held by us (a restart with the same watcher_id)
+};
+
+// Backoff before retrying a marker after `attempts` failed attempts: retry_backoff doubling, capped.
+Millis retry_delay(const RollbackConfig& rb, int attempts);
+
+// Markers ready to be claimed by `holder` now; honour_backoff skips failed ones whose retry delay has not passed.
+std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
+                                            const RollbackConfig& rb, bool honour_backoff);
+
+// The environment the app hook sees (docs/watch.md, "The hook's environment").
+std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt);
+
+struct ExecOutcome {
+    std::int64_t marker_id = 0;
+    std::int64_t deployment_id = 0;
+    std::string result;         // done | failed | needs_attention | interrupted | not_claimed
+    std::string error;
+    int hook_attempt = 0;
+    bool hook_ran = false;
+    nlohmann::json rollback;    // execute_rollback's result
+    nlohmann::json to_json() const;
+};
+
+class RollbackExecutor {
+public:
+    // tick: called about every 100 ms while the hook runs (watchdog, stop request); false interrupts the hook.
+    RollbackExecutor(const WatchConfig& cfg, common::Connection& conn, std::function<bool()> tick)
+        : cfg_(cfg), conn_(conn), ledger_(conn), tick_(std::move(tick)) {}
+
+    // claim_and_execute: claims marker_id for cfg.watcher_id (renewing an own lease) and performs it.
+    ExecOutcome claim_and_execute(std::int64_t marker_id);
+
+private:
+    ExecOutcome execute_claimed(std::int64_t marker_id);
+    bool run_hook(const MarkerInfo& m, ExecOutcome& out);
+
+    const WatchConfig& cfg_;
+    common::Connection& conn_;
+    Ledger ledger_;
+    std::function<bool()> tick_;
+};
+
+}  // namespace pgdeploy::watch

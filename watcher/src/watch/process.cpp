@@ -1,0 +1,194 @@
+#include "watch/process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+extern char** environ;
+
+namespace pgdeploy::watch {
+
+namespace {
+
+Millis mono_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
+
+/*
+ * run_process
+ *
+ * Everything the child needs (argv, envp) is built before fork(): the watcher has threads (HTTP checks, metrics), and
+ * between fork and exec a child may only call async-signal-safe functions. The child gets its own process group so
+ * that a timeout kills the hook and anything it started, not only the first process.
+ */
+ProcessResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                          Millis timeout, std::size_t max_output, const std::function<bool()>& tick) {
+    ProcessResult res;
+    if (argv.empty() || argv[0].empty()) {
+        res.error = "empty argv";
+        return res;
+    }
+    std::vector<char*> cargv;
+    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+    cargv.push_back(nullptr);
+
+    std::vector<std::string> envs;
+    for (char** e = environ; e && *e; ++e) {
+        std::string kv(*e);
+        auto eq = kv.find('=');
+        if (eq != std::string::npos && env.count(kv.substr(0, eq))) continue;   // ours replace inherited ones
+        // The watchdog socket belongs to the watcher, not to its hooks.
+        if (kv.rfind("NOTIFY_SOCKET=", 0) == 0 || kv.rfind("WATCHDOG_", 0) == 0) continue;
+        envs.push_back(std::move(kv));
+    }
+    for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
+    std::vector<char*> cenv;
+    for (auto& e : envs) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        res.error = std::string("pipe: ") + std::strerror(errno);
+        return res;
+    }
+    // A second pipe tells the parent whether execvp worked (closed by exec on success, errno written on failure).
+    int status_pipe[2];
+    if (pipe2(status_pipe, O_CLOEXEC) != 0) {
+        res.error = std::string("pipe: ") + std::strerror(errno);
+        close(out[0]);
+        close(out[1]);
+        return res;
+    }
+    Millis start = mono_ms();
+    pid_t pid = fork();
+    if (pid < 0) {
+        res.error = std::string("fork: ") + std::strerror(errno);
+        close(out[0]); close(out[1]); close(status_pipe[0]); close(status_pipe[1]);
+        return res;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) dup2(devnull, 0);
+        dup2(out[1], 1);
+        dup2(out[1], 2);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        environ = cenv.data();
+        execvp(cargv[0], cargv.data());
+        int err = errno;
+        ssize_t ignored = write(status_pipe[1], &err, sizeof err);
+        (void)ignored;
+        _exit(127);
+    }
+    setpgid(pid, pid);   // also from the parent: no race with an early kill
+    close(out[1]);
+    close(status_pipe[1]);
+
+    int exec_errno = 0;
+    ssize_t n = read(status_pipe[0], &exec_errno, sizeof exec_errno);
+    close(status_pipe[0]);
+    if (n == static_cast<ssize_t>(sizeof exec_errno)) {
+        waitpid(pid, nullptr, 0);
+        close(out[0]);
+        res.error = "cannot run \"" + argv[0] + "\": " + std::strerror(exec_errno);
+        return res;
+    }
+    res.started = true;
+
+    fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
+    bool eof = false, interrupted = false;
+    int status = 0;
+    bool reaped = false;
+    Millis next_tick = start + 100;
+    for (;;) {
+        if (!reaped) {
+            pid_t w = waitpid(pid, &status, WNOHANG);
+            if (w == pid) reaped = true;
+        }
+        if (reaped && eof) break;
+        Millis now = mono_ms();
+        if (!reaped && now - start >= timeout) {
+            res.timed_out = true;
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            reaped = true;
+            break;
+        }
+        if (tick && now >= next_tick) {
+            next_tick = now + 100;
+            if (!tick()) {
+                interrupted = true;
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                reaped = true;
+                break;
+            }
+        }
+        if (eof) {
+            // Output closed (or a grandchild holds it open no more): just wait for the exit.
+            usleep(10 * 1000);
+            continue;
+        }
+        struct pollfd pfd = {out[0], POLLIN, 0};
+        int pr = poll(&pfd, 1, 50);
+        if (pr > 0) {
+            char buf[4096];
+            for (;;) {
+                ssize_t r = read(out[0], buf, sizeof buf);
+                if (r > 0) {
+                    std::size_t room = res.output.size() < max_output ? max_output - res.output.size() : 0;
+                    res.output.append(buf, std::min<std::size_t>(room, static_cast<std::size_t>(r)));
+                    if (static_cast<std::size_t>(r) > room) res.truncated = true;
+                } else if (r == 0) {
+                    eof = true;
+                    break;
+                } else {
+                    break;   // EAGAIN
+                }
+            }
+        }
+        // A child that exited while a grandchild keeps the pipe open must not hang us: stop reading once reaped.
+        if (reaped && !eof && pr == 0) break;
+    }
+    close(out[0]);
+    // Whatever the child left running in its group goes too.
+    kill(-pid, SIGKILL);
+    res.duration_ms = static_cast<double>(mono_ms() - start);
+    if (interrupted) res.error = "interrupted";
+    if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
+    return res;
+}
+
+std::string describe(const ProcessResult& r) {
+    if (!r.started) return r.error;
+    std::string s;
+    if (r.timed_out) s = "killed after " + std::to_string(static_cast<long>(r.duration_ms)) + " ms (timeout)";
+    else if (!r.error.empty()) s = r.error;
+    else if (r.signal) s = "killed by signal " + std::to_string(r.signal);
+    else s = "exit " + std::to_string(r.exit_code);
+    std::string first = r.output.substr(0, r.output.find('\n'));
+    if (first.size() > 200) first = first.substr(0, 200) + "...";
+    if (!first.empty()) s += ": " + first;
+    return s;
+}
+
+}  // namespace pgdeploy::watch
