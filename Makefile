@@ -21,9 +21,9 @@ SHLIB_LINK   = -lstdc++
 
 # Regression suites: one concern per file, run in name order in one database (each file resets the extension).
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-REGRESS_OPTS = --inputdir=. --outputdir=results/regress
+REGRESS_OPTS = --inputdir=.
 ISOLATION    = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
-ISOLATION_OPTS = --inputdir=. --outputdir=results/isolation --load-extension=pg_deploy
+ISOLATION_OPTS = --inputdir=. --load-extension=pg_deploy
 
 # Decided once: no LLVM bitcode (the JIT gains nothing on this code, and it saves clang in the build path).
 override with_llvm = no
@@ -35,4 +35,4 @@ include $(PGXS)
 $(DATA_built): $(SQL_PIECES)
 	cat $(SQL_PIECES) > $@
 
-EXTRA_CLEAN  = results
+EXTRA_CLEAN  = results output_iso regression.diffs regression.out

@@ -24,6 +24,11 @@ SELECT deploy.baseline('2; DROP TABLE app.users');
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.baseline('');
 \echo :LAST_ERROR_SQLSTATE
+-- Under REPEATABLE READ the snapshot would predate the deploy lock: refused.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT deploy.baseline('2');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
 SELECT count(*) AS applied, (SELECT count(*) FROM deploy.deployments) AS deployments,
        (SELECT count(*) FROM deploy.events WHERE kind <> 'migration_registered') AS events
 FROM deploy.applied;

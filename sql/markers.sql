@@ -138,6 +138,52 @@ SELECT deploy.execute_rollback(:m4, 'watcher-a');
 \set VERBOSITY default
 SELECT r->'ok' AS ok, r->'attempts' AS attempts FROM deploy.execute_rollback(:m4, 'watcher-b') r;
 
+-- A watcher killed in the middle of a revert: its claim was committed, the revert's transaction dies with the
+-- session, so nothing is half-reverted; the marker stays in_progress until its lease expires, then another watcher
+-- takes it over and finishes (attempts count both).
+SELECT deploy.register('3', 't3', 'CREATE TABLE app.t3 (id int)',
+    $$SELECT pg_sleep(CASE WHEN current_setting('application_name') = 'regress_killed' THEN 60 ELSE 0 END);
+      DROP TABLE app.t3$$);
+SELECT (deploy.up(app_version => 'rel-3')) ->> 'deployment_id' AS rel3 \gset
+SELECT deploy.request_rollback('killed mid-revert', :rel3) AS mk \gset
+SELECT holder, attempts FROM deploy.claim_marker('watcher-k', lease => '1 second', marker_id => :mk);
+CREATE EXTENSION IF NOT EXISTS dblink;
+SELECT dblink_connect('killed', format('host=%s port=%s dbname=%s application_name=regress_killed',
+                      split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'),
+                      current_database()));
+SELECT dblink_send_query('killed', format('SELECT deploy.execute_rollback(%s, %L)', :mk, 'watcher-k'));
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP   -- wait until the revert sleeps inside the down script
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                          WHERE application_name = 'regress_killed' AND wait_event = 'PgSleep');
+        PERFORM pg_sleep(0.1);
+        PERFORM pg_stat_clear_snapshot();
+    END LOOP;
+END
+$$;
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'regress_killed';
+SELECT dblink_disconnect('killed');
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'regress_killed');
+        PERFORM pg_sleep(0.1);
+        PERFORM pg_stat_clear_snapshot();
+    END LOOP;
+END
+$$;
+SELECT state, holder, attempts FROM marker_view WHERE id = :mk;
+SELECT deploy.current_version(), to_regclass('app.t3') IS NOT NULL AS t3_still_there,
+       (SELECT state FROM deploy.deployments WHERE id = :rel3) AS rel3_state,
+       (SELECT count(*) FROM deploy.deployments WHERE reverts = :rel3) AS rollback_deployments;
+SELECT pg_sleep(1.1);
+SELECT holder, attempts FROM deploy.claim_marker('watcher-b');
+SELECT r->'ok' AS ok, r->'state' AS state, r->'attempts' AS attempts FROM deploy.execute_rollback(:mk, 'watcher-b') r;
+SELECT deploy.current_version(), to_regclass('app.t3') IS NULL AS t3_gone;
+SELECT deploy.validate() ->> 'ok' AS ledger_valid;
+DROP EXTENSION dblink;
+
 -- A marker whose deployment row no longer exists (a damaged ledger; the foreign key normally prevents it) gets a
 -- clear error, and the marker is left as it was.
 SET session_replication_role = replica;

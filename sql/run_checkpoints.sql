@@ -74,6 +74,7 @@ BEGIN
               AND EXISTS (SELECT 1 FROM pg_stat_activity
                           WHERE application_name = 'regress_runner' AND wait_event = 'PgSleep');
         PERFORM pg_sleep(0.1);
+        PERFORM pg_stat_clear_snapshot();   -- pg_stat_activity is otherwise frozen for the transaction
     END LOOP;
 END
 $$;
@@ -84,6 +85,7 @@ BEGIN
     FOR i IN 1..600 LOOP   -- wait for the terminated backend to go away
         EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'regress_runner');
         PERFORM pg_sleep(0.1);
+        PERFORM pg_stat_clear_snapshot();   -- pg_stat_activity is otherwise frozen for the transaction
     END LOOP;
 END
 $$;
@@ -91,6 +93,7 @@ SELECT deploy.current_version(), to_regclass('app.seven') IS NULL AS seven_absen
 SELECT count(*) AS running_deployments FROM deploy.deployments WHERE state = 'running';
 SELECT deploy.validate() ->> 'ok' AS ledger_valid;
 SELECT deploy.status() -> 'lock_holder' AS lock_holder;
+DROP EXTENSION dblink;
 SELECT deploy.register('7', 'seven', 'CREATE TABLE app.seven (id int)', 'DROP TABLE app.seven', replace => true);
 CALL deploy.run(app_version => 'rel-2') \gset
 SELECT run_summary(:'result');

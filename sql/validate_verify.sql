@@ -67,3 +67,6 @@ DELETE FROM deploy.migrations WHERE version = '1';
 SELECT jsonb_pretty(deploy.validate());
 -- validate changes nothing.
 SELECT count(*) AS applied, (SELECT count(*) FROM deploy.migrations) AS registered FROM deploy.applied;
+-- verify skips what it cannot check, and says why.
+SELECT r->>'version' AS version, r->>'ok' AS ok, r->>'reason' AS reason
+FROM jsonb_array_elements(deploy.verify()->'results') r;

@@ -71,8 +71,8 @@ AS 'MODULE_PATHNAME', 'pgdeploy_step_failed';
 REVOKE ALL ON FUNCTION deploy.step_failed(bigint, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deploy.step_failed(bigint, text, text) TO deploy_admin;
 
--- Lossy reverts copy what their down SQL drops into this schema first (deploy.archived lists the copies).
+-- Lossy reverts copy what their down SQL drops into this schema first (deploy.archived lists the copies). It
+-- holds application data: deploy_admin only (readers see the list in deploy.archived, not the data).
 CREATE SCHEMA deploy_archive;
 REVOKE ALL ON SCHEMA deploy_archive FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA deploy_archive TO deploy_admin;
-GRANT USAGE ON SCHEMA deploy_archive TO deploy_reader;

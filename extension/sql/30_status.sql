@@ -8,8 +8,9 @@ CREATE INDEX checkpoints_unfinished_idx ON deploy.checkpoints (deployment_id, ve
 
 -- deploy.deploy_lock_holder reports who holds the deploy lock (advisory lock 'PDEP', key 1), or NULL. status()
 -- shows it and the lock wait error names it, because "lock held" alone sends an operator hunting through pg_locks.
--- "since" is the holder's transaction start (the lock is transaction-scoped, so it was taken at or after that); it is
--- NULL for callers that may not see other roles' activity (pg_stat_activity hides it from them).
+-- "since" is the holder's transaction start (the lock is transaction-scoped, so it was taken at or after that), as
+-- in the engine's lock error; it is NULL for callers that may not see other roles' activity (pg_stat_activity hides
+-- it from them).
 CREATE FUNCTION deploy.deploy_lock_holder()
 RETURNS jsonb
 LANGUAGE sql STABLE
@@ -17,7 +18,7 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT jsonb_build_object('pid', l.pid,
                               'application_name', a.application_name,
-                              'since', a.xact_start)
+                              'since', coalesce(a.xact_start, a.backend_start))
     FROM pg_locks l
     LEFT JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.classid = 1346651472 AND l.objid = 1 AND l.objsubid = 2
@@ -41,6 +42,14 @@ DECLARE
     old_timeout   text := current_setting('lock_timeout');
     holder        jsonb;
 BEGIN
+    -- Under REPEATABLE READ or SERIALIZABLE the snapshot predates the lock, so the ledger read after it could be
+    -- stale: refuse, as the engine does.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'deploy.% must run at READ COMMITTED isolation, not %', operation,
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = '25000',
+                  HINT = 'The ledger must be read after the deploy lock is taken; run it outside that transaction.';
+    END IF;
     IF pg_try_advisory_xact_lock(1346651472, 1) THEN
         RETURN;
     END IF;

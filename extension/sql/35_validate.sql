@@ -68,14 +68,16 @@ BEGIN
     END IF;
 
     FOR target IN
-        SELECT a.version, a.name, m.verify_sql
+        SELECT a.version, a.name, m.verify_sql, m.version IS NOT NULL AS registered
         FROM deploy.applied a LEFT JOIN deploy.migrations m ON m.version = a.version
         WHERE only_version IS NULL OR a.version = only_version
         ORDER BY a.sort_key
     LOOP
         IF target.verify_sql IS NULL OR btrim(target.verify_sql) = '' THEN
             results := results || jsonb_build_object('version', target.version, 'name', target.name,
-                                                     'ok', NULL, 'skipped', true, 'reason', 'no verify SQL');
+                                                     'ok', NULL, 'skipped', true,
+                                                     'reason', CASE WHEN target.registered THEN 'no verify SQL'
+                                                                    ELSE 'no longer registered' END);
             CONTINUE;
         END IF;
         checked := checked + 1;

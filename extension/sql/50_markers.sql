@@ -166,6 +166,14 @@ BEGIN
             USING ERRCODE = '55000';
     END IF;
 
+    -- The open marker, if any (checked first so a repeated request does not burn a marker id; the ON CONFLICT
+    -- below covers two requests racing past this check).
+    SELECT k.id INTO new_id FROM deploy.rollback_markers k
+    WHERE k.deployment_id = d.id AND k.state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+    IF FOUND THEN
+        RETURN new_id;
+    END IF;
+
     INSERT INTO deploy.rollback_markers AS k (deployment_id, target_version, reason, details)
     VALUES (d.id, d.version_before, reason, extra)
     ON CONFLICT (deployment_id) WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention')
@@ -336,7 +344,7 @@ DECLARE
     d            record;
     eligibility  jsonb;
     outcome      jsonb;
-    failure        jsonb;
+    failure      jsonb;
     retryable    boolean := true;
     final_state  text;
     who          text := coalesce(holder, session_user || '@pid' || pg_backend_pid());

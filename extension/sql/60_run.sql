@@ -86,10 +86,13 @@ BEGIN
     outcome := deploy.up(target => next_row.version, app_version => state->>'app_version',
                          metadata => jsonb_build_object('run_id', state->>'run_id', 'run_step', step_no));
 
-    IF coalesce((outcome->>'ok')::boolean, false) AND jsonb_typeof(outcome->'deployment_id') IS DISTINCT FROM 'number'
-    THEN
-        -- Nothing was pending in up()'s view (someone else applied it meanwhile): the run is over.
-        RETURN state || jsonb_build_object('continue', false);
+    IF coalesce((outcome->>'ok')::boolean, false)
+       AND NOT coalesce(jsonb_path_exists(outcome, '$.applied[*] ? (@.version == $v)',
+                                          jsonb_build_object('v', next_row.version)), false) THEN
+        -- up() succeeded without applying it (nothing pending in its view: someone else applied it meanwhile, or
+        -- it is waiting for non-transactional steps): the run is over; say what up() said.
+        RETURN state || jsonb_build_object('continue', false,
+                                           'awaiting_nontransactional', outcome->'awaiting_nontransactional');
     END IF;
     IF coalesce((outcome->>'ok')::boolean, false) THEN
         INSERT INTO deploy.checkpoints (deployment_id, version, step, statement, state, holder, started_at,

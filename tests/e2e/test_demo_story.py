@@ -340,8 +340,11 @@ def test_failed_non_atomic_migration_leaves_a_marker_that_once_executes(dbname, 
     assert scalar(dbname, "SELECT deploy.current_version()") == "0002"
     assert scalar(dbname, "SELECT state FROM deploy.rollback_markers WHERE id = %s", (marker,)) == "pending"
 
-    # One cycle of the timer-driven rollback: executes the pending marker, reverting what r2 applied.
-    once = pgdeploy(dbname, "once", "--json", check=False)
+    # One cycle of the timer-driven rollback: executes the pending marker, reverting what r2 applied. The config
+    # has no checks and no app command: this release's rollback is the database's only.
+    config = tmp_path / "once.json"
+    config.write_text(json.dumps({"watcher_id": "e2e-once", "logging": {"level": "debug"}}))
+    once = pgdeploy(dbname, "once", "--config", str(config), "--json", check=False)
     assert once.returncode == 0, f"{once.stdout}\n{once.stderr}"
     assert scalar(dbname, "SELECT state FROM deploy.rollback_markers WHERE id = %s", (marker,)) == "done"
     assert scalar(dbname, "SELECT state FROM deploy.deployments WHERE id = %s", (dep,)) == "rolled_back"
@@ -354,6 +357,7 @@ def test_failed_non_atomic_migration_leaves_a_marker_that_once_executes(dbname, 
 
     # Idempotent: a second cycle finds nothing to do and changes nothing.
     events_before = scalar(dbname, "SELECT count(*) FROM deploy.events WHERE kind LIKE 'marker%%'")
-    assert pgdeploy(dbname, "once", "--json", check=False).returncode == 0
+    again = pgdeploy(dbname, "once", "--config", str(config), "--json", check=False)
+    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
     assert scalar(dbname, "SELECT count(*) FROM deploy.events WHERE kind LIKE 'marker%%'") == events_before
     assert scalar(dbname, "SELECT deploy.current_version()") == "0001"

@@ -54,6 +54,15 @@ bool wait_for_lock(int wait_ms) {
 }  // namespace
 
 void acquire_deploy_lock(const char* operation) {
+    // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates
+    // the lock, so a deploy committed meanwhile would be invisible and could be applied twice: refuse.
+    if (IsolationUsesXactSnapshot()) {
+        throw DeployError("25000",
+                          std::string(operation) + " must run at READ COMMITTED isolation",
+                          "A transaction snapshot taken before the deploy lock would not see a deploy that committed "
+                          "while this one waited.",
+                          "Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.");
+    }
     if (try_lock_now()) return;
     if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms)) return;
 

@@ -218,7 +218,12 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     std::optional<SqlFailure> failure;
     const RevertRow* failed_row = nullptr;
     std::set<int64_t> touched;
-    Plan remove("DELETE FROM deploy.applied WHERE version = $1", {TEXTOID});
+    // One statement per reverted migration: delete the applied row and log migration_reverted.
+    Plan remove("WITH gone AS (DELETE FROM deploy.applied WHERE version = $2) "
+                "SELECT deploy.log_event('migration_reverted', $1, $2, NULL, pg_catalog.jsonb_build_object("
+                "'name', $3, 'duration_ms', $4, 'reversibility', $5, 'sql_run', $6, 'from_deployment', $7, "
+                "'archived', $8))",
+                {INT8OID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, BOOLOID, INT8OID, INT4OID});
 
     auto batch = [&] {
         for (const RevertRow& r : req.rows) {
@@ -251,11 +256,9 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             }
             double ms = ms_since(t0);
             if (!req.dry_run) {
-                remove.run({p_text(r.version)});
-                events.log("migration_reverted", dep, r.version, std::nullopt,
-                           Json{{"name", r.name}, {"duration_ms", ms}, {"reversibility", r.reversibility},
-                                {"sql_run", r.down_sql.has_value()}, {"from_deployment", r.deployment_id},
-                                {"archived", row_archive.size()}});
+                remove.run({p_int8(dep), p_text(r.version), p_text(r.name), p_float8(ms), p_text(r.reversibility),
+                            p_bool(r.down_sql.has_value()), p_int8(r.deployment_id),
+                            p_int4(static_cast<int32_t>(row_archive.size()))});
             }
             touched.insert(r.deployment_id);
             for (auto& a : row_archive) archived.push_back(a);
@@ -351,6 +354,20 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     }
     result["duration_ms"] = ms_since(started);
     return result;
+}
+
+// human_age formats seconds for messages: "8.0 days", "3.5 hours", "12 minutes", "40 seconds".
+std::string human_age(double seconds) {
+    char buf[64];
+    if (seconds >= 86400)
+        snprintf(buf, sizeof buf, "%.1f days", seconds / 86400);
+    else if (seconds >= 3600)
+        snprintf(buf, sizeof buf, "%.1f hours", seconds / 3600);
+    else if (seconds >= 60)
+        snprintf(buf, sizeof buf, "%.0f minutes", seconds / 60);
+    else
+        snprintf(buf, sizeof buf, "%.0f seconds", seconds);
+    return buf;
 }
 
 Cell previous_release(int64_t before_id) {
@@ -464,9 +481,10 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
         double age = cell_float8(row[3]);
         if (age > static_cast<double>(rollback_window_s) && !force) {
             throw DeployError(sqlstate::outside_rollback_window,
-                              which + " finished at " + row[4].value_or("?") +
-                                  ", outside pg_deploy.rollback_window (" + std::to_string(rollback_window_s) + " s)",
-                              {}, "Pass force => true to roll it back anyway, or raise pg_deploy.rollback_window.");
+                              which + " is outside pg_deploy.rollback_window: it finished " + human_age(age) +
+                                  " ago, the window is " + human_age(rollback_window_s),
+                              "finished at " + row[4].value_or("?"),
+                              "Pass force => true to roll it back anyway, or raise pg_deploy.rollback_window.");
         }
         Rows later = run_query("SELECT deployment_id FROM deploy.applied WHERE deployment_id > $1 "
                                "ORDER BY deployment_id LIMIT 1",
@@ -491,6 +509,10 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
             // executing a rollback twice is a no-op.
             run_query("UPDATE deploy.deployments SET state = 'rolled_back' WHERE id = $1 AND state <> 'rolled_back'",
                       {INT8OID}, {p_int8(target)});
+            run_query("UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+                      "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
+                      {INT8OID, JSONBOID},
+                      {p_int8(target), p_jsonb(Json{{"message", "abandoned: deployment rolled back"}}.dump())});
             EventLog events;
             events.log("deployment_rolled_back", target, current_version(), std::nullopt,
                        Json{{"by", nullptr}, {"kind", "rollback"}, {"reason", cell_json(reason)},

@@ -415,17 +415,26 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
             std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
             if (!parsed.empty() && parsed.front().concurrent_index) {
                 const ConcurrentIndex& ci = *parsed.front().concurrent_index;
-                std::string table;
-                if (!ci.table_schema.empty()) table = std::string(quote_identifier(ci.table_schema.c_str())) + ".";
-                table += quote_identifier(ci.table_name.c_str());
                 Rows invalid = run_query(
-                    "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) "
+                    "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
+                    "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
+                    " WHERE p.index_relid = c.oid LIMIT 1) "
                     "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
                     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = pg_catalog.to_regclass($2)",
-                    {TEXTOID, TEXTOID}, {p_text(ci.index_name), p_text(table)});
-                for (const Row& r : invalid.rows)
+                    "WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = pg_catalog.to_regclass("
+                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || pg_catalog.quote_ident($3))",
+                    {TEXTOID, TEXTOID, TEXTOID},
+                    {p_text(ci.index_name), p_text(ci.table_schema), p_text(ci.table_name)});
+                for (const Row& r : invalid.rows) {
+                    if (r[1]) {
+                        // The INVALID index is a build in progress, not a leftover: another client runs this step.
+                        throw DeployError(sqlstate::state_conflict,
+                                          "step " + std::to_string(step_id) + " is being run by another session: pid " +
+                                              *r[1] + " is building index " + r[0].value_or("?"),
+                                          {}, "Wait for it to finish; do not run the same deployment from two clients.");
+                    }
                     cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
+                }
             }
             result = Json{{"schema_version", 1}, {"step_id", step_id}, {"deployment_id", *dep},
                           {"version", s[1].value_or("")}, {"name", s[5].value_or("")}, {"step", cell_int8(s[2])},

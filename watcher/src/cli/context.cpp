@@ -30,7 +30,10 @@ std::string Context::holder() {
 
 void Context::progress(const std::string& line) const {
     if (quiet) return;
-    std::cerr << line << std::endl;
+    if (log_json)
+        spdlog::info("{}", line);
+    else
+        std::cerr << line << std::endl;
 }
 
 namespace {
@@ -77,6 +80,7 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
         reject_together(ctx.args, "verbose", "quiet");
         common::setup_logging(log);
         ctx.quiet = log.quiet;
+        ctx.log_json = log.format == common::LogFormat::kJson;
     } catch (const UsageError& e) {
         print_failure_text(spec.name, e);
         std::cerr << usage_line(spec);

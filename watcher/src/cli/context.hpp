@@ -16,6 +16,7 @@ struct Context {
     ParsedArgs args;
     bool json = false;
     bool quiet = false;
+    bool log_json = false;   // --log-format json: progress lines become JSON log lines too
 
     // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8).
     common::Connection connect() const;
@@ -23,7 +24,7 @@ struct Context {
     // holder: "pgdeploy@HOST:PID", how this process names itself in checkpoints and markers.
     static std::string holder();
 
-    // progress: one line on stderr for humans (suppressed by --quiet).
+    // progress: one line on stderr for humans (suppressed by --quiet; a JSON log line under --log-format json).
     void progress(const std::string& line) const;
 };
 

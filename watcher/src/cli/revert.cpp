@@ -39,14 +39,16 @@ void print_revert_human(const Context& ctx, const json& doc, int code) {
     const json& rows_json = list_of(doc);
     std::vector<std::vector<std::string>> rows;
     for (const auto& r : rows_json)
-        rows.push_back({jstr(r, "version"), jstr(r, "name"), jstr(r, "reversibility", ""),
-                        r.contains("duration_ms") ? common::format_ms(r["duration_ms"].get<double>()) : ""});
+        rows.push_back({jstr(r, "version"), jstr(r, "name"),
+                        r.contains("duration_ms") && r["duration_ms"].is_number()
+                            ? common::format_ms(r["duration_ms"].get<double>())
+                            : ""});
     if (code == kExitOk) {
         if (rows.empty()) {
             std::cout << "nothing to revert: schema at " << jstr(doc, "version_before", "(none)") << "\n";
             return;
         }
-        std::cout << common::render_table({"VERSION", "NAME", "REVERSIBILITY", "TIME"}, rows);
+        std::cout << common::render_table({"VERSION", "NAME", "TIME"}, rows);
         std::cout << (dry ? "dry run: would revert " : "reverted ") << rows.size() << " migration"
                   << (rows.size() == 1 ? "" : "s") << ": " << jstr(doc, "version_before", "(none)") << " -> "
                   << jstr(doc, "version_after", "(none)");
@@ -85,12 +87,13 @@ int cmd_down(const std::vector<std::string>& args) {
         if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
-        common::Param steps_param = steps ? steps : (ctx.args.has("to") ? common::Param() : common::Param("1"));
+        // Either steps or to_version is passed, never both: the other keeps the function's default.
+        const bool by_version = ctx.args.has("to");
         json doc = conn.query_json(
-            "SELECT deploy.down(steps => $1::integer, to_version => $2, force => $3::boolean, dry_run => $4::boolean, "
-            "app_version => $5)",
-            {steps_param, opt(ctx.args.get("to")), flag(ctx, "force"), flag(ctx, "dry-run"),
-             opt(ctx.args.get("app-version"))});
+            std::string("SELECT deploy.down(") + (by_version ? "to_version => $1" : "steps => $1::integer") +
+                ", force => $2::boolean, dry_run => $3::boolean, app_version => $4)",
+            {by_version ? opt(ctx.args.get("to")) : common::Param(steps.value_or("1")), flag(ctx, "force"),
+             flag(ctx, "dry-run"), opt(ctx.args.get("app-version"))});
         int code = revert_exit_code(doc);
         return emit(ctx, doc, code, [&]() { print_revert_human(ctx, doc, code); });
     });

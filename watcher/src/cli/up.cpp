@@ -43,7 +43,7 @@ double num(const json& obj, const std::string& key) {
  *		left behind (an INVALID index). Returns the failure object, or null when every step is done.
  */
 json run_steps(const Context& ctx, common::Connection& conn, const json& awaiting, json& steps_log,
-               size_t& step_counter) {
+               const std::string& counter, double& total_ms) {
     json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
     common::Param dep_param;
     if (deployment.is_number_integer()) dep_param = std::to_string(deployment.get<long long>());
@@ -73,7 +73,7 @@ json run_steps(const Context& ctx, common::Connection& conn, const json& awaitin
             conn.exec(step["statement"].get<std::string>());
         } catch (const common::DbError& e) {
             double ms = elapsed_ms(started);
-            ctx.progress("[" + std::to_string(++step_counter) + "] " + label + " ... FAILED " + common::format_ms(ms) +
+            ctx.progress(counter + label + " ... FAILED " + common::format_ms(ms) +
                          ": " + e.sqlstate() + " " + e.what());
             conn.query_value("SELECT deploy.step_failed($1::bigint, $2, $3)", {step_id, e.sqlstate(), e.what()});
             json failure = e.to_json();
@@ -87,7 +87,8 @@ json run_steps(const Context& ctx, common::Connection& conn, const json& awaitin
         }
         double ms = elapsed_ms(started);
         conn.query_value("SELECT deploy.step_done($1::bigint)", {step_id});
-        ctx.progress("[" + std::to_string(++step_counter) + "] " + label + " ... ok " + common::format_ms(ms));
+        total_ms += ms;
+        ctx.progress(counter + label + " ... ok " + common::format_ms(ms));
         steps_log.push_back({{"step_id", id}, {"version", version}, {"step", step.contains("step") ? step["step"] : json()},
                              {"ok", true}, {"duration_ms", ms}});
     }
@@ -162,7 +163,7 @@ int cmd_up(const std::vector<std::string>& args) {
             if (report.exit_code != 0) {
                 conn.exec("ROLLBACK");
                 json doc = {{"ok", false}, {"operation", "up"}, {"load", load_doc},
-                            {"error", {{"sqlstate", report.exit_code == kExitDrift ? "PD001" : nullptr},
+                            {"error", {{"sqlstate", report.exit_code == kExitDrift ? json("PD001") : json()},
                                        {"message", "migration files refused at registration; nothing registered or applied"}}}};
                 return emit(ctx, doc, report.exit_code, [&]() {
                     print_register_report(report, dry_run);
@@ -177,7 +178,13 @@ int cmd_up(const std::vector<std::string>& args) {
 
         json all_applied = json::array(), steps_log = json::array();
         json result;
-        size_t counter = 0, step_counter = 0;
+        size_t counter = 0;
+        // The number of migrations this run will apply, for the [k/N] progress lines.
+        size_t total = static_cast<size_t>(std::stoll(conn.query_value(
+            "SELECT count(*) FROM deploy.migrations m "
+            "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) "
+            "AND ($1::text IS NULL OR m.sort_key <= deploy.version_key($1))",
+            {opt(ctx.args.get("target"))}).value_or("0")));
         std::string last_awaiting;
         auto started = std::chrono::steady_clock::now();
         json failure;
@@ -188,7 +195,7 @@ int cmd_up(const std::vector<std::string>& args) {
                  std::string(ctx.args.has("no-atomic") ? "false" : "true")});
             if (!result.is_object()) throw Failure(kExitFailed, "deploy.up() returned no result");
             const json& applied = result.contains("applied") && result["applied"].is_array() ? result["applied"] : json::array();
-            size_t total = applied.size() + counter;
+            total = std::max(total, applied.size() + counter);
             for (const auto& a : applied) {
                 ++counter;
                 ctx.progress(progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
@@ -205,11 +212,14 @@ int cmd_up(const std::vector<std::string>& args) {
             last_awaiting = key;
             if (!awaiting.contains("deployment_id") && result.contains("deployment_id"))
                 awaiting["deployment_id"] = result["deployment_id"];
-            ctx.progress("[" + std::to_string(counter + 1) + "] " + jstr(awaiting, "version", "?") + "_" +
-                         jstr(awaiting, "name", "") + " ... non-transactional: running its statements at top level");
-            failure = run_steps(ctx, conn, awaiting, steps_log, step_counter);
+            std::string prefix = "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
+            spdlog::info("{} is non-transactional: running its statements at top level", jstr(awaiting, "version", "?"));
+            double step_ms = 0;
+            failure = run_steps(ctx, conn, awaiting, steps_log, prefix, step_ms);
             if (!failure.is_null()) break;
             ++counter;
+            all_applied.push_back({{"version", awaiting.value("version", "")}, {"name", awaiting.value("name", "")},
+                                   {"duration_ms", step_ms}, {"transactional", false}});
         }
         if (dry_run && loaded) conn.exec("ROLLBACK");
 

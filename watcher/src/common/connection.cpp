@@ -49,7 +49,7 @@ void log_notice(void*, const PGresult* res) {
     std::string text = trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY));
     std::string sqlstate = field(res, PG_DIAG_SQLSTATE);
     if (severity == "WARNING")
-        spdlog::warn("server: {} ({})", text, sqlstate);
+        spdlog::warn("server: {}{}", text, sqlstate.empty() || sqlstate == "01000" ? "" : " (SQLSTATE " + sqlstate + ")");
     else
         spdlog::debug("server {}: {}", severity, text);
 }

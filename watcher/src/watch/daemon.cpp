@@ -199,11 +199,9 @@ void Daemon::ensure_db(Millis now) {
             spdlog::info("this watcher (\"{}\") is the leader", cfg_.watcher_id);
         }
     } catch (const Failure& e) {
-        bool had = conn_.has_value();
+        // Not a crash and not fatal: the checks go on (a postgres check reports the loss), and we retry.
         conn_.reset();
-        if (!had || true) {
-            spdlog::warn("cannot connect to the database: {}", e.what());
-        }
+        spdlog::warn("cannot connect to the database (retrying with backoff): {}", e.what());
         drop_db(e.what());
     }
 }
@@ -557,9 +555,8 @@ int Daemon::run() {
         try {
             if (conn_ && Ledger(*conn_).drain_notifications() > 0) refresh_ = true;
             if (conn_ && (refresh_ || now >= next_poll_)) {
-                bool poll_due = now >= next_poll_;
                 refresh_view(now);
-                if (poll_due || true) process_markers(now);
+                process_markers(now);   // pending markers: requested elsewhere, retries after backoff, a take-over
             }
         } catch (const common::DbError& e) {
             spdlog::error("ledger query failed: {}", e.what());

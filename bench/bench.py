@@ -1,0 +1,1087 @@
+#!/usr/bin/env python3
+"""pg_deploy benchmarks (issue 7): the ledger against the raw floor and Sqitch, a large ledger, the watcher at scale.
+
+Run it through bench/run (which installs Sqitch, builds, and starts a throwaway cluster with pg_virtualenv); this file
+expects the PG* environment of a running PostgreSQL 15 server with pg_deploy installed, and is told where the
+`pgdeploy` binary and the helper programs are.
+
+Every figure is measured in this run: contenders alternate within each round (the order rotates), each on a database
+created fresh from a template, and the tables report the best and the median of the rounds, with ratios computed
+from this run's own floor. A contender that cannot run is reported as "not measured: <why>", never estimated.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+
+import psycopg2
+import psycopg2.extensions
+
+# ---------------------------------------------------------------------------------------------------------------------
+# modes
+
+MODES = {
+    # full: the figures of docs/benchmarks.md (about 15 minutes on 2 cores)
+    "full": dict(ns=[100, 1000, 5000], rounds=5, sqitch_ns=[100, 1000], sqitch_rounds=3,
+                 ledger_applied=100_000, ledger_events=1_000_000, ledger_rounds=15,
+                 pgbench_seconds=10, pgbench_clients=[1, 4],
+                 cycle_checks=1000, cycle_cycles=7, idle_checks=5000, idle_seconds=30, idle_warmup=5,
+                 rollback_migrations=100, rollback_rounds=3, rollback_interval="1s"),
+    # quick: the same shape with small N, for a developer's check (about 3 minutes)
+    "quick": dict(ns=[100, 1000], rounds=3, sqitch_ns=[50], sqitch_rounds=2,
+                  ledger_applied=10_000, ledger_events=100_000, ledger_rounds=7,
+                  pgbench_seconds=3, pgbench_clients=[1, 4],
+                  cycle_checks=1000, cycle_cycles=3, idle_checks=5000, idle_seconds=8, idle_warmup=3,
+                  rollback_migrations=100, rollback_rounds=1, rollback_interval="1s"),
+    # smoke: tiny N; tests/e2e/test_bench_smoke.py runs it in the default test run (it proves the bench runs)
+    "smoke": dict(ns=[5], rounds=1, sqitch_ns=[5], sqitch_rounds=1,
+                  ledger_applied=500, ledger_events=5_000, ledger_rounds=2,
+                  pgbench_seconds=1, pgbench_clients=[2],
+                  cycle_checks=20, cycle_cycles=2, idle_checks=50, idle_seconds=2, idle_warmup=1,
+                  rollback_migrations=5, rollback_rounds=1, rollback_interval="300ms"),
+}
+
+SECTIONS = ["migrations", "ledger", "watcher"]
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def connect(dbname):
+    conn = psycopg2.connect(dbname=dbname, application_name="pg_deploy-bench")
+    conn.autocommit = True
+    return conn
+
+
+class Cluster:
+    """The server from the PG* environment; creates and drops the throwaway databases of the run."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.admin = connect(os.environ.get("PGDATABASE_ADMIN", "postgres"))
+        self.count = 0
+
+    def sql(self, q, params=None):
+        with self.admin.cursor() as cur:
+            cur.execute(q, params)
+            return cur.fetchall() if cur.description else []
+
+    def create(self, template, name=None):
+        self.count += 1
+        name = name or f"{self.prefix}_{self.count}"
+        self.sql(f'DROP DATABASE IF EXISTS "{name}"')
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return name
+
+    def drop(self, name):
+        # A watcher or psql that just exited may still hold a session for a few ms.
+        for _ in range(50):
+            try:
+                self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg2.Error:
+                time.sleep(0.1)
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def make_template(self, name, setup_sql=None, from_template="template0"):
+        self.sql(f'DROP DATABASE IF EXISTS "{name}"')
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{from_template}"')
+        if setup_sql:
+            c = connect(name)
+            with c.cursor() as cur:
+                cur.execute(setup_sql)
+            c.close()
+        return name
+
+
+def dsn_for(dbname):
+    """A key=value conninfo for a benchmark database (the rest comes from the PG* environment)."""
+    return f"dbname={dbname}"
+
+
+def best(xs):
+    return min(xs) if xs else None
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def fmt_ms(v, digits=1):
+    if v is None:
+        return "—"
+    if v < 1:
+        return f"{v:.3f}"
+    if v < 10:
+        return f"{v:.2f}"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ratio(v):
+    return "—" if v is None else f"{v:.3f}x"
+
+
+def goal_mark(ok):
+    return "met" if ok else "**missed**"
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def run(argv, **kw):
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+class Report:
+    """Markdown printed as it is produced (stdout) and kept for the results file."""
+
+    def __init__(self, path):
+        self.lines = []
+        self.path = path
+
+    def add(self, text=""):
+        self.lines.append(text)
+        print(text, flush=True)
+
+    def table(self, header, rows):
+        self.add("| " + " | ".join(header) + " |")
+        self.add("|" + "|".join(" --- " for _ in header) + "|")
+        for r in rows:
+            self.add("| " + " | ".join(str(x) for x in r) + " |")
+        self.add()
+
+    def save(self):
+        if self.path:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "w") as f:
+                f.write("\n".join(self.lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# migrations: the floor, deploy.up(), deploy.rollback(), pgdeploy up --dir, Sqitch
+
+
+def version_of(i):
+    return f"{i:05d}"
+
+
+def create_stmt(i):
+    return f"CREATE TABLE t{i} (id int primary key, v text)"
+
+
+def drop_stmt(i):
+    return f"DROP TABLE t{i}"
+
+
+def count_bench_tables(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname ~ '^t[0-9]+$'")
+        return cur.fetchone()[0]
+
+
+class MigrationBench:
+    """One N: templates, files, and one timed run per contender per round."""
+
+    def __init__(self, ctx, n):
+        self.ctx = ctx
+        self.n = n
+        self.work = os.path.join(ctx.work, f"n{n}")
+        os.makedirs(self.work, exist_ok=True)
+        self.creates = [create_stmt(i) for i in range(1, n + 1)]
+        self.drops = [drop_stmt(i) for i in range(n, 0, -1)]   # newest first, as a revert runs
+        # psql -1 -f files
+        self.create_file = os.path.join(self.work, "create.sql")
+        self.drop_file = os.path.join(self.work, "drop.sql")
+        with open(self.create_file, "w") as f:
+            f.write(";\n".join(self.creates) + ";\n")
+        with open(self.drop_file, "w") as f:
+            f.write(";\n".join(self.drops) + ";\n")
+        # pgdeploy files
+        self.mig_dir = os.path.join(self.work, "migrations")
+        os.makedirs(self.mig_dir, exist_ok=True)
+        for i in range(1, n + 1):
+            v = version_of(i)
+            with open(os.path.join(self.mig_dir, f"{v}_create_t{i}.up.sql"), "w") as f:
+                f.write(create_stmt(i) + ";\n")
+            with open(os.path.join(self.mig_dir, f"{v}_create_t{i}.down.sql"), "w") as f:
+                f.write(drop_stmt(i) + ";\n")
+        # a template with the N migrations registered (registration is not timed for deploy.up())
+        self.tpl_registered = ctx.cluster.make_template(f"{ctx.prefix}_tpl_reg_{n}", from_template=ctx.tpl_ext)
+        c = connect(self.tpl_registered)
+        with c.cursor() as cur:
+            cur.execute("SELECT count(deploy.register(lpad(i::text, 5, '0'), 'create_t' || i, "
+                        "format('CREATE TABLE t%%s (id int primary key, v text)', i), "
+                        "format('DROP TABLE t%%s', i))) FROM generate_series(1, %s) i", (n,))
+            cur.execute("SELECT count(*) FROM deploy.migrations")
+            assert cur.fetchone()[0] == n, "registration did not register every migration"
+        c.close()
+
+    # -- the floor: no ledger at all, one transaction, three ways; each way's database then drops its tables raw --
+    def floor_simple(self):
+        db = self.ctx.cluster.create(self.ctx.tpl_plain)
+        try:
+            c = connect(db)
+            cur = c.cursor()
+            t_up = timed(lambda: cur.execute("BEGIN;" + ";".join(self.creates) + ";COMMIT;"))
+            assert count_bench_tables(c) == self.n
+            t_down = timed(lambda: cur.execute("BEGIN;" + ";".join(self.drops) + ";COMMIT;"))
+            assert count_bench_tables(c) == 0
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
+    def floor_psql(self):
+        db = self.ctx.cluster.create(self.ctx.tpl_plain)
+        try:
+            argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", db, "-f"]
+            t0 = time.perf_counter()
+            r = run(argv + [self.create_file])
+            t_up = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                raise RuntimeError(f"psql -1 -f failed: {r.stderr.strip()[:300]}")
+            c = connect(db)
+            assert count_bench_tables(c) == self.n
+            t0 = time.perf_counter()
+            r = run(argv + [self.drop_file])
+            t_down = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                raise RuntimeError(f"psql -1 -f (drops) failed: {r.stderr.strip()[:300]}")
+            assert count_bench_tables(c) == 0
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
+    def floor_do(self):
+        db = self.ctx.cluster.create(self.ctx.tpl_plain)
+        try:
+            c = connect(db)
+            cur = c.cursor()
+
+            def do_block(stmts):
+                return "DO $bench$ BEGIN\n" + "".join(f"EXECUTE '{s}';\n" for s in stmts) + "END $bench$"
+
+            up_sql, down_sql = do_block(self.creates), do_block(self.drops)
+            t_up = timed(lambda: cur.execute(up_sql))
+            assert count_bench_tables(c) == self.n
+            t_down = timed(lambda: cur.execute(down_sql))
+            assert count_bench_tables(c) == 0
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
+    # -- pg_deploy in the database: SELECT deploy.up() then SELECT deploy.rollback() --
+    def deploy_up(self):
+        db = self.ctx.cluster.create(self.tpl_registered)
+        try:
+            c = connect(db)
+            cur = c.cursor()
+            t_up = timed(lambda: cur.execute("SELECT deploy.up()"))
+            res = cur.fetchone()[0]
+            if not res.get("ok") or len(res.get("applied") or []) != self.n:
+                raise RuntimeError(f"deploy.up() did not apply {self.n}: {json.dumps(res)[:300]}")
+            assert count_bench_tables(c) == self.n
+            t_down = timed(lambda: cur.execute("SELECT deploy.rollback()"))
+            res = cur.fetchone()[0]
+            if not res.get("ok", False):
+                raise RuntimeError(f"deploy.rollback() failed: {json.dumps(res)[:300]}")
+            assert count_bench_tables(c) == 0, "deploy.rollback() left tables behind"
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
+    # -- pgdeploy up --dir: reading the files and registering them included --
+    def pgdeploy_up(self):
+        db = self.ctx.cluster.create(self.ctx.tpl_ext)
+        try:
+            argv = [self.ctx.pgdeploy, "up", "--dir", self.mig_dir, "--dsn", dsn_for(db), "--quiet", "--json"]
+            t0 = time.perf_counter()
+            r = run(argv)
+            t = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                raise RuntimeError(f"pgdeploy up exited {r.returncode}: {(r.stderr or r.stdout).strip()[:300]}")
+            c = connect(db)
+            if count_bench_tables(c) != self.n:
+                raise RuntimeError("pgdeploy up did not create every table")
+            c.close()
+            return t, None
+        finally:
+            self.ctx.cluster.drop(db)
+
+    # -- Sqitch: one change per migration, deployed by `sqitch deploy` (each change its own psql run) --
+    def sqitch_project(self):
+        proj = os.path.join(self.work, "sqitch")
+        if os.path.exists(proj):
+            return proj
+        for d in ("deploy", "revert", "verify"):
+            os.makedirs(os.path.join(proj, d), exist_ok=True)
+        with open(os.path.join(proj, "sqitch.conf"), "w") as f:
+            f.write("[core]\n\tengine = pg\n\tplan_file = sqitch.plan\n\ttop_dir = .\n"
+                    "[user]\n\tname = pg_deploy bench\n\temail = bench@localhost\n"
+                    "[deploy]\n\tverify = false\n[rebase]\n\tverify = false\n")
+        lines = ["%syntax-version=1.0.0", "%project=bench", ""]
+        for i in range(1, self.n + 1):
+            name = f"c{version_of(i)}"
+            lines.append(f"{name} 2026-01-01T00:00:00Z pg_deploy bench <bench@localhost> # create t{i}")
+            with open(os.path.join(proj, "deploy", name + ".sql"), "w") as f:
+                f.write(f"BEGIN;\n{create_stmt(i)};\nCOMMIT;\n")
+            with open(os.path.join(proj, "revert", name + ".sql"), "w") as f:
+                f.write(f"BEGIN;\n{drop_stmt(i)};\nCOMMIT;\n")
+            with open(os.path.join(proj, "verify", name + ".sql"), "w") as f:
+                f.write(f"SELECT 1/count(*) FROM pg_class WHERE relname = 't{i}';\n")
+        with open(os.path.join(proj, "sqitch.plan"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return proj
+
+    def sqitch(self):
+        proj = self.sqitch_project()
+        db = self.ctx.cluster.create(self.ctx.tpl_sqitch)
+        try:
+            target = f"db:pg:{db}"
+            t0 = time.perf_counter()
+            r = run(["sqitch", "deploy", "--target", target], cwd=proj, env=self.ctx.sqitch_env)
+            t_up = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                raise RuntimeError(f"sqitch deploy exited {r.returncode}: {(r.stderr or r.stdout).strip()[:300]}")
+            c = connect(db)
+            if count_bench_tables(c) != self.n:
+                raise RuntimeError("sqitch deploy did not create every table")
+            t0 = time.perf_counter()
+            r = run(["sqitch", "revert", "-y", "--target", target], cwd=proj, env=self.ctx.sqitch_env)
+            t_down = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                raise RuntimeError(f"sqitch revert exited {r.returncode}: {(r.stderr or r.stdout).strip()[:300]}")
+            if count_bench_tables(c) != 0:
+                raise RuntimeError("sqitch revert left tables behind")
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
+
+def section_migrations(ctx, rep):
+    m = ctx.mode
+    rep.add("## 1. Applying and reverting N trivial migrations")
+    rep.add()
+    rep.add("Statement per migration: `CREATE TABLE tN (id int primary key, v text)`; revert: `DROP TABLE tN`, newest "
+            "first. Every contender gets a database created fresh from a template for every round; the order of the "
+            "contenders rotates from round to round. Times are wall-clock milliseconds seen by the client "
+            "(psycopg2 for SQL statements: connection opened before the clock starts; whole process runs for "
+            "`psql`, `pgdeploy` and `sqitch`). After each run the benchmark checks that all N tables exist (and "
+            "that none is left after a revert).")
+    rep.add()
+    summary = []
+    for n in m["ns"]:
+        log(f"migrations: N={n}: preparing")
+        mb = MigrationBench(ctx, n)
+        contenders = {
+            "floor: one simple-query message": mb.floor_simple,
+            "floor: psql -1 -f": mb.floor_psql,
+            "floor: one DO block of EXECUTEs": mb.floor_do,
+            "SELECT deploy.up() / deploy.rollback()": mb.deploy_up,
+            "pgdeploy up --dir (load + apply)": mb.pgdeploy_up,
+        }
+        with_sqitch = n in m["sqitch_ns"]
+        if with_sqitch:
+            contenders["sqitch deploy / revert"] = mb.sqitch
+        ups = {k: [] for k in contenders}
+        downs = {k: [] for k in contenders}
+        errors = {}
+        names = list(contenders)
+        for rnd in range(m["rounds"]):
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for name in order:
+                if name in errors:
+                    continue
+                if name.startswith("sqitch") and rnd >= m["sqitch_rounds"]:
+                    continue
+                try:
+                    up, down = contenders[name]()
+                    ups[name].append(up)
+                    if down is not None:
+                        downs[name].append(down)
+                except Exception as e:  # reported in the table, never estimated
+                    errors[name] = f"{type(e).__name__}: {e}"
+                    log(f"migrations: N={n}: {name}: not measured: {errors[name]}")
+            log(f"migrations: N={n}: round {rnd + 1}/{m['rounds']} done")
+        if not with_sqitch:
+            errors["sqitch deploy / revert"] = (f"Sqitch runs at N = {', '.join(map(str, m['sqitch_ns']))} only "
+                                                "(one psql process per change)")
+        floor_names = [k for k in names if k.startswith("floor") and ups[k]]
+        floor_up_name = min(floor_names, key=lambda k: med(ups[k])) if floor_names else None
+        floor_down_name = min((k for k in floor_names if downs[k]), key=lambda k: med(downs[k]), default=None)
+        fu_b, fu_m = (best(ups[floor_up_name]), med(ups[floor_up_name])) if floor_up_name else (None, None)
+        fd_b, fd_m = (best(downs[floor_down_name]), med(downs[floor_down_name])) if floor_down_name else (None, None)
+
+        rep.add(f"### N = {n:,} ({m['rounds']} rounds; Sqitch {m['sqitch_rounds']})")
+        rep.add()
+        rows = []
+        for name in names + ([] if with_sqitch else ["sqitch deploy / revert"]):
+            xs = ups.get(name) or []
+            if not xs:
+                rows.append([name, f"not measured: {errors.get(name, 'no result')}", "", "", "", ""])
+                continue
+            b, md_ = best(xs), med(xs)
+            rows.append([name + (" ← floor" if name == floor_up_name else ""), len(xs), fmt_ms(b), fmt_ms(md_),
+                         fmt_ratio(md_ / fu_m) if fu_m else "—", fmt_ms(md_ / n * 1000, 0)])
+        rep.add("Apply:")
+        rep.add()
+        rep.table(["contender", "runs", "best ms", "median ms", "median / floor", "µs per migration (median)"], rows)
+        rows = []
+        for name in names:
+            xs = downs.get(name) or []
+            if name.startswith("pgdeploy"):
+                continue
+            if not xs:
+                if name in errors:
+                    rows.append([name, f"not measured: {errors[name]}", "", "", "", ""])
+                continue
+            b, md_ = best(xs), med(xs)
+            rows.append([name + (" ← floor" if name == floor_down_name else ""), len(xs), fmt_ms(b), fmt_ms(md_),
+                         fmt_ratio(md_ / fd_m) if fd_m else "—", fmt_ms(md_ / n * 1000, 0)])
+        rep.add("Revert (the same tables dropped; deploy.rollback() reverts from the down SQL stored in the ledger):")
+        rep.add()
+        rep.table(["contender", "runs", "best ms", "median ms", "median / floor", "µs per migration (median)"], rows)
+        up_name, pg_name, sq_name = ("SELECT deploy.up() / deploy.rollback()", "pgdeploy up --dir (load + apply)",
+                                     "sqitch deploy / revert")
+        summary.append(dict(
+            n=n,
+            floor_up=fu_m, floor_up_best=fu_b, floor_down=fd_m, floor_down_best=fd_b,
+            floor_up_name=floor_up_name, floor_down_name=floor_down_name,
+            up=med(ups[up_name]), up_best=best(ups[up_name]),
+            down=med(downs[up_name]), down_best=best(downs[up_name]),
+            pgdeploy=med(ups[pg_name]), pgdeploy_best=best(ups[pg_name]),
+            sqitch=med(ups[sq_name]) if with_sqitch else None,
+            sqitch_down=med(downs[sq_name]) if with_sqitch else None,
+            errors=errors))
+        ctx.cluster.drop(mb.tpl_registered)
+
+    # goals and per-migration flatness
+    rep.add("### Goals (issue 7), from the medians above")
+    rep.add()
+    rows = []
+    for s in summary:
+        def ratio(a, b):
+            return a / b if (a is not None and b) else None
+        r_up, r_pg, r_down = ratio(s["up"], s["floor_up"]), ratio(s["pgdeploy"], s["floor_up"]), \
+            ratio(s["down"], s["floor_down"])
+        rows.append([f"{s['n']:,}",
+                     fmt_ratio(r_up) + ("" if r_up is None else (" (goal ≤ 1.05x: " + goal_mark(r_up <= 1.05) + ")"
+                                                                  if s["n"] == 1000 else "")),
+                     fmt_ratio(r_pg) + ("" if r_pg is None else (" (goal ≤ 1.3x: " + goal_mark(r_pg <= 1.3) + ")"
+                                                                  if s["n"] == 1000 else "")),
+                     fmt_ratio(r_down) + ("" if r_down is None else (" (goal ≤ 1.05x: " + goal_mark(r_down <= 1.05)
+                                                                      + ")" if s["n"] == 1000 else "")),
+                     fmt_ratio(ratio(s["sqitch"], s["floor_up"])),
+                     fmt_ms(s["floor_up"] / s["n"] * 1000, 0) if s["floor_up"] else "—",
+                     fmt_ms(s["up"] / s["n"] * 1000, 0) if s["up"] else "—",
+                     fmt_ms((s["up"] - s["floor_up"]) / s["n"] * 1000, 0) if s["up"] and s["floor_up"] else "—"])
+    rep.table(["N", "deploy.up() / floor", "pgdeploy up / floor", "deploy.rollback() / raw DROPs",
+               "sqitch / floor", "floor µs/migration", "deploy.up() µs/migration", "ledger µs/migration"], rows)
+    ctx.results["migrations"] = summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the large ledger: 100,000 applied migrations, 1,000,000 events
+
+
+def fill_ledger(conn, applied, events):
+    per_deployment = 100
+    deployments = max(1, applied // per_deployment)
+    with conn.cursor() as cur:
+        cur.execute("""
+            INSERT INTO deploy.deployments (kind, app_version, state, started_at, finished_at, version_before,
+                                            version_after, metadata)
+            SELECT 'up', 'release-' || d, 'succeeded',
+                   now() - interval '400 days' + d * interval '5 minutes',
+                   now() - interval '400 days' + d * interval '5 minutes' + interval '2 seconds',
+                   CASE WHEN d > 1 THEN lpad(((d - 1) * %(per)s)::text, 6, '0') END,
+                   lpad(least(d * %(per)s, %(applied)s)::text, 6, '0'), '{}'
+            FROM generate_series(1, %(deps)s) d""", dict(per=per_deployment, applied=applied, deps=deployments))
+        cur.execute("SELECT min(id) FROM deploy.deployments")
+        first_id = cur.fetchone()[0]
+        cur.execute("""
+            INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, checksum, registered_at)
+            SELECT v, deploy.version_key(v), 'migration_' || i, u, 'DROP TABLE IF EXISTS old_' || i,
+                   encode(sha256(convert_to(u, 'UTF8')), 'hex'), now() - interval '400 days'
+            FROM generate_series(1, %(applied)s) i,
+                 LATERAL (SELECT lpad(i::text, 6, '0') AS v,
+                                 'CREATE TABLE IF NOT EXISTS old_' || i || ' (id int)' AS u) x""",
+                    dict(applied=applied))
+        cur.execute("""
+            INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, transactional,
+                                        deployment_id, applied_at, duration_ms)
+            SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, 'reversible', true,
+                   %(first)s + (substr(m.version, 1, 6)::int - 1) / %(per)s, m.registered_at, 0.2
+            FROM deploy.migrations m""", dict(first=first_id, per=per_deployment))
+        cur.execute("""
+            INSERT INTO deploy.events (at, kind, deployment_id, version, details)
+            SELECT now() - interval '400 days' + e * interval '30 seconds',
+                   (ARRAY['migration_registered', 'deployment_started', 'migration_applied',
+                          'deployment_succeeded'])[1 + e %% 4],
+                   %(first)s + (e %% %(deps)s), lpad((1 + e %% %(applied)s)::text, 6, '0'), '{}'
+            FROM generate_series(1, %(events)s) e""", dict(first=first_id, deps=deployments, applied=applied,
+                                                           events=events))
+    return deployments
+
+
+def pgbench_latencies(ctx, db, script_sql, clients, seconds):
+    """pgbench with a custom script and --log: returns (latencies in ms of every transaction, tps)."""
+    d = tempfile.mkdtemp(prefix="pgbench-", dir=ctx.work)
+    script = os.path.join(d, "script.sql")
+    with open(script, "w") as f:
+        f.write(script_sql + "\n")
+    argv = ["pgbench", "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(seconds),
+            "-f", script, "-l", f"--log-prefix={d}/log", "-d", db]
+    r = run(argv)
+    if r.returncode != 0:
+        raise RuntimeError(f"pgbench exited {r.returncode}: {r.stderr.strip()[:300]}")
+    lat = []
+    for fn in os.listdir(d):
+        if fn.startswith("log"):
+            with open(os.path.join(d, fn)) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        lat.append(int(parts[2]) / 1000.0)
+    tps = None
+    for line in r.stdout.splitlines():
+        if line.startswith("tps"):
+            tps = float(line.split("=")[1].split()[0])
+    shutil.rmtree(d, ignore_errors=True)
+    if not lat:
+        raise RuntimeError("pgbench wrote no transaction log")
+    return lat, tps
+
+
+def section_ledger(ctx, rep):
+    m = ctx.mode
+    applied, events = m["ledger_applied"], m["ledger_events"]
+    rep.add(f"## 2. A large ledger: {applied:,} applied migrations, {events:,} events")
+    rep.add()
+    db = ctx.cluster.create(ctx.tpl_ext, name=f"{ctx.prefix}_ledger")
+    conn = connect(db)
+    log(f"ledger: generating {applied:,} applied migrations and {events:,} events")
+    t_fill = timed(lambda: fill_ledger(conn, applied, events))
+    with conn.cursor() as cur:
+        t_vac = timed(lambda: cur.execute("VACUUM ANALYZE"))
+        cur.execute("SELECT (SELECT count(*) FROM deploy.applied), (SELECT count(*) FROM deploy.migrations), "
+                    "(SELECT count(*) FROM deploy.events), (SELECT count(*) FROM deploy.deployments), "
+                    "deploy.current_version(), pg_size_pretty(pg_database_size(current_database()))")
+        n_applied, n_mig, n_events, n_deps, current, size = cur.fetchone()
+    rep.add(f"Generated with INSERT ... SELECT generate_series straight into deploy.deployments ({n_deps:,} rows), "
+            f"deploy.migrations ({n_mig:,}), deploy.applied ({n_applied:,}; sort_key = deploy.version_key(version)) "
+            f"and deploy.events ({n_events:,}) in {t_fill / 1000:.1f} s; then `VACUUM ANALYZE` "
+            f"({t_vac / 1000:.1f} s), as autovacuum would have done on a ledger that grew over time. Current version "
+            f"{current}; database size {size}.")
+    rep.add()
+
+    # one more trivial migration through deploy.up() vs the floor, alternating, on warm connections
+    rounds = m["ledger_rounds"]
+    base = applied
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(deploy.register(lpad(i::text, 6, '0'), 'more_' || i, "
+                    "format('CREATE TABLE more_%%s (id int primary key, v text)', i), "
+                    "format('DROP TABLE more_%%s', i))) FROM generate_series(%s, %s) i",
+                    (base + 1, base + rounds))
+    floor_conn = connect(db)
+    up_t, floor_t = [], []
+    errors = None
+    for k in range(1, rounds + 1):
+        i = base + k
+        v = f"{i:06d}"
+
+        def do_up():
+            with conn.cursor() as cur:
+                t = timed(lambda: cur.execute("SELECT deploy.up(target => %s)", (v,)))
+                res = cur.fetchone()[0]
+                if not res.get("ok") or len(res.get("applied") or []) != 1:
+                    raise RuntimeError(f"deploy.up(target => {v}) did not apply one migration: "
+                                       f"{json.dumps(res)[:300]}")
+                up_t.append(t)
+
+        def do_floor():
+            with floor_conn.cursor() as cur:
+                floor_t.append(timed(lambda: cur.execute(
+                    f"BEGIN;CREATE TABLE floor_{i} (id int primary key, v text);COMMIT;")))
+
+        try:
+            for fn in ((do_up, do_floor) if k % 2 else (do_floor, do_up)):
+                fn()
+        except Exception as e:
+            errors = f"{type(e).__name__}: {e}"
+            log(f"ledger: one more migration: not measured: {errors}")
+            break
+    rep.add("### One more trivial migration on top of the large ledger")
+    rep.add()
+    if up_t and floor_t:
+        extra = med(up_t) - med(floor_t)
+        rep.table(["contender", "runs", "best ms", "median ms"],
+                  [["floor: BEGIN; CREATE TABLE ...; COMMIT (one message)", len(floor_t), fmt_ms(best(floor_t)),
+                    fmt_ms(med(floor_t))],
+                   ["SELECT deploy.up(target => next)", len(up_t), fmt_ms(best(up_t)), fmt_ms(med(up_t))]])
+        rep.add(f"deploy.up() costs **{extra:.2f} ms** more than the floor (median; goal ≤ 2 ms: "
+                f"{goal_mark(extra <= 2.0)}); best vs best {best(up_t) - best(floor_t):.2f} ms. "
+                "Warm connections, the contenders alternate; each deploy.up() applies exactly one migration.")
+        ctx.results["ledger_one_more_extra_ms"] = extra
+    else:
+        rep.add(f"not measured: {errors}")
+    rep.add()
+
+    # pgbench
+    rep.add("### pgbench: status and current version on the large ledger")
+    rep.add()
+    rep.add(f"`pgbench -n -c C -j min(C,{os.cpu_count()}) -T {m['pgbench_seconds']} -f script.sql -l` (simple "
+            "protocol, unix socket); the median and p90 come from the per-transaction log, not from averages. "
+            "`SELECT 1` is there to show what one round trip costs on this machine.")
+    rep.add()
+    rows = []
+    scripts = [("SELECT 1", None), ("SELECT deploy.current_version()", 0.1), ("SELECT deploy.status()", 2.0)]
+    for clients in m["pgbench_clients"]:
+        for sql, goal in scripts:
+            log(f"ledger: pgbench -c {clients}: {sql}")
+            try:
+                lat, tps = pgbench_latencies(ctx, db, sql + ";", clients, m["pgbench_seconds"])
+                md_ = med(lat)
+                ctx.results.setdefault("pgbench", []).append(dict(sql=sql, clients=clients, median=md_, tps=tps))
+                rows.append([f"`{sql}`", clients, f"{len(lat):,}", f"{tps:,.0f}" if tps else "—", fmt_ms(md_),
+                             fmt_ms(pct(lat, 0.9)), fmt_ms(pct(lat, 0.99)),
+                             "" if goal is None else f"< {goal} ms: {goal_mark(md_ < goal)}"])
+            except Exception as e:
+                rows.append([f"`{sql}`", clients, f"not measured: {e}", "", "", "", "", ""])
+    rep.table(["statement", "clients", "transactions", "tps", "median ms", "p90 ms", "p99 ms", "goal"], rows)
+    # the server-side share of status(): EXPLAIN ANALYZE's execution time, no round trip, no client
+    with conn.cursor() as cur:
+        ts = []
+        for _ in range(30):
+            cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT deploy.status()")
+            ts.append(float(cur.fetchone()[0][0]["Execution Time"]))
+    rep.add(f"Server-side execution time of `deploy.status()` (EXPLAIN ANALYZE, 30 calls in one warm session): "
+            f"median {fmt_ms(med(ts))} ms, best {fmt_ms(best(ts))} ms.")
+    rep.add()
+    ctx.results["status_server_ms"] = med(ts)
+    conn.close()
+    floor_conn.close()
+    ctx.cluster.drop(db)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the watcher
+
+
+class Stub:
+    """bench/tools/http_stub on 127.0.0.1: starts, tells its port, and stops when we close its stdin."""
+
+    def __init__(self, ctx, lifetime, events_file=None):
+        self.port_file = tempfile.mktemp(prefix="stub-port-", dir=ctx.work)
+        argv = [ctx.http_stub, "--port-file", self.port_file, "--lifetime", str(lifetime)]
+        if events_file:
+            argv += ["--events", events_file]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
+        for _ in range(100):
+            if os.path.exists(self.port_file):
+                break
+            time.sleep(0.05)
+        with open(self.port_file) as f:
+            self.port = int(f.read().strip())
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def get(self, path):
+        with urllib.request.urlopen(self.base + path, timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+
+
+def write_watch_config(path, dsn, checks, interval, extra=None, level="info"):
+    cfg = {"watcher_id": "bench", "database": {"dsn": dsn, "poll_interval": "1s"},
+           "checks": checks, "logging": {"level": level}}
+    if extra:
+        cfg.update(extra)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+def load_checks(stub, count, interval, timeout="2s"):
+    return [{"name": f"load_{i}", "type": "http", "url": f"{stub.base}/h/{i}", "interval": interval,
+             "timeout": timeout, "critical": False} for i in range(count)]
+
+
+def proc_cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime (fields 14 and 15)
+
+
+def proc_status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])   # kB
+    return None
+
+
+def section_watcher(ctx, rep):
+    m = ctx.mode
+    rep.add("## 3. The watcher")
+    rep.add()
+    hz = os.sysconf("SC_CLK_TCK")
+
+    # --- one cycle over 1,000 http checks -------------------------------------------------------------------------
+    rep.add(f"### One check cycle over {m['cycle_checks']:,} http checks")
+    rep.add()
+    stub = Stub(ctx, lifetime=600)
+    try:
+        cfg_path = os.path.join(ctx.work, "cycle.json")
+        write_watch_config(cfg_path, "", load_checks(stub, m["cycle_checks"], "1s"), "1s")
+        if not ctx.watch_cycle:
+            raise RuntimeError("bench/tools/watch_cycle was not built (needs libpgdeploy_core.a)")
+        r = run([ctx.watch_cycle, "--config", cfg_path, "--cycles", str(m["cycle_cycles"])], timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"watch_cycle exited {r.returncode}: {r.stderr.strip()[:300]}")
+        out = json.loads(r.stdout)
+        cyc = out["cycles_ms"]
+        all_ok = all(o == out["checks"] for o in out["ok"])
+        rep.add(f"`bench/tools/watch_cycle` parses the same JSON config with pgdeploy's parser and calls pgdeploy's "
+                f"`run_checks()` (watcher/src/watch/checks.cpp, the call the daemon's loop makes each interval) over "
+                f"all {out['checks']:,} checks against `bench/tools/http_stub` (cpp-httplib on 127.0.0.1), "
+                f"{len(cyc)} cycles, timed with a monotonic clock.")
+        rep.add()
+        rep.table(["checks", "cycles", "best ms", "median ms", "worst ms", "every check ok", "goal < 1,000 ms"],
+                  [[f"{out['checks']:,}", len(cyc), fmt_ms(best(cyc)), fmt_ms(med(cyc)), fmt_ms(max(cyc)),
+                    "yes" if all_ok else f"no: {out['first_problem']}", goal_mark(med(cyc) < 1000)]])
+        ctx.results["cycle_ms"] = med(cyc)
+    except Exception as e:
+        rep.add(f"not measured: {e}")
+        rep.add()
+    finally:
+        stub.stop()
+
+    # --- idle CPU and RSS over 5,000 checks at a 1 s interval -------------------------------------------------------
+    rep.add(f"### `pgdeploy watch` steady state: {m['idle_checks']:,} http checks every 1 s, no deployment")
+    rep.add()
+    stub = Stub(ctx, lifetime=600)
+    db = ctx.cluster.create(ctx.tpl_ext)
+    proc = None
+    try:
+        cfg_path = os.path.join(ctx.work, "idle.json")
+        write_watch_config(cfg_path, dsn_for(db), load_checks(stub, m["idle_checks"], "1s"), "1s")
+        logf = open(os.path.join(ctx.work, "idle-watch.log"), "w")
+        proc = subprocess.Popen([ctx.pgdeploy, "watch", "--config", cfg_path], stdout=logf, stderr=logf)
+        time.sleep(m["idle_warmup"])
+        if proc.poll() is not None:
+            raise RuntimeError(f"pgdeploy watch exited {proc.returncode} (log {logf.name})")
+        req0 = json.loads(stub.get("/stats"))["requests"]
+        stub_t0 = proc_cpu_ticks(stub.proc.pid)
+        t0, c0 = time.monotonic(), proc_cpu_ticks(proc.pid)
+        rss = []
+        end = t0 + m["idle_seconds"]
+        while time.monotonic() < end:
+            time.sleep(1)
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgdeploy watch exited {proc.returncode} during the measurement")
+            rss.append(proc_status(proc.pid, "VmRSS"))
+        t1, c1 = time.monotonic(), proc_cpu_ticks(proc.pid)
+        req1 = json.loads(stub.get("/stats"))["requests"]
+        stub_t1 = proc_cpu_ticks(stub.proc.pid)
+        hwm = proc_status(proc.pid, "VmHWM")
+        cpu = (c1 - c0) / hz / (t1 - t0) * 100
+        stub_cpu = (stub_t1 - stub_t0) / hz / (t1 - t0) * 100
+        rate = (req1 - req0) / (t1 - t0)
+        rep.add(f"Measured from `/proc/PID/stat` (utime+stime) and `/proc/PID/status` (VmRSS sampled every second, "
+                f"VmHWM) over {t1 - t0:.0f} s after {m['idle_warmup']} s of warm-up. The stub answered "
+                f"{rate:,.0f} requests/s during the window ({m['idle_checks']:,} expected if every check runs every "
+                f"second); the stub itself used {stub_cpu:.1f} % of a CPU.")
+        rep.add()
+        rep.table(["checks", "CPU % of one core", "RSS median MB", "RSS max MB", "VmHWM MB", "checks/s served",
+                   "goal CPU < 1 %", "goal RSS < 30 MB"],
+                  [[f"{m['idle_checks']:,}", f"{cpu:.1f}", f"{med(rss) / 1024:.1f}", f"{max(rss) / 1024:.1f}",
+                    f"{hwm / 1024:.1f}", f"{rate:,.0f}", goal_mark(cpu < 1.0), goal_mark(max(rss) / 1024 < 30)]])
+        ctx.results["idle"] = dict(cpu=cpu, rss_mb=max(rss) / 1024, rate=rate)
+    except Exception as e:
+        rep.add(f"not measured: {e}")
+        rep.add()
+    finally:
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        stub.stop()
+        ctx.cluster.drop(db)
+
+    # --- detection to rollback complete, 100 migrations ------------------------------------------------------------
+    nmig = m["rollback_migrations"]
+    interval = m["rollback_interval"]
+    rep.add(f"### Detection to rollback complete: a release of {nmig} migrations turns unhealthy")
+    rep.add()
+    rows = []
+    notes = []
+    for rnd in range(m["rollback_rounds"]):
+        try:
+            rows.append(rollback_round(ctx, nmig, interval))
+        except Exception as e:
+            notes.append(f"round {rnd + 1}: not measured: {e}")
+            log(f"watcher rollback: {notes[-1]}")
+    rep.add(f"One http check on the stub's `/app` (interval {interval}, timeout 500ms, failure_threshold 3, error "
+            f"rate off), database-only rollback (no app hook). Release r1 (1 migration) then r2 ({nmig} migrations) "
+            "are applied with deploy.up(app_version => ...); the watcher is healthy on r2, then the stub turns /app "
+            "to 503. Threshold = when the stub answered the 3rd failing check (stub clock); decision = "
+            "`watcher_decision` event; done = `marker_done` event; database revert = the rollback deployment's "
+            "finished_at − started_at (all on this machine's clock). The migrations here name their schema "
+            "(`public.tN`): deploy.execute_rollback() runs the down SQL under its own pinned "
+            "`search_path = pg_catalog, pg_temp`, so an unqualified `DROP TABLE tN` fails there (see the notes).")
+    rep.add()
+    if rows:
+        rep.table(["round", "first 503 → threshold ms", "threshold → decision ms", "threshold → rollback done ms",
+                   "database revert ms", "goal decision ≤ 1 interval", "goal revert < 1,000 ms"],
+                  [[i + 1, fmt_ms(r["onset_to_threshold"]), fmt_ms(r["threshold_to_decision"]),
+                    fmt_ms(r["threshold_to_done"]), fmt_ms(r["revert_ms"]),
+                    goal_mark(r["threshold_to_decision"] <= r["interval_ms"]), goal_mark(r["revert_ms"] < 1000)]
+                   for i, r in enumerate(rows)])
+        ctx.results["rollback"] = rows
+    for n_ in notes:
+        rep.add(n_)
+        rep.add()
+
+
+def rollback_round(ctx, nmig, interval):
+    interval_ms = {"ms": 1, "s": 1000}["ms" if interval.endswith("ms") else "s"] * int(interval.rstrip("ms"))
+    events_file = tempfile.mktemp(prefix="stub-events-", dir=ctx.work)
+    stub = Stub(ctx, lifetime=300, events_file=events_file)
+    db = ctx.cluster.create(ctx.tpl_ext)
+    proc = None
+    conn = connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT deploy.register('00000', 'r1_base', 'CREATE TABLE public.r1_base (id int)', "
+                        "'DROP TABLE public.r1_base')")
+            cur.execute("SELECT deploy.up(app_version => 'r1')")
+            assert cur.fetchone()[0]["ok"]
+            cur.execute("SELECT count(deploy.register(lpad(i::text, 5, '0'), 'create_t' || i, "
+                        "format('CREATE TABLE public.t%%s (id int primary key, v text)', i), "
+                        "format('DROP TABLE public.t%%s', i))) FROM generate_series(1, %s) i", (nmig,))
+        cfg_path = tempfile.mktemp(prefix="rollback-", suffix=".json", dir=ctx.work)
+        checks = [{"name": "app", "type": "http", "url": f"{stub.base}/app", "interval": interval,
+                   "timeout": "500ms", "failure_threshold": 3, "success_threshold": 1,
+                   "error_rate": {"enabled": False}}]
+        write_watch_config(cfg_path, dsn_for(db), checks, interval,
+                           extra={"decision": {"watch_window": "30m", "cooldown": "0s", "health_recovery": "1m"}},
+                           level="debug")
+        logf = open(cfg_path + ".log", "w")
+        proc = subprocess.Popen([ctx.pgdeploy, "watch", "--config", cfg_path], stdout=logf, stderr=logf)
+        time.sleep(max(1.0, 2 * interval_ms / 1000))
+        with conn.cursor() as cur:
+            cur.execute("SELECT deploy.up(app_version => 'r2')")
+            res = cur.fetchone()[0]
+            assert res["ok"] and len(res["applied"]) == nmig, "r2 was not applied"
+            dep = res["deployment_id"]
+        # healthy on r2 for a few checks, so that the watcher knows the deployment
+        time.sleep(max(2.0, 3 * interval_ms / 1000))
+        if proc.poll() is not None:
+            raise RuntimeError(f"pgdeploy watch exited {proc.returncode} (log {logf.name})")
+        onset = int(stub.get("/control/fail"))
+        state = None
+        deadline = time.monotonic() + 30 + 10 * interval_ms / 1000
+        with conn.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT state FROM deploy.deployments WHERE id = %s", (dep,))
+                state = cur.fetchone()[0]
+                if state == "rolled_back":
+                    cur.execute("SELECT count(*) FROM deploy.events WHERE kind = 'marker_done'")
+                    if cur.fetchone()[0] > 0:
+                        break
+                time.sleep(0.05)
+            if state != "rolled_back":
+                raise RuntimeError(f"deployment {dep} is {state} 30 s after the app turned unhealthy "
+                                   f"(watcher log {logf.name})")
+            cur.execute("""SELECT
+                (SELECT extract(epoch FROM min(at)) * 1000 FROM deploy.events WHERE kind = 'watcher_decision'),
+                (SELECT extract(epoch FROM min(at)) * 1000 FROM deploy.events WHERE kind = 'marker_done'),
+                (SELECT extract(epoch FROM finished_at - started_at) * 1000 FROM deploy.deployments
+                  WHERE kind = 'rollback' ORDER BY id DESC LIMIT 1)""")
+            decision_at, done_at, revert_ms = [float(x) if x is not None else None for x in cur.fetchone()]
+            assert count_bench_tables(conn) == 0, "tables of r2 are still there"
+        failing = []
+        with open(events_file) as f:
+            for line in f:
+                t, st = line.split()
+                if int(st) != 200 and int(t) >= onset:
+                    failing.append(int(t))
+        if len(failing) < 3:
+            raise RuntimeError("the stub saw fewer than 3 failing checks")
+        threshold = failing[2]
+        if decision_at is None or done_at is None or revert_ms is None:
+            raise RuntimeError("the ledger lacks the watcher_decision / marker_done events or the rollback row")
+        return dict(onset_to_threshold=threshold - onset, threshold_to_decision=decision_at - threshold,
+                    threshold_to_done=done_at - threshold, revert_ms=revert_ms, interval_ms=interval_ms)
+    finally:
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        conn.close()
+        stub.stop()
+        ctx.cluster.drop(db)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# main
+
+
+class Ctx:
+    pass
+
+
+def machine_and_server(cluster):
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    settings = {}
+    for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
+                 "max_wal_size", "jit", "autovacuum"):
+        settings[name] = cluster.sql(f"SHOW {name}")[0][0]
+    return dict(nproc=os.cpu_count(), mem_gb=mem_kb / 1024 / 1024, cpu=cpu, kernel=platform.release(),
+                settings=settings)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=list(MODES), default="full")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of: " + ", ".join(SECTIONS))
+    ap.add_argument("--pgdeploy", required=True)
+    ap.add_argument("--http-stub", required=True)
+    ap.add_argument("--watch-cycle", default="")
+    ap.add_argument("--results", default="", help="markdown file to write (default: none)")
+    ap.add_argument("--command", default="bench/run", help="the command line to print with the results")
+    args = ap.parse_args()
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for s in only:
+        if s not in SECTIONS:
+            ap.error(f"--only: unknown section {s!r} (known: {', '.join(SECTIONS)})")
+
+    ctx = Ctx()
+    ctx.mode = MODES[args.mode]
+    ctx.pgdeploy = args.pgdeploy
+    ctx.http_stub = args.http_stub
+    ctx.watch_cycle = args.watch_cycle
+    ctx.prefix = f"bench_{os.getpid()}"
+    ctx.work = tempfile.mkdtemp(prefix="pg_deploy-bench-")
+    ctx.results = {}
+    ctx.cluster = Cluster(ctx.prefix)
+    ctx.sqitch_env = dict(os.environ)
+
+    rep = Report(args.results)
+    started = time.monotonic()
+    info = machine_and_server(ctx.cluster)
+    rep.add(f"# pg_deploy benchmarks — {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')} ({args.mode})")
+    rep.add()
+    rep.add(f"Command: `{args.command}`")
+    rep.add()
+    rep.add(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gb']:.1f} GiB RAM, Linux {info['kernel']}; "
+            f"PostgreSQL {info['settings']['server_version']} in a throwaway pg_virtualenv cluster. Server settings "
+            "(bench/run starts its cluster with `-o fsync=on`, pg_virtualenv's default being off; nothing else is "
+            "tuned): " +
+            ", ".join(f"{k} = {v}" for k, v in info["settings"].items() if k != "server_version") + ".")
+    rep.add()
+
+    try:
+        ctx.tpl_plain = ctx.cluster.make_template(f"{ctx.prefix}_tpl_plain")
+        ctx.tpl_ext = ctx.cluster.make_template(f"{ctx.prefix}_tpl_ext", "CREATE EXTENSION pg_deploy")
+        ctx.tpl_sqitch = None
+        if "migrations" in only:
+            ctx.tpl_sqitch = make_sqitch_template(ctx)
+        for section in only:
+            log(f"section {section}")
+            try:
+                {"migrations": section_migrations, "ledger": section_ledger, "watcher": section_watcher}[section](
+                    ctx, rep)
+            except Exception as e:
+                traceback.print_exc()
+                rep.add(f"Section {section}: not measured: {type(e).__name__}: {e}")
+                rep.add()
+            rep.save()
+    finally:
+        for name in [r[0] for r in ctx.cluster.sql(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (ctx.prefix + "%",))]:
+            ctx.cluster.drop(name)
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    rep.add(f"Total run time: {(time.monotonic() - started) / 60:.1f} min.")
+    rep.save()
+    return 0
+
+
+def make_sqitch_template(ctx):
+    """A database with Sqitch's registry already created (a one-change warm-up project deployed into it), so that
+    the timed `sqitch deploy` does what a deploy does, like deploy.up() over a registered catalog."""
+    name = ctx.cluster.make_template(f"{ctx.prefix}_tpl_sqitch")
+    if not shutil.which("sqitch"):
+        return name
+    proj = os.path.join(ctx.work, "sqitch-warmup")
+    for d in ("deploy", "revert"):
+        os.makedirs(os.path.join(proj, d), exist_ok=True)
+    with open(os.path.join(proj, "sqitch.conf"), "w") as f:
+        f.write("[core]\n\tengine = pg\n[user]\n\tname = pg_deploy bench\n\temail = bench@localhost\n")
+    with open(os.path.join(proj, "sqitch.plan"), "w") as f:
+        f.write("%syntax-version=1.0.0\n%project=warmup\n\n"
+                "w1 2026-01-01T00:00:00Z pg_deploy bench <bench@localhost> # warm-up\n")
+    with open(os.path.join(proj, "deploy", "w1.sql"), "w") as f:
+        f.write("SELECT 1;\n")
+    with open(os.path.join(proj, "revert", "w1.sql"), "w") as f:
+        f.write("SELECT 1;\n")
+    r = run(["sqitch", "deploy", "--target", f"db:pg:{name}"], cwd=proj, env=ctx.sqitch_env)
+    if r.returncode != 0:
+        log(f"sqitch warm-up failed: {r.stderr.strip()[:300]}")
+    return name
+
+
+if __name__ == "__main__":
+    sys.exit(main())

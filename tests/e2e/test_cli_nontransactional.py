@@ -1,0 +1,93 @@
+"""Non-transactional migrations driven by `pgdeploy up`: CREATE INDEX CONCURRENTLY runs at top level, one
+checkpoint per statement, and a failed concurrent build (an INVALID index left behind) resumes cleanly after the
+data is fixed."""
+import json
+
+from conftest import run_pgdeploy
+
+BASE = {
+    "0001_items.up.sql": "CREATE TABLE items (id int PRIMARY KEY, sku text);\n"
+                         "INSERT INTO items SELECT g, 'sku-' || g FROM generate_series(1, 1000) g;\n",
+    "0001_items.down.sql": "DROP TABLE items;\n",
+}
+
+
+def index_state(pg, name):
+    return pg.scalar("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                     "WHERE c.relname = %s", (name,))
+
+
+def test_concurrent_index_is_applied_at_top_level(pg, write_migrations):
+    files = dict(BASE, **{
+        "0002_sku_index.up.sql": "-- pg_deploy: transaction=off\n"
+                                 "CREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n"
+                                 "CREATE INDEX CONCURRENTLY items_sku_lower_idx ON items (lower(sku));\n",
+        "0002_sku_index.down.sql": "DROP INDEX items_sku_idx;\nDROP INDEX items_sku_lower_idx;\n",
+        "0003_after.up.sql": "ALTER TABLE items ADD COLUMN price int;\n",
+        "0003_after.down.sql": "ALTER TABLE items DROP COLUMN price;\n",
+    })
+    d = write_migrations(files)
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--app-version", "r1", "--json", "--dsn", pg.dsn)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True
+    assert [a["version"] for a in doc["applied"]] == ["0001", "0002", "0003"]
+    assert [s["step"] for s in doc["steps"]] == [1, 2] and all(s["ok"] for s in doc["steps"])
+    assert "[2/3] 0002_sku_index step 1 ... ok" in err and "[2/3] 0002_sku_index step 2 ... ok" in err
+    assert index_state(pg, "items_sku_idx") is True and index_state(pg, "items_sku_lower_idx") is True
+    assert pg.scalar("SELECT transactional FROM deploy.applied WHERE version = '0002'") is False
+    assert pg.sql("SELECT step, state FROM deploy.checkpoints WHERE version = '0002' ORDER BY step") == \
+        [(1, "done"), (2, "done")]
+    assert [r[0] for r in pg.sql("SELECT version FROM deploy.applied ORDER BY sort_key")] == ["0001", "0002", "0003"]
+    rc, out, _ = run_pgdeploy("validate", "--dsn", pg.dsn)
+    assert rc == 0
+
+
+def test_failed_concurrent_build_resumes_after_the_data_is_fixed(pg, write_migrations):
+    files = dict(BASE, **{
+        "0002_unique_sku.up.sql": "-- pg_deploy: transaction=off\n"
+                                  "CREATE UNIQUE INDEX CONCURRENTLY items_sku_key ON items (sku);\n",
+        "0002_unique_sku.down.sql": "DROP INDEX items_sku_key;\n",
+    })
+    d = write_migrations(files)
+    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
+    pg.sql("INSERT INTO items VALUES (1001, 'sku-1')")   # a duplicate: the unique build will fail
+
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--json", "--dsn", pg.dsn)
+    assert rc == 1, (out, err)
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_code"] == 1
+    assert doc["failed"]["version"] == "0002" and doc["failed"]["sqlstate"] == "23505"
+    assert "FAILED" in err
+    assert index_state(pg, "items_sku_key") is False   # the INVALID index a failed concurrent build leaves
+    assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 0
+    assert pg.scalar("SELECT state FROM deploy.checkpoints WHERE version = '0002'") == "failed"
+
+    # Still failing: the retry drops the invalid index first and fails again the same way (no "already exists").
+    rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
+    assert rc == 1
+    assert json.loads(out)["failed"]["sqlstate"] == "23505"
+
+    pg.sql("DELETE FROM items WHERE id = 1001")
+    rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
+    assert rc == 0, (out, err)
+    assert "cleanup: DROP INDEX CONCURRENTLY IF EXISTS" in err
+    assert index_state(pg, "items_sku_key") is True
+    assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 1
+    assert pg.scalar("SELECT attempts FROM deploy.checkpoints WHERE version = '0002'") == 3
+    rc, out, _ = run_pgdeploy("status", "--json", "--dsn", pg.dsn)
+    assert json.loads(out)["running_checkpoints"] == []
+
+
+def test_dry_run_does_not_run_top_level_statements(pg, write_migrations):
+    files = dict(BASE, **{
+        "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
+        "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
+    })
+    d = write_migrations(files)
+    before = pg.snapshot()
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--dry-run", "--json", "--dsn", pg.dsn)
+    assert rc == 0, (out, err)
+    assert json.loads(out)["dry_run"] is True
+    assert pg.snapshot() == before
+    assert index_state(pg, "items_sku_idx") is None
