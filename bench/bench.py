@@ -33,18 +33,21 @@ import psycopg2.extensions
 MODES = {
     # full: the figures of docs/benchmarks.md (about 15 minutes on 2 cores)
     "full": dict(ns=[100, 1000, 5000], rounds=5, sqitch_ns=[100, 1000], sqitch_rounds=3,
+                 durable_ns=[1000], durable_rounds=3, durable_sqitch_ns=[],
                  ledger_applied=100_000, ledger_events=1_000_000, ledger_rounds=15,
                  pgbench_seconds=10, pgbench_clients=[1, 4],
                  cycle_checks=1000, cycle_cycles=7, idle_checks=5000, idle_seconds=30, idle_warmup=5,
                  rollback_migrations=100, rollback_rounds=3, rollback_interval="1s"),
     # quick: the same shape with small N, for a developer's check (about 3 minutes)
     "quick": dict(ns=[100, 1000], rounds=3, sqitch_ns=[50], sqitch_rounds=2,
+                  durable_ns=[100], durable_rounds=2, durable_sqitch_ns=[],
                   ledger_applied=10_000, ledger_events=100_000, ledger_rounds=7,
                   pgbench_seconds=3, pgbench_clients=[1, 4],
                   cycle_checks=1000, cycle_cycles=3, idle_checks=5000, idle_seconds=8, idle_warmup=3,
                   rollback_migrations=100, rollback_rounds=1, rollback_interval="1s"),
     # smoke: tiny N; tests/e2e/test_bench_smoke.py runs it in the default test run (it proves the bench runs)
     "smoke": dict(ns=[5], rounds=1, sqitch_ns=[5], sqitch_rounds=1,
+                  durable_ns=[], durable_rounds=0, durable_sqitch_ns=[],
                   ledger_applied=500, ledger_events=5_000, ledger_rounds=2,
                   pgbench_seconds=1, pgbench_clients=[2],
                   cycle_checks=20, cycle_cycles=2, idle_checks=50, idle_seconds=2, idle_warmup=1,
@@ -400,8 +403,41 @@ def section_migrations(ctx, rep):
             "`psql`, `pgdeploy` and `sqitch`). After each run the benchmark checks that all N tables exist (and "
             "that none is left after a revert).")
     rep.add()
+    fsync = ctx.cluster.sql("SHOW fsync")[0][0]
+    rep.add(f"### 1a. fsync = {fsync} (as the cluster came): the ledger's own cost, not hidden behind the disk")
+    rep.add()
+    ctx.results["migrations"] = migration_pass(ctx, rep, m["ns"], m["rounds"], m["sqitch_ns"], m["sqitch_rounds"],
+                                               "1a")
+    rep.add("### 1b. fsync = on: the same contenders paying for durability")
+    rep.add()
+    if not m["durable_ns"]:
+        rep.add("Skipped in this mode (the fsync = on pass runs in the full and quick modes).")
+        rep.add()
+        return
+    if os.environ.get("BENCH_INNER") != "1":
+        rep.add("not measured: the fsync = on pass changes the server's fsync setting (ALTER SYSTEM), which bench/run "
+                "does only in the throwaway cluster it starts itself")
+        rep.add()
+        return
+    ctx.cluster.sql("ALTER SYSTEM SET fsync = on")
+    ctx.cluster.sql("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    try:
+        rep.add(f"`ALTER SYSTEM SET fsync = on` + `pg_reload_conf()` in the benchmark's own cluster (now "
+                f"fsync = {ctx.cluster.sql('SHOW fsync')[0][0]}), reset afterwards. Every `CREATE TABLE` with a "
+                "primary key then costs one fsync of the new index (PostgreSQL 15's btree build syncs it at the "
+                "end), so the disk dominates the floor and the ledger alike.")
+        rep.add()
+        ctx.results["migrations_durable"] = migration_pass(ctx, rep, m["durable_ns"], m["durable_rounds"],
+                                                           m["durable_sqitch_ns"], m["durable_rounds"], "1b")
+    finally:
+        ctx.cluster.sql("ALTER SYSTEM RESET fsync")
+        ctx.cluster.sql("SELECT pg_reload_conf()")
+
+
+def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
     summary = []
-    for n in m["ns"]:
+    for n in ns:
         log(f"migrations: N={n}: preparing")
         mb = MigrationBench(ctx, n)
         contenders = {
@@ -411,19 +447,19 @@ def section_migrations(ctx, rep):
             "SELECT deploy.up() / deploy.rollback()": mb.deploy_up,
             "pgdeploy up --dir (load + apply)": mb.pgdeploy_up,
         }
-        with_sqitch = n in m["sqitch_ns"]
+        with_sqitch = n in sqitch_ns
         if with_sqitch:
             contenders["sqitch deploy / revert"] = mb.sqitch
         ups = {k: [] for k in contenders}
         downs = {k: [] for k in contenders}
         errors = {}
         names = list(contenders)
-        for rnd in range(m["rounds"]):
+        for rnd in range(rounds):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in order:
                 if name in errors:
                     continue
-                if name.startswith("sqitch") and rnd >= m["sqitch_rounds"]:
+                if name.startswith("sqitch") and rnd >= sqitch_rounds:
                     continue
                 try:
                     up, down = contenders[name]()
@@ -433,9 +469,9 @@ def section_migrations(ctx, rep):
                 except Exception as e:  # reported in the table, never estimated
                     errors[name] = f"{type(e).__name__}: {e}"
                     log(f"migrations: N={n}: {name}: not measured: {errors[name]}")
-            log(f"migrations: N={n}: round {rnd + 1}/{m['rounds']} done")
+            log(f"migrations: N={n}: round {rnd + 1}/{rounds} done")
         if not with_sqitch:
-            errors["sqitch deploy / revert"] = (f"Sqitch runs at N = {', '.join(map(str, m['sqitch_ns']))} only "
+            errors["sqitch deploy / revert"] = (f"Sqitch runs at N = {', '.join(map(str, sqitch_ns))} only "
                                                 "(one psql process per change)")
         floor_names = [k for k in names if k.startswith("floor") and ups[k]]
         floor_up_name = min(floor_names, key=lambda k: med(ups[k])) if floor_names else None
@@ -443,7 +479,7 @@ def section_migrations(ctx, rep):
         fu_b, fu_m = (best(ups[floor_up_name]), med(ups[floor_up_name])) if floor_up_name else (None, None)
         fd_b, fd_m = (best(downs[floor_down_name]), med(downs[floor_down_name])) if floor_down_name else (None, None)
 
-        rep.add(f"### N = {n:,} ({m['rounds']} rounds; Sqitch {m['sqitch_rounds']})")
+        rep.add(f"#### {label}, N = {n:,} ({rounds} rounds; Sqitch {sqitch_rounds})")
         rep.add()
         rows = []
         for name in names + ([] if with_sqitch else ["sqitch deploy / revert"]):
@@ -487,7 +523,7 @@ def section_migrations(ctx, rep):
         ctx.cluster.drop(mb.tpl_registered)
 
     # goals and per-migration flatness
-    rep.add("### Goals (issue 7), from the medians above")
+    rep.add(f"#### {label}: goals (issue 7), from the medians above")
     rep.add()
     rows = []
     for s in summary:
@@ -508,7 +544,7 @@ def section_migrations(ctx, rep):
                      fmt_ms((s["up"] - s["floor_up"]) / s["n"] * 1000, 0) if s["up"] and s["floor_up"] else "—"])
     rep.table(["N", "deploy.up() / floor", "pgdeploy up / floor", "deploy.rollback() / raw DROPs",
                "sqitch / floor", "floor µs/migration", "deploy.up() µs/migration", "ledger µs/migration"], rows)
-    ctx.results["migrations"] = summary
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1028,8 +1064,8 @@ def main():
     rep.add()
     rep.add(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gb']:.1f} GiB RAM, Linux {info['kernel']}; "
             f"PostgreSQL {info['settings']['server_version']} in a throwaway pg_virtualenv cluster. Server settings "
-            "(bench/run starts its cluster with `-o fsync=on`, pg_virtualenv's default being off; nothing else is "
-            "tuned): " +
+            "as the cluster came (pg_virtualenv's defaults; the benchmark tunes nothing, except the fsync = on pass "
+            "of section 1b, which says so): " +
             ", ".join(f"{k} = {v}" for k, v in info["settings"].items() if k != "server_version") + ".")
     rep.add()
 

@@ -32,8 +32,8 @@ WHERE p.pronamespace = 'deploy'::regnamespace
 ORDER BY 1::text;
 -- Every routine is SECURITY INVOKER (migration SQL runs with the caller's rights).
 SELECT count(*) AS security_definer FROM pg_proc WHERE pronamespace = 'deploy'::regnamespace AND prosecdef;
--- Every SQL and PL/pgSQL routine pins search_path, except deploy.run (a procedure with a SET clause cannot COMMIT;
--- it only calls the helpers that do pin it).
+-- Every SQL and PL/pgSQL routine pins search_path, except those that run user SQL (which must see the caller's
+-- search_path: verify, execute_rollback, run_step) and deploy.run (a procedure with a SET clause cannot COMMIT).
 SELECT p.oid::regprocedure AS without_pinned_search_path
 FROM pg_proc p
 WHERE p.pronamespace = 'deploy'::regnamespace

@@ -45,7 +45,9 @@ $fn$;
 CREATE FUNCTION deploy.verify(version text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- No SET search_path: this function runs user SQL (migration, down or verify scripts), which must see the
+-- caller's search_path. Its own references are schema-qualified; it is SECURITY INVOKER, so a caller's path can only
+-- mislead the caller.
 AS $fn$
 DECLARE
     only_version  text := version;

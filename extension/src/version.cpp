@@ -9,8 +9,12 @@ namespace pgdeploy {
 
 namespace {
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
+bool is_alpha(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
 
 std::string printable(std::string_view s) {
     std::string out;
@@ -33,7 +37,8 @@ std::string printable(std::string_view s) {
  * or digit. The message names the first thing wrong, so a user fixing a file name sees what to change.
  */
 std::optional<std::string> version_problem(std::string_view v) {
-    if (v.empty()) return std::string("version must not be empty");
+    if (v.empty())
+        return std::string("version must not be empty");
     for (std::size_t i = 0; i < v.size(); ++i) {
         unsigned char c = static_cast<unsigned char>(v[i]);
         if (c < 0x20 || c == 0x7f) {
@@ -44,7 +49,8 @@ std::optional<std::string> version_problem(std::string_view v) {
         }
     }
     for (std::size_t i = 0; i < v.size(); ++i) {
-        if (v[i] == ' ') return "version \"" + printable(v) + "\" contains whitespace";
+        if (v[i] == ' ')
+            return "version \"" + printable(v) + "\" contains whitespace";
     }
     if (v.size() > kMaxVersionLength) {
         return "version is too long (" + std::to_string(v.size()) + " characters, at most " +
@@ -54,7 +60,8 @@ std::optional<std::string> version_problem(std::string_view v) {
         char c = v[i];
         if (!(is_digit(c) || is_alpha(c) || c == '.' || c == '_' || c == '-')) {
             std::size_t len = 1;  // the whole UTF-8 character
-            while (i + len < v.size() && (static_cast<unsigned char>(v[i + len]) & 0xC0) == 0x80) ++len;
+            while (i + len < v.size() && (static_cast<unsigned char>(v[i + len]) & 0xC0) == 0x80)
+                ++len;
             return "version \"" + printable(v) + "\" contains \"" + printable(v.substr(i, len)) +
                    "\": only letters, digits, '.', '_' and '-' are allowed";
         }
@@ -80,10 +87,12 @@ std::string version_key(std::string_view v) {
             continue;
         }
         std::size_t start = i;
-        while (i < v.size() && is_digit(v[i])) ++i;
+        while (i < v.size() && is_digit(v[i]))
+            ++i;
         std::size_t first = start;
-        while (first + 1 < i && v[first] == '0') ++first;  // keep one digit for "0", "000"
-        std::size_t len = i - first;                         // <= 64: two decimal digits suffice
+        while (first + 1 < i && v[first] == '0')
+            ++first;                  // keep one digit for "0", "000"
+        std::size_t len = i - first;  // <= 64: two decimal digits suffice
         key += static_cast<char>('0' + len / 10);
         key += static_cast<char>('0' + len % 10);
         key.append(v.substr(first, len));
@@ -94,7 +103,8 @@ std::string version_key(std::string_view v) {
 void check_version(std::string_view version, std::string_view what) {
     if (auto problem = version_problem(version)) {
         std::string msg = *problem;
-        if (what != "version") msg = std::string(what) + ": " + msg;
+        if (what != "version")
+            msg = std::string(what) + ": " + msg;
         throw DeployError(sqlstate::invalid_parameter, msg, {},
                           "A version is 1-64 characters from [A-Za-z0-9._-], starting with a letter or a digit.");
     }

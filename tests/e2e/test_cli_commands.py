@@ -280,3 +280,28 @@ def test_help_and_version():
     assert rc == 0 and "commands:" in out
     rc, out, _ = run_pgdeploy("up", "--help")
     assert rc == 0 and "--target V" in out
+
+
+def test_log_format_json_gives_json_lines_on_stderr(pg, write_migrations):
+    d = write_migrations(BASIC)
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--log-format", "json", "-v", "--dsn", pg.dsn)
+    assert rc == 0, err
+    lines = [json.loads(l) for l in err.splitlines() if l.strip()]
+    assert lines and all({"ts", "level", "msg"} <= set(l) for l in lines)
+    assert any(l["level"] == "debug" for l in lines)
+    assert any("0001_users ... ok" in l["msg"] for l in lines)
+    # -q: no progress, no info lines.
+    rc, out, err = run_pgdeploy("down", "-q", "--dsn", pg.dsn)
+    assert rc == 0 and err == ""
+
+
+def test_multi_host_conninfo_with_target_session_attrs(pg):
+    import os
+    from conftest import conninfo, free_port
+    host = os.environ.get("PGHOST", "localhost")
+    port = os.environ.get("PGPORT", "5432")
+    dsn = conninfo(pg.name, host=f"{host},{host}", port=f"{free_port()},{port}",
+                   target_session_attrs="read-write")
+    rc, out, err = run_pgdeploy("status", "--json", "--dsn", dsn)
+    assert rc == 0, err
+    assert json.loads(out)["schema_version"] == 1

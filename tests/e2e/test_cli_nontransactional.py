@@ -91,3 +91,50 @@ def test_dry_run_does_not_run_top_level_statements(pg, write_migrations):
     assert json.loads(out)["dry_run"] is True
     assert pg.snapshot() == before
     assert index_state(pg, "items_sku_idx") is None
+
+
+def test_killed_pgdeploy_mid_step_resumes_with_the_next_up(pg, write_migrations):
+    """SIGKILL pgdeploy while its CREATE INDEX CONCURRENTLY waits, end its backend, and run `pgdeploy up` again:
+    the unfinished step is handed out again and the migration completes exactly once."""
+    import signal
+    import subprocess
+    import time
+    from conftest import PGDEPLOY_BIN
+
+    files = dict(BASE, **{
+        "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
+        "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
+    })
+    d = write_migrations(files)
+    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
+    blocker = pg.connect(autocommit=False)
+    blocker.cursor().execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")   # CIC waits for this
+    proc = subprocess.Popen([PGDEPLOY_BIN, "up", "--dsn", pg.dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        waiting = None
+        for _ in range(200):
+            waiting = pg.scalar("SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgdeploy' "
+                                "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'",
+                                (pg.name,))
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting, ("pgdeploy never reached the CREATE INDEX CONCURRENTLY step",
+                         pg.sql("SELECT application_name, state, wait_event_type, left(query, 80) FROM pg_stat_activity "
+                                "WHERE datname = %s", (pg.name,)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert pg.scalar("SELECT pg_terminate_backend(%s)", (waiting,)) is True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        blocker.rollback()
+        blocker.close()
+    assert pg.scalar("SELECT state FROM deploy.checkpoints WHERE version = '0002'") == "running"
+    rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
+    assert rc == 0, (out, err)
+    assert [a["version"] for a in json.loads(out)["applied"]] == ["0002"]
+    assert index_state(pg, "items_sku_idx") is True
+    assert pg.sql("SELECT state, attempts FROM deploy.checkpoints WHERE version = '0002'") == [("done", 2)]
+    assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 1

@@ -6,49 +6,25 @@ Real cluster (PG* from scripts/test), real pgdeploy to deploy the example migrat
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 
-import psycopg2
 import pytest
 
-SOURCE_DIR = os.environ.get("PGDEPLOY_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
+from conftest import SOURCE_DIR, conninfo, free_port, run_pgdeploy
+
 BUILD_DIR = os.environ.get("PGDEPLOY_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
-PGDEPLOY = os.environ.get("PGDEPLOY_BIN", os.path.join(BUILD_DIR, "pgdeploy"))
 APP = os.path.join(BUILD_DIR, "examples", "app", "pgdeploy-example-app")
 HOOK = os.path.join(SOURCE_DIR, "examples", "hooks", "rollback-app")
 MIGRATIONS = os.path.join(SOURCE_DIR, "examples", "migrations")
 
 
-@pytest.fixture
-def dbname():
-    name = "e2e_examples_" + uuid.uuid4().hex[:10]
-    admin = psycopg2.connect(dbname="postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn = psycopg2.connect(dbname=name)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("CREATE EXTENSION pg_deploy")
-    conn.close()
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def pgdeploy(dbname, *args):
-    proc = subprocess.run([PGDEPLOY, *args], env=dict(os.environ, PGDATABASE=dbname), capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, f"pgdeploy {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+def pgdeploy(pg, command, *args):
+    code, out, err = run_pgdeploy(command, "--dsn", pg.dsn, *args)
+    assert code == 0, f"pgdeploy {command} {args}: {code}\n{out}\n{err}"
+    return out
 
 
 def http_get(url):
@@ -60,13 +36,13 @@ def http_get(url):
 
 
 class App:
-    def __init__(self, tmp_path, dbname, *extra):
+    def __init__(self, tmp_path, dsn, *extra):
         self.state = tmp_path / "state"
         self.state.mkdir(exist_ok=True)
         self.log = tmp_path / "app.log"
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([APP, "--port", "0", "--state-dir", str(self.state), *extra],
-                                         stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PGDATABASE=dbname))
+            self.proc = subprocess.Popen([APP, "--port", "0", "--state-dir", str(self.state), "--dsn", dsn, *extra],
+                                         stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while "listening on" not in self.log.read_text():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
@@ -87,8 +63,8 @@ class App:
 def app_factory(tmp_path):
     apps = []
 
-    def make(dbname, *extra):
-        app = App(tmp_path, dbname, *extra)
+    def make(dsn, *extra):
+        app = App(tmp_path, dsn, *extra)
         apps.append(app)
         return app
     yield make
@@ -96,57 +72,48 @@ def app_factory(tmp_path):
         app.stop()
 
 
-def deploy_through(dbname, tmp_path, last):
+def deploy_through(pg, tmp_path, last):
     d = tmp_path / f"m-{last}"
     d.mkdir()
     for f in os.listdir(MIGRATIONS):
         if f.split("_", 1)[0] <= last:
             (d / f).write_text(open(os.path.join(MIGRATIONS, f)).read())
-    pgdeploy(dbname, "up", "--dir", str(d), "--app-version", "test-" + last)
+    pgdeploy(pg, "up", "--dir", str(d), "--app-version", "test-" + last)
 
 
-def test_example_migrations_apply_and_revert_cleanly(dbname, tmp_path):
+def test_example_migrations_apply_and_revert_cleanly(pg):
     """All six apply (0004 at top level), and reverting them all leaves no trace of the shop schema."""
-    pgdeploy(dbname, "up", "--dir", MIGRATIONS, "--app-version", "all")
-    conn = psycopg2.connect(dbname=dbname)
-    conn.autocommit = True
-    cur = conn.cursor()
-    cur.execute("SELECT deploy.current_version()")
-    assert cur.fetchone()[0] == "0006"
-    cur.execute("SELECT version, transactional, reversibility FROM deploy.applied ORDER BY sort_key")
-    rows = cur.fetchall()
+    pgdeploy(pg, "up", "--dir", MIGRATIONS, "--app-version", "all")
+    assert pg.scalar("SELECT deploy.current_version()") == "0006"
+    rows = pg.sql("SELECT version, transactional, reversibility FROM deploy.applied ORDER BY sort_key")
     assert [r[0] for r in rows] == ["0001", "0002", "0003", "0004", "0005", "0006"]
     assert dict((r[0], r[1]) for r in rows)["0004"] is False
     assert dict((r[0], r[2]) for r in rows)["0003"] == "lossy"
-    cur.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'shop.orders_status_idx'::regclass")
-    assert cur.fetchone()[0] is True
-    cur.execute("SELECT deploy.down(steps => 6)")
-    result = cur.fetchone()[0]
+    assert pg.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'shop.orders_status_idx'::regclass") is True
+    result = pg.scalar("SELECT deploy.down(steps => 6)")
     assert result["ok"] is True, result
-    cur.execute("SELECT deploy.current_version(), to_regnamespace('shop')")
-    assert cur.fetchone() == (None, None)
-    conn.close()
+    assert pg.sql("SELECT deploy.current_version(), to_regnamespace('shop')") == [(None, None)]
 
 
-def test_health_follows_release_and_schema(dbname, tmp_path, app_factory):
-    app = app_factory(dbname)
+def test_health_follows_release_and_schema(pg, tmp_path, app_factory):
+    app = app_factory(pg.dsn)
     # Nothing applied yet: require_version fails with PD005.
     status, body = http_get(app.url + "/health")
     assert status == 503 and body["error"].startswith("PD005"), body
 
-    deploy_through(dbname, tmp_path, "0002")
+    deploy_through(pg, tmp_path, "0002")
     assert http_get(app.url + "/health")[0] == 200           # default release v1
     app.release("v2")
     status, body = http_get(app.url + "/health")
     assert status == 503 and body["error"].startswith("PD005"), body   # v2 needs 0004
 
-    deploy_through(dbname, tmp_path, "0004")
+    deploy_through(pg, tmp_path, "0004")
     status, body = http_get(app.url + "/health")
     assert (status, body["release"], body["schema_version"]) == (200, "v2", "0004")
     assert http_get(app.url + "/version") == (200, {"release": "v2", "schema_version": "0004"})
 
     # v3 after its migrations: the bug (it selects a column the view does not have).
-    deploy_through(dbname, tmp_path, "0006")
+    deploy_through(pg, tmp_path, "0006")
     app.release("v3")
     status, body = http_get(app.url + "/health")
     assert status == 503 and body["error"].startswith("42703") and "name" in body["error"], body
@@ -162,10 +129,7 @@ def test_health_follows_release_and_schema(dbname, tmp_path, app_factory):
 
 
 def test_health_is_503_when_the_database_is_unreachable(tmp_path, app_factory):
-    with socket.socket() as s:       # a port on which nothing listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = app_factory("postgres", "--dsn", f"host=127.0.0.1 port={port} dbname=postgres")
+    app = app_factory(f"host=127.0.0.1 port={free_port()} dbname=postgres")   # nothing listens there
     status, body = http_get(app.url + "/health")
     assert status == 503 and body["error"].startswith("database unreachable"), body
     assert http_get(app.url + "/version") == (200, {"release": "v1", "schema_version": None})
@@ -184,7 +148,7 @@ def run_hook(args, env_extra):
 
 
 def test_rollback_hook_switches_release_atomically(tmp_path, app_factory):
-    app = app_factory("postgres")
+    app = app_factory(conninfo("postgres"))
     app.release("v3")
     proc = run_hook(["--state-dir", str(app.state), "--url", app.url],
                     {"PGDEPLOY_TO_APP_VERSION": "v2", "PGDEPLOY_FROM_APP_VERSION": "v3"})
@@ -218,8 +182,6 @@ def test_rollback_hook_fails_when_the_app_does_not_switch(tmp_path):
     """--url pointing at a service that never reports the target: exit 1 after its bounded wait."""
     state = tmp_path / "state"
     state.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = run_hook(["--state-dir", str(state), "--url", f"http://127.0.0.1:{port}"], {"PGDEPLOY_TO_APP_VERSION": "v2"})
+    proc = run_hook(["--state-dir", str(state), "--url", f"http://127.0.0.1:{free_port()}"],
+                    {"PGDEPLOY_TO_APP_VERSION": "v2"})
     assert proc.returncode == 1 and "does not report release v2" in proc.stderr, proc.stderr

@@ -172,11 +172,27 @@ def test_systemd_notify_watchdog_reload_and_stop(pg, health, tmp_path):
         notify.close()
 
 
+def test_json_logs_are_one_object_per_line(pg, health, tmp_path, watchers):
+    hook, _, _ = write_hook(tmp_path, health.bad_file)
+    cfg = watch_config(pg, health, hook, tmp_path / "state.json")
+    cfg["logging"] = {"level": "debug", "format": "json"}
+    w = Watcher(tmp_path, cfg)
+    watchers.append(w)
+    w.wait_ready(leader=True)
+    assert w.stop() == 0
+    lines = [json.loads(line) for line in w.log_text().splitlines() if line.strip()]
+    assert any("check api: ok" in l["msg"] and l["level"] == "debug" for l in lines)
+    assert any("is the leader" in l["msg"] for l in lines)
+
+
 def test_sigint_stops_cleanly(pg, health, tmp_path, watchers):
     hook, _, _ = write_hook(tmp_path, health.bad_file)
     w = Watcher(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json"))
     watchers.append(w)
     w.wait_ready(leader=True)
+    code, out, err = run_pgdeploy("watch", "--status", "--config", w.config_path)
+    assert code == 0, err
+    assert "leader" in out and "api" in out and "HTTP 200" in out
     w.signal(signal.SIGINT)
     assert w.proc.wait(timeout=10) == 0
 
@@ -243,3 +259,30 @@ def test_systemd_units_verify(tmp_path):
     broken.write_text(open(paths[0]).read().replace("Type=notify", "Type=notifyy"))
     proc = subprocess.run([analyze, "verify", "--man=no", str(broken)], capture_output=True, text=True, timeout=60)
     assert "notifyy" in proc.stderr
+
+
+def test_lost_connection_reconnects_and_leads_again(pg, health, tmp_path, watchers):
+    """The watcher's session is terminated under it (a failover, a DBA, a network cut): no crash, the leadership lock
+    goes with the session, the watcher reconnects with backoff, LISTENs and leads again."""
+    hook, _, _ = write_hook(tmp_path, health.bad_file)
+    w = Watcher(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json"))
+    watchers.append(w)
+    w.wait_ready(leader=True)
+    pids = [r[0] for r in pg.sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND application_name = 'pgdeploy-watch'")]
+    assert len(pids) == 1
+    pg.sql("SELECT pg_terminate_backend(%s)", (pids[0],))
+    wait_for(lambda: "database connection lost" in w.log_text(), timeout=10, what="the loss to be noticed")
+
+    def new_leader_pid():
+        rows = pg.sql("SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                      "WHERE a.datname = current_database() AND a.application_name = 'pgdeploy-watch' "
+                      "AND l.locktype = 'advisory' AND l.classid = 1346651472 AND l.objid = 2 AND l.granted")
+        return rows[0][0] if rows and rows[0][0] != pids[0] else None
+
+    new_pid = wait_for(new_leader_pid, timeout=10, what="a new session holding the leadership lock")
+    assert new_pid != pids[0]
+    w.wait_state(lambda st: st["connected"] and st["leader"], timeout=10, what="reconnected leader")
+    assert "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1]
+    assert w.proc.poll() is None
+    assert w.stop() == 0

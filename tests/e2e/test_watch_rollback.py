@@ -237,3 +237,33 @@ def test_leader_killed_mid_rollback_follower_finishes_after_the_lease(pg, health
 
 def state_of_deployment(pg, d):
     return pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d,))
+
+
+def test_grace_period_and_dry_run_do_not_roll_back(pg, health, tmp_path, watchers):
+    """A release that is unhealthy only during its grace period is left alone; a dry-run watcher records what it
+    would do and touches nothing."""
+    deploy(pg, "v1", V1)
+    hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
+    cfg = watch_config(pg, health, hook, tmp_path / "state.json")
+    cfg["checks"][0]["grace_period"] = "3s"
+    cfg["decision"]["dry_run"] = True
+    w = Watcher(tmp_path, cfg)
+    watchers.append(w)
+    w.wait_ready(leader=True)
+    health.make_unhealthy()
+    d2 = deploy(pg, "v2", V2)              # deployed while unhealthy: the grace period covers the first 3 s
+    time.sleep(2)
+    st = w.state()
+    assert st["deployment"]["id"] == d2
+    api = st["checks"][0]
+    assert api["in_grace"] is True and api["grace_ignored"] >= 3 and api["state"] == "ok"
+    assert events(pg, "watcher_decision") == []
+    # After the grace period the failures count; dry run records would_rollback and does nothing else.
+    wait_for(lambda: events(pg, "watcher_decision", d2), timeout=10, what="the dry-run decision")
+    decision = events(pg, "watcher_decision", d2)[0][3]
+    assert decision["kind"] == "would_rollback"
+    time.sleep(1)
+    assert marker_rows(pg) == []
+    assert hook_entries(hook_log) == []
+    assert pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
+    assert len(events(pg, "watcher_decision")) == 1

@@ -40,6 +40,7 @@ def _check_round(pg, versions, outcomes):
 def test_sixteen_sessions_call_up_at_once(pg, rng):
     rounds = trials(3, 50)
     all_versions = []
+    seen = set()
     for r in range(1, rounds + 1):
         versions = _batch(r)
         slow_migrations(pg, versions, up_sleep=0.15)
@@ -81,11 +82,14 @@ def test_sixteen_sessions_call_up_at_once(pg, rng):
         for t in threads:
             t.join(60)
         _check_round(pg, versions, outcomes)
+        seen |= {o[0] for o in outcomes}
         stats.add("concurrency.sql_rounds")
         stats.add("concurrency.sql_sessions", SESSIONS)
         stats.add("concurrency.lock_errors", sum(1 for o in outcomes if o[0] == "locked"))
         for c in conns:
             c.close()
+    # Both kinds of loser were met: the lock error (short waits) and the no-op (waits that outlived the winner).
+    assert seen == {"applied", "noop", "locked"}, seen
     assert_consistent(pg, all_versions)
     # No duplicate ledger rows anywhere: deployments that applied nothing would be noise.
     assert pg.scalar("SELECT count(*) FROM deploy.deployments") == rounds

@@ -37,6 +37,7 @@ def _versions(trial, n=4):
 @pytest.mark.parametrize("operation", ["up", "down", "rollback"])
 def test_kill_atomic_operation(pg, rng, operation):
     n = 4
+    mid = 0
     for trial in range(1, trials(4, 60) + 1):
         versions = _versions(trial, n)
         slow_migrations(pg, versions, up_sleep=STEP, down_sleep=STEP)
@@ -49,6 +50,7 @@ def test_kill_atomic_operation(pg, rng, operation):
         applied_before = applied_versions(pg)
         bg = Background(pg.dsn, fetch_one(call))
         _, landed = _kill_at(pg, bg, rng.uniform(0, STEP * n * 1.2))
+        mid += landed
         stats.add(f"kills.{operation}")
         if landed:
             # All or nothing: exactly as before.
@@ -66,15 +68,18 @@ def test_kill_atomic_operation(pg, rng, operation):
         else:
             assert not set(versions) & set(applied_versions(pg))
         assert_consistent(pg, versions)
+    assert mid > 0, "no kill landed in the middle of the operation: the trials proved nothing"
 
 
 def test_kill_call_run(pg, rng):
     n = 5
+    mid = 0
     for trial in range(1, trials(4, 60) + 1):
         versions = _versions(trial, n)
         slow_migrations(pg, versions, up_sleep=STEP)
         bg = Background(pg.dsn, fetch_one("CALL deploy.run(app_version => 'rel')"))
         _, landed = _kill_at(pg, bg, rng.uniform(0, STEP * n * 1.2))
+        mid += landed
         stats.add("kills.run")
         applied = [v for v in applied_versions(pg) if v in versions]
         assert applied == versions[:len(applied)], f"deploy.run applied a non-prefix: {applied}"
@@ -85,10 +90,12 @@ def test_kill_call_run(pg, rng):
         assert_consistent(pg, versions)
         assert pg.scalar("SELECT count(*) FROM deploy.checkpoints WHERE state NOT IN ('done')") == 0, \
             pg.sql("SELECT * FROM deploy.checkpoints WHERE state <> 'done'")
+    assert mid > 0, "no kill landed in the middle of deploy.run"
 
 
 def test_kill_marker_execution(pg, rng):
     n = 4
+    mid = 0
     for trial in range(1, trials(3, 40) + 1):
         versions = _versions(trial, n)
         slow_migrations(pg, versions, down_sleep=STEP)
@@ -98,6 +105,7 @@ def test_kill_marker_execution(pg, rng):
         assert [r[0] for r in claimed] == [marker]
         bg = Background(pg.dsn, fetch_one("SELECT deploy.execute_rollback(%s, 'rel-holder')", (marker,)))
         _, landed = _kill_at(pg, bg, rng.uniform(0, STEP * n * 1.2))
+        mid += landed
         stats.add("kills.marker")
         state = pg.scalar("SELECT state FROM deploy.rollback_markers WHERE id = %s", (marker,))
         if landed:
@@ -120,3 +128,4 @@ def test_kill_marker_execution(pg, rng):
         assert dict(pg.sql("SELECT version, count(*) FROM deploy.events WHERE kind = 'migration_reverted' "
                            "AND version = ANY(%s) GROUP BY version", (versions,))) == rows
         assert_consistent(pg, versions)
+    assert mid > 0, "no kill landed in the middle of a marker execution"

@@ -74,6 +74,12 @@ TEST_CASE("missing positional, conflicts, numbers and durations", "[cli][args]")
     CHECK_THROWS_WITH(parse_positive_int("steps", "-1"), "--steps needs a positive integer, not \"-1\"");
     CHECK_THROWS_WITH(parse_positive_int("steps", "2x"), "--steps needs a positive integer, not \"2x\"");
 
+    CHECK_NOTHROW(check_version_arg("--target", std::string("0001")));
+    CHECK_NOTHROW(check_version_arg("--target", std::nullopt));
+    CHECK_THROWS_WITH(check_version_arg("--target", std::string("a b")),
+                      "--target \"a b\" is not a valid version (1-64 characters from A-Z a-z 0-9 . _ -, starting "
+                      "with a letter or digit)");
+
     CHECK(parse_duration_ms("lock-wait", "10s") == 10000);
     CHECK(parse_duration_ms("lock-wait", "10") == 10000);
     CHECK(parse_duration_ms("lock-wait", "250ms") == 250);

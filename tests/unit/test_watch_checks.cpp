@@ -66,7 +66,7 @@ TEST_CASE("run_process: argv without a shell, exit codes, output capture and tru
     auto echo = run_process({"/bin/echo", "$(id)", ";", "rm", "-rf", "/"}, {}, 5000, 4096);
     REQUIRE(echo.started);
     CHECK(echo.exit_code == 0);
-    CHECK(echo.output == "$(id) ; rm -rf /\n");   // shell syntax is inert
+    CHECK(echo.output == "$(id) ; rm -rf /\n");  // shell syntax is inert
 
     auto code = run_process({"/bin/sh", "-c", "echo out; echo err >&2; exit 3"}, {}, 5000, 4096);
     CHECK(code.exit_code == 3);
@@ -77,7 +77,8 @@ TEST_CASE("run_process: argv without a shell, exit codes, output capture and tru
     CHECK(big.output.size() == 100);
     CHECK(big.truncated);
 
-    auto env = run_process({"/bin/sh", "-c", "printf %s \"$PGDEPLOY_ATTEMPT\""}, {{"PGDEPLOY_ATTEMPT", "2"}}, 5000, 100);
+    auto env =
+        run_process({"/bin/sh", "-c", "printf %s \"$PGDEPLOY_ATTEMPT\""}, {{"PGDEPLOY_ATTEMPT", "2"}}, 5000, 100);
     CHECK(env.output == "2");
 
     auto missing = run_process({"/nonexistent/program"}, {}, 5000, 100);
@@ -145,4 +146,17 @@ TEST_CASE("tcp and http checks against closed ports fail fast and critically", "
         CHECK(r.status == CheckStatus::critical);
         CHECK(r.latency_ms < 1500);
     }
+}
+
+TEST_CASE("program output that is not UTF-8 is made safe for JSON", "[watch][process]") {
+    CHECK(sanitize_utf8("plain") == "plain");
+    CHECK(sanitize_utf8("caf\xc3\xa9") == "caf\xc3\xa9");
+    CHECK(sanitize_utf8("bad \xff\xfe end") == "bad ?? end");
+    CHECK(sanitize_utf8("cut \xc3") == "cut ?");
+    CHECK(sanitize_utf8("\xed\xa0\x80") == "???");  // a UTF-16 surrogate
+    CHECK(sanitize_utf8("\xc0\xaf") == "??");       // overlong '/'
+    auto r = run_process({"/usr/bin/printf", "\\377\\376ok"}, {}, 5000, 100);
+    CHECK(r.output == "??ok");
+    nlohmann::json j = {{"output", r.output}};
+    CHECK_NOTHROW(j.dump());
 }

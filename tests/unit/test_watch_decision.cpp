@@ -74,21 +74,22 @@ TEST_CASE("check state machine: ok -> warning -> failing, hysteresis on recovery
     t.record(result("api", CheckStatus::critical), 0, false);
     CHECK(t.state() == HealthState::ok);
     t.record(result("api", CheckStatus::critical), 1, false);
-    CHECK(t.state() == HealthState::warning);   // warning_threshold = 2
+    CHECK(t.state() == HealthState::warning);  // warning_threshold = 2
     t.record(result("api", CheckStatus::critical), 2, false);
-    CHECK(t.state() == HealthState::failing);   // failure_threshold = 3
+    CHECK(t.state() == HealthState::failing);  // failure_threshold = 3
     t.record(result("api", CheckStatus::ok), 3, false);
-    CHECK(t.state() == HealthState::failing);   // one success is not recovery
+    CHECK(t.state() == HealthState::failing);  // one success is not recovery
     t.record(result("api", CheckStatus::critical), 4, false);
     t.record(result("api", CheckStatus::ok), 5, false);
     CHECK(t.state() == HealthState::failing);
     t.record(result("api", CheckStatus::ok), 6, false);
-    CHECK(t.state() == HealthState::ok);        // success_threshold = 2 consecutive
+    CHECK(t.state() == HealthState::ok);  // success_threshold = 2 consecutive
 }
 
 TEST_CASE("a warning result never makes a check failing and breaks a critical run", "[watch][decision]") {
     CheckTracker t(check("cmd"));
-    for (int i = 0; i < 10; ++i) t.record(result("cmd", CheckStatus::warning), i, false);
+    for (int i = 0; i < 10; ++i)
+        t.record(result("cmd", CheckStatus::warning), i, false);
     CHECK(t.state() == HealthState::warning);
     t.record(result("cmd", CheckStatus::critical), 10, false);
     t.record(result("cmd", CheckStatus::critical), 11, false);
@@ -102,7 +103,7 @@ TEST_CASE("rollback is decided when a critical check fails inside the watch wind
     DecisionEngine e(config());
     e.observe_deployment(deployment(2, 0), 0);
     Millis t = feed(e, "api", CheckStatus::critical, 2, kSec);
-    CHECK(e.evaluate(t).kind == DecisionKind::none);   // below failure_threshold
+    CHECK(e.evaluate(t).kind == DecisionKind::none);  // below failure_threshold
     t = feed(e, "api", CheckStatus::critical, 1, t);
     Decision d = e.evaluate(t);
     CHECK(d.kind == DecisionKind::rollback);
@@ -140,21 +141,22 @@ TEST_CASE("an error rate over the window with enough samples triggers; old sampl
     DecisionEngine e(config());
     e.observe_deployment(deployment(2, 0), 0);
     Millis t = kSec;
-    for (int i = 0; i < 9; ++i) {   // 18 samples at 50 %: below min_samples
+    for (int i = 0; i < 9; ++i) {  // 18 samples at 50 %: below min_samples
         t = feed(e, "api", CheckStatus::critical, 1, t);
         t = feed(e, "api", CheckStatus::ok, 1, t);
     }
     CHECK(e.evaluate(t).kind == DecisionKind::none);
     t = feed(e, "api", CheckStatus::critical, 1, t);
-    t = feed(e, "api", CheckStatus::ok, 1, t);   // 20 samples, 50 % >= 0.5
-    CHECK(e.trackers().at("api").state() == HealthState::ok);   // never 2 in a row...
+    t = feed(e, "api", CheckStatus::ok, 1, t);                 // 20 samples, 50 % >= 0.5
+    CHECK(e.trackers().at("api").state() == HealthState::ok);  // never 2 in a row...
     Decision d = e.evaluate(t);
-    CHECK(d.kind == DecisionKind::rollback);   // ...but the error rate says the release is bad
+    CHECK(d.kind == DecisionKind::rollback);  // ...but the error rate says the release is bad
 
     CheckTracker w(check("api"));
-    for (int i = 0; i < 20; ++i) w.record(result("api", i % 2 ? CheckStatus::ok : CheckStatus::critical), i * kSec, false);
+    for (int i = 0; i < 20; ++i)
+        w.record(result("api", i % 2 ? CheckStatus::ok : CheckStatus::critical), i * kSec, false);
     CHECK(w.error_rate_exceeded(20 * kSec));
-    CHECK(w.samples(20 * kSec + kMin) == 0);   // a minute later all samples have left the window
+    CHECK(w.samples(20 * kSec + kMin) == 0);  // a minute later all samples have left the window
     CHECK_FALSE(w.error_rate_exceeded(20 * kSec + kMin));
 }
 
@@ -173,7 +175,7 @@ TEST_CASE("failures inside the grace period are ignored, later ones count", "[wa
     cfg.checks[0].grace_period = 30 * kSec;
     DecisionEngine e(cfg);
     e.observe_deployment(deployment(2, 0), 0);
-    Millis t = feed(e, "api", CheckStatus::critical, 10, kSec);   // t = 1..10 s, all in grace
+    Millis t = feed(e, "api", CheckStatus::critical, 10, kSec);  // t = 1..10 s, all in grace
     CHECK(e.trackers().at("api").grace_ignored() == 10);
     CHECK(e.trackers().at("api").state() == HealthState::ok);
     CHECK(e.evaluate(t).kind == DecisionKind::none);
@@ -243,14 +245,14 @@ TEST_CASE("never roll back into a release that was itself failing", "[watch][dec
 
     // This watcher saw it: release v1 was failing when v2 replaced it; v2 fails too; going back to v1 is refused.
     WatchConfig cfg = config();
-    cfg.decision.watch_window = kSec;   // v1 failed outside its window: no rollback then, but it is remembered
+    cfg.decision.watch_window = kSec;  // v1 failed outside its window: no rollback then, but it is remembered
     DecisionEngine w(cfg);
     w.observe_deployment(deployment(1, 0, "v1"), 0);
     t = feed(w, "api", CheckStatus::critical, 3, 10 * kSec);
     CHECK(w.evaluate(t).reason == "outside_window");
     cfg.decision.watch_window = 10 * kMin;
     w.reconfigure(cfg);
-    w.observe_deployment(deployment(2, t, "v2"), t);   // target app v1
+    w.observe_deployment(deployment(2, t, "v2"), t);  // target app v1
     t = feed(w, "api", CheckStatus::critical, 3, t + kSec);
     CHECK(w.evaluate(t).reason == "target_failing");
 }
@@ -276,7 +278,7 @@ TEST_CASE("a release with irreversible migrations is frozen, not reverted", "[wa
     CHECK_THAT(d.message, Catch::Matchers::Contains("0002"));
     e.commit(d, t);
     t = feed(e, "api", CheckStatus::critical, 1, t);
-    CHECK(e.evaluate(t).reason == "already_handled");   // alerted once, not every cycle
+    CHECK(e.evaluate(t).reason == "already_handled");  // alerted once, not every cycle
 }
 
 TEST_CASE("dry run records what it would do", "[watch][decision]") {
@@ -293,9 +295,9 @@ TEST_CASE("dry run records what it would do", "[watch][decision]") {
     DecisionEngine p(per_check);
     p.observe_deployment(deployment(2, 0), 0);
     t = feed(p, "api", CheckStatus::critical, 3, kSec);
-    CHECK(p.evaluate(t).kind == DecisionKind::would_rollback);   // only a dry-run check fails
+    CHECK(p.evaluate(t).kind == DecisionKind::would_rollback);  // only a dry-run check fails
     t = feed(p, "db", CheckStatus::critical, 3, t);
-    CHECK(p.evaluate(t).kind == DecisionKind::rollback);          // a real check fails too
+    CHECK(p.evaluate(t).kind == DecisionKind::rollback);  // a real check fails too
 }
 
 TEST_CASE("non-critical checks alert but never roll back", "[watch][decision]") {
@@ -336,7 +338,7 @@ TEST_CASE("the same decision twice is not fresh (logged and recorded once)", "[w
     CHECK(e.evaluate(t).fresh);
     CHECK_FALSE(e.evaluate(t + 1).fresh);
     t = feed(e, "api", CheckStatus::ok, 2, t);
-    CHECK(e.evaluate(t).fresh);   // healthy again: a different decision
+    CHECK(e.evaluate(t).fresh);  // healthy again: a different decision
 }
 
 TEST_CASE("recovery after a rollback needs success_threshold fresh successes of every critical check",
@@ -348,11 +350,11 @@ TEST_CASE("recovery after a rollback needs success_threshold fresh successes of 
     DeploymentView v = deployment(2, 0);
     v.state = "rolled_back";
     e.observe_deployment(v, 10 * kSec);
-    CHECK_FALSE(e.all_critical_healthy());   // no evidence yet
+    CHECK_FALSE(e.all_critical_healthy());  // no evidence yet
     feed(e, "api", CheckStatus::ok, 1, 11 * kSec);
     CHECK_FALSE(e.all_critical_healthy());
     feed(e, "api", CheckStatus::ok, 1, 12 * kSec);
-    CHECK(e.all_critical_healthy());          // the non-critical check does not matter
+    CHECK(e.all_critical_healthy());  // the non-critical check does not matter
 }
 
 TEST_CASE("reload keeps the history of checks that keep their name", "[watch][decision]") {
@@ -365,7 +367,7 @@ TEST_CASE("reload keeps the history of checks that keep their name", "[watch][de
     e.reconfigure(next);
     CHECK(e.trackers().size() == 1);
     CHECK(e.trackers().at("api").consecutive_failures() == 2);
-    CHECK(e.evaluate(3 * kSec).kind == DecisionKind::none);   // state updates at the next result
+    CHECK(e.evaluate(3 * kSec).kind == DecisionKind::none);  // state updates at the next result
     feed(e, "api", CheckStatus::critical, 1, 3 * kSec);
     CHECK(e.evaluate(4 * kSec).kind == DecisionKind::rollback);
 }

@@ -24,9 +24,7 @@ void pg_guard_invoke(void (*fn)(void*), void* arg) {
     MemoryContext volatile caller_context = CurrentMemoryContext;
     ErrorData* volatile error = nullptr;
     PG_TRY();
-    {
-        fn(arg);
-    }
+    { fn(arg); }
     PG_CATCH();
     {
         MemoryContextSwitchTo(TopTransactionContext);
@@ -35,23 +33,27 @@ void pg_guard_invoke(void (*fn)(void*), void* arg) {
         MemoryContextSwitchTo(caller_context);
     }
     PG_END_TRY();
-    if (error != nullptr) throw PgError(error);
+    if (error != nullptr)
+        throw PgError(error);
 }
 
 namespace {
 
 // copy_for_report duplicates a C++ string into PostgreSQL memory without ever raising (we are inside a catch).
 char* copy_for_report(const char* s, const char* fallback) {
-    if (s == nullptr) return nullptr;
+    if (s == nullptr)
+        return nullptr;
     std::size_t len = std::strlen(s);
     char* out = static_cast<char*>(MemoryContextAllocExtended(CurrentMemoryContext, len + 1, MCXT_ALLOC_NO_OOM));
-    if (out == nullptr) return const_cast<char*>(fallback);
+    if (out == nullptr)
+        return const_cast<char*>(fallback);
     std::memcpy(out, s, len + 1);
     return out;
 }
 
 int sqlstate_code(const char* s) {
-    if (s == nullptr || std::strlen(s) != 5) return ERRCODE_INTERNAL_ERROR;
+    if (s == nullptr || std::strlen(s) != 5)
+        return ERRCODE_INTERNAL_ERROR;
     return MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
 }
 
@@ -79,8 +81,10 @@ Datum call_sql_function(FunctionCallInfo fcinfo, Datum (*impl)(FunctionCallInfo)
         failed = true;
         code = sqlstate_code(e.code().c_str());
         message = copy_for_report(e.what(), "pg_deploy error (message lost: out of memory)");
-        if (!e.detail().empty()) detail = copy_for_report(e.detail().c_str(), nullptr);
-        if (!e.hint().empty()) hint = copy_for_report(e.hint().c_str(), nullptr);
+        if (!e.detail().empty())
+            detail = copy_for_report(e.detail().c_str(), nullptr);
+        if (!e.hint().empty())
+            hint = copy_for_report(e.hint().c_str(), nullptr);
     } catch (const std::bad_alloc&) {
         failed = true;
         code = ERRCODE_OUT_OF_MEMORY;
@@ -93,7 +97,8 @@ Datum call_sql_function(FunctionCallInfo fcinfo, Datum (*impl)(FunctionCallInfo)
         message = const_cast<char*>("unknown C++ exception in pg_deploy");
     }
 
-    if (pg_error != nullptr) ReThrowError(pg_error);
+    if (pg_error != nullptr)
+        ReThrowError(pg_error);
     if (failed) {
         ereport(ERROR, (errcode(code), errmsg_internal("%s", message ? message : "pg_deploy error"),
                         detail ? errdetail_internal("%s", detail) : 0, hint ? errhint("%s", hint) : 0));

@@ -13,34 +13,40 @@ extern "C" {
 namespace pgdeploy {
 
 std::optional<std::string> opt_text_arg(FunctionCallInfo fcinfo, int argno) {
-    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+        return std::nullopt;
     return text_arg(fcinfo, argno);
 }
 
 std::string required_text_arg(FunctionCallInfo fcinfo, int argno, const char* name) {
     auto v = opt_text_arg(fcinfo, argno);
-    if (!v) throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
+    if (!v)
+        throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
     return *v;
 }
 
 std::optional<bool> opt_bool_arg(FunctionCallInfo fcinfo, int argno) {
-    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+        return std::nullopt;
     return PG_GETARG_BOOL(argno);
 }
 
 bool bool_arg(FunctionCallInfo fcinfo, int argno, const char* name) {
     auto v = opt_bool_arg(fcinfo, argno);
-    if (!v) throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
+    if (!v)
+        throw DeployError(sqlstate::null_value, std::string(name) + " must not be NULL");
     return *v;
 }
 
 std::optional<int64_t> opt_int8_arg(FunctionCallInfo fcinfo, int argno) {
-    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+        return std::nullopt;
     return PG_GETARG_INT64(argno);
 }
 
 std::optional<std::string> opt_jsonb_arg(FunctionCallInfo fcinfo, int argno) {
-    if (PG_NARGS() <= argno || PG_ARGISNULL(argno)) return std::nullopt;
+    if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+        return std::nullopt;
     char* s = nullptr;
     pg_guard([&] {
         Jsonb* jb = PG_GETARG_JSONB_P(argno);
@@ -60,18 +66,25 @@ void EventLog::log(const char* kind, std::optional<int64_t> deployment_id, const
                p_jsonb(details.dump())});
 }
 
-int64_t now_us() { return static_cast<int64_t>(GetCurrentTimestamp()); }
+int64_t now_us() {
+    return static_cast<int64_t>(GetCurrentTimestamp());
+}
 
 double ms_since(int64_t start_us) {
     double ms = static_cast<double>(now_us() - start_us) / 1000.0;
     return std::round(ms * 1000.0) / 1000.0;
 }
 
-Datum json_result(const Json& j) { return make_jsonb(j.dump()); }
+Datum json_result(const Json& j) {
+    return make_jsonb(j.dump());
+}
 
 Json SqlFailure::to_json() const {
     auto opt = [](const std::string& s) { return s.empty() ? Json(nullptr) : Json(s); };
-    return Json{{"sqlstate", sqlstate}, {"message", message}, {"detail", opt(detail)}, {"hint", opt(hint)},
+    return Json{{"sqlstate", sqlstate},
+                {"message", message},
+                {"detail", opt(detail)},
+                {"hint", opt(hint)},
                 {"context", opt(context)}};
 }
 
@@ -106,15 +119,18 @@ bool is_user_cancel(const PgError& e) {
 }
 
 MigrationTimer::MigrationTimer() {
-    if (statement_timeout_ms <= 0) return;
+    if (statement_timeout_ms <= 0)
+        return;
     bool outer = false;
     TimestampTz outer_fin = 0;
     int ms = statement_timeout_ms;
     pg_guard([&] {
         outer = get_timeout_active(STATEMENT_TIMEOUT);
-        if (outer) outer_fin = get_timeout_finish_time(STATEMENT_TIMEOUT);
+        if (outer)
+            outer_fin = get_timeout_finish_time(STATEMENT_TIMEOUT);
         TimestampTz fin = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-        if (!outer || fin < outer_fin) enable_timeout_at(STATEMENT_TIMEOUT, fin);
+        if (!outer || fin < outer_fin)
+            enable_timeout_at(STATEMENT_TIMEOUT, fin);
     });
     armed_ = true;
     outer_active_ = outer;
@@ -122,7 +138,8 @@ MigrationTimer::MigrationTimer() {
 }
 
 MigrationTimer::~MigrationTimer() {
-    if (!armed_) return;
+    if (!armed_)
+        return;
     // disable/enable_timeout only touch the timer and signal state; they do not raise in practice, but the guard
     // keeps a surprise from longjmp'ing out of a destructor.
     bool outer = outer_active_;

@@ -18,7 +18,8 @@ void refuse_if_open_marker(const char* operation) {
     Rows m = run_query(
         "SELECT id, deployment_id, state, reason FROM deploy.rollback_markers "
         "WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention') ORDER BY id LIMIT 1");
-    if (m.empty()) return;
+    if (m.empty())
+        return;
     const Row& r = m.front();
     throw DeployError(sqlstate::object_not_in_prerequisite_state,
                       std::string(operation) + " refused: rollback marker " + r[0].value_or("?") + " (" +
@@ -48,12 +49,12 @@ void AppliedWriter::write(const Migration& m, int64_t deployment_id, double dura
 }
 
 void finish_deployment(int64_t id, const char* state, const Cell& version_after, const std::optional<Json>& error) {
-    run_query("UPDATE deploy.deployments SET state = $2, version_after = $3, error = $4, "
-              "finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE pg_catalog.clock_timestamp() END "
-              "WHERE id = $1",
-              {INT8OID, TEXTOID, TEXTOID, JSONBOID},
-              {p_int8(id), p_text(std::string(state)), p_text(version_after),
-               error ? p_jsonb(error->dump()) : p_null()});
+    run_query(
+        "UPDATE deploy.deployments SET state = $2, version_after = $3, error = $4, "
+        "finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE pg_catalog.clock_timestamp() END "
+        "WHERE id = $1",
+        {INT8OID, TEXTOID, TEXTOID, JSONBOID},
+        {p_int8(id), p_text(std::string(state)), p_text(version_after), error ? p_jsonb(error->dump()) : p_null()});
 }
 
 }  // namespace pgdeploy

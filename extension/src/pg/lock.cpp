@@ -46,7 +46,8 @@ bool wait_for_lock(int wait_ms) {
         });
         acquired = true;
     } catch (const PgError& e) {
-        if (e.sqlstate() != "55P03") throw;  // a cancel or anything else is not ours to explain
+        if (e.sqlstate() != "55P03")
+            throw;  // a cancel or anything else is not ours to explain
     }
     return acquired;
 }
@@ -57,14 +58,15 @@ void acquire_deploy_lock(const char* operation) {
     // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates
     // the lock, so a deploy committed meanwhile would be invisible and could be applied twice: refuse.
     if (IsolationUsesXactSnapshot()) {
-        throw DeployError("25000",
-                          std::string(operation) + " must run at READ COMMITTED isolation",
+        throw DeployError("25000", std::string(operation) + " must run at READ COMMITTED isolation",
                           "A transaction snapshot taken before the deploy lock would not see a deploy that committed "
                           "while this one waited.",
                           "Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.");
     }
-    if (try_lock_now()) return;
-    if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms)) return;
+    if (try_lock_now())
+        return;
+    if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms))
+        return;
 
     Rows holder = run_query(
         "SELECT l.pid, a.application_name, coalesce(a.xact_start, a.backend_start)::text, a.usename::text "

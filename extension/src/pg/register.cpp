@@ -42,7 +42,8 @@ std::string sha256_hex(const std::string& data) {
         }
         pg_cryptohash_free(ctx);
     });
-    if (rc < 0) throw DeployError(sqlstate::internal_error, std::string("sha256 failed: ") + (error ? error : "?"));
+    if (rc < 0)
+        throw DeployError(sqlstate::internal_error, std::string("sha256 failed: ") + (error ? error : "?"));
     static const char* hex = "0123456789abcdef";
     std::string out;
     out.reserve(64);
@@ -53,7 +54,9 @@ std::string sha256_hex(const std::string& data) {
     return out;
 }
 
-bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n\f") == std::string::npos; }
+bool blank(const std::string& s) {
+    return s.find_first_not_of(" \t\r\n\f") == std::string::npos;
+}
 
 // check_script parses one script and refuses what can never run as a migration.
 std::vector<SqlStatement> check_script(const std::string& sql, const std::string& what, const std::string& version,
@@ -74,8 +77,8 @@ std::vector<SqlStatement> check_script(const std::string& sql, const std::string
         }
         if (!allow_non_transactional && !st.non_transactional.empty()) {
             throw DeployError(sqlstate::non_transactional,
-                              what + " of migration " + version + " uses " + st.non_transactional +
-                                  " (line " + std::to_string(st.line) + "), which cannot run inside a transaction",
+                              what + " of migration " + version + " uses " + st.non_transactional + " (line " +
+                                  std::to_string(st.line) + "), which cannot run inside a transaction",
                               {},
                               "Reverts and verifications run inside a transaction. Keep " + st.non_transactional +
                                   " in the up SQL of a non-transactional migration (transactional => false).");
@@ -101,8 +104,10 @@ Datum register_impl(FunctionCallInfo fcinfo) {
     bool replace = bool_arg(fcinfo, 7, "replace");
 
     check_version(version);
-    if (blank(name)) throw DeployError(sqlstate::invalid_parameter, "name of migration " + version + " is empty");
-    if (blank(up_sql)) throw DeployError(sqlstate::invalid_parameter, "up_sql of migration " + version + " is empty");
+    if (blank(name))
+        throw DeployError(sqlstate::invalid_parameter, "name of migration " + version + " is empty");
+    if (blank(up_sql))
+        throw DeployError(sqlstate::invalid_parameter, "up_sql of migration " + version + " is empty");
     if (down_sql && blank(*down_sql)) {
         throw DeployError(sqlstate::invalid_parameter, "down_sql of migration " + version + " is empty", {},
                           "Pass NULL for a migration that cannot be reverted.");
@@ -144,8 +149,10 @@ Datum register_impl(FunctionCallInfo fcinfo) {
                           "deploy.step_done() from psql) runs at top level.");
     }
     bool transactional = transactional_arg.value_or(detected.empty());
-    if (down_sql) check_script(*down_sql, "down_sql", version, false);
-    if (verify_sql) check_script(*verify_sql, "verify_sql", version, false);
+    if (down_sql)
+        check_script(*down_sql, "down_sql", version, false);
+    if (verify_sql)
+        check_script(*verify_sql, "verify_sql", version, false);
 
     std::string key = version_key(version);
     std::string checksum = sha256_hex(up_sql);
@@ -170,8 +177,8 @@ Datum register_impl(FunctionCallInfo fcinfo) {
             "a.checksum AS applied_checksum, a.version IS NOT NULL AS is_applied "
             "FROM deploy.migrations m LEFT JOIN deploy.applied a ON a.version = m.version WHERE m.version = $1",
             {TEXTOID}, {p_text(version)});
-        Rows applied = run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID},
-                                 {p_text(version)});
+        Rows applied =
+            run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(version)});
         bool is_applied = !applied.empty();
         if (is_applied && applied.front()[0].value_or("") != checksum) {
             throw DeployError(sqlstate::checksum_drift,
@@ -179,15 +186,16 @@ Datum register_impl(FunctionCallInfo fcinfo) {
                               "applied checksum " + applied.front()[0].value_or("") + ", new checksum " + checksum,
                               "Never edit an applied migration: add a new migration that makes the change.");
         }
-        Json details{{"name", name}, {"checksum", checksum}, {"transactional", transactional},
-                     {"reversibility", reversibility}};
+        Json details{
+            {"name", name}, {"checksum", checksum}, {"transactional", transactional}, {"reversibility", reversibility}};
         EventLog events;
         if (existing.empty()) {
-            run_query("INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
-                      "checksum, transactional, reversibility) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                      {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
-                      {p_text(version), p_text(key), p_text(name), p_text(up_sql), p_text(down_sql),
-                       p_text(verify_sql), p_text(checksum), p_bool(transactional), p_text(reversibility)});
+            run_query(
+                "INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
+                "checksum, transactional, reversibility) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                {p_text(version), p_text(key), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
+                 p_text(checksum), p_bool(transactional), p_text(reversibility)});
             events.log("migration_registered", std::nullopt, version, std::nullopt, details);
             outcome = "registered";
         } else {
@@ -205,13 +213,14 @@ Datum register_impl(FunctionCallInfo fcinfo) {
                                                "verify_sql can be replaced with replace => true."
                                              : "Pass replace => true to update a pending migration.");
             } else {
-                run_query("UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
-                          "checksum = $6, transactional = $7, reversibility = $8, "
-                          "registered_at = pg_catalog.clock_timestamp(), registered_by = CURRENT_USER "
-                          "WHERE version = $1",
-                          {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
-                          {p_text(version), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
-                           p_text(checksum), p_bool(transactional), p_text(reversibility)});
+                run_query(
+                    "UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
+                    "checksum = $6, transactional = $7, reversibility = $8, "
+                    "registered_at = pg_catalog.clock_timestamp(), registered_by = CURRENT_USER "
+                    "WHERE version = $1",
+                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                    {p_text(version), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
+                     p_text(checksum), p_bool(transactional), p_text(reversibility)});
                 details["previous_checksum"] = r[1].value_or("");
                 events.log("migration_updated", std::nullopt, version, std::nullopt, details);
                 outcome = "updated";

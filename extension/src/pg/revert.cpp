@@ -27,20 +27,25 @@ struct RevertRow {
 };
 
 struct RevertRequest {
-    const char* kind = "down";           // deployments.kind
-    std::vector<RevertRow> rows;         // newest first
+    const char* kind = "down";    // deployments.kind
+    std::vector<RevertRow> rows;  // newest first
     bool force = false;
     bool dry_run = false;
     Cell app_version;
-    std::optional<int64_t> reverts;      // rollback: the deployment undone
+    std::optional<int64_t> reverts;  // rollback: the deployment undone
     Cell reason;
 };
 
-Json cell_json(const Cell& c) { return c ? Json(*c) : Json(nullptr); }
+Json cell_json(const Cell& c) {
+    return c ? Json(*c) : Json(nullptr);
+}
 
-std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> types, const std::vector<Param>& params) {
-    std::string sql = std::string("SELECT version, sort_key, name, checksum, reversibility, down_sql, deployment_id "
-                                  "FROM deploy.applied ") + where_and_order;
+std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> types,
+                                 const std::vector<Param>& params) {
+    std::string sql = std::string(
+                          "SELECT version, sort_key, name, checksum, reversibility, down_sql, deployment_id "
+                          "FROM deploy.applied ") +
+                      where_and_order;
     Rows rows = run_query(sql.c_str(), std::move(types), params);
     std::vector<RevertRow> out;
     for (Row& r : rows.rows) {
@@ -63,8 +68,9 @@ void refuse_if_running(const char* operation) {
         throw DeployError(sqlstate::object_not_in_prerequisite_state,
                           std::string(operation) + " refused: deployment " + r.front()[0].value_or("?") +
                               " is still running (it waits for non-transactional steps or was interrupted)",
-                          {}, "Finish it with `pgdeploy up` (or deploy.next_step()/deploy.step_done() and deploy.up()), "
-                              "or roll it back with deploy.rollback(deployment_id => ..., force => true).");
+                          {},
+                          "Finish it with `pgdeploy up` (or deploy.next_step()/deploy.step_done() and deploy.up()), "
+                          "or roll it back with deploy.rollback(deployment_id => ..., force => true).");
     }
 }
 
@@ -82,7 +88,8 @@ public:
     void run_statement_by_statement(const std::string& down_sql) {
         std::vector<SqlStatement> stmts = parse_sql(down_sql, "down_sql of migration " + version_);
         for (const SqlStatement& st : stmts) {
-            for (const DropTarget& d : st.drops) archive(d);
+            for (const DropTarget& d : st.drops)
+                archive(d);
             run_user_sql(st.text);
         }
     }
@@ -98,16 +105,19 @@ private:
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.oid = pg_catalog.to_regclass($1) AND c.relkind IN ('r', 'p')",
             {TEXTOID}, {p_text(name)});
-        if (rel.empty()) return;  // DROP ... IF EXISTS of a missing table, or not a table
+        if (rel.empty())
+            return;  // DROP ... IF EXISTS of a missing table, or not a table
         int64_t oid = cell_int8(rel.front()[0]);
         std::string qualified = *rel.front()[1];
         std::string object_name = *rel.front()[2];
         std::string select;
         if (d.is_column) {
-            Rows col = run_query("SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute "
-                                 "WHERE attrelid = $1::oid AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                                 {INT8OID, TEXTOID}, {p_int8(oid), p_text(d.column)});
-            if (col.empty()) return;
+            Rows col = run_query(
+                "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute "
+                "WHERE attrelid = $1::oid AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                {INT8OID, TEXTOID}, {p_int8(oid), p_text(d.column)});
+            if (col.empty())
+                return;
             Rows pk = run_query(
                 "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) "
                 "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
@@ -123,28 +133,33 @@ private:
         }
         std::string base = std::to_string(deployment_id_) + "_" + d.table + (d.is_column ? "_" + d.column : "");
         std::string table = base.substr(0, 55);
-        for (int n = 2; taken(table); ++n) table = base.substr(0, 55) + "_" + std::to_string(n);
+        for (int n = 2; taken(table); ++n)
+            table = base.substr(0, 55) + "_" + std::to_string(n);
         std::string archive_table = "deploy_archive." + quoted(table);
         run_user_sql("CREATE TABLE " + archive_table + " AS " + select);
         Rows count = run_query(("SELECT count(*) FROM " + archive_table).c_str());
         int64_t rows = cell_int8(count.front()[0]);
-        run_query("INSERT INTO deploy.archived (deployment_id, version, object_type, object_name, archive_table, "
-                  "row_count, expires_at) VALUES ($1, $2, $3, $4, $5, $6, "
-                  "pg_catalog.now() + pg_catalog.make_interval(secs => $7))",
-                  {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, FLOAT8OID},
-                  {p_int8(deployment_id_), p_text(version_), p_text(std::string(d.is_column ? "column" : "table")),
-                   p_text(object_name), p_text(archive_table), p_int8(rows),
-                   p_float8(static_cast<double>(rollback_window_s))});
-        Json entry{{"object_type", d.is_column ? "column" : "table"}, {"object_name", object_name},
-                   {"archive_table", archive_table}, {"row_count", rows}};
+        run_query(
+            "INSERT INTO deploy.archived (deployment_id, version, object_type, object_name, archive_table, "
+            "row_count, expires_at) VALUES ($1, $2, $3, $4, $5, $6, "
+            "pg_catalog.now() + pg_catalog.make_interval(secs => $7))",
+            {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, FLOAT8OID},
+            {p_int8(deployment_id_), p_text(version_), p_text(std::string(d.is_column ? "column" : "table")),
+             p_text(object_name), p_text(archive_table), p_int8(rows),
+             p_float8(static_cast<double>(rollback_window_s))});
+        Json entry{{"object_type", d.is_column ? "column" : "table"},
+                   {"object_name", object_name},
+                   {"archive_table", archive_table},
+                   {"row_count", rows}};
         events_.log("data_archived", deployment_id_, version_, std::nullopt, entry);
         archived_.push_back(entry);
     }
 
     bool taken(const std::string& table) {
-        Rows r = run_query("SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                           "ON n.oid = c.relnamespace WHERE n.nspname = 'deploy_archive' AND c.relname = $1",
-                           {TEXTOID}, {p_text(table)});
+        Rows r = run_query(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'deploy_archive' AND c.relname = $1",
+            {TEXTOID}, {p_text(table)});
         return !r.empty();
     }
 
@@ -170,18 +185,29 @@ private:
 Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, std::optional<std::string>& warn_msg,
             std::optional<std::string>& warn_detail) {
     int64_t started = now_us();
-    Json result{{"schema_version", 1}, {"operation", req.kind}, {"ok", true}, {"dry_run", req.dry_run},
-                {"deployment_id", nullptr}, {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
-                {"app_version", cell_json(req.app_version)}, {"state", nullptr}, {"version_before", nullptr},
-                {"version_after", nullptr}, {"reverted", Json::array()}, {"failed", nullptr},
-                {"archived", Json::array()}, {"forced", Json::array()}, {"duration_ms", 0}};
+    Json result{{"schema_version", 1},
+                {"operation", req.kind},
+                {"ok", true},
+                {"dry_run", req.dry_run},
+                {"deployment_id", nullptr},
+                {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
+                {"app_version", cell_json(req.app_version)},
+                {"state", nullptr},
+                {"version_before", nullptr},
+                {"version_after", nullptr},
+                {"reverted", Json::array()},
+                {"failed", nullptr},
+                {"archived", Json::array()},
+                {"forced", Json::array()},
+                {"duration_ms", 0}};
 
     std::string irreversible;
     for (const RevertRow& r : req.rows) {
-        if (!r.down_sql) irreversible += (irreversible.empty() ? "" : ", ") + r.version + " (" + r.name + ")";
+        if (!r.down_sql)
+            irreversible += (irreversible.empty() ? "" : ", ") + r.version + " (" + r.name + ")";
     }
     if (!irreversible.empty() && !req.force) {
-        throw DeployError(sqlstate::irreversible, "irreversible migration(s) refused: " + irreversible, 
+        throw DeployError(sqlstate::irreversible, "irreversible migration(s) refused: " + irreversible,
                           "They have no down SQL.",
                           "Pass force => true to remove them from the ledger without running anything: their schema "
                           "changes stay in place.");
@@ -200,16 +226,20 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     std::optional<int64_t> dep;
     if (!req.dry_run) {
         Json metadata{{"reason", cell_json(req.reason)}};
-        Rows d = run_query("INSERT INTO deploy.deployments (kind, app_version, state, version_before, reverts, metadata) "
-                           "VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
-                           {TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID},
-                           {p_text(std::string(req.kind)), p_text(req.app_version), p_text(version_before),
-                            p_int8(req.reverts), p_jsonb(metadata.dump())});
+        Rows d = run_query(
+            "INSERT INTO deploy.deployments (kind, app_version, state, version_before, reverts, metadata) "
+            "VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
+            {TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID},
+            {p_text(std::string(req.kind)), p_text(req.app_version), p_text(version_before), p_int8(req.reverts),
+             p_jsonb(metadata.dump())});
         dep = cell_int8(d.front()[0]);
         result["deployment_id"] = *dep;
         events.log("deployment_started", dep, version_before, std::nullopt,
-                   Json{{"kind", req.kind}, {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
-                        {"migrations", req.rows.size()}, {"reason", cell_json(req.reason)}, {"force", req.force}});
+                   Json{{"kind", req.kind},
+                        {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
+                        {"migrations", req.rows.size()},
+                        {"reason", cell_json(req.reason)},
+                        {"force", req.force}});
     }
 
     Json reverted = Json::array();
@@ -219,11 +249,12 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     const RevertRow* failed_row = nullptr;
     std::set<int64_t> touched;
     // One statement per reverted migration: delete the applied row and log migration_reverted.
-    Plan remove("WITH gone AS (DELETE FROM deploy.applied WHERE version = $2) "
-                "SELECT deploy.log_event('migration_reverted', $1, $2, NULL, pg_catalog.jsonb_build_object("
-                "'name', $3, 'duration_ms', $4, 'reversibility', $5, 'sql_run', $6, 'from_deployment', $7, "
-                "'archived', $8))",
-                {INT8OID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, BOOLOID, INT8OID, INT4OID});
+    Plan remove(
+        "WITH gone AS (DELETE FROM deploy.applied WHERE version = $2) "
+        "SELECT deploy.log_event('migration_reverted', $1, $2, NULL, pg_catalog.jsonb_build_object("
+        "'name', $3, 'duration_ms', $4, 'reversibility', $5, 'sql_run', $6, 'from_deployment', $7, "
+        "'archived', $8))",
+        {INT8OID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, BOOLOID, INT8OID, INT4OID});
 
     auto batch = [&] {
         for (const RevertRow& r : req.rows) {
@@ -242,7 +273,8 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
                         }
                     });
                 } catch (const PgError& e) {
-                    if (is_user_cancel(e)) throw;
+                    if (is_user_cancel(e))
+                        throw;
                     failure = failure_from(e);
                 } catch (const DeployError& e) {
                     failure = failure_from(e);
@@ -261,11 +293,13 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
                             p_int4(static_cast<int32_t>(row_archive.size()))});
             }
             touched.insert(r.deployment_id);
-            for (auto& a : row_archive) archived.push_back(a);
-            reverted.push_back(Json{{"version", r.version}, {"name", r.name}, {"duration_ms", ms},
-                                    {"sql_run", r.down_sql.has_value()}});
+            for (auto& a : row_archive)
+                archived.push_back(a);
+            reverted.push_back(Json{
+                {"version", r.version}, {"name", r.name}, {"duration_ms", ms}, {"sql_run", r.down_sql.has_value()}});
         }
-        if (failure && !req.dry_run) throw BatchRollback{};
+        if (failure && !req.dry_run)
+            throw BatchRollback{};
     };
 
     if (req.dry_run) {
@@ -284,8 +318,8 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         result["ok"] = false;
         result["failed"] = failed;
         warn_state = failure->sqlstate;
-        warn_msg = std::string(req.dry_run ? "dry run: " : "") + "down SQL of migration " + failed_row->version +
-                   " (" + failed_row->name + ") failed: " + failure->message;
+        warn_msg = std::string(req.dry_run ? "dry run: " : "") + "down SQL of migration " + failed_row->version + " (" +
+                   failed_row->name + ") failed: " + failure->message;
         if (req.dry_run) {
             warn_detail = "nothing was changed (dry run)";
         } else {
@@ -302,7 +336,8 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         if (!failure) {
             // what the current version would become: the newest applied row not in the list
             std::set<std::string> gone;
-            for (const RevertRow& r : req.rows) gone.insert(r.version);
+            for (const RevertRow& r : req.rows)
+                gone.insert(r.version);
             Rows all = run_query("SELECT version FROM deploy.applied ORDER BY sort_key DESC");
             for (const Row& a : all.rows) {
                 if (!gone.count(*a[0])) {
@@ -320,8 +355,7 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         finish_deployment(*dep, "failed", version_before, result["failed"]);
         events.log("migration_failed", dep, failed_row->version, std::nullopt, result["failed"]);
         events.log("deployment_failed", dep, version_before, std::nullopt,
-                   Json{{"kind", req.kind}, {"failed_version", failed_row->version},
-                        {"sqlstate", failure->sqlstate}});
+                   Json{{"kind", req.kind}, {"failed_version", failed_row->version}, {"sqlstate", failure->sqlstate}});
     } else {
         Cell after = current_version();
         result["state"] = "succeeded";
@@ -333,19 +367,24 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         // Deployments left with nothing applied are rolled back: the target of a rollback, and any deployment a
         // down() emptied.
         std::set<int64_t> targets = touched;
-        if (req.reverts) targets.insert(*req.reverts);
-        Plan mark("UPDATE deploy.deployments d SET state = 'rolled_back', rolled_back_by = $2 "
-                  "WHERE d.id = $1 AND d.kind = 'up' AND d.state IN ('succeeded', 'failed', 'running') "
-                  "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id) RETURNING d.id",
-                  {INT8OID, INT8OID});
-        Plan abandon("UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-                     "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
-                     {INT8OID, JSONBOID});
+        if (req.reverts)
+            targets.insert(*req.reverts);
+        Plan mark(
+            "UPDATE deploy.deployments d SET state = 'rolled_back', rolled_back_by = $2 "
+            "WHERE d.id = $1 AND d.kind = 'up' AND d.state IN ('succeeded', 'failed', 'running') "
+            "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id) RETURNING d.id",
+            {INT8OID, INT8OID});
+        Plan abandon(
+            "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+            "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
+            {INT8OID, JSONBOID});
         for (int64_t t : targets) {
             Rows m = mark.run({p_int8(t), p_int8(*dep)});
-            if (m.empty()) continue;
-            abandon.run({p_int8(t), p_jsonb(Json{{"message", "abandoned: deployment rolled back by " +
-                                                                  std::to_string(*dep)}}.dump())});
+            if (m.empty())
+                continue;
+            abandon.run(
+                {p_int8(t),
+                 p_jsonb(Json{{"message", "abandoned: deployment rolled back by " + std::to_string(*dep)}}.dump())});
             events.log("deployment_rolled_back", t, after, std::nullopt,
                        Json{{"by", *dep}, {"kind", req.kind}, {"reason", cell_json(req.reason)}});
         }
@@ -371,9 +410,10 @@ std::string human_age(double seconds) {
 }
 
 Cell previous_release(int64_t before_id) {
-    Rows r = run_query("SELECT app_version FROM deploy.deployments WHERE kind = 'up' AND state = 'succeeded' "
-                       "AND id < $1 AND app_version IS NOT NULL ORDER BY id DESC LIMIT 1",
-                       {INT8OID}, {p_int8(before_id)});
+    Rows r = run_query(
+        "SELECT app_version FROM deploy.deployments WHERE kind = 'up' AND state = 'succeeded' "
+        "AND id < $1 AND app_version IS NOT NULL ORDER BY id DESC LIMIT 1",
+        {INT8OID}, {p_int8(before_id)});
     return r.empty() ? Cell() : r.front()[0];
 }
 
@@ -382,13 +422,15 @@ Cell previous_release(int64_t before_id) {
  * every migration above to_version (to_version wins when both are given).
  */
 Datum down_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0)) throw DeployError(sqlstate::null_value, "steps must not be NULL");
+    if (PG_ARGISNULL(0))
+        throw DeployError(sqlstate::null_value, "steps must not be NULL");
     int32 steps = PG_GETARG_INT32(0);
     std::optional<std::string> to_version = opt_text_arg(fcinfo, 1);
     bool force = bool_arg(fcinfo, 2, "force");
     bool dry_run = bool_arg(fcinfo, 3, "dry_run");
     std::optional<std::string> app_version = opt_text_arg(fcinfo, 4);
-    if (to_version) check_version(*to_version, "to_version");
+    if (to_version)
+        check_version(*to_version, "to_version");
     if (!to_version && steps < 1) {
         throw DeployError(sqlstate::invalid_parameter, "steps must be at least 1 (got " + std::to_string(steps) + ")");
     }
@@ -397,32 +439,35 @@ Datum down_impl(FunctionCallInfo fcinfo) {
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.down()");
-        if (!dry_run) refuse_if_running("deploy.down()");
+        if (!dry_run)
+            refuse_if_running("deploy.down()");
         RevertRequest req;
         req.kind = "down";
         req.force = force;
         req.dry_run = dry_run;
         req.app_version = app_version;
         if (to_version) {
-            Rows t = run_query("SELECT sort_key FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(*to_version)});
+            Rows t =
+                run_query("SELECT sort_key FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(*to_version)});
             if (t.empty()) {
                 throw DeployError(sqlstate::no_data_found, "to_version " + *to_version + " is not applied", {},
                                   "to_version names the applied version to return to; see deploy.status().");
             }
-            req.rows = load_rows("WHERE sort_key > $1 ORDER BY sort_key DESC", {TEXTOID}, {t.front()[0]
-                                     ? p_text(*t.front()[0]) : p_null()});
+            req.rows = load_rows("WHERE sort_key > $1 ORDER BY sort_key DESC", {TEXTOID},
+                                 {t.front()[0] ? p_text(*t.front()[0]) : p_null()});
         } else {
             req.rows = load_rows("ORDER BY sort_key DESC LIMIT $1", {INT4OID}, {p_int4(steps)});
             if (!req.rows.empty() && static_cast<int32>(req.rows.size()) < steps) {
-                throw DeployError(sqlstate::invalid_parameter,
-                                  "steps => " + std::to_string(steps) + " but only " +
-                                      std::to_string(req.rows.size()) + " migration(s) are applied");
+                throw DeployError(sqlstate::invalid_parameter, "steps => " + std::to_string(steps) + " but only " +
+                                                                   std::to_string(req.rows.size()) +
+                                                                   " migration(s) are applied");
             }
         }
         result = revert(req, ws, wm, wd);
         spi.finish();
     }
-    if (wm) pg_warning(*ws, *wm, wd.value_or(""));
+    if (wm)
+        pg_warning(*ws, *wm, wd.value_or(""));
     return json_result(result);
 }
 
@@ -461,12 +506,15 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
             "FROM deploy.deployments WHERE id = $1",
             {INT8OID}, {p_int8(target)});
         std::string which = "deployment " + std::to_string(target);
-        if (d.empty()) throw DeployError(sqlstate::no_data_found, which + " does not exist");
+        if (d.empty())
+            throw DeployError(sqlstate::no_data_found, which + " does not exist");
         const Row& row = d.front();
         if (row[0] != Cell("up")) {
             throw DeployError(sqlstate::invalid_parameter,
-                              which + " is a " + row[0].value_or("?") + " deployment; only up deployments can be "
-                              "rolled back", {}, "Use deploy.up() to re-apply what a down or rollback reverted.");
+                              which + " is a " + row[0].value_or("?") +
+                                  " deployment; only up deployments can be "
+                                  "rolled back",
+                              {}, "Use deploy.up() to re-apply what a down or rollback reverted.");
         }
         if (row[1] == Cell("rolled_back")) {
             throw DeployError(sqlstate::object_not_in_prerequisite_state,
@@ -474,9 +522,9 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
         }
         if (row[1] == Cell("running") && !force) {
             throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                              which + " is still running (it waits for non-transactional steps or was interrupted)",
-                              {}, "Finish it with `pgdeploy up`, or pass force => true to revert what it applied and "
-                                  "abandon its remaining steps.");
+                              which + " is still running (it waits for non-transactional steps or was interrupted)", {},
+                              "Finish it with `pgdeploy up`, or pass force => true to revert what it applied and "
+                              "abandon its remaining steps.");
         }
         double age = cell_float8(row[3]);
         if (age > static_cast<double>(rollback_window_s) && !force) {
@@ -486,9 +534,10 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
                               "finished at " + row[4].value_or("?"),
                               "Pass force => true to roll it back anyway, or raise pg_deploy.rollback_window.");
         }
-        Rows later = run_query("SELECT deployment_id FROM deploy.applied WHERE deployment_id > $1 "
-                               "ORDER BY deployment_id LIMIT 1",
-                               {INT8OID}, {p_int8(target)});
+        Rows later = run_query(
+            "SELECT deployment_id FROM deploy.applied WHERE deployment_id > $1 "
+            "ORDER BY deployment_id LIMIT 1",
+            {INT8OID}, {p_int8(target)});
         if (!later.empty()) {
             throw DeployError(sqlstate::object_not_in_prerequisite_state,
                               which + " cannot be rolled back: deployment " + later.front()[0].value_or("?") +
@@ -509,19 +558,23 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
             // executing a rollback twice is a no-op.
             run_query("UPDATE deploy.deployments SET state = 'rolled_back' WHERE id = $1 AND state <> 'rolled_back'",
                       {INT8OID}, {p_int8(target)});
-            run_query("UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-                      "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
-                      {INT8OID, JSONBOID},
-                      {p_int8(target), p_jsonb(Json{{"message", "abandoned: deployment rolled back"}}.dump())});
+            run_query(
+                "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+                "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
+                {INT8OID, JSONBOID},
+                {p_int8(target), p_jsonb(Json{{"message", "abandoned: deployment rolled back"}}.dump())});
             EventLog events;
             events.log("deployment_rolled_back", target, current_version(), std::nullopt,
-                       Json{{"by", nullptr}, {"kind", "rollback"}, {"reason", cell_json(reason)},
+                       Json{{"by", nullptr},
+                            {"kind", "rollback"},
+                            {"reason", cell_json(reason)},
                             {"note", "nothing was applied any more"}});
             result["state"] = "succeeded";
         }
         spi.finish();
     }
-    if (wm) pg_warning(*ws, *wm, wd.value_or(""));
+    if (wm)
+        pg_warning(*ws, *wm, wd.value_or(""));
     return json_result(result);
 }
 

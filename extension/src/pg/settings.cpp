@@ -1,8 +1,8 @@
 // pg_deploy: module initialisation and the pg_deploy.* settings.
 #include <climits>
 
-#include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/postgres.hpp"
+#include "pg_deploy/pg/settings.hpp"
 
 extern "C" {
 PG_MODULE_MAGIC;
@@ -22,21 +22,18 @@ int max_rollback_attempts = 3;
  * and a DBA pins defaults with ALTER DATABASE / ALTER ROLE. The prefix is reserved so a typo is refused.
  */
 extern "C" void _PG_init(void) {
-    DefineCustomIntVariable("pg_deploy.lock_wait",
-                            "How long a deploy operation waits for the deploy lock.",
+    DefineCustomIntVariable("pg_deploy.lock_wait", "How long a deploy operation waits for the deploy lock.",
                             "0 fails at once when another session holds it.", &pgdeploy::lock_wait_ms, 10000, 0,
                             INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
-    DefineCustomIntVariable("pg_deploy.statement_timeout",
-                            "Time limit for the SQL of one migration (0 = no limit).", NULL,
-                            &pgdeploy::statement_timeout_ms, 0, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL,
+    DefineCustomIntVariable("pg_deploy.statement_timeout", "Time limit for the SQL of one migration (0 = no limit).",
+                            NULL, &pgdeploy::statement_timeout_ms, 0, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL,
                             NULL);
     DefineCustomBoolVariable("pg_deploy.allow_out_of_order",
                              "Apply pending migrations older than the newest applied one.", NULL,
                              &pgdeploy::allow_out_of_order, false, PGC_USERSET, 0, NULL, NULL, NULL);
-    DefineCustomIntVariable("pg_deploy.rollback_window",
-                            "How long after a deployment it may be rolled back without force.", NULL,
-                            &pgdeploy::rollback_window_s, 7 * 24 * 3600, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, NULL,
-                            NULL, NULL);
+    DefineCustomIntVariable(
+        "pg_deploy.rollback_window", "How long after a deployment it may be rolled back without force.", NULL,
+        &pgdeploy::rollback_window_s, 7 * 24 * 3600, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
     DefineCustomIntVariable("pg_deploy.max_rollback_attempts",
                             "Attempts at executing a rollback marker before it needs attention.", NULL,
                             &pgdeploy::max_rollback_attempts, 3, 1, 1000, PGC_USERSET, 0, NULL, NULL, NULL);

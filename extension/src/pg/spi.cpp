@@ -10,21 +10,27 @@ extern "C" {
 
 namespace pgdeploy {
 
-Param p_null() { return Param{}; }
+Param p_null() {
+    return Param{};
+}
 Param p_text(const std::string& s) {
     Param p;
     p.kind = Param::Kind::Text;
     p.text = s;
     return p;
 }
-Param p_text(const Cell& s) { return s ? p_text(*s) : p_null(); }
+Param p_text(const Cell& s) {
+    return s ? p_text(*s) : p_null();
+}
 Param p_int8(int64_t v) {
     Param p;
     p.kind = Param::Kind::Int8;
     p.integer = v;
     return p;
 }
-Param p_int8(const std::optional<int64_t>& v) { return v ? p_int8(*v) : p_null(); }
+Param p_int8(const std::optional<int64_t>& v) {
+    return v ? p_int8(*v) : p_null();
+}
 Param p_int4(int32_t v) {
     Param p;
     p.kind = Param::Kind::Int4;
@@ -49,21 +55,26 @@ Param p_jsonb(const std::string& json_text) {
     p.text = json_text;
     return p;
 }
-Param p_jsonb(const Cell& json_text) { return json_text ? p_jsonb(*json_text) : p_null(); }
+Param p_jsonb(const Cell& json_text) {
+    return json_text ? p_jsonb(*json_text) : p_null();
+}
 
 SpiSession::SpiSession() {
     int rc = 0;
     pg_guard([&] { rc = SPI_connect(); });
-    if (rc != SPI_OK_CONNECT) throw DeployError(sqlstate::internal_error, "SPI_connect failed");
+    if (rc != SPI_OK_CONNECT)
+        throw DeployError(sqlstate::internal_error, "SPI_connect failed");
     connected_ = true;
 }
 
 void SpiSession::finish() {
-    if (!connected_) return;
+    if (!connected_)
+        return;
     connected_ = false;
     int rc = 0;
     pg_guard([&] { rc = SPI_finish(); });
-    if (rc != SPI_OK_FINISH) throw DeployError(sqlstate::internal_error, "SPI_finish failed");
+    if (rc != SPI_OK_FINISH)
+        throw DeployError(sqlstate::internal_error, "SPI_finish failed");
 }
 
 namespace {
@@ -77,8 +88,8 @@ void with_pinned_search_path(F&& body) {
     int nest = 0;
     pg_guard([&] {
         nest = NewGUCNestLevel();
-        (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-                                true, 0, false);
+        (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+                                0, false);
     });
     try {
         body();
@@ -93,7 +104,8 @@ Rows collect_rows(uint64_t processed) {
     Rows out;
     out.processed = processed;
     SPITupleTable* table = SPI_tuptable;
-    if (table == nullptr) return out;
+    if (table == nullptr)
+        return out;
     TupleDesc desc = table->tupdesc;
     int natts = desc->natts;
     std::vector<char*> values(static_cast<std::size_t>(natts));
@@ -102,7 +114,8 @@ Rows collect_rows(uint64_t processed) {
         HeapTuple tuple = table->vals[r];
         char** slots = values.data();
         pg_guard([&] {
-            for (int c = 0; c < natts; ++c) slots[c] = SPI_getvalue(tuple, desc, c + 1);
+            for (int c = 0; c < natts; ++c)
+                slots[c] = SPI_getvalue(tuple, desc, c + 1);
         });
         Row row;
         row.reserve(static_cast<std::size_t>(natts));
@@ -137,7 +150,8 @@ Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), 
 
 Rows Plan::run(const std::vector<Param>& params, long limit) const {
     std::size_t n = params.size();
-    if (n != types_.size()) throw DeployError(sqlstate::internal_error, "wrong number of parameters for " + sql_);
+    if (n != types_.size())
+        throw DeployError(sqlstate::internal_error, "wrong number of parameters for " + sql_);
     std::vector<Datum> values(n + 1);
     std::vector<char> nulls(n + 1, ' ');
     Datum* vals = values.data();
@@ -150,14 +164,25 @@ Rows Plan::run(const std::vector<Param>& params, long limit) const {
         for (std::size_t i = 0; i < n; ++i) {
             const Param& p = ps[i];
             switch (p.kind) {
-                case Param::Kind::Null: nl[i] = 'n'; vals[i] = (Datum)0; break;
+                case Param::Kind::Null:
+                    nl[i] = 'n';
+                    vals[i] = (Datum)0;
+                    break;
                 case Param::Kind::Text:
                     vals[i] = PointerGetDatum(cstring_to_text_with_len(p.text.data(), (int)p.text.size()));
                     break;
-                case Param::Kind::Int8: vals[i] = Int64GetDatum(p.integer); break;
-                case Param::Kind::Int4: vals[i] = Int32GetDatum((int32)p.integer); break;
-                case Param::Kind::Bool: vals[i] = BoolGetDatum(p.boolean); break;
-                case Param::Kind::Float8: vals[i] = Float8GetDatum(p.real); break;
+                case Param::Kind::Int8:
+                    vals[i] = Int64GetDatum(p.integer);
+                    break;
+                case Param::Kind::Int4:
+                    vals[i] = Int32GetDatum((int32)p.integer);
+                    break;
+                case Param::Kind::Bool:
+                    vals[i] = BoolGetDatum(p.boolean);
+                    break;
+                case Param::Kind::Float8:
+                    vals[i] = Float8GetDatum(p.real);
+                    break;
                 case Param::Kind::Jsonb:
                     vals[i] = DirectFunctionCall1(jsonb_in, CStringGetDatum(p.text.c_str()));
                     break;
@@ -183,24 +208,31 @@ void run_user_sql(const std::string& sql) {
     int rc = 0;
     pg_guard([&] {
         rc = SPI_execute(query, false, 0);
-        if (SPI_tuptable != NULL) SPI_freetuptable(SPI_tuptable);
+        if (SPI_tuptable != NULL)
+            SPI_freetuptable(SPI_tuptable);
     });
     if (rc == SPI_ERROR_TRANSACTION) {
         throw DeployError(sqlstate::transaction_control,
-                          "migration SQL must not control transactions (COMMIT, ROLLBACK, BEGIN, SAVEPOINT)",
-                          {}, "pg_deploy runs each migration in its own subtransaction; remove the statement.");
+                          "migration SQL must not control transactions (COMMIT, ROLLBACK, BEGIN, SAVEPOINT)", {},
+                          "pg_deploy runs each migration in its own subtransaction; remove the statement.");
     }
     if (rc == SPI_ERROR_COPY) {
-        throw DeployError(sqlstate::non_transactional, "COPY to or from the client cannot run inside a migration",
-                          {}, "Use INSERT statements, or COPY from a server file.");
+        throw DeployError(sqlstate::non_transactional, "COPY to or from the client cannot run inside a migration", {},
+                          "Use INSERT statements, or COPY from a server file.");
     }
     if (rc < 0) {
         throw DeployError(sqlstate::internal_error, std::string("SPI_execute failed: ") + SPI_result_code_string(rc));
     }
 }
 
-int64_t cell_int8(const Cell& c) { return c ? std::stoll(*c) : 0; }
-bool cell_bool(const Cell& c) { return c && *c == "t"; }
-double cell_float8(const Cell& c) { return c ? std::stod(*c) : 0.0; }
+int64_t cell_int8(const Cell& c) {
+    return c ? std::stoll(*c) : 0;
+}
+bool cell_bool(const Cell& c) {
+    return c && *c == "t";
+}
+double cell_float8(const Cell& c) {
+    return c ? std::stod(*c) : 0.0;
+}
 
 }  // namespace pgdeploy

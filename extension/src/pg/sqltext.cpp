@@ -11,9 +11,10 @@ namespace {
 
 std::string trim(const std::string& s) {
     std::size_t b = 0, e = s.size();
-    while (b < e && (s[b] == ' ' || s[b] == '\t' || s[b] == '\n' || s[b] == '\r' || s[b] == '\f')) ++b;
-    while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t' || s[e - 1] == '\n' || s[e - 1] == '\r' ||
-                     s[e - 1] == '\f' || s[e - 1] == ';'))
+    while (b < e && (s[b] == ' ' || s[b] == '\t' || s[b] == '\n' || s[b] == '\r' || s[b] == '\f'))
+        ++b;
+    while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t' || s[e - 1] == '\n' || s[e - 1] == '\r' || s[e - 1] == '\f' ||
+                     s[e - 1] == ';'))
         --e;
     return s.substr(b, e - b);
 }
@@ -23,9 +24,12 @@ int line_of_char(const std::string& sql, int char_pos) {
     int line = 1, chars = 0;
     for (std::size_t i = 0; i < sql.size(); ++i) {
         unsigned char c = static_cast<unsigned char>(sql[i]);
-        if ((c & 0xC0) == 0x80) continue;  // UTF-8 continuation byte
-        if (++chars >= char_pos) break;
-        if (c == '\n') ++line;
+        if ((c & 0xC0) == 0x80)
+            continue;  // UTF-8 continuation byte
+        if (++chars >= char_pos)
+            break;
+        if (c == '\n')
+            ++line;
     }
     return line;
 }
@@ -33,7 +37,8 @@ int line_of_char(const std::string& sql, int char_pos) {
 int line_of_byte(const std::string& sql, std::size_t byte_pos) {
     int line = 1;
     for (std::size_t i = 0; i < byte_pos && i < sql.size(); ++i)
-        if (sql[i] == '\n') ++line;
+        if (sql[i] == '\n')
+            ++line;
     return line;
 }
 
@@ -42,9 +47,12 @@ bool has_option(List* options, const char* name) {
     foreach (lc, options) {
         DefElem* opt = static_cast<DefElem*>(lfirst(lc));
         if (strcmp(opt->defname, name) == 0) {
-            if (opt->arg == nullptr) return true;
-            if (IsA(opt->arg, Boolean)) return boolVal(opt->arg);
-            if (IsA(opt->arg, Integer)) return intVal(opt->arg) != 0;
+            if (opt->arg == nullptr)
+                return true;
+            if (IsA(opt->arg, Boolean))
+                return boolVal(opt->arg);
+            if (IsA(opt->arg, Integer))
+                return intVal(opt->arg) != 0;
             if (IsA(opt->arg, String)) {
                 const char* v = strVal(opt->arg);
                 return !(strcmp(v, "false") == 0 || strcmp(v, "off") == 0 || strcmp(v, "0") == 0);
@@ -68,7 +76,8 @@ void classify(Node* stmt, SqlStatement& out) {
                 if (s->idxname != nullptr && s->relation != nullptr) {
                     ConcurrentIndex ci;
                     ci.index_name = s->idxname;
-                    if (s->relation->schemaname) ci.table_schema = s->relation->schemaname;
+                    if (s->relation->schemaname)
+                        ci.table_schema = s->relation->schemaname;
                     ci.table_name = s->relation->relname;
                     out.concurrent_index = ci;
                 }
@@ -77,7 +86,8 @@ void classify(Node* stmt, SqlStatement& out) {
         }
         case T_DropStmt: {
             DropStmt* s = reinterpret_cast<DropStmt*>(stmt);
-            if (s->concurrent) out.non_transactional = "DROP INDEX CONCURRENTLY";
+            if (s->concurrent)
+                out.non_transactional = "DROP INDEX CONCURRENTLY";
             if (s->removeType == OBJECT_TABLE) {
                 ListCell* lc;
                 foreach (lc, s->objects) {
@@ -85,7 +95,8 @@ void classify(Node* stmt, SqlStatement& out) {
                     DropTarget t;
                     t.cascade = s->behavior == DROP_CASCADE;
                     int n = list_length(names);
-                    if (n >= 2) t.schema = strVal(list_nth(names, n - 2));
+                    if (n >= 2)
+                        t.schema = strVal(list_nth(names, n - 2));
                     t.table = strVal(llast(names));
                     out.drops.push_back(t);
                 }
@@ -101,13 +112,24 @@ void classify(Node* stmt, SqlStatement& out) {
             break;
         }
         case T_VacuumStmt:
-            if (reinterpret_cast<VacuumStmt*>(stmt)->is_vacuumcmd) out.non_transactional = "VACUUM";
+            if (reinterpret_cast<VacuumStmt*>(stmt)->is_vacuumcmd)
+                out.non_transactional = "VACUUM";
             break;
-        case T_AlterSystemStmt: out.non_transactional = "ALTER SYSTEM"; break;
-        case T_CreatedbStmt: out.non_transactional = "CREATE DATABASE"; break;
-        case T_DropdbStmt: out.non_transactional = "DROP DATABASE"; break;
-        case T_CreateTableSpaceStmt: out.non_transactional = "CREATE TABLESPACE"; break;
-        case T_DropTableSpaceStmt: out.non_transactional = "DROP TABLESPACE"; break;
+        case T_AlterSystemStmt:
+            out.non_transactional = "ALTER SYSTEM";
+            break;
+        case T_CreatedbStmt:
+            out.non_transactional = "CREATE DATABASE";
+            break;
+        case T_DropdbStmt:
+            out.non_transactional = "DROP DATABASE";
+            break;
+        case T_CreateTableSpaceStmt:
+            out.non_transactional = "CREATE TABLESPACE";
+            break;
+        case T_DropTableSpaceStmt:
+            out.non_transactional = "DROP TABLESPACE";
+            break;
         case T_ClusterStmt:
             if (reinterpret_cast<ClusterStmt*>(stmt)->relation == nullptr)
                 out.non_transactional = "CLUSTER without a table";
@@ -124,7 +146,8 @@ void classify(Node* stmt, SqlStatement& out) {
                     s->relation != nullptr) {
                     DropTarget t;
                     t.is_column = true;
-                    if (s->relation->schemaname) t.schema = s->relation->schemaname;
+                    if (s->relation->schemaname)
+                        t.schema = s->relation->schemaname;
                     t.table = s->relation->relname;
                     t.column = cmd->name;
                     t.cascade = cmd->behavior == DROP_CASCADE;

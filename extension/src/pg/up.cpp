@@ -44,7 +44,9 @@ std::vector<Migration> load_pending() {
 Json steps_json(const Rows& steps) {
     Json arr = Json::array();
     for (const Row& s : steps.rows) {
-        arr.push_back(Json{{"step_id", cell_int8(s[0])}, {"step", cell_int8(s[2])}, {"statement", s[3].value_or("")},
+        arr.push_back(Json{{"step_id", cell_int8(s[0])},
+                           {"step", cell_int8(s[2])},
+                           {"statement", s[3].value_or("")},
                            {"state", s[4].value_or("pending")}});
     }
     return arr;
@@ -66,14 +68,26 @@ void notice_awaiting(const std::string& version, std::size_t steps, int64_t depl
 }
 
 Json base_result(bool dry_run, bool atomic) {
-    return Json{{"schema_version", 1}, {"operation", "up"}, {"ok", true}, {"dry_run", dry_run}, {"atomic", atomic},
-                {"deployment_id", nullptr}, {"app_version", nullptr}, {"state", nullptr},
-                {"version_before", nullptr}, {"version_after", nullptr}, {"applied", Json::array()},
-                {"failed", nullptr}, {"awaiting_nontransactional", nullptr}, {"marker_id", nullptr},
+    return Json{{"schema_version", 1},
+                {"operation", "up"},
+                {"ok", true},
+                {"dry_run", dry_run},
+                {"atomic", atomic},
+                {"deployment_id", nullptr},
+                {"app_version", nullptr},
+                {"state", nullptr},
+                {"version_before", nullptr},
+                {"version_after", nullptr},
+                {"applied", Json::array()},
+                {"failed", nullptr},
+                {"awaiting_nontransactional", nullptr},
+                {"marker_id", nullptr},
                 {"duration_ms", 0}};
 }
 
-Json cell_json(const Cell& c) { return c ? Json(*c) : Json(nullptr); }
+Json cell_json(const Cell& c) {
+    return c ? Json(*c) : Json(nullptr);
+}
 
 /*
  * up_impl: deploy.up(target, dry_run, app_version, atomic, metadata).
@@ -89,7 +103,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
     std::optional<std::string> app_version = opt_text_arg(fcinfo, 2);
     bool atomic = bool_arg(fcinfo, 3, "atomic");
     std::string metadata = opt_jsonb_arg(fcinfo, 4).value_or("{}");
-    if (target) check_version(*target, "target");
+    if (target)
+        check_version(*target, "target");
     if (app_version && app_version->find_first_not_of(" \t\r\n") == std::string::npos) {
         throw DeployError(sqlstate::invalid_parameter, "app_version must not be empty", {},
                           "Pass NULL when there is no application release to record.");
@@ -105,11 +120,13 @@ Datum up_impl(FunctionCallInfo fcinfo) {
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.up()");
-        if (!dry_run) refuse_if_open_marker("deploy.up()");
+        if (!dry_run)
+            refuse_if_open_marker("deploy.up()");
 
         Cell version_before = current_version();
         std::string newest_key;
-        if (version_before) newest_key = version_key(*version_before);
+        if (version_before)
+            newest_key = version_key(*version_before);
 
         // A running deployment is resumed: it waits for non-transactional steps, or was interrupted.
         std::optional<int64_t> deployment_id;
@@ -145,7 +162,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
             int n = 0;
             for (const Migration& m : pending) {
                 if (m.sort_key < newest_key) {
-                    if (n++ < 10) older += (older.empty() ? "" : ", ") + m.version;
+                    if (n++ < 10)
+                        older += (older.empty() ? "" : ", ") + m.version;
                 }
             }
             if (n > 0) {
@@ -169,7 +187,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
             std::string target_key = t.front()[0].value_or("");
             std::vector<Migration> upto;
             for (Migration& m : pending)
-                if (m.sort_key <= target_key) upto.push_back(std::move(m));
+                if (m.sort_key <= target_key)
+                    upto.push_back(std::move(m));
             pending.swap(upto);
         }
 
@@ -212,8 +231,10 @@ Datum up_impl(FunctionCallInfo fcinfo) {
             deployment_id = cell_int8(d.front()[0]);
             result["deployment_id"] = *deployment_id;
             events.log("deployment_started", deployment_id, version_before, std::nullopt,
-                       Json{{"kind", "up"}, {"app_version", app_version ? Json(*app_version) : Json(nullptr)},
-                            {"pending", pending.size()}, {"atomic", atomic},
+                       Json{{"kind", "up"},
+                            {"app_version", app_version ? Json(*app_version) : Json(nullptr)},
+                            {"pending", pending.size()},
+                            {"atomic", atomic},
                             {"target", target ? Json(*target) : Json(nullptr)}});
         }
 
@@ -238,7 +259,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                         run_user_sql(m.up_sql);
                     });
                 } catch (const PgError& e) {
-                    if (is_user_cancel(e)) throw;
+                    if (is_user_cancel(e))
+                        throw;
                     failure = failure_from(e);
                 } catch (const DeployError& e) {
                     failure = failure_from(e);
@@ -249,11 +271,13 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                     failed_ms = ms;
                     break;
                 }
-                if (!dry_run) writer.write(m, *deployment_id, ms, events);
+                if (!dry_run)
+                    writer.write(m, *deployment_id, ms, events);
                 applied.push_back(Json{{"version", m.version}, {"name", m.name}, {"duration_ms", ms}});
                 last_applied = m.version;
             }
-            if (failure && atomic && !dry_run) throw BatchRollback{};
+            if (failure && atomic && !dry_run)
+                throw BatchRollback{};
         };
 
         if (dry_run) {
@@ -283,13 +307,15 @@ Datum up_impl(FunctionCallInfo fcinfo) {
             result["version_after"] = last_applied ? Json(*last_applied) : cell_json(version_before);
             if (awaiting) {
                 result["awaiting_nontransactional"] =
-                    Json{{"version", awaiting->version}, {"name", awaiting->name}, {"steps", nullptr},
+                    Json{{"version", awaiting->version},
+                         {"name", awaiting->name},
+                         {"steps", nullptr},
                          {"note", "not rehearsed: non-transactional statements cannot run inside a transaction"}};
             }
             if (failure) {
                 warning_state = failure->sqlstate;
-                warning_message = "dry run: migration " + failed_migration->version + " (" +
-                                  failed_migration->name + ") failed: " + failure->message;
+                warning_message = "dry run: migration " + failed_migration->version + " (" + failed_migration->name +
+                                  ") failed: " + failure->message;
                 warning_detail = "nothing was changed (dry run)";
             }
         } else if (failure) {
@@ -305,15 +331,17 @@ Datum up_impl(FunctionCallInfo fcinfo) {
             finish_deployment(*deployment_id, "failed", now_version, failed_json);
             events.log("migration_failed", deployment_id, failed_migration->version, std::nullopt, failed_json);
             events.log("deployment_failed", deployment_id, now_version, std::nullopt,
-                       Json{{"kind", "up"}, {"atomic", atomic}, {"failed_version", failed_migration->version},
+                       Json{{"kind", "up"},
+                            {"atomic", atomic},
+                            {"failed_version", failed_migration->version},
                             {"sqlstate", failure->sqlstate}});
             std::string detail;
             if (!atomic) {
                 Rows kept = run_query("SELECT count(*) FROM deploy.applied WHERE deployment_id = $1", {INT8OID},
                                       {p_int8(*deployment_id)});
                 if (cell_int8(kept.front()[0]) > 0) {
-                    std::string reason = "deploy.up(atomic => false) failed at migration " +
-                                         failed_migration->version + ": " + failure->message;
+                    std::string reason = "deploy.up(atomic => false) failed at migration " + failed_migration->version +
+                                         ": " + failure->message;
                     Rows mk = run_query(
                         "INSERT INTO deploy.rollback_markers (deployment_id, target_version, reason, details) "
                         "VALUES ($1, $2, $3, $4) RETURNING id",
@@ -341,9 +369,10 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         } else if (awaiting) {
             result["applied"] = applied;
             std::vector<SqlStatement> stmts = parse_sql(awaiting->up_sql, "up_sql of migration " + awaiting->version);
-            Plan insert("INSERT INTO deploy.checkpoints (deployment_id, version, step, statement) "
-                        "VALUES ($1, $2, $3, $4) ON CONFLICT (deployment_id, version, step) DO NOTHING",
-                        {INT8OID, TEXTOID, INT4OID, TEXTOID});
+            Plan insert(
+                "INSERT INTO deploy.checkpoints (deployment_id, version, step, statement) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (deployment_id, version, step) DO NOTHING",
+                {INT8OID, TEXTOID, INT4OID, TEXTOID});
             int step = 0;
             for (const SqlStatement& st : stmts)
                 insert.run({p_int8(*deployment_id), p_text(awaiting->version), p_int4(++step), p_text(st.text)});
@@ -367,7 +396,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         result["duration_ms"] = ms_since(started);
         spi.finish();
     }
-    if (warning_message) pg_warning(*warning_state, *warning_message, warning_detail.value_or(""));
+    if (warning_message)
+        pg_warning(*warning_state, *warning_message, warning_detail.value_or(""));
     return json_result(result);
 }
 
@@ -375,12 +405,16 @@ Datum up_impl(FunctionCallInfo fcinfo) {
 std::optional<int64_t> running_deployment(const std::optional<int64_t>& given) {
     if (given) {
         Rows d = run_query("SELECT state FROM deploy.deployments WHERE id = $1", {INT8OID}, {p_int8(*given)});
-        if (d.empty()) throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(*given) + " does not exist");
-        if (d.front()[0] != Cell("running")) return std::nullopt;
+        if (d.empty())
+            throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(*given) + " does not exist");
+        if (d.front()[0] != Cell("running"))
+            return std::nullopt;
         return given;
     }
-    Rows d = run_query("SELECT id FROM deploy.deployments WHERE kind = 'up' AND state = 'running' ORDER BY id DESC LIMIT 1");
-    if (d.empty()) return std::nullopt;
+    Rows d =
+        run_query("SELECT id FROM deploy.deployments WHERE kind = 'up' AND state = 'running' ORDER BY id DESC LIMIT 1");
+    if (d.empty())
+        return std::nullopt;
     return cell_int8(d.front()[0]);
 }
 
@@ -400,17 +434,19 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
         acquire_deploy_lock("deploy.next_step()");
         std::optional<int64_t> dep = running_deployment(given);
         Rows steps;
-        if (dep) steps = unfinished_steps(*dep);
+        if (dep)
+            steps = unfinished_steps(*dep);
         if (steps.empty()) {
             none = true;
         } else {
             const Row& s = steps.front();
             int64_t step_id = cell_int8(s[0]);
             std::string statement = s[3].value_or("");
-            run_query("UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
-                      "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
-                      "WHERE id = $1",
-                      {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
+            run_query(
+                "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
+                "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
+                "WHERE id = $1",
+                {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
             Json cleanup = Json::array();
             std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
             if (!parsed.empty() && parsed.front().concurrent_index) {
@@ -422,7 +458,8 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
                     "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
                     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = pg_catalog.to_regclass("
-                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || pg_catalog.quote_ident($3))",
+                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || "
+                    "pg_catalog.quote_ident($3))",
                     {TEXTOID, TEXTOID, TEXTOID},
                     {p_text(ci.index_name), p_text(ci.table_schema), p_text(ci.table_name)});
                 for (const Row& r : invalid.rows) {
@@ -431,14 +468,15 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
                         throw DeployError(sqlstate::state_conflict,
                                           "step " + std::to_string(step_id) + " is being run by another session: pid " +
                                               *r[1] + " is building index " + r[0].value_or("?"),
-                                          {}, "Wait for it to finish; do not run the same deployment from two clients.");
+                                          {},
+                                          "Wait for it to finish; do not run the same deployment from two clients.");
                     }
                     cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
                 }
             }
-            result = Json{{"schema_version", 1}, {"step_id", step_id}, {"deployment_id", *dep},
+            result = Json{{"schema_version", 1},          {"step_id", step_id},        {"deployment_id", *dep},
                           {"version", s[1].value_or("")}, {"name", s[5].value_or("")}, {"step", cell_int8(s[2])},
-                          {"statement", statement}, {"cleanup", cleanup}};
+                          {"statement", statement},       {"cleanup", cleanup}};
         }
         spi.finish();
     }
@@ -456,32 +494,34 @@ struct StepRow {
 
 // load_step locks a checkpoint row and checks that it is the step being worked on (PD007 otherwise).
 StepRow load_step(int64_t step_id, const char* action) {
-    Rows r = run_query("SELECT id, deployment_id, version, step, state, statement FROM deploy.checkpoints "
-                       "WHERE id = $1 FOR UPDATE",
-                       {INT8OID}, {p_int8(step_id)});
-    if (r.empty()) throw DeployError(sqlstate::no_data_found, "step " + std::to_string(step_id) + " does not exist");
+    Rows r = run_query(
+        "SELECT id, deployment_id, version, step, state, statement FROM deploy.checkpoints "
+        "WHERE id = $1 FOR UPDATE",
+        {INT8OID}, {p_int8(step_id)});
+    if (r.empty())
+        throw DeployError(sqlstate::no_data_found, "step " + std::to_string(step_id) + " does not exist");
     const Row& row = r.front();
-    StepRow s{cell_int8(row[0]), cell_int8(row[1]), cell_int8(row[3]), row[2].value_or(""), row[4].value_or(""),
-              row[5].value_or("")};
-    std::string which = "step " + std::to_string(step_id) + " (migration " + s.version + ", step " +
-                        std::to_string(s.step) + ")";
+    StepRow s{cell_int8(row[0]),   cell_int8(row[1]),   cell_int8(row[3]),
+              row[2].value_or(""), row[4].value_or(""), row[5].value_or("")};
+    std::string which =
+        "step " + std::to_string(step_id) + " (migration " + s.version + ", step " + std::to_string(s.step) + ")";
     if (s.state == "done") {
-        throw DeployError(sqlstate::state_conflict, std::string("cannot report ") + action + ": " + which +
-                                                        " is already done");
+        throw DeployError(sqlstate::state_conflict,
+                          std::string("cannot report ") + action + ": " + which + " is already done");
     }
     if (s.state != "running") {
         throw DeployError(sqlstate::state_conflict,
-                          std::string("cannot report ") + action + ": " + which + " is " + s.state +
-                              ", not running",
+                          std::string("cannot report ") + action + ": " + which + " is " + s.state + ", not running",
                           {}, "Claim it with deploy.next_step() first.");
     }
-    Rows earlier = run_query("SELECT id FROM deploy.checkpoints WHERE deployment_id = $1 AND id < $2 "
-                             "AND state <> 'done' ORDER BY id LIMIT 1",
-                             {INT8OID, INT8OID}, {p_int8(s.deployment_id), p_int8(s.id)});
+    Rows earlier = run_query(
+        "SELECT id FROM deploy.checkpoints WHERE deployment_id = $1 AND id < $2 "
+        "AND state <> 'done' ORDER BY id LIMIT 1",
+        {INT8OID, INT8OID}, {p_int8(s.deployment_id), p_int8(s.id)});
     if (!earlier.empty()) {
-        throw DeployError(sqlstate::state_conflict,
-                          std::string("cannot report ") + action + " out of order: " + which + " comes after step " +
-                              earlier.front()[0].value_or("?") + ", which is not done");
+        throw DeployError(sqlstate::state_conflict, std::string("cannot report ") + action + " out of order: " + which +
+                                                        " comes after step " + earlier.front()[0].value_or("?") +
+                                                        ", which is not done");
     }
     return s;
 }
@@ -491,23 +531,26 @@ StepRow load_step(int64_t step_id, const char* action) {
  * applied under the running deployment; the next deploy.up() continues with the migrations after it.
  */
 Datum step_done_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0)) throw DeployError(sqlstate::null_value, "step_id must not be NULL");
+    if (PG_ARGISNULL(0))
+        throw DeployError(sqlstate::null_value, "step_id must not be NULL");
     int64_t step_id = PG_GETARG_INT64(0);
     Json result;
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.step_done()");
         StepRow s = load_step(step_id, "done");
-        Rows done = run_query("UPDATE deploy.checkpoints SET state = 'done', finished_at = pg_catalog.clock_timestamp(), "
-                              "error = NULL WHERE id = $1 "
-                              "RETURNING EXTRACT(EPOCH FROM finished_at - started_at) * 1000",
-                              {INT8OID}, {p_int8(step_id)});
+        Rows done = run_query(
+            "UPDATE deploy.checkpoints SET state = 'done', finished_at = pg_catalog.clock_timestamp(), "
+            "error = NULL WHERE id = $1 "
+            "RETURNING EXTRACT(EPOCH FROM finished_at - started_at) * 1000",
+            {INT8OID}, {p_int8(step_id)});
         EventLog events;
         events.log("checkpoint_done", s.deployment_id, s.version, std::nullopt,
                    Json{{"step_id", step_id}, {"step", s.step}});
-        Rows left = run_query("SELECT count(*) FROM deploy.checkpoints WHERE deployment_id = $1 AND version = $2 "
-                              "AND state <> 'done'",
-                              {INT8OID, TEXTOID}, {p_int8(s.deployment_id), p_text(s.version)});
+        Rows left = run_query(
+            "SELECT count(*) FROM deploy.checkpoints WHERE deployment_id = $1 AND version = $2 "
+            "AND state <> 'done'",
+            {INT8OID, TEXTOID}, {p_int8(s.deployment_id), p_text(s.version)});
         bool migration_applied = false;
         if (cell_int8(left.front()[0]) == 0) {
             Rows m = run_query(
@@ -527,8 +570,12 @@ Datum step_done_impl(FunctionCallInfo fcinfo) {
             finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
             migration_applied = true;
         }
-        result = Json{{"schema_version", 1}, {"step_id", step_id}, {"deployment_id", s.deployment_id},
-                      {"version", s.version}, {"step", s.step}, {"state", "done"},
+        result = Json{{"schema_version", 1},
+                      {"step_id", step_id},
+                      {"deployment_id", s.deployment_id},
+                      {"version", s.version},
+                      {"step", s.step},
+                      {"state", "done"},
                       {"migration_applied", migration_applied}};
         (void)done;
         spi.finish();
@@ -538,7 +585,8 @@ Datum step_done_impl(FunctionCallInfo fcinfo) {
 
 // step_failed_impl: deploy.step_failed(step_id, sqlstate, message). The step stays to be retried by next_step().
 Datum step_failed_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0)) throw DeployError(sqlstate::null_value, "step_id must not be NULL");
+    if (PG_ARGISNULL(0))
+        throw DeployError(sqlstate::null_value, "step_id must not be NULL");
     int64_t step_id = PG_GETARG_INT64(0);
     std::optional<std::string> code = opt_text_arg(fcinfo, 1);
     std::string message = required_text_arg(fcinfo, 2, "message");
@@ -551,14 +599,16 @@ Datum step_failed_impl(FunctionCallInfo fcinfo) {
         acquire_deploy_lock("deploy.step_failed()");
         StepRow s = load_step(step_id, "failed");
         Json error{{"sqlstate", code ? Json(*code) : Json(nullptr)}, {"message", message}};
-        run_query("UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-                  "error = $2 WHERE id = $1",
-                  {INT8OID, JSONBOID}, {p_int8(step_id), p_jsonb(error.dump())});
+        run_query(
+            "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+            "error = $2 WHERE id = $1",
+            {INT8OID, JSONBOID}, {p_int8(step_id), p_jsonb(error.dump())});
         EventLog events;
         events.log("checkpoint_failed", s.deployment_id, s.version, std::nullopt,
                    Json{{"step_id", step_id}, {"step", s.step}, {"error", error}});
-        result = Json{{"schema_version", 1}, {"step_id", step_id}, {"deployment_id", s.deployment_id},
-                      {"version", s.version}, {"step", s.step}, {"state", "failed"}, {"error", error}};
+        result = Json{{"schema_version", 1},  {"step_id", step_id}, {"deployment_id", s.deployment_id},
+                      {"version", s.version}, {"step", s.step},     {"state", "failed"},
+                      {"error", error}};
         spi.finish();
     }
     return json_result(result);

@@ -7,6 +7,7 @@
 #include <climits>
 
 #include "common/exit_codes.hpp"
+#include "loader/version.hpp"
 
 namespace pgdeploy::cli {
 
@@ -177,6 +178,13 @@ long parse_positive_int(const std::string& option, const std::string& value, lon
     if (n < 1 || n > max)
         throw ArgumentError("--" + option + " must be between 1 and " + std::to_string(max) + ", not " + value);
     return n;
+}
+
+void check_version_arg(const std::string& option, const std::optional<std::string>& value) {
+    if (value && !loader::is_valid_version(*value))
+        throw ArgumentError(option + " \"" + *value +
+                            "\" is not a valid version (1-64 characters from A-Z a-z 0-9 . _ -, starting with a "
+                            "letter or digit)");
 }
 
 long long parse_duration_ms(const std::string& option, const std::string& value) {

@@ -66,6 +66,10 @@ void reject_together(const ParsedArgs& args, const std::string& a, const std::st
 // parse_positive_int: "--steps" style values: digits only, 1..max; UsageError naming the option otherwise.
 long parse_positive_int(const std::string& option, const std::string& value, long max = 1000000);
 
+// check_version_arg: a --target/--to/--through value must be a valid version (loader/version.hpp); ArgumentError
+// otherwise, so a typo is a usage error (2) before anything is sent.
+void check_version_arg(const std::string& option, const std::optional<std::string>& value);
+
 // parse_duration_ms: "10s", "500ms", "2min", "1h", or bare seconds "10"; UsageError otherwise.
 long long parse_duration_ms(const std::string& option, const std::string& value);
 

@@ -116,6 +116,7 @@ int cmd_verify(const std::vector<std::string>& args) {
     return run_command(spec, args, [](Context& ctx) {
         common::Param version;
         if (!ctx.args.positionals.empty()) version = ctx.args.positionals[0];
+        check_version_arg("VERSION", version);
         auto conn = ctx.connect();
         json doc = conn.query_json("SELECT deploy.verify(version => $1)", {version});
         int code = doc.value("ok", false) ? kExitOk : kExitFailed;

@@ -82,6 +82,7 @@ int cmd_down(const std::vector<std::string>& args) {
         ""};
     return run_command(spec, args, [](Context& ctx) {
         reject_together(ctx.args, "steps", "to");
+        check_version_arg("--to", ctx.args.get("to"));
         std::optional<std::string> steps;
         if (auto s = ctx.args.get("steps")) steps = std::to_string(parse_positive_int("steps", *s));
         if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
@@ -141,6 +142,7 @@ int cmd_baseline(const std::vector<std::string>& args) {
         ""};
     return run_command(spec, args, [](Context& ctx) {
         if (!ctx.args.has("through")) throw ArgumentError("--through V is required");
+        check_version_arg("--through", ctx.args.get("through"));
         if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);

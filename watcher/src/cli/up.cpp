@@ -149,6 +149,7 @@ int cmd_up(const std::vector<std::string>& args) {
     return run_command(up_spec(), args, [](Context& ctx) {
         bool dry_run = ctx.args.has("dry-run");
         if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        check_version_arg("--target", ctx.args.get("target"));
         std::optional<loader::LoadedDirectory> loaded;
         auto dir = ctx.args.get("dir");
         if (dir) loaded = loader::load_directory(*dir);

@@ -33,9 +33,11 @@ Millis remaining_ms(Clock::time_point deadline) {
 
 std::string first_line(std::string s, std::size_t max = 200) {
     auto nl = s.find('\n');
-    if (nl != std::string::npos) s.resize(nl);
-    if (s.size() > max) s = s.substr(0, max) + "...";
-    return s;
+    if (nl != std::string::npos)
+        s.resize(nl);
+    if (s.size() > max)
+        s = s.substr(0, max) + "...";
+    return sanitize_utf8(s);
 }
 
 // ---- tcp -----------------------------------------------------------------------------------------------------------
@@ -45,7 +47,8 @@ CheckResult run_tcp(const CheckConfig& c) {
     r.name = c.name;
     auto start = Clock::now();
     auto deadline = start + std::chrono::milliseconds(c.timeout);
-    struct addrinfo hints{}, *res = nullptr;
+    struct addrinfo hints {
+    }, *res = nullptr;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_family = AF_UNSPEC;
     int gai = getaddrinfo(c.host.c_str(), std::to_string(c.port).c_str(), &hints, &res);
@@ -73,8 +76,10 @@ CheckResult run_tcp(const CheckConfig& c) {
                 int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-                if (err == 0) connected = true;
-                else last_error = std::strerror(err);
+                if (err == 0)
+                    connected = true;
+                else
+                    last_error = std::strerror(err);
             } else if (pr == 0) {
                 last_error = "timed out after " + format_duration(c.timeout);
             } else {
@@ -92,7 +97,8 @@ CheckResult run_tcp(const CheckConfig& c) {
     return r;
 }
 
-// ---- postgres --------------------------------------------------------------------------------------------------------
+// ---- postgres
+// --------------------------------------------------------------------------------------------------------
 
 /*
  * run_postgres
@@ -113,30 +119,38 @@ CheckResult run_postgres(const CheckConfig& c, const std::string& default_dsn) {
         r.status = CheckStatus::critical;
         r.detail = first_line(common::scrub_secrets(why));
         r.latency_ms = since_ms(start);
-        if (conn) PQfinish(conn);
+        if (conn)
+            PQfinish(conn);
         return r;
     };
-    if (!conn) return fail("out of memory");
-    if (PQstatus(conn) == CONNECTION_BAD) return fail(PQerrorMessage(conn));
+    if (!conn)
+        return fail("out of memory");
+    if (PQstatus(conn) == CONNECTION_BAD)
+        return fail(PQerrorMessage(conn));
     PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
     while (ps != PGRES_POLLING_OK) {
-        if (ps == PGRES_POLLING_FAILED) return fail(PQerrorMessage(conn));
+        if (ps == PGRES_POLLING_FAILED)
+            return fail(PQerrorMessage(conn));
         struct pollfd pfd = {PQsocket(conn), static_cast<short>(ps == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
         Millis left = remaining_ms(deadline);
         if (left <= 0 || poll(&pfd, 1, static_cast<int>(left)) <= 0)
             return fail("connect timed out after " + format_duration(c.timeout));
         ps = PQconnectPoll(conn);
     }
-    if (!PQsendQuery(conn, c.query.c_str())) return fail(PQerrorMessage(conn));
+    if (!PQsendQuery(conn, c.query.c_str()))
+        return fail(PQerrorMessage(conn));
     std::string error;
     bool got_ok = false;
     for (;;) {
         while (!PQisBusy(conn)) {
             PGresult* res = PQgetResult(conn);
-            if (!res) goto done;
+            if (!res)
+                goto done;
             auto st = PQresultStatus(res);
-            if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) got_ok = true;
-            else if (error.empty()) error = PQresultErrorMessage(res);
+            if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+                got_ok = true;
+            else if (error.empty())
+                error = PQresultErrorMessage(res);
             PQclear(res);
         }
         struct pollfd pfd = {PQsocket(conn), POLLIN, 0};
@@ -149,10 +163,12 @@ CheckResult run_postgres(const CheckConfig& c, const std::string& default_dsn) {
             }
             return fail("query timed out after " + format_duration(c.timeout));
         }
-        if (!PQconsumeInput(conn)) return fail(PQerrorMessage(conn));
+        if (!PQconsumeInput(conn))
+            return fail(PQerrorMessage(conn));
     }
 done:
-    if (!error.empty() || !got_ok) return fail(error.empty() ? "no result" : error);
+    if (!error.empty() || !got_ok)
+        return fail(error.empty() ? "no result" : error);
     PQfinish(conn);
     conn = nullptr;
     r.status = CheckStatus::ok;
@@ -161,7 +177,8 @@ done:
     return r;
 }
 
-// ---- http (curl multi) -----------------------------------------------------------------------------------------------
+// ---- http (curl multi)
+// -----------------------------------------------------------------------------------------------
 
 struct HttpTransfer {
     const CheckConfig* cfg;
@@ -175,7 +192,8 @@ size_t collect_body(char* ptr, size_t size, size_t nmemb, void* userdata) {
     auto* t = static_cast<HttpTransfer*>(userdata);
     size_t n = size * nmemb;
     // Enough to find a substring in a health page; a huge body is not a health page.
-    if (t->body.size() < (1u << 20)) t->body.append(ptr, std::min<size_t>(n, (1u << 20) - t->body.size()));
+    if (t->body.size() < (1u << 20))
+        t->body.append(ptr, std::min<size_t>(n, (1u << 20) - t->body.size()));
     return n;
 }
 
@@ -187,7 +205,8 @@ size_t collect_body(char* ptr, size_t size, size_t nmemb, void* userdata) {
  */
 std::vector<CheckResult> run_http(const std::vector<const CheckConfig*>& checks) {
     std::vector<CheckResult> out;
-    if (checks.empty()) return out;
+    if (checks.empty())
+        return out;
     CURLM* multi = curl_multi_init();
     std::vector<HttpTransfer> transfers(checks.size());
     for (std::size_t i = 0; i < checks.size(); ++i) {
@@ -211,13 +230,15 @@ std::vector<CheckResult> run_http(const std::vector<const CheckConfig*>& checks)
     int running = 0;
     do {
         curl_multi_perform(multi, &running);
-        if (running) curl_multi_poll(multi, nullptr, 0, 100, nullptr);
+        if (running)
+            curl_multi_poll(multi, nullptr, 0, 100, nullptr);
     } while (running);
 
     std::vector<bool> done(transfers.size(), false);
     int left = 0;
     while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
-        if (msg->msg != CURLMSG_DONE) continue;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
         HttpTransfer* t = nullptr;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&t));
         long status = 0;
@@ -231,7 +252,8 @@ std::vector<CheckResult> run_http(const std::vector<const CheckConfig*>& checks)
         done[static_cast<std::size_t>(t - transfers.data())] = true;
     }
     for (std::size_t i = 0; i < transfers.size(); ++i) {
-        if (!done[i]) out.push_back(classify_http(*transfers[i].cfg, 0, "", "transfer did not complete"));
+        if (!done[i])
+            out.push_back(classify_http(*transfers[i].cfg, 0, "", "transfer did not complete"));
         curl_multi_remove_handle(multi, transfers[i].easy);
         curl_easy_cleanup(transfers[i].easy);
     }
@@ -269,10 +291,12 @@ CheckResult classify_command(const CheckConfig& c, const ProcessResult& p) {
     r.name = c.name;
     r.latency_ms = p.duration_ms;
     r.detail = describe(p);
-    if (p.started && !p.timed_out && p.error.empty() && p.signal == 0 && p.exit_code == 0) r.status = CheckStatus::ok;
+    if (p.started && !p.timed_out && p.error.empty() && p.signal == 0 && p.exit_code == 0)
+        r.status = CheckStatus::ok;
     else if (p.started && !p.timed_out && p.error.empty() && p.signal == 0 && p.exit_code == 1)
         r.status = CheckStatus::warning;
-    else r.status = CheckStatus::critical;
+    else
+        r.status = CheckStatus::critical;
     return r;
 }
 
@@ -291,7 +315,8 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
     init_checks();
     std::vector<const CheckConfig*> http;
     std::vector<const CheckConfig*> others;
-    for (const auto* c : checks) (c->type == CheckType::http ? http : others).push_back(c);
+    for (const auto* c : checks)
+        (c->type == CheckType::http ? http : others).push_back(c);
 
     std::vector<CheckResult> other_results(others.size());
     std::vector<std::thread> threads;
@@ -301,12 +326,17 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
             const CheckConfig& c = *others[i];
             try {
                 switch (c.type) {
-                    case CheckType::tcp: other_results[i] = run_tcp(c); break;
-                    case CheckType::postgres: other_results[i] = run_postgres(c, default_dsn); break;
+                    case CheckType::tcp:
+                        other_results[i] = run_tcp(c);
+                        break;
+                    case CheckType::postgres:
+                        other_results[i] = run_postgres(c, default_dsn);
+                        break;
                     case CheckType::command:
                         other_results[i] = classify_command(c, run_process(c.argv, {}, c.timeout, c.max_output));
                         break;
-                    case CheckType::http: break;
+                    case CheckType::http:
+                        break;
                 }
             } catch (const std::exception& e) {
                 other_results[i].name = c.name;
@@ -316,8 +346,10 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
         });
     }
     std::vector<CheckResult> results = run_http(http);
-    for (auto& t : threads) t.join();
-    for (auto& r : other_results) results.push_back(std::move(r));
+    for (auto& t : threads)
+        t.join();
+    for (auto& r : other_results)
+        results.push_back(std::move(r));
     return results;
 }
 

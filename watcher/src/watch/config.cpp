@@ -15,10 +15,14 @@ using nlohmann::json;
 
 const char* to_string(CheckType t) {
     switch (t) {
-        case CheckType::http: return "http";
-        case CheckType::tcp: return "tcp";
-        case CheckType::postgres: return "postgres";
-        case CheckType::command: return "command";
+        case CheckType::http:
+            return "http";
+        case CheckType::tcp:
+            return "tcp";
+        case CheckType::postgres:
+            return "postgres";
+        case CheckType::command:
+            return "command";
     }
     return "?";
 }
@@ -35,7 +39,8 @@ namespace {
 class ObjectReader {
 public:
     ObjectReader(const json& obj, std::string path) : obj_(obj), path_(std::move(path)) {
-        if (!obj_.is_object()) throw ConfigError(path_.empty() ? "(top level)" : path_, "must be an object");
+        if (!obj_.is_object())
+            throw ConfigError(path_.empty() ? "(top level)" : path_, "must be an object");
     }
 
     std::string key_path(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
@@ -43,7 +48,8 @@ public:
     const json* get(const std::string& key) {
         used_.insert(key);
         auto it = obj_.find(key);
-        if (it == obj_.end() || it->is_null()) return nullptr;
+        if (it == obj_.end() || it->is_null())
+            return nullptr;
         return &*it;
     }
 
@@ -51,38 +57,47 @@ public:
 
     std::string string(const std::string& key, const std::string& dflt, bool allow_empty = true) {
         const json* v = get(key);
-        if (!v) return dflt;
-        if (!v->is_string()) throw ConfigError(key_path(key), "must be a string");
+        if (!v)
+            return dflt;
+        if (!v->is_string())
+            throw ConfigError(key_path(key), "must be a string");
         auto s = v->get<std::string>();
-        if (!allow_empty && s.empty()) throw ConfigError(key_path(key), "must not be empty");
-        if (s.find('\0') != std::string::npos) throw ConfigError(key_path(key), "must not contain NUL");
+        if (!allow_empty && s.empty())
+            throw ConfigError(key_path(key), "must not be empty");
+        if (s.find('\0') != std::string::npos)
+            throw ConfigError(key_path(key), "must not contain NUL");
         return s;
     }
 
     bool boolean(const std::string& key, bool dflt) {
         const json* v = get(key);
-        if (!v) return dflt;
-        if (!v->is_boolean()) throw ConfigError(key_path(key), "must be true or false");
+        if (!v)
+            return dflt;
+        if (!v->is_boolean())
+            throw ConfigError(key_path(key), "must be true or false");
         return v->get<bool>();
     }
 
     long long integer(const std::string& key, long long dflt, long long min, long long max) {
         const json* v = get(key);
-        if (!v) return dflt;
-        if (!v->is_number_integer()) throw ConfigError(key_path(key), "must be an integer");
+        if (!v)
+            return dflt;
+        if (!v->is_number_integer())
+            throw ConfigError(key_path(key), "must be an integer");
         long long n = v->is_number_unsigned() && v->get<unsigned long long>() > static_cast<unsigned long long>(max)
                           ? max + 1
                           : v->get<long long>();
         if (n < min || n > max)
-            throw ConfigError(key_path(key),
-                              "must be between " + std::to_string(min) + " and " + std::to_string(max));
+            throw ConfigError(key_path(key), "must be between " + std::to_string(min) + " and " + std::to_string(max));
         return n;
     }
 
     double number(const std::string& key, double dflt, double min, double max) {
         const json* v = get(key);
-        if (!v) return dflt;
-        if (!v->is_number()) throw ConfigError(key_path(key), "must be a number");
+        if (!v)
+            return dflt;
+        if (!v->is_number())
+            throw ConfigError(key_path(key), "must be a number");
         double d = v->get<double>();
         if (!(d >= min && d <= max))
             throw ConfigError(key_path(key), "must be between " + std::to_string(min) + " and " + std::to_string(max));
@@ -92,31 +107,40 @@ public:
     // Durations are strings such as "30s"; positive unless allow_zero.
     Millis duration(const std::string& key, Millis dflt, bool allow_zero = false) {
         const json* v = get(key);
-        if (!v) return dflt;
+        if (!v)
+            return dflt;
         const char* what = allow_zero ? "must be a duration such as \"500ms\", \"30s\" or \"10m\""
                                       : "must be a positive duration such as \"500ms\", \"30s\" or \"10m\"";
-        if (!v->is_string()) throw ConfigError(key_path(key), what);
+        if (!v->is_string())
+            throw ConfigError(key_path(key), what);
         auto d = parse_duration(v->get<std::string>());
-        if (!d || (*d == 0 && !allow_zero)) throw ConfigError(key_path(key), what);
+        if (!d || (*d == 0 && !allow_zero))
+            throw ConfigError(key_path(key), what);
         return *d;
     }
 
     std::vector<std::string> argv(const std::string& key, bool required) {
         const json* v = get(key);
         if (!v) {
-            if (required) throw ConfigError(key_path(key), "is required (an argv array such as [\"/usr/bin/x\", \"arg\"])");
+            if (required)
+                throw ConfigError(key_path(key), "is required (an argv array such as [\"/usr/bin/x\", \"arg\"])");
             return {};
         }
-        if (!v->is_array()) throw ConfigError(key_path(key), "must be an array of strings (argv; no shell is used)");
-        if (v->empty()) throw ConfigError(key_path(key), "must not be empty");
+        if (!v->is_array())
+            throw ConfigError(key_path(key), "must be an array of strings (argv; no shell is used)");
+        if (v->empty())
+            throw ConfigError(key_path(key), "must not be empty");
         std::vector<std::string> out;
         for (std::size_t i = 0; i < v->size(); ++i) {
             const auto& e = (*v)[i];
             std::string p = key_path(key) + "[" + std::to_string(i) + "]";
-            if (!e.is_string()) throw ConfigError(p, "must be a string");
+            if (!e.is_string())
+                throw ConfigError(p, "must be a string");
             auto s = e.get<std::string>();
-            if (s.find('\0') != std::string::npos) throw ConfigError(p, "must not contain NUL");
-            if (i == 0 && s.empty()) throw ConfigError(p, "must name a program");
+            if (s.find('\0') != std::string::npos)
+                throw ConfigError(p, "must not contain NUL");
+            if (i == 0 && s.empty())
+                throw ConfigError(p, "must name a program");
             out.push_back(std::move(s));
         }
         return out;
@@ -124,7 +148,8 @@ public:
 
     void reject_unknown() const {
         for (auto it = obj_.begin(); it != obj_.end(); ++it)
-            if (!used_.count(it.key())) throw ConfigError(key_path(it.key()), "unknown key");
+            if (!used_.count(it.key()))
+                throw ConfigError(key_path(it.key()), "unknown key");
     }
 
 private:
@@ -145,7 +170,8 @@ void parse_listen(MetricsConfig& m, const std::string& path) {
         port = s.substr(close + 2);
     } else {
         auto colon = s.rfind(':');
-        if (colon == std::string::npos) throw ConfigError(path, "must be host:port, e.g. \"127.0.0.1:9187\"");
+        if (colon == std::string::npos)
+            throw ConfigError(path, "must be host:port, e.g. \"127.0.0.1:9187\"");
         host = s.substr(0, colon);
         port = s.substr(colon + 1);
     }
@@ -153,14 +179,16 @@ void parse_listen(MetricsConfig& m, const std::string& path) {
     if (host.rfind("127.", 0) == 0) {
         // 127.x.y.z with numeric parts only.
         for (char c : host)
-            if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.')) loopback = false;
+            if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.'))
+                loopback = false;
     }
     if (!loopback)
         throw ConfigError(path, "must be a loopback address (127.0.0.1, ::1 or localhost), not \"" + host + "\"");
     if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
         throw ConfigError(path, "port must be a number between 0 and 65535");
     int p = std::stoi(port);
-    if (p > 65535) throw ConfigError(path, "port must be a number between 0 and 65535");
+    if (p > 65535)
+        throw ConfigError(path, "port must be a number between 0 and 65535");
     m.host = host == "localhost" ? "127.0.0.1" : host;
     m.port = p;
 }
@@ -170,18 +198,25 @@ CheckConfig parse_check(const json& j, std::size_t index) {
     ObjectReader r(j, path);
     CheckConfig c;
     std::string type = r.string("type", "", false);
-    if (!r.has("type")) throw ConfigError(path + ".type", "is required (http, tcp, postgres or command)");
-    if (type == "http") c.type = CheckType::http;
-    else if (type == "tcp") c.type = CheckType::tcp;
-    else if (type == "postgres") c.type = CheckType::postgres;
-    else if (type == "command") c.type = CheckType::command;
-    else throw ConfigError(path + ".type", "must be http, tcp, postgres or command, not \"" + type + "\"");
+    if (!r.has("type"))
+        throw ConfigError(path + ".type", "is required (http, tcp, postgres or command)");
+    if (type == "http")
+        c.type = CheckType::http;
+    else if (type == "tcp")
+        c.type = CheckType::tcp;
+    else if (type == "postgres")
+        c.type = CheckType::postgres;
+    else if (type == "command")
+        c.type = CheckType::command;
+    else
+        throw ConfigError(path + ".type", "must be http, tcp, postgres or command, not \"" + type + "\"");
 
     c.name = r.string("name", type + "_" + std::to_string(index), false);
     for (char ch : c.name)
         if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.'))
             throw ConfigError(path + ".name", "may contain only letters, digits, '_', '-' and '.'");
-    if (c.name.size() > 64) throw ConfigError(path + ".name", "must be at most 64 characters");
+    if (c.name.size() > 64)
+        throw ConfigError(path + ".name", "must be at most 64 characters");
     c.interval = r.duration("interval", c.interval);
     c.timeout = r.duration("timeout", c.timeout);
     c.critical = r.boolean("critical", c.critical);
@@ -189,8 +224,8 @@ CheckConfig parse_check(const json& j, std::size_t index) {
     c.warning_threshold = static_cast<int>(r.integer("warning_threshold", 2, 1, 1000));
     c.success_threshold = static_cast<int>(r.integer("success_threshold", 2, 1, 1000));
     if (c.warning_threshold > c.failure_threshold)
-        throw ConfigError(path + ".warning_threshold", "must not exceed failure_threshold (" +
-                                                           std::to_string(c.failure_threshold) + ")");
+        throw ConfigError(path + ".warning_threshold",
+                          "must not exceed failure_threshold (" + std::to_string(c.failure_threshold) + ")");
     c.grace_period = r.duration("grace_period", 0, true);
     c.dry_run = r.boolean("dry_run", false);
 
@@ -212,7 +247,8 @@ CheckConfig parse_check(const json& j, std::size_t index) {
     switch (c.type) {
         case CheckType::http: {
             c.url = r.string("url", "", false);
-            if (c.url.empty()) throw ConfigError(path + ".url", "is required for an http check");
+            if (c.url.empty())
+                throw ConfigError(path + ".url", "is required for an http check");
             if (c.url.rfind("http://", 0) != 0 && c.url.rfind("https://", 0) != 0)
                 throw ConfigError(path + ".url", "must start with http:// or https://");
             c.expect_status = static_cast<int>(r.integer("expect_status", 200, 100, 599));
@@ -221,9 +257,11 @@ CheckConfig parse_check(const json& j, std::size_t index) {
         }
         case CheckType::tcp: {
             c.host = r.string("host", "", false);
-            if (c.host.empty()) throw ConfigError(path + ".host", "is required for a tcp check");
+            if (c.host.empty())
+                throw ConfigError(path + ".host", "is required for a tcp check");
             c.port = static_cast<int>(r.integer("port", 0, 1, 65535));
-            if (!r.has("port")) throw ConfigError(path + ".port", "is required for a tcp check");
+            if (!r.has("port"))
+                throw ConfigError(path + ".port", "is required for a tcp check");
             break;
         }
         case CheckType::postgres: {
@@ -262,10 +300,12 @@ WatchConfig parse_config(const std::string& text) {
     cfg.watcher_id = top.string("watcher_id", "");
     if (cfg.watcher_id.empty()) {
         char host[256] = {0};
-        if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') std::snprintf(host, sizeof host, "watcher");
+        if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+            std::snprintf(host, sizeof host, "watcher");
         cfg.watcher_id = host;
     }
-    if (cfg.watcher_id.size() > 128) throw ConfigError("watcher_id", "must be at most 128 characters");
+    if (cfg.watcher_id.size() > 128)
+        throw ConfigError("watcher_id", "must be at most 128 characters");
 
     if (const json* db = top.get("database")) {
         if (db->is_string()) {
@@ -283,7 +323,8 @@ WatchConfig parse_config(const std::string& text) {
     }
 
     if (const json* checks = top.get("checks")) {
-        if (!checks->is_array()) throw ConfigError("checks", "must be an array of check objects");
+        if (!checks->is_array())
+            throw ConfigError("checks", "must be an array of check objects");
         std::set<std::string> names;
         for (std::size_t i = 0; i < checks->size(); ++i) {
             CheckConfig c = parse_check((*checks)[i], i);
@@ -307,15 +348,19 @@ WatchConfig parse_config(const std::string& text) {
         cfg.rollback.command = r.argv("command", false);
         cfg.rollback.timeout = r.duration("timeout", cfg.rollback.timeout);
         std::string order = r.string("order", "app_first");
-        if (order == "app_first") cfg.rollback.order = RollbackOrder::app_first;
-        else if (order == "database_first") cfg.rollback.order = RollbackOrder::database_first;
-        else throw ConfigError("rollback.order", "must be \"app_first\" or \"database_first\", not \"" + order + "\"");
+        if (order == "app_first")
+            cfg.rollback.order = RollbackOrder::app_first;
+        else if (order == "database_first")
+            cfg.rollback.order = RollbackOrder::database_first;
+        else
+            throw ConfigError("rollback.order", "must be \"app_first\" or \"database_first\", not \"" + order + "\"");
         cfg.rollback.retry_backoff = r.duration("retry_backoff", cfg.rollback.retry_backoff);
         cfg.rollback.retry_backoff_max = r.duration("retry_backoff_max", cfg.rollback.retry_backoff_max);
         if (cfg.rollback.retry_backoff_max < cfg.rollback.retry_backoff)
             throw ConfigError("rollback.retry_backoff_max", "must not be less than rollback.retry_backoff");
         cfg.rollback.lease = r.duration("lease", cfg.rollback.lease);
-        if (cfg.rollback.lease < 1000) throw ConfigError("rollback.lease", "must be at least 1s");
+        if (cfg.rollback.lease < 1000)
+            throw ConfigError("rollback.lease", "must be at least 1s");
         cfg.rollback.force = r.boolean("force", false);
         r.reject_unknown();
     }
@@ -323,7 +368,8 @@ WatchConfig parse_config(const std::string& text) {
     if (const json* l = top.get("logging")) {
         ObjectReader r(*l, "logging");
         cfg.logging.level = r.string("level", "info");
-        static const std::set<std::string> levels = {"trace", "debug", "info", "warning", "warn", "error", "critical", "off"};
+        static const std::set<std::string> levels = {"trace", "debug", "info",     "warning",
+                                                     "warn",  "error", "critical", "off"};
         if (!levels.count(cfg.logging.level))
             throw ConfigError("logging.level", "must be one of trace, debug, info, warning, error, critical, off");
         cfg.logging.format = r.string("format", "plain");
@@ -335,7 +381,8 @@ WatchConfig parse_config(const std::string& text) {
     if (const json* m = top.get("metrics")) {
         ObjectReader r(*m, "metrics");
         cfg.metrics.listen = r.string("listen", "");
-        if (!cfg.metrics.listen.empty()) parse_listen(cfg.metrics, "metrics.listen");
+        if (!cfg.metrics.listen.empty())
+            parse_listen(cfg.metrics, "metrics.listen");
         r.reject_unknown();
     }
 
@@ -355,17 +402,20 @@ WatchConfig parse_config(const std::string& text) {
 
 WatchConfig load_config(const std::string& file) {
     std::ifstream in(file, std::ios::binary);
-    if (!in) throw ConfigError("", "cannot read config file \"" + file + "\"");
+    if (!in)
+        throw ConfigError("", "cannot read config file \"" + file + "\"");
     std::ostringstream ss;
     ss << in.rdbuf();
-    if (ss.str().size() > (4u << 20)) throw ConfigError("", "config file \"" + file + "\" is larger than 4 MB");
+    if (ss.str().size() > (4u << 20))
+        throw ConfigError("", "config file \"" + file + "\" is larger than 4 MB");
     return parse_config(ss.str());
 }
 
 Millis shortest_interval(const WatchConfig& cfg) {
     Millis best = 0;
     for (const auto& c : cfg.checks)
-        if (best == 0 || c.interval < best) best = c.interval;
+        if (best == 0 || c.interval < best)
+            best = c.interval;
     return best == 0 ? 1000 : best;
 }
 

@@ -26,9 +26,9 @@ const char* to_string(CheckType t);
 
 struct ErrorRateConfig {
     bool enabled = true;
-    double threshold = 0.10;        // fraction of failed samples in the window that counts as unhealthy
-    Millis window = 600 * 1000;     // seed 004: 10 % over 10 minutes
-    int min_samples = 10;           // fewer samples than this never decide anything
+    double threshold = 0.10;     // fraction of failed samples in the window that counts as unhealthy
+    Millis window = 600 * 1000;  // seed 004: 10 % over 10 minutes
+    int min_samples = 10;        // fewer samples than this never decide anything
 };
 
 struct CheckConfig {
@@ -52,7 +52,7 @@ struct CheckConfig {
     std::string host;
     int port = 0;
     // postgres
-    std::string dsn;                 // empty: the watcher's database dsn
+    std::string dsn;  // empty: the watcher's database dsn
     std::string query = "SELECT 1";
     // command
     std::vector<std::string> argv;
@@ -62,50 +62,50 @@ struct CheckConfig {
 enum class RollbackOrder { app_first, database_first };
 
 struct RollbackConfig {
-    std::vector<std::string> command;   // the app's rollback hook; empty: database only
+    std::vector<std::string> command;  // the app's rollback hook; empty: database only
     Millis timeout = 5 * 60 * 1000;
     RollbackOrder order = RollbackOrder::app_first;
     Millis retry_backoff = 10 * 1000;
     Millis retry_backoff_max = 5 * 60 * 1000;
     Millis lease = 5 * 60 * 1000;
-    bool force = false;                 // pass force => true to execute_rollback (outside the rollback window)
+    bool force = false;  // pass force => true to execute_rollback (outside the rollback window)
 };
 
 struct DecisionConfig {
-    Millis watch_window = 30 * 60 * 1000;   // roll back only this long after a deployment finished
-    Millis cooldown = 10 * 60 * 1000;       // no second rollback this soon after one
-    Millis health_recovery = 2 * 60 * 1000; // after a rollback, health must recover within this
-    bool dry_run = false;                   // decide and record, never act
+    Millis watch_window = 30 * 60 * 1000;    // roll back only this long after a deployment finished
+    Millis cooldown = 10 * 60 * 1000;        // no second rollback this soon after one
+    Millis health_recovery = 2 * 60 * 1000;  // after a rollback, health must recover within this
+    bool dry_run = false;                    // decide and record, never act
 };
 
 struct DatabaseConfig {
-    std::string dsn;                        // libpq conninfo; empty: PG* environment
-    Millis poll_interval = 5 * 1000;        // fallback poll of the ledger when no NOTIFY arrives
+    std::string dsn;                  // libpq conninfo; empty: PG* environment
+    Millis poll_interval = 5 * 1000;  // fallback poll of the ledger when no NOTIFY arrives
     Millis reconnect_min = 500;
     Millis reconnect_max = 30 * 1000;
 };
 
 struct LoggingConfig {
     std::string level = "info";
-    std::string format = "plain";           // plain | json
+    std::string format = "plain";  // plain | json
 };
 
 struct MetricsConfig {
-    std::string listen;                     // empty: no metrics server; else loopback host:port
+    std::string listen;  // empty: no metrics server; else loopback host:port
     std::string host;
     int port = 0;
 };
 
 struct WatchConfig {
-    std::string watcher_id;                 // stable holder identity; default: the host name
+    std::string watcher_id;  // stable holder identity; default: the host name
     DatabaseConfig database;
     std::vector<CheckConfig> checks;
     DecisionConfig decision;
     RollbackConfig rollback;
     LoggingConfig logging;
     MetricsConfig metrics;
-    bool leader_lock = true;                // false: never lead (a pure observer)
-    std::string state_file;                 // where the daemon writes its view for `watch --status`
+    bool leader_lock = true;  // false: never lead (a pure observer)
+    std::string state_file;   // where the daemon writes its view for `watch --status`
 };
 
 // parse_config parses and validates a configuration document; throws ConfigError naming the key.

@@ -30,8 +30,7 @@ namespace pgdeploy::watch {
 using nlohmann::json;
 
 Millis monotonic_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
 
@@ -42,13 +41,17 @@ std::atomic<bool> g_stop{false};
 std::atomic<bool> g_reload{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "signal flags must be lock-free");
 
-extern "C" void on_stop_signal(int) { g_stop.store(true); }
-extern "C" void on_reload_signal(int) { g_reload.store(true); }
+extern "C" void on_stop_signal(int) {
+    g_stop.store(true);
+}
+extern "C" void on_reload_signal(int) {
+    g_reload.store(true);
+}
 
 void install_signal_handlers() {
-    struct sigaction sa{};
+    struct sigaction sa {};
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;   // no SA_RESTART: a sleeping poll() returns at once
+    sa.sa_flags = 0;  // no SA_RESTART: a sleeping poll() returns at once
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
@@ -64,8 +67,8 @@ std::string iso_now() {
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
     return buf;
 }
 
@@ -124,8 +127,9 @@ private:
     Millis started_ = 0;
     std::optional<Verification> verification_;
     json last_decision_ = nullptr;
-    std::map<std::string, long> rollbacks_;     // by result
-    std::map<std::string, long> decisions_;     // by kind
+    std::map<std::string, long> rollbacks_;    // by result
+    std::map<std::string, long> decisions_;    // by kind
+    std::map<std::int64_t, Millis> retry_at_;  // marker -> earliest next attempt by this watcher
     int pending_migrations_ = -1;
     MetricsServer metrics_;
     bool metrics_on_ = false;
@@ -151,7 +155,8 @@ bool Daemon::hook_tick() {
 }
 
 void Daemon::record_event(const std::string& kind, std::int64_t dep, std::int64_t marker, const json& details) {
-    if (!conn_) return;
+    if (!conn_)
+        return;
     try {
         Ledger(*conn_).log_event(kind, dep, marker, details);
     } catch (const common::DbError& e) {
@@ -162,12 +167,15 @@ void Daemon::record_event(const std::string& kind, std::int64_t dep, std::int64_
 }
 
 void Daemon::drop_db(const std::string& why) {
-    if (conn_) spdlog::warn("database connection lost: {}{}", why, leader_ ? " (leadership released)" : "");
+    if (conn_)
+        spdlog::warn("database connection lost: {}{}", why, leader_ ? " (leadership released)" : "");
     conn_.reset();
     leader_ = false;
     Millis now = monotonic_ms();
-    if (backoff_ == 0) backoff_ = cfg_.database.reconnect_min;
-    else backoff_ = std::min(backoff_ * 2, cfg_.database.reconnect_max);
+    if (backoff_ == 0)
+        backoff_ = cfg_.database.reconnect_min;
+    else
+        backoff_ = std::min(backoff_ * 2, cfg_.database.reconnect_max);
     // Full jitter in [backoff/2, backoff]: many watchers that lost the same database do not return in lockstep.
     std::uniform_int_distribution<Millis> jitter(backoff_ / 2, backoff_);
     reconnect_at_ = now + jitter(rng_);
@@ -181,7 +189,8 @@ void Daemon::drop_db(const std::string& why) {
  * reconnects with jittered exponential backoff.
  */
 void Daemon::ensure_db(Millis now) {
-    if (conn_ || now < reconnect_at_) return;
+    if (conn_ || now < reconnect_at_)
+        return;
     try {
         common::ConnectOptions opts;
         opts.dsn = cfg_.database.dsn;
@@ -207,7 +216,8 @@ void Daemon::ensure_db(Millis now) {
 }
 
 void Daemon::refresh_view(Millis now) {
-    if (!conn_) return;
+    if (!conn_)
+        return;
     Ledger ledger(*conn_);
     if (!leader_ && cfg_.leader_lock && ledger.try_lead()) {
         leader_ = true;
@@ -228,10 +238,13 @@ void Daemon::run_due_checks(Millis now) {
     std::vector<const CheckConfig*> due;
     for (const auto& c : cfg_.checks) {
         auto it = next_due_.find(c.name);
-        if (it == next_due_.end() || it->second <= now) due.push_back(&c);
+        if (it == next_due_.end() || it->second <= now)
+            due.push_back(&c);
     }
-    if (due.empty()) return;
-    for (const auto* c : due) next_due_[c->name] = now + c->interval;
+    if (due.empty())
+        return;
+    for (const auto* c : due)
+        next_due_[c->name] = now + c->interval;
     std::vector<CheckResult> results = run_checks(due, cfg_.database.dsn);
     Millis at = monotonic_ms();
     for (const auto& r : results) {
@@ -240,16 +253,26 @@ void Daemon::run_due_checks(Millis now) {
         spdlog::debug("check {}: {} in {:.1f} ms: {}", r.name, to_string(r.status), r.latency_ms, r.detail);
         const auto& t = engine_.trackers().at(r.name);
         if (t.state() != before) {
-            auto level = t.state() == HealthState::failing ? spdlog::level::err
+            auto level = t.state() == HealthState::failing   ? spdlog::level::err
                          : t.state() == HealthState::warning ? spdlog::level::warn
                                                              : spdlog::level::info;
             spdlog::log(level, "check {} is now {} (was {}): {}", r.name, to_string(t.state()), to_string(before),
                         r.detail);
+            // Recorded against the release that is live: the current deployment, or after it was rolled back the
+            // release it returned to. The rule "never into a release that was itself failing" reads these.
             const auto& view = engine_.deployment();
-            if (leader_ && t.state() == HealthState::failing && t.config().critical && view.id != 0)
-                record_event("watcher_unhealthy", view.id, 0,
-                             {{"check", r.name}, {"detail", r.detail}, {"watcher_id", cfg_.watcher_id},
-                              {"app_version", view.app_version}});
+            std::int64_t live = view.state == "succeeded"                    ? view.id
+                                : view.state == "rolled_back" && view.target ? view.target->deployment_id
+                                                                             : 0;
+            std::string live_app = view.state == "succeeded" ? view.app_version
+                                   : view.target             ? view.target->app_version
+                                                             : std::string();
+            if (leader_ && t.state() == HealthState::failing && t.config().critical && live != 0)
+                record_event("watcher_unhealthy", live, 0,
+                             {{"check", r.name},
+                              {"detail", r.detail},
+                              {"watcher_id", cfg_.watcher_id},
+                              {"app_version", live_app}});
         }
     }
 }
@@ -266,22 +289,28 @@ void Daemon::act(const Decision& d, Millis now) {
         last_decision_["at"] = iso_now();
     }
     if (d.kind == DecisionKind::none) {
-        if (d.fresh && d.reason != "healthy" && d.reason != "no_deployment") spdlog::debug("decision: {}", d.message);
+        if (d.fresh && d.reason != "healthy" && d.reason != "no_deployment")
+            spdlog::debug("decision: {}", d.message);
         return;
     }
     if (!leader_) {
-        if (d.fresh) spdlog::info("decision (not leader, the leader acts): {}", d.message);
+        if (d.fresh)
+            spdlog::info("decision (not leader, the leader acts): {}", d.message);
         return;
     }
     json details = d.to_json();
     details["watcher_id"] = cfg_.watcher_id;
     json checks = json::object();
-    for (const auto& name : d.triggering_checks) checks[name] = engine_.trackers().at(name).to_json(now);
+    for (const auto& name : d.triggering_checks)
+        checks[name] = engine_.trackers().at(name).to_json(now);
     details["checks"] = checks;
 
     switch (d.kind) {
         case DecisionKind::suppressed:
-            if (d.fresh) {
+            // "Already handled" repeats a decision that is recorded already: log it, do not record it again.
+            if (d.fresh && d.reason == "already_handled") {
+                spdlog::info("decision: {}", d.message);
+            } else if (d.fresh) {
                 spdlog::warn("decision: {}", d.message);
                 ++decisions_["suppressed"];
                 record_event("watcher_decision", d.deployment_id, 0, details);
@@ -300,8 +329,10 @@ void Daemon::act(const Decision& d, Millis now) {
             record_event("watcher_decision", d.deployment_id, 0, details);
             engine_.commit(d, now);
             return;
-        case DecisionKind::rollback: break;
-        case DecisionKind::none: return;
+        case DecisionKind::rollback:
+            break;
+        case DecisionKind::none:
+            return;
     }
 
     // Re-read the ledger before acting: another watcher or a person may have acted a moment ago.
@@ -325,7 +356,7 @@ void Daemon::act(const Decision& d, Millis now) {
         marker = ledger.request_rollback("watcher " + cfg_.watcher_id + ": " + d.message, d.deployment_id, details);
     } catch (const common::DbError& e) {
         spdlog::error("cannot request the rollback of deployment {}: {}", d.deployment_id, e.what());
-        engine_.commit(d, now);   // never loop on a refused request; the event log and logs say why
+        engine_.commit(d, now);  // never loop on a refused request; the event log and logs say why
         return;
     }
     engine_.commit(d, now);
@@ -335,14 +366,15 @@ void Daemon::act(const Decision& d, Millis now) {
 }
 
 void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
-    if (o.result == "not_claimed") return;
+    if (o.result == "not_claimed")
+        return;
     ++rollbacks_[o.result];
     if (o.result == "done") {
         if (!verification_ || verification_->marker_id != o.marker_id) {
             verification_ = Verification{o.marker_id, o.deployment_id, now, now + cfg_.decision.health_recovery};
         }
         try {
-            refresh_view(now);   // the deployment is rolled_back now: checks start fresh evidence
+            refresh_view(now);  // the deployment is rolled_back now: checks start fresh evidence
         } catch (const common::DbError& e) {
             spdlog::error("cannot re-read the ledger: {}", e.what());
         }
@@ -353,22 +385,40 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
     }
 }
 
+/*
+ * Daemon::process_markers
+ *
+ * The ledger's backoff (list_claimable) covers markers in state failed; the in-memory one here also covers a marker
+ * that is still ours because an attempt broke off with an error (a ledger query failed mid-way), so that a
+ * persistent error is retried with backoff rather than in a tight loop.
+ */
 void Daemon::process_markers(Millis now) {
-    if (!conn_ || !leader_) return;
+    if (!conn_ || !leader_)
+        return;
     auto ready = list_claimable(*conn_, cfg_.watcher_id, cfg_.rollback, true);
     for (const auto& m : ready) {
-        if (g_stop.load()) return;
+        if (g_stop.load())
+            return;
+        auto it = retry_at_.find(m.id);
+        if (it != retry_at_.end() && now < it->second)
+            continue;
         spdlog::warn("marker {} ({}{}) is waiting: executing it", m.id, m.state, m.own ? ", ours from before" : "");
+        retry_at_[m.id] = now + retry_delay(cfg_.rollback, std::max(1, m.attempts));
         RollbackExecutor exec(cfg_, *conn_, [this] { return hook_tick(); });
-        handle_outcome(exec.claim_and_execute(m.id), monotonic_ms());
+        ExecOutcome o = exec.claim_and_execute(m.id);
+        if (o.result == "done" || o.result == "needs_attention")
+            retry_at_.erase(m.id);
+        handle_outcome(o, monotonic_ms());
     }
 }
 
 void Daemon::verify_recovery(Millis now) {
-    if (!verification_) return;
+    if (!verification_)
+        return;
     bool fresh_enough = true;
     for (const auto& [name, t] : engine_.trackers())
-        if (t.config().critical && t.last_at() < verification_->started) fresh_enough = false;
+        if (t.config().critical && t.last_at() < verification_->started)
+            fresh_enough = false;
     if (fresh_enough && engine_.all_critical_healthy()) {
         Millis took = now - verification_->started;
         spdlog::warn("health recovered {} ms after rolling back deployment {}", took, verification_->deployment_id);
@@ -381,27 +431,29 @@ void Daemon::verify_recovery(Millis now) {
                          format_duration(cfg_.decision.health_recovery), verification_->deployment_id);
         ++rollbacks_["unrecovered"];
         record_event("watcher_rollback_unrecovered", verification_->deployment_id, verification_->marker_id,
-                     {{"recovered", false}, {"health_recovery", format_duration(cfg_.decision.health_recovery)},
+                     {{"recovered", false},
+                      {"health_recovery", format_duration(cfg_.decision.health_recovery)},
                       {"watcher_id", cfg_.watcher_id}});
         verification_.reset();
     }
 }
 
 void Daemon::publish(Millis now) {
-    json status = {{"schema_version", 1},
-                   {"watcher_id", cfg_.watcher_id},
-                   {"pid", static_cast<long>(getpid())},
-                   {"config_file", config_path_},
-                   {"leader", leader_},
-                   {"connected", conn_.has_value()},
-                   {"dry_run", cfg_.decision.dry_run},
-                   {"updated_at", iso_now()},
-                   {"updated_at_epoch_ms", wall_ms()},
-                   {"stale_after_ms", std::max<Millis>(3 * std::max(shortest_interval(cfg_), cfg_.database.poll_interval), 10000)},
-                   {"uptime_ms", now - started_},
-                   {"last_decision", last_decision_},
-                   {"rollbacks", rollbacks_},
-                   {"pending_migrations", pending_migrations_ < 0 ? json(nullptr) : json(pending_migrations_)}};
+    json status = {
+        {"schema_version", 1},
+        {"watcher_id", cfg_.watcher_id},
+        {"pid", static_cast<long>(getpid())},
+        {"config_file", config_path_},
+        {"leader", leader_},
+        {"connected", conn_.has_value()},
+        {"dry_run", cfg_.decision.dry_run},
+        {"updated_at", iso_now()},
+        {"updated_at_epoch_ms", wall_ms()},
+        {"stale_after_ms", std::max<Millis>(3 * std::max(shortest_interval(cfg_), cfg_.database.poll_interval), 10000)},
+        {"uptime_ms", now - started_},
+        {"last_decision", last_decision_},
+        {"rollbacks", rollbacks_},
+        {"pending_migrations", pending_migrations_ < 0 ? json(nullptr) : json(pending_migrations_)}};
     json engine = engine_.to_json(now);
     status["checks"] = engine["checks"];
     status["deployment"] = engine["deployment"];
@@ -410,7 +462,7 @@ void Daemon::publish(Millis now) {
                                                   {"deployment_id", verification_->deployment_id},
                                                   {"remaining_ms", verification_->deadline - now}}
                                            : json(nullptr);
-    std::string text = status.dump(2) + "\n";
+    std::string text = status.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 
     if (!cfg_.state_file.empty()) {
         std::string tmp = cfg_.state_file + ".tmp." + std::to_string(getpid());
@@ -428,8 +480,8 @@ void Daemon::publish(Millis now) {
         m << "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
              "# TYPE pgdeploy_watch_check_state gauge\n";
         for (const auto& [name, t] : engine_.trackers())
-            m << "pgdeploy_watch_check_state{check=\"" << escape_label(name) << "\",type=\"" << to_string(t.config().type)
-              << "\",critical=\"" << (t.config().critical ? "true" : "false") << "\"} "
+            m << "pgdeploy_watch_check_state{check=\"" << escape_label(name) << "\",type=\""
+              << to_string(t.config().type) << "\",critical=\"" << (t.config().critical ? "true" : "false") << "\"} "
               << static_cast<int>(t.state()) << "\n";
         m << "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
              "# TYPE pgdeploy_watch_check_up gauge\n";
@@ -490,12 +542,14 @@ void Daemon::reload() {
         WatchConfig next = load_config(config_path_);
         if (next.metrics.listen != cfg_.metrics.listen)
             spdlog::warn("metrics.listen changed: takes effect at the next restart");
-        if (next.state_file != cfg_.state_file && !cfg_.state_file.empty()) std::remove(cfg_.state_file.c_str());
+        if (next.state_file != cfg_.state_file && !cfg_.state_file.empty())
+            std::remove(cfg_.state_file.c_str());
         bool db_changed = next.database.dsn != cfg_.database.dsn || next.watcher_id != cfg_.watcher_id ||
                           next.leader_lock != cfg_.leader_lock;
         engine_.reconfigure(next);
         std::map<std::string, Millis> due;
-        for (const auto& c : next.checks) due[c.name] = next_due_.count(c.name) ? next_due_[c.name] : 0;
+        for (const auto& c : next.checks)
+            due[c.name] = next_due_.count(c.name) ? next_due_[c.name] : 0;
         next_due_ = std::move(due);
         cfg_ = std::move(next);
         apply_log_level(cfg_.logging.level);
@@ -514,13 +568,19 @@ void Daemon::reload() {
 
 void Daemon::sleep_until(Millis until) {
     Millis now = monotonic_ms();
-    if (watchdog_every_ > 0) until = std::min(until, next_watchdog_);
+    if (watchdog_every_ > 0)
+        until = std::min(until, next_watchdog_);
     Millis wait = std::clamp<Millis>(until - now, 0, 250);
-    if (wait <= 0) return;
-    struct pollfd pfd{-1, POLLIN, 0};
-    if (conn_ && PQsocket(conn_->raw()) >= 0) pfd.fd = PQsocket(conn_->raw());
+    if (wait <= 0)
+        return;
+    struct pollfd pfd {
+        - 1, POLLIN, 0
+    };
+    if (conn_ && PQsocket(conn_->raw()) >= 0)
+        pfd.fd = PQsocket(conn_->raw());
     int pr = poll(&pfd, pfd.fd >= 0 ? 1 : 0, static_cast<int>(wait));
-    if (pr > 0) refresh_ = true;   // something arrived on the connection: a NOTIFY most likely
+    if (pr > 0)
+        refresh_ = true;  // something arrived on the connection: a NOTIFY most likely
 }
 
 int Daemon::run() {
@@ -539,64 +599,82 @@ int Daemon::run() {
     std::uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
         watchdog_every_ = static_cast<Millis>(usec / 2000);
-        if (watchdog_every_ < 1) watchdog_every_ = 1;
+        if (watchdog_every_ < 1)
+            watchdog_every_ = 1;
         spdlog::info("systemd watchdog: WATCHDOG=1 every {} ms", watchdog_every_);
     }
-    spdlog::info("pgdeploy watch {} starting: watcher \"{}\", {} checks, config {}", PGDEPLOY_VERSION,
-                 cfg_.watcher_id, cfg_.checks.size(), config_path_);
+    spdlog::info("pgdeploy watch {} starting: watcher \"{}\", {} checks, config {}", PGDEPLOY_VERSION, cfg_.watcher_id,
+                 cfg_.checks.size(), config_path_);
     ensure_db(monotonic_ms());
     sd_notify(0, "READY=1\nSTATUS=watching");
 
     while (!g_stop.load()) {
-        Millis now = monotonic_ms();
-        feed_watchdog(now);
-        if (g_reload.load()) reload();
-        ensure_db(now);
         try {
-            if (conn_ && Ledger(*conn_).drain_notifications() > 0) refresh_ = true;
-            if (conn_ && (refresh_ || now >= next_poll_)) {
-                refresh_view(now);
-                process_markers(now);   // pending markers: requested elsewhere, retries after backoff, a take-over
+            Millis now = monotonic_ms();
+            feed_watchdog(now);
+            if (g_reload.load())
+                reload();
+            ensure_db(now);
+            try {
+                if (conn_ && Ledger(*conn_).drain_notifications() > 0)
+                    refresh_ = true;
+                if (conn_ && (refresh_ || now >= next_poll_)) {
+                    refresh_view(now);
+                    process_markers(now);  // pending markers: requested elsewhere, retries after backoff, a take-over
+                }
+            } catch (const common::DbError& e) {
+                spdlog::error("ledger query failed: {}", e.what());
+                next_poll_ = now + cfg_.database.poll_interval;
+                refresh_ = false;
+            } catch (const Failure& e) {
+                drop_db(e.what());
             }
-        } catch (const common::DbError& e) {
-            spdlog::error("ledger query failed: {}", e.what());
-            next_poll_ = now + cfg_.database.poll_interval;
-            refresh_ = false;
-        } catch (const Failure& e) {
-            drop_db(e.what());
-        }
-        if (g_stop.load()) break;
+            if (g_stop.load())
+                break;
 
-        run_due_checks(monotonic_ms());
-        now = monotonic_ms();
-        feed_watchdog(now);
-        try {
-            Decision d = engine_.evaluate(now);
-            act(d, now);
-            verify_recovery(monotonic_ms());
-        } catch (const common::DbError& e) {
-            spdlog::error("ledger write failed: {}", e.what());
-        } catch (const Failure& e) {
-            drop_db(e.what());
-        }
-        now = monotonic_ms();
-        if (now >= next_publish_) {
-            publish(now);
-            next_publish_ = now + 250;
-        }
+            run_due_checks(monotonic_ms());
+            now = monotonic_ms();
+            feed_watchdog(now);
+            try {
+                Decision d = engine_.evaluate(now);
+                act(d, now);
+                verify_recovery(monotonic_ms());
+            } catch (const common::DbError& e) {
+                spdlog::error("ledger write failed: {}", e.what());
+            } catch (const Failure& e) {
+                drop_db(e.what());
+            }
+            now = monotonic_ms();
+            if (now >= next_publish_) {
+                publish(now);
+                next_publish_ = now + 250;
+            }
 
-        Millis next = now + 250;
-        for (const auto& [name, due] : next_due_) next = std::min(next, due);
-        if (conn_) next = std::min(next, next_poll_);
-        else next = std::min(next, reconnect_at_);
-        sleep_until(next);
+            Millis next = now + 250;
+            for (const auto& [name, due] : next_due_)
+                next = std::min(next, due);
+            if (conn_)
+                next = std::min(next, next_poll_);
+            else
+                next = std::min(next, reconnect_at_);
+            sleep_until(next);
+        } catch (const std::exception& e) {
+            // A bug or an unexpected reply must not end the watcher: log it, pause, go on. (A hung loop is the
+            // watchdog's job.)
+            spdlog::error("watch loop: unexpected error: {}", e.what());
+            struct pollfd none {
+                - 1, 0, 0
+            };
+            poll(&none, 0, 250);
+        }
     }
 
     sd_notify(0, "STOPPING=1");
     spdlog::info("stopping (signal received)");
     metrics_.stop();
-    conn_.reset();   // releases leadership at once
-    if (!cfg_.state_file.empty()) std::remove(cfg_.state_file.c_str());
+    conn_.reset();  // releases leadership at once
+    if (!cfg_.state_file.empty())
+        std::remove(cfg_.state_file.c_str());
     return kExitOk;
 }
 

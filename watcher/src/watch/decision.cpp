@@ -8,29 +8,40 @@ using nlohmann::json;
 
 const char* to_string(CheckStatus s) {
     switch (s) {
-        case CheckStatus::ok: return "ok";
-        case CheckStatus::warning: return "warning";
-        case CheckStatus::critical: return "critical";
+        case CheckStatus::ok:
+            return "ok";
+        case CheckStatus::warning:
+            return "warning";
+        case CheckStatus::critical:
+            return "critical";
     }
     return "?";
 }
 
 const char* to_string(HealthState s) {
     switch (s) {
-        case HealthState::ok: return "ok";
-        case HealthState::warning: return "warning";
-        case HealthState::failing: return "failing";
+        case HealthState::ok:
+            return "ok";
+        case HealthState::warning:
+            return "warning";
+        case HealthState::failing:
+            return "failing";
     }
     return "?";
 }
 
 const char* to_string(DecisionKind k) {
     switch (k) {
-        case DecisionKind::none: return "none";
-        case DecisionKind::rollback: return "rollback";
-        case DecisionKind::would_rollback: return "would_rollback";
-        case DecisionKind::freeze: return "freeze";
-        case DecisionKind::suppressed: return "suppressed";
+        case DecisionKind::none:
+            return "none";
+        case DecisionKind::rollback:
+            return "rollback";
+        case DecisionKind::would_rollback:
+            return "would_rollback";
+        case DecisionKind::freeze:
+            return "freeze";
+        case DecisionKind::suppressed:
+            return "suppressed";
     }
     return "?";
 }
@@ -38,7 +49,8 @@ const char* to_string(DecisionKind k) {
 // ---- CheckTracker ------------------------------------------------------------------------------------------------
 
 void CheckTracker::prune(Millis now) const {
-    while (!window_.empty() && window_.front().first <= now - cfg_.error_rate.window) window_.pop_front();
+    while (!window_.empty() && window_.front().first <= now - cfg_.error_rate.window)
+        window_.pop_front();
 }
 
 /*
@@ -57,21 +69,27 @@ void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
     window_.emplace_back(now, r.status == CheckStatus::critical);
     prune(now);
     // Bound memory even with a long window and a tiny interval.
-    while (window_.size() > 100000) window_.pop_front();
+    while (window_.size() > 100000)
+        window_.pop_front();
 
     if (r.status == CheckStatus::ok) {
         ++consecutive_ok_;
         consecutive_nonok_ = 0;
         consecutive_critical_ = 0;
-        if (state_ != HealthState::ok && consecutive_ok_ >= cfg_.success_threshold) state_ = HealthState::ok;
+        if (state_ != HealthState::ok && consecutive_ok_ >= cfg_.success_threshold)
+            state_ = HealthState::ok;
         return;
     }
     consecutive_ok_ = 0;
     ++consecutive_nonok_;
-    if (r.status == CheckStatus::critical) ++consecutive_critical_;
-    else consecutive_critical_ = 0;
-    if (consecutive_critical_ >= cfg_.failure_threshold) state_ = HealthState::failing;
-    else if (state_ == HealthState::ok && consecutive_nonok_ >= cfg_.warning_threshold) state_ = HealthState::warning;
+    if (r.status == CheckStatus::critical)
+        ++consecutive_critical_;
+    else
+        consecutive_critical_ = 0;
+    if (consecutive_critical_ >= cfg_.failure_threshold)
+        state_ = HealthState::failing;
+    else if (state_ == HealthState::ok && consecutive_nonok_ >= cfg_.warning_threshold)
+        state_ = HealthState::warning;
 }
 
 void CheckTracker::reset() {
@@ -88,14 +106,17 @@ int CheckTracker::samples(Millis now) const {
 
 double CheckTracker::error_rate(Millis now) const {
     prune(now);
-    if (window_.empty()) return 0.0;
+    if (window_.empty())
+        return 0.0;
     auto bad = std::count_if(window_.begin(), window_.end(), [](const auto& s) { return s.second; });
     return static_cast<double>(bad) / static_cast<double>(window_.size());
 }
 
 bool CheckTracker::error_rate_exceeded(Millis now) const {
-    if (!cfg_.error_rate.enabled) return false;
-    if (samples(now) < cfg_.error_rate.min_samples) return false;
+    if (!cfg_.error_rate.enabled)
+        return false;
+    if (samples(now) < cfg_.error_rate.min_samples)
+        return false;
     return error_rate(now) >= cfg_.error_rate.threshold;
 }
 
@@ -135,7 +156,8 @@ json Decision::to_json() const {
 // ---- DecisionEngine ----------------------------------------------------------------------------------------------
 
 DecisionEngine::DecisionEngine(const WatchConfig& cfg) : cfg_(cfg) {
-    for (const auto& c : cfg_.checks) trackers_.emplace(c.name, CheckTracker(c));
+    for (const auto& c : cfg_.checks)
+        trackers_.emplace(c.name, CheckTracker(c));
 }
 
 void DecisionEngine::reconfigure(const WatchConfig& cfg) {
@@ -167,21 +189,25 @@ void DecisionEngine::observe_deployment(const DeploymentView& view, Millis now) 
             if (t.config().critical && t.state() == HealthState::failing && !view_.app_version.empty())
                 failing_app_versions_.insert(view_.app_version);
     }
-    if (view.last_rollback_at > last_rollback_at_) last_rollback_at_ = view.last_rollback_at;
+    if (view.last_rollback_at > last_rollback_at_)
+        last_rollback_at_ = view.last_rollback_at;
     if (changed)
-        for (auto& [name, t] : trackers_) t.reset();
+        for (auto& [name, t] : trackers_)
+            t.reset();
     view_ = view;
 }
 
 bool DecisionEngine::in_grace(const std::string& check, Millis now) const {
     auto it = trackers_.find(check);
-    if (it == trackers_.end() || view_.id == 0 || view_.state != "succeeded") return false;
+    if (it == trackers_.end() || view_.id == 0 || view_.state != "succeeded")
+        return false;
     return now < view_.finished_at + it->second.config().grace_period;
 }
 
 void DecisionEngine::record(const CheckResult& r, Millis now) {
     auto it = trackers_.find(r.name);
-    if (it == trackers_.end()) return;
+    if (it == trackers_.end())
+        return;
     it->second.record(r, now, in_grace(r.name, now));
 }
 
@@ -212,7 +238,8 @@ Decision DecisionEngine::evaluate(Millis now) {
         return d;
     };
 
-    if (view_.id == 0) return finish(DecisionKind::none, "no_deployment", "no deployment in the ledger");
+    if (view_.id == 0)
+        return finish(DecisionKind::none, "no_deployment", "no deployment in the ledger");
     if (view_.state != "succeeded")
         return finish(DecisionKind::none, "deployment_" + view_.state,
                       "deployment " + std::to_string(view_.id) + " is " + view_.state);
@@ -223,16 +250,20 @@ Decision DecisionEngine::evaluate(Millis now) {
 
     bool all_dry = true;
     for (const auto& [name, t] : trackers_) {
-        if (!t.config().critical) continue;
+        if (!t.config().critical)
+            continue;
         if (t.state() == HealthState::failing || t.error_rate_exceeded(now)) {
             d.triggering_checks.push_back(name);
-            if (!t.config().dry_run) all_dry = false;
+            if (!t.config().dry_run)
+                all_dry = false;
         }
     }
-    if (d.triggering_checks.empty()) return finish(DecisionKind::none, "healthy", "critical checks are healthy");
+    if (d.triggering_checks.empty())
+        return finish(DecisionKind::none, "healthy", "critical checks are healthy");
 
     std::string checks;
-    for (const auto& n : d.triggering_checks) checks += (checks.empty() ? "" : ", ") + n;
+    for (const auto& n : d.triggering_checks)
+        checks += (checks.empty() ? "" : ", ") + n;
     std::string dep = "deployment " + std::to_string(view_.id) + " (" +
                       (view_.app_version.empty() ? "no app version" : "app " + view_.app_version) + ")";
 
@@ -246,14 +277,15 @@ Decision DecisionEngine::evaluate(Millis now) {
     if (!view_.target)
         return finish(DecisionKind::suppressed, "no_target",
                       dep + " is unhealthy (" + checks + ") but there is no earlier good release to return to");
-    if (view_.target->failing || (!view_.target->app_version.empty() &&
-                                  failing_app_versions_.count(view_.target->app_version)))
+    if (view_.target->failing ||
+        (!view_.target->app_version.empty() && failing_app_versions_.count(view_.target->app_version)))
         return finish(DecisionKind::suppressed, "target_failing",
                       dep + " is unhealthy (" + checks + ") but the release before it (deployment " +
                           std::to_string(view_.target->deployment_id) + ") was itself failing");
     if (!view_.irreversible_versions.empty()) {
         std::string vs;
-        for (const auto& v : view_.irreversible_versions) vs += (vs.empty() ? "" : ", ") + v;
+        for (const auto& v : view_.irreversible_versions)
+            vs += (vs.empty() ? "" : ", ") + v;
         return finish(DecisionKind::freeze, "irreversible",
                       dep + " is unhealthy (" + checks + ") but applied irreversible migrations (" + vs +
                           "): frozen, a person must decide");
@@ -265,20 +297,25 @@ Decision DecisionEngine::evaluate(Millis now) {
 }
 
 void DecisionEngine::commit(const Decision& d, Millis now) {
-    if (d.deployment_id == 0) return;
+    if (d.deployment_id == 0)
+        return;
     if (d.kind == DecisionKind::rollback || d.kind == DecisionKind::freeze || d.kind == DecisionKind::would_rollback)
         handled_.insert(d.deployment_id);
     if (d.kind == DecisionKind::rollback) {
         last_rollback_at_ = now;
-        if (!view_.app_version.empty()) failing_app_versions_.insert(view_.app_version);
+        if (!view_.app_version.empty())
+            failing_app_versions_.insert(view_.app_version);
     }
 }
 
 bool DecisionEngine::all_critical_healthy() const {
     for (const auto& [name, t] : trackers_) {
-        if (!t.config().critical) continue;
-        if (t.state() != HealthState::ok) return false;
-        if (t.consecutive_successes() < t.config().success_threshold) return false;
+        if (!t.config().critical)
+            continue;
+        if (t.state() != HealthState::ok)
+            return false;
+        if (t.consecutive_successes() < t.config().success_threshold)
+            return false;
     }
     return true;
 }

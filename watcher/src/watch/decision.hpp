@@ -28,7 +28,7 @@ struct CheckResult {
     std::string name;
     CheckStatus status = CheckStatus::ok;
     double latency_ms = 0;
-    std::string detail;    // short, scrubbed: "HTTP 503", "connection refused", "exit 2: ..."
+    std::string detail;  // short, scrubbed: "HTTP 503", "connection refused", "exit 2: ..."
 };
 
 /*
@@ -71,7 +71,7 @@ private:
     long grace_ignored_ = 0;
     std::optional<CheckResult> last_;
     Millis last_at_ = 0;
-    mutable std::deque<std::pair<Millis, bool>> window_;   // (at, critical)
+    mutable std::deque<std::pair<Millis, bool>> window_;  // (at, critical)
 };
 
 // The release a rollback would return to: the newest succeeded deployment before the current one.
@@ -79,21 +79,21 @@ struct TargetInfo {
     std::int64_t deployment_id = 0;
     std::string app_version;
     std::string schema_version;
-    bool failing = false;     // the ledger shows it was itself unhealthy or rolled back for health
+    bool failing = false;  // the ledger shows it was itself unhealthy or rolled back for health
 };
 
 // What the ledger says about the newest `up` deployment.
 struct DeploymentView {
-    std::int64_t id = 0;                       // 0: no deployment yet
-    std::string state;                         // running | succeeded | failed | rolled_back
+    std::int64_t id = 0;  // 0: no deployment yet
+    std::string state;    // running | succeeded | failed | rolled_back
     std::string app_version;
     std::string version_before;
     std::string version_after;
-    Millis finished_at = 0;                    // on the watcher's clock (computed from the server's age)
+    Millis finished_at = 0;  // on the watcher's clock (computed from the server's age)
     std::vector<std::string> irreversible_versions;
-    bool has_marker = false;                   // a rollback marker exists for it (in any state)
+    bool has_marker = false;  // a rollback marker exists for it (in any state)
     std::optional<TargetInfo> target;
-    Millis last_rollback_at = 0;               // newest rollback marker request, for cooldown across restarts
+    Millis last_rollback_at = 0;  // newest rollback marker request, for cooldown across restarts
 };
 
 enum class DecisionKind { none, rollback, would_rollback, freeze, suppressed };
@@ -101,11 +101,11 @@ const char* to_string(DecisionKind k);
 
 struct Decision {
     DecisionKind kind = DecisionKind::none;
-    std::string reason;                        // machine word: healthy, outside_window, cooldown, ...
-    std::string message;                       // for people
+    std::string reason;   // machine word: healthy, outside_window, cooldown, ...
+    std::string message;  // for people
     std::int64_t deployment_id = 0;
     std::vector<std::string> triggering_checks;
-    bool fresh = false;                        // differs from the previous evaluation: log it / record the event
+    bool fresh = false;  // differs from the previous evaluation: log it / record the event
     nlohmann::json to_json() const;
 };
 
@@ -139,10 +139,10 @@ private:
     WatchConfig cfg_;
     DeploymentView view_;
     std::map<std::string, CheckTracker> trackers_;
-    std::set<std::int64_t> handled_;               // deployments rolled back / frozen / dry-run recorded
-    std::set<std::string> failing_app_versions_;   // releases this watcher saw fail
+    std::set<std::int64_t> handled_;              // deployments rolled back / frozen / dry-run recorded
+    std::set<std::string> failing_app_versions_;  // releases this watcher saw fail
     Millis last_rollback_at_ = 0;
-    std::string last_key_;                         // kind/reason/deployment of the previous evaluation
+    std::string last_key_;  // kind/reason/deployment of the previous evaluation
 };
 
 }  // namespace pgdeploy::watch

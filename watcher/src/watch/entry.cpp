@@ -49,24 +49,37 @@ Args parse_args(const std::vector<std::string>& args, bool watch) {
         const std::string& s = args[i];
         auto value = [&](const std::string& flag) -> std::string {
             auto eq = s.find('=');
-            if (eq != std::string::npos) return s.substr(eq + 1);
-            if (i + 1 >= args.size()) throw UsageError(flag + " needs a value");
+            if (eq != std::string::npos)
+                return s.substr(eq + 1);
+            if (i + 1 >= args.size())
+                throw UsageError(flag + " needs a value");
             return args[++i];
         };
-        if (s == "--config" || s.rfind("--config=", 0) == 0) a.config = value("--config");
-        else if (s == "--json") a.json = true;
-        else if (s == "--log-level" || s.rfind("--log-level=", 0) == 0) a.log_level = value("--log-level");
-        else if (s == "-h" || s == "--help") a.help = true;
-        else if (watch && s == "--check-config") a.check_config = true;
-        else if (watch && s == "--status") a.status = true;
-        else throw UsageError("unknown argument \"" + s + "\"");
+        if (s == "--config" || s.rfind("--config=", 0) == 0)
+            a.config = value("--config");
+        else if (s == "--json")
+            a.json = true;
+        else if (s == "--log-level" || s.rfind("--log-level=", 0) == 0)
+            a.log_level = value("--log-level");
+        else if (s == "-h" || s == "--help")
+            a.help = true;
+        else if (watch && s == "--check-config")
+            a.check_config = true;
+        else if (watch && s == "--status")
+            a.status = true;
+        else
+            throw UsageError("unknown argument \"" + s + "\"");
     }
-    if (a.help) return a;
-    if (a.check_config && a.status) throw UsageError("--check-config and --status cannot be combined");
+    if (a.help)
+        return a;
+    if (a.check_config && a.status)
+        throw UsageError("--check-config and --status cannot be combined");
     if (a.config.empty()) {
-        if (const char* env = std::getenv("PGDEPLOY_WATCH_CONFIG")) a.config = env;
+        if (const char* env = std::getenv("PGDEPLOY_WATCH_CONFIG"))
+            a.config = env;
     }
-    if (a.config.empty()) throw UsageError("--config FILE is required");
+    if (a.config.empty())
+        throw UsageError("--config FILE is required");
     return a;
 }
 
@@ -79,8 +92,10 @@ void setup_logs(const WatchConfig& cfg, const std::string& level_override) {
 }
 
 int fail(const std::string& command, const Failure& f, bool as_json) {
-    if (as_json) common::print_json(common::error_document(command, f));
-    else std::cerr << "pgdeploy " << command << ": " << f.what() << "\n";
+    if (as_json)
+        common::print_json(common::error_document(command, f));
+    else
+        std::cerr << "pgdeploy " << command << ": " << f.what() << "\n";
     return f.exit_code();
 }
 
@@ -89,10 +104,16 @@ int check_config(const Args& a) {
     if (a.json) {
         json checks = json::array();
         for (const auto& c : cfg.checks)
-            checks.push_back({{"name", c.name}, {"type", to_string(c.type)}, {"interval", format_duration(c.interval)},
+            checks.push_back({{"name", c.name},
+                              {"type", to_string(c.type)},
+                              {"interval", format_duration(c.interval)},
                               {"critical", c.critical}});
-        common::print_json({{"schema_version", 1}, {"command", "watch --check-config"}, {"ok", true},
-                            {"config_file", a.config}, {"watcher_id", cfg.watcher_id}, {"checks", checks}});
+        common::print_json({{"schema_version", 1},
+                            {"command", "watch --check-config"},
+                            {"ok", true},
+                            {"config_file", a.config},
+                            {"watcher_id", cfg.watcher_id},
+                            {"checks", checks}});
     } else {
         std::cout << a.config << ": OK (" << cfg.checks.size() << " checks, watcher \"" << cfg.watcher_id << "\")\n";
     }
@@ -110,7 +131,8 @@ int show_status(const Args& a) {
     if (cfg.state_file.empty())
         throw UsageError("state_file is not set in " + a.config + ": the daemon publishes nothing to read");
     std::ifstream in(cfg.state_file);
-    if (!in) throw Failure(kExitFailed, "no state in " + cfg.state_file + ": is `pgdeploy watch` running?");
+    if (!in)
+        throw Failure(kExitFailed, "no state in " + cfg.state_file + ": is `pgdeploy watch` running?");
     std::stringstream ss;
     ss << in.rdbuf();
     json st;
@@ -119,9 +141,9 @@ int show_status(const Args& a) {
     } catch (const json::exception& e) {
         throw Failure(kExitFailed, "state file " + cfg.state_file + " is not valid JSON: " + e.what());
     }
-    long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count();
+    long long now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     long long updated = st.value("updated_at_epoch_ms", 0LL);
     long long stale_after = st.value("stale_after_ms", 10000LL);
     st["stale"] = now - updated > stale_after;
@@ -130,8 +152,8 @@ int show_status(const Args& a) {
     } else {
         std::cout << "watcher " << st.value("watcher_id", "?") << " (pid " << st.value("pid", 0L) << ")"
                   << (st.value("leader", false) ? ", leader" : ", follower")
-                  << (st.value("connected", false) ? "" : ", database DOWN") << (st["stale"].get<bool>() ? ", STALE" : "")
-                  << "\n";
+                  << (st.value("connected", false) ? "" : ", database DOWN")
+                  << (st["stale"].get<bool>() ? ", STALE" : "") << "\n";
         std::vector<std::vector<std::string>> rows;
         for (const auto& c : st["checks"]) {
             rows.push_back({c.value("name", ""), c.value("type", ""), c.value("state", ""),
@@ -189,36 +211,50 @@ int run_once_cycle(const Args& a) {
         bool ok = false;
         while (!ok && monotonic_ms() <= deadline) {
             std::vector<const CheckConfig*> all;
-            for (const auto& c : cfg.checks) all.push_back(&c);
+            for (const auto& c : cfg.checks)
+                all.push_back(&c);
             for (const auto& r : run_checks(all, cfg.database.dsn)) {
                 spdlog::debug("check {}: {} {}", r.name, to_string(r.status), r.detail);
                 engine.record(r, monotonic_ms());
             }
             ok = engine.all_critical_healthy();
-            if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(shortest_interval(cfg)));
+            if (!ok)
+                std::this_thread::sleep_for(std::chrono::milliseconds(shortest_interval(cfg)));
         }
         recovered = ok;
         Ledger ledger(conn);
         for (const auto& o : outcomes) {
-            if (o.result != "done") continue;
+            if (o.result != "done")
+                continue;
             ledger.log_event(ok ? "watcher_rollback_done" : "watcher_rollback_unrecovered", o.deployment_id,
                              o.marker_id,
-                             {{"recovered", ok}, {"recovery_ms", monotonic_ms() - start}, {"watcher_id", cfg.watcher_id},
+                             {{"recovered", ok},
+                              {"recovery_ms", monotonic_ms() - start},
+                              {"watcher_id", cfg.watcher_id},
                               {"by", "once"}});
         }
-        if (!ok) spdlog::critical("health did not recover within {}", format_duration(cfg.decision.health_recovery));
+        if (!ok)
+            spdlog::critical("health did not recover within {}", format_duration(cfg.decision.health_recovery));
     }
 
     int code = kExitOk;
-    if (any_failed) code = kExitFailed;
-    if (any_attention || (recovered.is_boolean() && !recovered.get<bool>())) code = kExitNeedsAttention;
+    if (any_failed)
+        code = kExitFailed;
+    if (any_attention || (recovered.is_boolean() && !recovered.get<bool>()))
+        code = kExitNeedsAttention;
     if (a.json) {
         json markers = json::array();
-        for (const auto& o : outcomes) markers.push_back(o.to_json());
-        common::print_json({{"schema_version", 1}, {"command", "once"}, {"ok", code == kExitOk},
-                            {"markers", markers}, {"recovered", recovered}, {"exit_code", code}});
+        for (const auto& o : outcomes)
+            markers.push_back(o.to_json());
+        common::print_json({{"schema_version", 1},
+                            {"command", "once"},
+                            {"ok", code == kExitOk},
+                            {"markers", markers},
+                            {"recovered", recovered},
+                            {"exit_code", code}});
     } else {
-        if (outcomes.empty()) std::cout << "nothing to do: no pending rollback marker\n";
+        if (outcomes.empty())
+            std::cout << "nothing to do: no pending rollback marker\n";
         for (const auto& o : outcomes)
             std::cout << "marker " << o.marker_id << " (deployment " << o.deployment_id << "): " << o.result
                       << (o.error.empty() ? "" : ": " + o.error) << "\n";
@@ -232,15 +268,18 @@ int run_once_cycle(const Args& a) {
 
 int run_watch(const std::vector<std::string>& args) {
     bool as_json = false;
-    for (const auto& s : args) as_json |= s == "--json";
+    for (const auto& s : args)
+        as_json |= s == "--json";
     try {
         Args a = parse_args(args, true);
         if (a.help) {
             std::cout << kWatchUsage;
             return kExitOk;
         }
-        if (a.check_config) return check_config(a);
-        if (a.status) return show_status(a);
+        if (a.check_config)
+            return check_config(a);
+        if (a.status)
+            return show_status(a);
         WatchConfig cfg = load_config(a.config);
         setup_logs(cfg, a.log_level);
         return run_daemon(a.config, cfg);
@@ -255,7 +294,8 @@ int run_watch(const std::vector<std::string>& args) {
 
 int run_once(const std::vector<std::string>& args) {
     bool as_json = false;
-    for (const auto& s : args) as_json |= s == "--json";
+    for (const auto& s : args)
+        as_json |= s == "--json";
     try {
         Args a = parse_args(args, false);
         if (a.help) {

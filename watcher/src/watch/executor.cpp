@@ -13,18 +13,20 @@ using nlohmann::json;
 namespace {
 
 Millis mono_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
 
-std::string tail(const std::string& s, std::size_t n = 1000) { return s.size() <= n ? s : s.substr(s.size() - n); }
+std::string tail(const std::string& s, std::size_t n = 1000) {
+    return s.size() <= n ? s : s.substr(s.size() - n);
+}
 
 }  // namespace
 
 Millis retry_delay(const RollbackConfig& rb, int attempts) {
     Millis d = rb.retry_backoff;
-    for (int i = 1; i < attempts && d < rb.retry_backoff_max; ++i) d *= 2;
+    for (int i = 1; i < attempts && d < rb.retry_backoff_max; ++i)
+        d *= 2;
     return std::min(d, rb.retry_backoff_max);
 }
 
@@ -46,7 +48,8 @@ ORDER BY k.id)SQL",
         m.attempts = std::stoi(r.value(i, 2));
         m.age_ms = std::stoll(r.value(i, 3));
         m.own = r.value(i, 4) == "t";
-        if (honour_backoff && m.state == "failed" && m.age_ms < retry_delay(rb, m.attempts)) continue;
+        if (honour_backoff && m.state == "failed" && m.age_ms < retry_delay(rb, m.attempts))
+            continue;
         out.push_back(m);
     }
     return out;
@@ -64,12 +67,9 @@ std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int att
 }
 
 json ExecOutcome::to_json() const {
-    return {{"marker_id", marker_id},
-            {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
-            {"result", result},
-            {"error", error.empty() ? json(nullptr) : json(error)},
-            {"hook_ran", hook_ran},
-            {"hook_attempt", hook_attempt},
+    return {{"marker_id", marker_id}, {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
+            {"result", result},       {"error", error.empty() ? json(nullptr) : json(error)},
+            {"hook_ran", hook_ran},   {"hook_attempt", hook_attempt},
             {"rollback", rollback}};
 }
 
@@ -83,7 +83,8 @@ ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
         }
     } catch (const common::DbError& e) {
         // PD007: another holder has it, or it was finished meanwhile: not ours to run.
-        if (e.sqlstate() != "PD007" && e.sqlstate() != "P0002") throw;
+        if (e.sqlstate() != "PD007" && e.sqlstate() != "P0002")
+            throw;
         ExecOutcome o;
         o.marker_id = marker_id;
         o.result = "not_claimed";
@@ -102,7 +103,8 @@ ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
  * that finished is remembered as a watcher_hook_done event and never repeated.
  */
 bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
-    if (cfg_.rollback.command.empty()) return true;
+    if (cfg_.rollback.command.empty())
+        return true;
     if (m.hook_done) {
         spdlog::info("marker {}: the app hook already completed; not running it again", m.id);
         return true;
@@ -111,8 +113,11 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
     out.hook_attempt = attempt;
     out.hook_ran = true;
     ledger_.log_event("watcher_hook_started", m.deployment_id, m.id,
-                      {{"attempt", attempt}, {"holder", cfg_.watcher_id}, {"argv0", cfg_.rollback.command[0]},
-                       {"from_app_version", m.from_app_version}, {"to_app_version", m.to_app_version}});
+                      {{"attempt", attempt},
+                       {"holder", cfg_.watcher_id},
+                       {"argv0", cfg_.rollback.command[0]},
+                       {"from_app_version", m.from_app_version},
+                       {"to_app_version", m.to_app_version}});
     spdlog::warn("marker {}: running the app rollback hook {} (attempt {}, app {} -> {})", m.id,
                  cfg_.rollback.command[0], attempt, m.from_app_version, m.to_app_version);
     Millis last_renew = mono_ms();
@@ -130,8 +135,8 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
         }
         return tick_ ? tick_() : true;
     };
-    ProcessResult p = run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout,
-                                  64 * 1024, tick);
+    ProcessResult p =
+        run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout, 64 * 1024, tick);
     if (p.error == "interrupted") {
         out.result = "interrupted";
         out.error = "stopped while the app hook was running";
@@ -147,9 +152,9 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
         return true;
     }
     out.error = "app rollback hook failed: " + describe(p);
-    ledger_.log_event("watcher_hook_failed", m.deployment_id, m.id,
-                      {{"attempt", attempt}, {"error", out.error}, {"output", tail(p.output)},
-                       {"renew_failed", renew_failed}});
+    ledger_.log_event(
+        "watcher_hook_failed", m.deployment_id, m.id,
+        {{"attempt", attempt}, {"error", out.error}, {"output", tail(p.output)}, {"renew_failed", renew_failed}});
     spdlog::error("marker {}: {}", m.id, out.error);
     return false;
 }
@@ -169,39 +174,47 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
     out.deployment_id = m.deployment_id;
     bool app_first = cfg_.rollback.order == RollbackOrder::app_first;
     ledger_.log_event("watcher_rollback_started", m.deployment_id, m.id,
-                      {{"holder", cfg_.watcher_id}, {"attempt", m.attempts},
+                      {{"holder", cfg_.watcher_id},
+                       {"attempt", m.attempts},
                        {"order", app_first ? "app_first" : "database_first"},
-                       {"from_app_version", m.from_app_version}, {"to_app_version", m.to_app_version},
-                       {"from_schema_version", m.from_schema_version}, {"to_schema_version", m.to_schema_version}});
+                       {"from_app_version", m.from_app_version},
+                       {"to_app_version", m.to_app_version},
+                       {"from_schema_version", m.from_schema_version},
+                       {"to_schema_version", m.to_schema_version}});
 
     auto hook_failed = [&]() {
-        if (out.result == "interrupted") return out;
-        std::string state = ledger_.fail_attempt(m.id, cfg_.watcher_id,
-                                                 {{"message", out.error}, {"step", "app_hook"}});
+        if (out.result == "interrupted")
+            return out;
+        std::string state = ledger_.fail_attempt(m.id, cfg_.watcher_id, {{"message", out.error}, {"step", "app_hook"}});
         out.result = state == "needs_attention" ? "needs_attention" : "failed";
         return out;
     };
     auto database = [&]() {
         out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
-        if (out.rollback.value("ok", false)) return true;
+        if (out.rollback.value("ok", false))
+            return true;
         std::string state = out.rollback.value("state", "failed");
         out.result = state == "needs_attention" ? "needs_attention" : "failed";
         const auto& err = out.rollback["error"];
-        out.error = "database revert failed: " +
-                    (err.is_object() && err.contains("message") && err["message"].is_string()
-                         ? err["message"].get<std::string>()
-                         : out.rollback.dump());
+        out.error =
+            "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
+                                              ? err["message"].get<std::string>()
+                                              : out.rollback.dump());
         spdlog::error("marker {}: {}", m.id, out.error);
         return false;
     };
 
     if (app_first) {
-        if (!run_hook(m, out)) return hook_failed();
-        if (!database()) return out;
+        if (!run_hook(m, out))
+            return hook_failed();
+        if (!database())
+            return out;
     } else {
-        if (!database()) return out;
+        if (!database())
+            return out;
         if (!run_hook(m, out)) {
-            if (out.result == "interrupted") return out;
+            if (out.result == "interrupted")
+                return out;
             // The marker is done (the database is back), so the marker cannot carry a retry: a person must.
             out.result = "needs_attention";
             ledger_.log_event("watcher_needs_attention", m.deployment_id, m.id,

@@ -18,8 +18,8 @@ struct ClaimableMarker {
     std::int64_t id = 0;
     std::string state;
     int attempts = 0;
-    Millis age_ms = 0;          // since its last update
-    bool own = false;           // in_progress and held by us (a restart with the same watcher_id)
+    Millis age_ms = 0;  // since its last update
+    bool own = false;   // in_progress and held by us (a restart with the same watcher_id)
 };
 
 // Backoff before retrying a marker after `attempts` failed attempts: retry_backoff doubling, capped.
@@ -35,11 +35,11 @@ std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int att
 struct ExecOutcome {
     std::int64_t marker_id = 0;
     std::int64_t deployment_id = 0;
-    std::string result;         // done | failed | needs_attention | interrupted | not_claimed
+    std::string result;  // done | failed | needs_attention | interrupted | not_claimed
     std::string error;
     int hook_attempt = 0;
     bool hook_ran = false;
-    nlohmann::json rollback;    // execute_rollback's result
+    nlohmann::json rollback;  // execute_rollback's result
     nlohmann::json to_json() const;
 };
 

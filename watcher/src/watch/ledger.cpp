@@ -9,9 +9,13 @@ using nlohmann::json;
 
 namespace {
 
-Param id_param(std::int64_t v) { return v > 0 ? Param(std::to_string(v)) : Param(std::nullopt); }
+Param id_param(std::int64_t v) {
+    return v > 0 ? Param(std::to_string(v)) : Param(std::nullopt);
+}
 
-std::string interval_param(Millis ms) { return std::to_string(ms) + " milliseconds"; }
+std::string interval_param(Millis ms) {
+    return std::to_string(ms) + " milliseconds";
+}
 
 std::string text_or_empty(const common::Result& r, int row, int col) {
     return r.is_null(row, col) ? std::string() : r.value(row, col);
@@ -50,9 +54,12 @@ FROM (SELECT 1) one LEFT JOIN cur ON true LEFT JOIN tgt ON true
 DeploymentView Ledger::read_view(Millis now) {
     auto r = conn_.exec(kViewSql);
     DeploymentView v;
-    if (r.rows() == 0) return v;
-    if (!r.is_null(0, 12)) v.last_rollback_at = now - std::stoll(r.value(0, 12));
-    if (r.is_null(0, 0)) return v;
+    if (r.rows() == 0)
+        return v;
+    if (!r.is_null(0, 12))
+        v.last_rollback_at = now - std::stoll(r.value(0, 12));
+    if (r.is_null(0, 0))
+        return v;
     v.id = std::stoll(r.value(0, 0));
     v.state = r.value(0, 1);
     v.app_version = text_or_empty(r, 0, 2);
@@ -63,8 +70,10 @@ DeploymentView Ledger::read_view(Millis now) {
     std::size_t pos = 0;
     while (!irr.empty() && pos <= irr.size()) {
         auto comma = irr.find(',', pos);
-        v.irreversible_versions.push_back(irr.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-        if (comma == std::string::npos) break;
+        v.irreversible_versions.push_back(
+            irr.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+        if (comma == std::string::npos)
+            break;
         pos = comma + 1;
     }
     v.has_marker = r.value(0, 7) == "t";
@@ -85,7 +94,9 @@ bool Ledger::try_lead() {
     return v && *v == "t";
 }
 
-void Ledger::listen() { conn_.exec("LISTEN pg_deploy"); }
+void Ledger::listen() {
+    conn_.exec("LISTEN pg_deploy");
+}
 
 int Ledger::drain_notifications() {
     PGconn* c = conn_.raw();
@@ -96,28 +107,32 @@ int Ledger::drain_notifications() {
         ++n;
         PQfreemem(note);
     }
-    if (PQstatus(c) != CONNECTION_OK) throw Failure(kExitConnect, "lost the database connection");
+    if (PQstatus(c) != CONNECTION_OK)
+        throw Failure(kExitConnect, "lost the database connection");
     return n;
 }
 
 std::int64_t Ledger::request_rollback(const std::string& reason, std::int64_t deployment_id, const json& details) {
-    auto v = conn_.query_value("SELECT deploy.request_rollback($1, $2::bigint, $3::jsonb)",
-                               {reason, id_param(deployment_id), details.dump()});
+    auto v = conn_.query_value(
+        "SELECT deploy.request_rollback($1, $2::bigint, $3::jsonb)",
+        {reason, id_param(deployment_id), details.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v ? std::stoll(*v) : 0;
 }
 
 std::optional<std::int64_t> Ledger::claim(const std::string& holder, Millis lease, std::int64_t marker_id) {
     auto r = conn_.exec("SELECT id FROM deploy.claim_marker($1, $2::interval, $3::bigint)",
                         {holder, interval_param(lease), id_param(marker_id)});
-    if (r.rows() == 0) return std::nullopt;
+    if (r.rows() == 0)
+        return std::nullopt;
     return std::stoll(r.value(0, 0));
 }
 
 std::vector<std::int64_t> Ledger::own_in_progress(const std::string& holder) {
-    auto r = conn_.exec("SELECT id FROM deploy.rollback_markers WHERE state = 'in_progress' AND holder = $1 ORDER BY id",
-                        {holder});
+    auto r = conn_.exec(
+        "SELECT id FROM deploy.rollback_markers WHERE state = 'in_progress' AND holder = $1 ORDER BY id", {holder});
     std::vector<std::int64_t> ids;
-    for (int i = 0; i < r.rows(); ++i) ids.push_back(std::stoll(r.value(i, 0)));
+    for (int i = 0; i < r.rows(); ++i)
+        ids.push_back(std::stoll(r.value(i, 0)));
     return ids;
 }
 
@@ -141,7 +156,8 @@ FROM deploy.rollback_markers m JOIN deploy.deployments d ON d.id = m.deployment_
 WHERE m.id = $1::bigint)SQL",
                         {std::to_string(marker_id)});
     MarkerInfo m;
-    if (r.rows() == 0) throw Failure(kExitFailed, "unknown marker " + std::to_string(marker_id));
+    if (r.rows() == 0)
+        throw Failure(kExitFailed, "unknown marker " + std::to_string(marker_id));
     m.id = std::stoll(r.value(0, 0));
     m.deployment_id = std::stoll(r.value(0, 1));
     m.state = r.value(0, 2);
@@ -173,14 +189,15 @@ std::string Ledger::fail_attempt(std::int64_t marker_id, const std::string& hold
     auto v = conn_.query_value(
         "SELECT deploy.finish_marker_attempt(k, $3::jsonb, true) FROM deploy.rollback_markers k "
         "WHERE k.id = $1::bigint AND k.state = 'in_progress' AND k.holder = $2",
-        {std::to_string(marker_id), holder, failure.dump()});
+        {std::to_string(marker_id), holder, failure.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v.value_or("");
 }
 
 std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
                                const json& details) {
     auto v = conn_.query_value("SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::jsonb)",
-                               {kind, id_param(deployment_id), id_param(marker_id), details.dump()});
+                               {kind, id_param(deployment_id), id_param(marker_id),
+                                details.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v ? std::stoll(*v) : 0;
 }
 

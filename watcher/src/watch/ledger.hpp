@@ -29,8 +29,8 @@ struct MarkerInfo {
     std::string to_app_version;
     std::string from_schema_version;
     std::string to_schema_version;
-    int hook_runs = 0;          // watcher_hook_started events so far
-    bool hook_done = false;     // a watcher_hook_done event exists: the app side is already back
+    int hook_runs = 0;       // watcher_hook_started events so far
+    bool hook_done = false;  // a watcher_hook_done event exists: the app side is already back
 };
 
 class Ledger {

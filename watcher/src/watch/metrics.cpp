@@ -10,7 +10,9 @@ struct MetricsServer::Impl {
 
 MetricsServer::MetricsServer() : impl_(std::make_unique<Impl>()) {}
 
-MetricsServer::~MetricsServer() { stop(); }
+MetricsServer::~MetricsServer() {
+    stop();
+}
 
 bool MetricsServer::start(const std::string& host, int port, std::string& error) {
     impl_->server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -56,10 +58,14 @@ void MetricsServer::publish(std::string metrics_text, std::string status_json) {
 std::string escape_label(const std::string& v) {
     std::string out;
     for (char c : v) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '"') out += "\\\"";
-        else if (c == '\n') out += "\\n";
-        else out += c;
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '"')
+            out += "\\\"";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
     }
     return out;
 }

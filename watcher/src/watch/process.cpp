@@ -17,8 +17,7 @@ namespace pgdeploy::watch {
 namespace {
 
 Millis mono_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
 
@@ -39,21 +38,26 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         return res;
     }
     std::vector<char*> cargv;
-    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+    for (const auto& a : argv)
+        cargv.push_back(const_cast<char*>(a.c_str()));
     cargv.push_back(nullptr);
 
     std::vector<std::string> envs;
     for (char** e = environ; e && *e; ++e) {
         std::string kv(*e);
         auto eq = kv.find('=');
-        if (eq != std::string::npos && env.count(kv.substr(0, eq))) continue;   // ours replace inherited ones
+        if (eq != std::string::npos && env.count(kv.substr(0, eq)))
+            continue;  // ours replace inherited ones
         // The watchdog socket belongs to the watcher, not to its hooks.
-        if (kv.rfind("NOTIFY_SOCKET=", 0) == 0 || kv.rfind("WATCHDOG_", 0) == 0) continue;
+        if (kv.rfind("NOTIFY_SOCKET=", 0) == 0 || kv.rfind("WATCHDOG_", 0) == 0)
+            continue;
         envs.push_back(std::move(kv));
     }
-    for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
+    for (const auto& [k, v] : env)
+        envs.push_back(k + "=" + v);
     std::vector<char*> cenv;
-    for (auto& e : envs) cenv.push_back(e.data());
+    for (auto& e : envs)
+        cenv.push_back(e.data());
     cenv.push_back(nullptr);
 
     int out[2];
@@ -73,13 +77,17 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
     pid_t pid = fork();
     if (pid < 0) {
         res.error = std::string("fork: ") + std::strerror(errno);
-        close(out[0]); close(out[1]); close(status_pipe[0]); close(status_pipe[1]);
+        close(out[0]);
+        close(out[1]);
+        close(status_pipe[0]);
+        close(status_pipe[1]);
         return res;
     }
     if (pid == 0) {
         setpgid(0, 0);
         int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0) dup2(devnull, 0);
+        if (devnull >= 0)
+            dup2(devnull, 0);
         dup2(out[1], 1);
         dup2(out[1], 2);
         sigset_t none;
@@ -96,7 +104,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         (void)ignored;
         _exit(127);
     }
-    setpgid(pid, pid);   // also from the parent: no race with an early kill
+    setpgid(pid, pid);  // also from the parent: no race with an early kill
     close(out[1]);
     close(status_pipe[1]);
 
@@ -119,9 +127,11 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
     for (;;) {
         if (!reaped) {
             pid_t w = waitpid(pid, &status, WNOHANG);
-            if (w == pid) reaped = true;
+            if (w == pid)
+                reaped = true;
         }
-        if (reaped && eof) break;
+        if (reaped && eof)
+            break;
         Millis now = mono_ms();
         if (!reaped && now - start >= timeout) {
             res.timed_out = true;
@@ -156,39 +166,81 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
                 if (r > 0) {
                     std::size_t room = res.output.size() < max_output ? max_output - res.output.size() : 0;
                     res.output.append(buf, std::min<std::size_t>(room, static_cast<std::size_t>(r)));
-                    if (static_cast<std::size_t>(r) > room) res.truncated = true;
+                    if (static_cast<std::size_t>(r) > room)
+                        res.truncated = true;
                 } else if (r == 0) {
                     eof = true;
                     break;
                 } else {
-                    break;   // EAGAIN
+                    break;  // EAGAIN
                 }
             }
         }
         // A child that exited while a grandchild keeps the pipe open must not hang us: stop reading once reaped.
-        if (reaped && !eof && pr == 0) break;
+        if (reaped && !eof && pr == 0)
+            break;
     }
     close(out[0]);
     // Whatever the child left running in its group goes too.
     kill(-pid, SIGKILL);
     res.duration_ms = static_cast<double>(mono_ms() - start);
-    if (interrupted) res.error = "interrupted";
-    if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
-    else if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
+    if (interrupted)
+        res.error = "interrupted";
+    res.output = sanitize_utf8(res.output);
+    if (WIFEXITED(status))
+        res.exit_code = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status))
+        res.signal = WTERMSIG(status);
     return res;
 }
 
+std::string sanitize_utf8(const std::string& s) {
+    std::string out;
+    out.reserve(s.size());
+    std::size_t i = 0;
+    while (i < s.size()) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        bool ok = len > 0 && i + len <= s.size();
+        for (std::size_t k = 1; ok && k < len; ++k)
+            ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+        if (ok && len == 2 && c < 0xC2)
+            ok = false;  // overlong
+        if (ok && len >= 3) {
+            unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
+            if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 >= 0xA0) ||  // overlong, surrogates
+                (c == 0xF0 && c1 < 0x90) || c > 0xF4 || (c == 0xF4 && c1 >= 0x90))
+                ok = false;
+        }
+        if (ok) {
+            out.append(s, i, len);
+            i += len;
+        } else {
+            out += '?';
+            ++i;
+        }
+    }
+    return out;
+}
+
 std::string describe(const ProcessResult& r) {
-    if (!r.started) return r.error;
+    if (!r.started)
+        return r.error;
     std::string s;
-    if (r.timed_out) s = "killed after " + std::to_string(static_cast<long>(r.duration_ms)) + " ms (timeout)";
-    else if (!r.error.empty()) s = r.error;
-    else if (r.signal) s = "killed by signal " + std::to_string(r.signal);
-    else s = "exit " + std::to_string(r.exit_code);
+    if (r.timed_out)
+        s = "killed after " + std::to_string(static_cast<long>(r.duration_ms)) + " ms (timeout)";
+    else if (!r.error.empty())
+        s = r.error;
+    else if (r.signal)
+        s = "killed by signal " + std::to_string(r.signal);
+    else
+        s = "exit " + std::to_string(r.exit_code);
     std::string first = r.output.substr(0, r.output.find('\n'));
-    if (first.size() > 200) first = first.substr(0, 200) + "...";
-    if (!first.empty()) s += ": " + first;
-    return s;
+    if (first.size() > 200)
+        first = first.substr(0, 200) + "...";
+    if (!first.empty())
+        s += ": " + first;
+    return sanitize_utf8(s);
 }
 
 }  // namespace pgdeploy::watch

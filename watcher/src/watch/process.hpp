@@ -11,11 +11,11 @@
 namespace pgdeploy::watch {
 
 struct ProcessResult {
-    bool started = false;      // false: fork/exec failed (error says why)
+    bool started = false;  // false: fork/exec failed (error says why)
     bool timed_out = false;
-    int exit_code = -1;        // valid when exited normally
-    int signal = 0;            // the signal that ended it, if any
-    std::string output;        // stdout+stderr, truncated to max_output bytes
+    int exit_code = -1;  // valid when exited normally
+    int signal = 0;      // the signal that ended it, if any
+    std::string output;  // stdout+stderr, truncated to max_output bytes
     bool truncated = false;
     std::string error;
     double duration_ms = 0;
@@ -26,6 +26,10 @@ struct ProcessResult {
 // ask to stop (return false: the process is killed and the result says timed_out=false, error="interrupted").
 ProcessResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
                           Millis timeout, std::size_t max_output, const std::function<bool()>& tick = {});
+
+// sanitize_utf8: the text with every byte that is not part of a valid UTF-8 sequence replaced by '?'. Output of
+// programs and truncated strings end up in JSON (events, status, --json), which must be valid UTF-8.
+std::string sanitize_utf8(const std::string& s);
 
 // describe renders a result for logs and events: "exit 0", "exit 2: <first line>", "killed after 5s (timeout)".
 std::string describe(const ProcessResult& r);

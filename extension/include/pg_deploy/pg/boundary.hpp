@@ -90,8 +90,10 @@ void pg_warning(const std::string& sqlstate, const std::string& message, const s
 }  // namespace pgdeploy
 
 // Declares an SQL-callable function whose implementation is `impl` (Datum impl(FunctionCallInfo)).
-#define PGDEPLOY_SQL_FUNCTION(sqlname, impl)                                                  \
-    extern "C" {                                                                              \
-    PG_FUNCTION_INFO_V1(sqlname);                                                             \
-    Datum sqlname(PG_FUNCTION_ARGS) { return pgdeploy::call_sql_function(fcinfo, impl); }    \
+#define PGDEPLOY_SQL_FUNCTION(sqlname, impl)              \
+    extern "C" {                                          \
+    PG_FUNCTION_INFO_V1(sqlname);                         \
+    Datum sqlname(PG_FUNCTION_ARGS) {                     \
+        return pgdeploy::call_sql_function(fcinfo, impl); \
+    }                                                     \
     }

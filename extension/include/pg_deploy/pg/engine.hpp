@@ -17,7 +17,7 @@ using Json = nlohmann::ordered_json;
 std::optional<std::string> opt_text_arg(FunctionCallInfo fcinfo, int argno);
 std::string required_text_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 std::optional<bool> opt_bool_arg(FunctionCallInfo fcinfo, int argno);
-bool bool_arg(FunctionCallInfo fcinfo, int argno, const char* name);          // NULL refused
+bool bool_arg(FunctionCallInfo fcinfo, int argno, const char* name);  // NULL refused
 std::optional<int64_t> opt_int8_arg(FunctionCallInfo fcinfo, int argno);
 std::optional<std::string> opt_jsonb_arg(FunctionCallInfo fcinfo, int argno);  // as JSON text
 

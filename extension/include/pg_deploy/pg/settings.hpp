@@ -3,11 +3,11 @@
 
 namespace pgdeploy {
 
-extern int lock_wait_ms;            // pg_deploy.lock_wait
-extern int statement_timeout_ms;    // pg_deploy.statement_timeout (0 = off)
-extern bool allow_out_of_order;     // pg_deploy.allow_out_of_order
-extern int rollback_window_s;       // pg_deploy.rollback_window
-extern int max_rollback_attempts;   // pg_deploy.max_rollback_attempts
+extern int lock_wait_ms;           // pg_deploy.lock_wait
+extern int statement_timeout_ms;   // pg_deploy.statement_timeout (0 = off)
+extern bool allow_out_of_order;    // pg_deploy.allow_out_of_order
+extern int rollback_window_s;      // pg_deploy.rollback_window
+extern int max_rollback_attempts;  // pg_deploy.max_rollback_attempts
 
 // The deploy advisory lock: class key 'PDEP', key2 1 (docs/architecture.md, "Locks").
 inline constexpr int kLockClassKey = 1346651472;

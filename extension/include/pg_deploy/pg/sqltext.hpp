@@ -24,10 +24,10 @@ struct ConcurrentIndex {
 };
 
 struct SqlStatement {
-    std::string text;                      // the statement as written (trimmed, without the final semicolon)
-    int line = 1;                          // where it starts in the script
-    bool transaction_control = false;      // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION, ...
-    std::string non_transactional;         // what makes it impossible inside a transaction block, else empty
+    std::string text;                  // the statement as written (trimmed, without the final semicolon)
+    int line = 1;                      // where it starts in the script
+    bool transaction_control = false;  // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION, ...
+    std::string non_transactional;     // what makes it impossible inside a transaction block, else empty
     std::vector<DropTarget> drops;
     std::optional<ConcurrentIndex> concurrent_index;
 };
