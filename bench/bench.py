@@ -32,21 +32,21 @@ import psycopg2.extensions
 
 MODES = {
     # full: the figures of docs/benchmarks.md (about 15 minutes on 2 cores)
-    "full": dict(ns=[100, 1000, 5000], rounds=5, sqitch_ns=[100, 1000], sqitch_rounds=3,
-                 durable_ns=[1000], durable_rounds=3, durable_sqitch_ns=[],
+    "full": dict(ns=[100, 1000, 5000], rounds=5, rounds_by_n={5000: 3}, sqitch_ns=[100], sqitch_rounds=3,
+                 durable_ns=[1000], durable_rounds=2, durable_sqitch_ns=[],
                  ledger_applied=100_000, ledger_events=1_000_000, ledger_rounds=15,
                  pgbench_seconds=10, pgbench_clients=[1, 4],
                  cycle_checks=1000, cycle_cycles=7, idle_checks=5000, idle_seconds=30, idle_warmup=5,
                  rollback_migrations=100, rollback_rounds=3, rollback_interval="1s"),
     # quick: the same shape with small N, for a developer's check (about 3 minutes)
-    "quick": dict(ns=[100, 1000], rounds=3, sqitch_ns=[50], sqitch_rounds=2,
+    "quick": dict(ns=[100, 1000], rounds=3, rounds_by_n={}, sqitch_ns=[100], sqitch_rounds=2,
                   durable_ns=[100], durable_rounds=2, durable_sqitch_ns=[],
                   ledger_applied=10_000, ledger_events=100_000, ledger_rounds=7,
                   pgbench_seconds=3, pgbench_clients=[1, 4],
                   cycle_checks=1000, cycle_cycles=3, idle_checks=5000, idle_seconds=8, idle_warmup=3,
                   rollback_migrations=100, rollback_rounds=1, rollback_interval="1s"),
     # smoke: tiny N; tests/e2e/test_bench_smoke.py runs it in the default test run (it proves the bench runs)
-    "smoke": dict(ns=[5], rounds=1, sqitch_ns=[5], sqitch_rounds=1,
+    "smoke": dict(ns=[5], rounds=1, rounds_by_n={}, sqitch_ns=[5], sqitch_rounds=1,
                   durable_ns=[], durable_rounds=0, durable_sqitch_ns=[],
                   ledger_applied=500, ledger_events=5_000, ledger_rounds=2,
                   pgbench_seconds=1, pgbench_clients=[2],
@@ -55,6 +55,7 @@ MODES = {
 }
 
 SECTIONS = ["migrations", "ledger", "watcher"]
+REFERENCE_SUBXACT = "reference: DO block, one subtransaction per EXECUTE (not a floor)"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
@@ -302,6 +303,28 @@ class MigrationBench:
         finally:
             self.ctx.cluster.drop(db)
 
+    # -- reference (not a floor): the same DO block with every EXECUTE in its own BEGIN ... EXCEPTION block, i.e. one
+    #    subtransaction per statement, the structure deploy.up() uses: it shows what PostgreSQL charges for that --
+    def reference_subxact(self):
+        db = self.ctx.cluster.create(self.ctx.tpl_plain)
+        try:
+            c = connect(db)
+            cur = c.cursor()
+
+            def do_block(stmts):
+                return ("DO $bench$ BEGIN\n" + "".join(
+                    f"BEGIN EXECUTE '{s}'; EXCEPTION WHEN OTHERS THEN RAISE; END;\n" for s in stmts) + "END $bench$")
+
+            up_sql, down_sql = do_block(self.creates), do_block(self.drops)
+            t_up = timed(lambda: cur.execute(up_sql))
+            assert count_bench_tables(c) == self.n
+            t_down = timed(lambda: cur.execute(down_sql))
+            assert count_bench_tables(c) == 0
+            c.close()
+            return t_up, t_down
+        finally:
+            self.ctx.cluster.drop(db)
+
     # -- pg_deploy in the database: SELECT deploy.up() then SELECT deploy.rollback() --
     def deploy_up(self):
         db = self.ctx.cluster.create(self.tpl_registered)
@@ -407,7 +430,7 @@ def section_migrations(ctx, rep):
     rep.add(f"### 1a. fsync = {fsync} (as the cluster came): the ledger's own cost, not hidden behind the disk")
     rep.add()
     ctx.results["migrations"] = migration_pass(ctx, rep, m["ns"], m["rounds"], m["sqitch_ns"], m["sqitch_rounds"],
-                                               "1a")
+                                               "1a", m["rounds_by_n"])
     rep.add("### 1b. fsync = on: the same contenders paying for durability")
     rep.add()
     if not m["durable_ns"]:
@@ -435,9 +458,10 @@ def section_migrations(ctx, rep):
         ctx.cluster.sql("SELECT pg_reload_conf()")
 
 
-def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
+def migration_pass(ctx, rep, ns, default_rounds, sqitch_ns, sqitch_rounds, label, rounds_by_n=None):
     summary = []
     for n in ns:
+        rounds = (rounds_by_n or {}).get(n, default_rounds)
         log(f"migrations: N={n}: preparing")
         mb = MigrationBench(ctx, n)
         contenders = {
@@ -446,6 +470,7 @@ def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
             "floor: one DO block of EXECUTEs": mb.floor_do,
             "SELECT deploy.up() / deploy.rollback()": mb.deploy_up,
             "pgdeploy up --dir (load + apply)": mb.pgdeploy_up,
+            REFERENCE_SUBXACT: mb.reference_subxact,
         }
         with_sqitch = n in sqitch_ns
         if with_sqitch:
@@ -471,8 +496,9 @@ def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
                     log(f"migrations: N={n}: {name}: not measured: {errors[name]}")
             log(f"migrations: N={n}: round {rnd + 1}/{rounds} done")
         if not with_sqitch:
-            errors["sqitch deploy / revert"] = (f"Sqitch runs at N = {', '.join(map(str, sqitch_ns))} only "
-                                                "(one psql process per change)")
+            errors["sqitch deploy / revert"] = (
+                f"Sqitch runs at N = {', '.join(f'{x:,}' for x in sqitch_ns)} only (one psql process per change, "
+                "about 80 ms each here)" if sqitch_ns else "Sqitch runs in section 1a only")
         floor_names = [k for k in names if k.startswith("floor") and ups[k]]
         floor_up_name = min(floor_names, key=lambda k: med(ups[k])) if floor_names else None
         floor_down_name = min((k for k in floor_names if downs[k]), key=lambda k: med(downs[k]), default=None)
@@ -485,14 +511,16 @@ def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
         for name in names + ([] if with_sqitch else ["sqitch deploy / revert"]):
             xs = ups.get(name) or []
             if not xs:
-                rows.append([name, f"not measured: {errors.get(name, 'no result')}", "", "", "", ""])
+                rows.append([name, f"not measured: {errors.get(name, 'no result')}", "", "", "", "", ""])
                 continue
             b, md_ = best(xs), med(xs)
             rows.append([name + (" ← floor" if name == floor_up_name else ""), len(xs), fmt_ms(b), fmt_ms(md_),
-                         fmt_ratio(md_ / fu_m) if fu_m else "—", fmt_ms(md_ / n * 1000, 0)])
+                         fmt_ratio(md_ / fu_m) if fu_m else "—", fmt_ratio(b / fu_b) if fu_b else "—",
+                         fmt_ms(md_ / n * 1000, 0)])
         rep.add("Apply:")
         rep.add()
-        rep.table(["contender", "runs", "best ms", "median ms", "median / floor", "µs per migration (median)"], rows)
+        rep.table(["contender", "runs", "best ms", "median ms", "median / floor median", "best / floor best",
+                   "µs per migration (median)"], rows)
         rows = []
         for name in names:
             xs = downs.get(name) or []
@@ -500,14 +528,16 @@ def migration_pass(ctx, rep, ns, rounds, sqitch_ns, sqitch_rounds, label):
                 continue
             if not xs:
                 if name in errors:
-                    rows.append([name, f"not measured: {errors[name]}", "", "", "", ""])
+                    rows.append([name, f"not measured: {errors[name]}", "", "", "", "", ""])
                 continue
             b, md_ = best(xs), med(xs)
             rows.append([name + (" ← floor" if name == floor_down_name else ""), len(xs), fmt_ms(b), fmt_ms(md_),
-                         fmt_ratio(md_ / fd_m) if fd_m else "—", fmt_ms(md_ / n * 1000, 0)])
+                         fmt_ratio(md_ / fd_m) if fd_m else "—", fmt_ratio(b / fd_b) if fd_b else "—",
+                         fmt_ms(md_ / n * 1000, 0)])
         rep.add("Revert (the same tables dropped; deploy.rollback() reverts from the down SQL stored in the ledger):")
         rep.add()
-        rep.table(["contender", "runs", "best ms", "median ms", "median / floor", "µs per migration (median)"], rows)
+        rep.table(["contender", "runs", "best ms", "median ms", "median / floor median", "best / floor best",
+                   "µs per migration (median)"], rows)
         up_name, pg_name, sq_name = ("SELECT deploy.up() / deploy.rollback()", "pgdeploy up --dir (load + apply)",
                                      "sqitch deploy / revert")
         summary.append(dict(
@@ -1067,6 +1097,9 @@ def main():
             "as the cluster came (pg_virtualenv's defaults; the benchmark tunes nothing, except the fsync = on pass "
             "of section 1b, which says so): " +
             ", ".join(f"{k} = {v}" for k, v in info["settings"].items() if k != "server_version") + ".")
+    la = os.getloadavg()
+    rep.add(f"Load average when the run started: {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1 / 5 / 15 min; the machine "
+            "is shared, so the rounds alternate and the best and the median are both shown).")
     rep.add()
 
     try:
@@ -1090,7 +1123,9 @@ def main():
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (ctx.prefix + "%",))]:
             ctx.cluster.drop(name)
         shutil.rmtree(ctx.work, ignore_errors=True)
-    rep.add(f"Total run time: {(time.monotonic() - started) / 60:.1f} min.")
+    la = os.getloadavg()
+    rep.add(f"Total run time: {(time.monotonic() - started) / 60:.1f} min; load average at the end "
+            f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f}.")
     rep.save()
     return 0
 

@@ -19,7 +19,7 @@ WHERE d.refclassid = 'pg_extension'::regclass
   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_deploy')
   AND c.relkind IN ('r', 'v')
 ORDER BY c.relname;
--- pg_dump keeps the ledger's rows: 7 tables and 5 identity sequences are registered as configuration.
+-- pg_dump keeps the ledger's rows: 8 tables and 5 identity sequences are registered as configuration.
 SELECT cardinality(extconfig) AS dumped_relations FROM pg_extension WHERE extname = 'pg_deploy';
 
 -- The operational routines of the contract exist with their signatures.

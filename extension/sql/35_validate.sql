@@ -30,6 +30,12 @@ AS $fn$
         FROM deploy.migrations m CROSS JOIN newest n
         WHERE m.sort_key < n.sort_key
           AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
+        UNION ALL
+        SELECT NULL, 4,
+               jsonb_build_object('kind', 'applied_count_mismatch', 'counted', c.n, 'recorded', s.n)
+        FROM (SELECT coalesce((SELECT applied_count FROM deploy.ledger_stats), 0) AS n) s,
+             (SELECT count(*) AS n FROM deploy.applied) c
+        WHERE s.n <> c.n
     )
     SELECT jsonb_build_object(
         'schema_version', 1,

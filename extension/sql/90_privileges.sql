@@ -13,7 +13,8 @@ REVOKE ALL ON ALL ROUTINES IN SCHEMA deploy FROM PUBLIC;
 
 -- Readers: the ledger, but no SQL bodies (up/down/verify SQL and checkpoint statements may embed secrets or data,
 -- and readers include monitoring): column grants leave them out.
-GRANT SELECT ON deploy.deployments, deploy.rollback_markers, deploy.archived, deploy.events TO deploy_reader;
+GRANT SELECT ON deploy.deployments, deploy.rollback_markers, deploy.archived, deploy.events, deploy.ledger_stats
+    TO deploy_reader;
 GRANT SELECT (version, sort_key, name, checksum, transactional, reversibility, registered_at, registered_by)
     ON deploy.migrations TO deploy_reader;
 GRANT SELECT (version, sort_key, name, checksum, reversibility, transactional, deployment_id, applied_at, applied_by,
@@ -42,6 +43,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE
        deploy.archived
     TO deploy_admin;
 GRANT SELECT, INSERT ON deploy.events TO deploy_admin;
+GRANT SELECT, INSERT, UPDATE ON deploy.ledger_stats TO deploy_admin;
 GRANT SELECT ON deploy.migration_state, deploy.deployment_history, deploy.recent_events TO deploy_admin;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA deploy TO deploy_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA deploy TO deploy_admin;

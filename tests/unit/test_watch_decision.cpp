@@ -371,3 +371,18 @@ TEST_CASE("reload keeps the history of checks that keep their name", "[watch][de
     feed(e, "api", CheckStatus::critical, 1, 3 * kSec);
     CHECK(e.evaluate(4 * kSec).kind == DecisionKind::rollback);
 }
+
+TEST_CASE("the error-rate window slides in small buckets: bounded memory, exact within a bucket", "[watch][decision]") {
+    CheckConfig c = check("api");  // window 1 minute: buckets of 500 ms
+    CheckTracker t(c);
+    Millis now = 0;
+    for (int i = 0; i < 10000; ++i) {  // 100 s of results every 10 ms, one in four critical
+        t.record(result("api", i % 4 == 0 ? CheckStatus::critical : CheckStatus::ok), now, false);
+        now += 10;
+    }
+    int n = t.samples(now);
+    CHECK(n >= 6000);  // the last minute...
+    CHECK(n <= 6050);  // ...plus at most one bucket
+    CHECK(t.error_rate(now) == Approx(0.25).epsilon(0.01));
+    CHECK(t.samples(now + 2 * kMin) == 0);
+}

@@ -39,7 +39,9 @@ void AppliedWriter::write(const Migration& m, int64_t deployment_id, double dura
     if (!plan_.prepared()) {
         plan_ = Plan(
             "WITH applied AS (INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, "
-            "transactional, deployment_id, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)) "
+            "transactional, deployment_id, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)), "
+            "counted AS (INSERT INTO deploy.ledger_stats AS s VALUES (true, 1) ON CONFLICT (only_row) "
+            "DO UPDATE SET applied_count = s.applied_count + 1) "
             "SELECT deploy.log_event('migration_applied', $8, $1, NULL, "
             "pg_catalog.jsonb_build_object('name', $3, 'duration_ms', $9, 'checksum', $4))",
             {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID, FLOAT8OID});

@@ -250,7 +250,8 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     std::set<int64_t> touched;
     // One statement per reverted migration: delete the applied row and log migration_reverted.
     Plan remove(
-        "WITH gone AS (DELETE FROM deploy.applied WHERE version = $2) "
+        "WITH gone AS (DELETE FROM deploy.applied WHERE version = $2 RETURNING 1), "
+        "counted AS (UPDATE deploy.ledger_stats SET applied_count = applied_count - (SELECT count(*) FROM gone)) "
         "SELECT deploy.log_event('migration_reverted', $1, $2, NULL, pg_catalog.jsonb_build_object("
         "'name', $3, 'duration_ms', $4, 'reversibility', $5, 'sql_run', $6, 'from_deployment', $7, "
         "'archived', $8))",

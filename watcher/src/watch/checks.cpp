@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -21,6 +22,9 @@ namespace pgdeploy::watch {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Threads for the tcp, postgres and command checks of one cycle (http checks share one curl multi handle).
+constexpr std::size_t kMaxCheckThreads = 32;
 
 double since_ms(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -318,11 +322,11 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
     for (const auto* c : checks)
         (c->type == CheckType::http ? http : others).push_back(c);
 
+    // A small pool, not a thread per check: thousands of tcp or command checks must not mean thousands of threads.
     std::vector<CheckResult> other_results(others.size());
-    std::vector<std::thread> threads;
-    threads.reserve(others.size());
-    for (std::size_t i = 0; i < others.size(); ++i) {
-        threads.emplace_back([&, i] {
+    std::atomic<std::size_t> next{0};
+    auto worker = [&] {
+        for (std::size_t i = next++; i < others.size(); i = next++) {
             const CheckConfig& c = *others[i];
             try {
                 switch (c.type) {
@@ -343,8 +347,13 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
                 other_results[i].status = CheckStatus::critical;
                 other_results[i].detail = std::string("check failed to run: ") + e.what();
             }
-        });
-    }
+        }
+    };
+    std::vector<std::thread> threads;
+    std::size_t pool = std::min<std::size_t>(others.size(), kMaxCheckThreads);
+    threads.reserve(pool);
+    for (std::size_t i = 0; i < pool; ++i)
+        threads.emplace_back(worker);
     std::vector<CheckResult> results = run_http(http);
     for (auto& t : threads)
         t.join();

@@ -647,7 +647,9 @@ int Daemon::run() {
             now = monotonic_ms();
             if (now >= next_publish_) {
                 publish(now);
-                next_publish_ = now + 250;
+                // As often as checks run, from 4 times a second to once a second: fresh status, little CPU on
+                // watchers with thousands of checks.
+                next_publish_ = now + std::clamp<Millis>(shortest_interval(cfg_), 250, 1000);
             }
 
             Millis next = now + 250;

@@ -48,9 +48,17 @@ const char* to_string(DecisionKind k) {
 
 // ---- CheckTracker ------------------------------------------------------------------------------------------------
 
+Millis CheckTracker::bucket_width() const {
+    return std::max<Millis>(1, cfg_.error_rate.window / 120);
+}
+
 void CheckTracker::prune(Millis now) const {
-    while (!window_.empty() && window_.front().first <= now - cfg_.error_rate.window)
+    Millis width = bucket_width();
+    while (!window_.empty() && window_.front().start + width <= now - cfg_.error_rate.window) {
+        window_total_ -= window_.front().total;
+        window_critical_ -= window_.front().critical;
         window_.pop_front();
+    }
 }
 
 /*
@@ -66,11 +74,16 @@ void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
         ++grace_ignored_;
         return;
     }
-    window_.emplace_back(now, r.status == CheckStatus::critical);
+    Millis width = bucket_width();
+    Millis slot = now - ((now % width) + width) % width;
+    if (window_.empty() || window_.back().start != slot)
+        window_.push_back(Bucket{slot, 0, 0});
+    int critical = r.status == CheckStatus::critical ? 1 : 0;
+    window_.back().total += 1;
+    window_.back().critical += critical;
+    window_total_ += 1;
+    window_critical_ += critical;
     prune(now);
-    // Bound memory even with a long window and a tiny interval.
-    while (window_.size() > 100000)
-        window_.pop_front();
 
     if (r.status == CheckStatus::ok) {
         ++consecutive_ok_;
@@ -97,19 +110,19 @@ void CheckTracker::reset() {
     consecutive_ok_ = consecutive_nonok_ = consecutive_critical_ = 0;
     grace_ignored_ = 0;
     window_.clear();
+    window_total_ = window_critical_ = 0;
 }
 
 int CheckTracker::samples(Millis now) const {
     prune(now);
-    return static_cast<int>(window_.size());
+    return static_cast<int>(window_total_);
 }
 
 double CheckTracker::error_rate(Millis now) const {
     prune(now);
-    if (window_.empty())
+    if (window_total_ == 0)
         return 0.0;
-    auto bad = std::count_if(window_.begin(), window_.end(), [](const auto& s) { return s.second; });
-    return static_cast<double>(bad) / static_cast<double>(window_.size());
+    return static_cast<double>(window_critical_) / static_cast<double>(window_total_);
 }
 
 bool CheckTracker::error_rate_exceeded(Millis now) const {

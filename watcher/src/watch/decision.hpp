@@ -71,7 +71,17 @@ private:
     long grace_ignored_ = 0;
     std::optional<CheckResult> last_;
     Millis last_at_ = 0;
-    mutable std::deque<std::pair<Millis, bool>> window_;  // (at, critical)
+    // The error-rate window, in buckets of window/120 so that memory stays bounded (about 2 KB per check) whatever
+    // the interval: a sample leaves the window up to one bucket (0.8 % of the window) late.
+    struct Bucket {
+        Millis start;
+        int total;
+        int critical;
+    };
+    Millis bucket_width() const;
+    mutable std::deque<Bucket> window_;
+    mutable long window_total_ = 0;
+    mutable long window_critical_ = 0;
 };
 
 // The release a rollback would return to: the newest succeeded deployment before the current one.

@@ -35,9 +35,9 @@ std::optional<Millis> parse_duration(const std::string& text) {
         else if (unit == "s")
             factor = 1000;
         else if (unit == "m" || unit == "min")
-            factor = 60 * 1000;
+            factor = 60LL * 1000;
         else if (unit == "h")
-            factor = 3600 * 1000;
+            factor = 3600LL * 1000;
         else if (unit == "d")
             factor = 24LL * 3600 * 1000;
         else
@@ -53,10 +53,10 @@ std::optional<Millis> parse_duration(const std::string& text) {
 }
 
 std::string format_duration(Millis ms) {
-    if (ms != 0 && ms % (3600 * 1000) == 0)
-        return std::to_string(ms / (3600 * 1000)) + "h";
-    if (ms != 0 && ms % (60 * 1000) == 0)
-        return std::to_string(ms / (60 * 1000)) + "m";
+    if (ms != 0 && ms % (3600LL * 1000) == 0)
+        return std::to_string(ms / (3600LL * 1000)) + "h";
+    if (ms != 0 && ms % (60LL * 1000) == 0)
+        return std::to_string(ms / (60LL * 1000)) + "m";
     if (ms != 0 && ms % 1000 == 0)
         return std::to_string(ms / 1000) + "s";
     return std::to_string(ms) + "ms";

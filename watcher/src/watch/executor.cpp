@@ -135,8 +135,8 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
         }
         return tick_ ? tick_() : true;
     };
-    ProcessResult p =
-        run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout, 64 * 1024, tick);
+    ProcessResult p = run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout,
+                                  std::size_t{64} * 1024, tick);
     if (p.error == "interrupted") {
         out.result = "interrupted";
         out.error = "stopped while the app hook was running";

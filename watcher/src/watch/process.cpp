@@ -138,7 +138,6 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);
             waitpid(pid, &status, 0);
-            reaped = true;
             break;
         }
         if (tick && now >= next_tick) {
@@ -148,7 +147,6 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
                 kill(-pid, SIGKILL);
                 kill(pid, SIGKILL);
                 waitpid(pid, &status, 0);
-                reaped = true;
                 break;
             }
         }
