@@ -305,3 +305,29 @@ def test_multi_host_conninfo_with_target_session_attrs(pg):
     rc, out, err = run_pgdeploy("status", "--json", "--dsn", dsn)
     assert rc == 0, err
     assert json.loads(out)["schema_version"] == 1
+
+
+def test_pgpass_and_service_file(pg, tmp_path):
+    """libpq's own sources: the password from a .pgpass file, the rest from a service file."""
+    import os
+    host = os.environ.get("PGHOST", "localhost")
+    port = os.environ.get("PGPORT", "5432")
+    user = os.environ.get("PGUSER", "postgres")
+    password = os.environ["PGPASSWORD"]   # pg_virtualenv's cluster authenticates with a password
+    no_password = {"PGPASSWORD": None, "PGPASSFILE": str(tmp_path / "none")}
+    # Without any password source the server refuses: exit 3, so the checks below prove the files are used.
+    rc, _, err = run_pgdeploy("status", "--dsn", f"host={host} port={port} dbname={pg.name}", env=no_password)
+    assert rc == 3, err
+
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"*:{port}:{pg.name}:{user}:{password}\n")
+    pgpass.chmod(0o600)
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[pgdeploy-test]\nhost={host}\nport={port}\ndbname={pg.name}\nuser={user}\n")
+    env = {"PGPASSWORD": None, "PGPASSFILE": str(pgpass), "PGSERVICEFILE": str(services)}
+    rc, out, err = run_pgdeploy("status", "--json", "--dsn", "service=pgdeploy-test", env=env)
+    assert rc == 0, err
+    assert json.loads(out)["schema_version"] == 1
+    rc, out, err = run_pgdeploy("status", "--json", env=dict(env, PGSERVICE="pgdeploy-test", PGDATABASE=None))
+    assert rc == 0, err
+    assert password not in out + err

@@ -138,3 +138,39 @@ def test_killed_pgdeploy_mid_step_resumes_with_the_next_up(pg, write_migrations)
     assert index_state(pg, "items_sku_idx") is True
     assert pg.sql("SELECT state, attempts FROM deploy.checkpoints WHERE version = '0002'") == [("done", 2)]
     assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 1
+
+
+def test_second_pgdeploy_does_not_run_the_same_step_concurrently(pg, write_migrations):
+    """While one pgdeploy runs a top-level statement, a second `pgdeploy up` gets the lock error (exit 4) instead
+    of being handed the same running step and starting a duplicate concurrent build."""
+    import subprocess
+    import time
+    from conftest import PGDEPLOY_BIN
+
+    files = dict(BASE, **{
+        "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
+        "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
+    })
+    d = write_migrations(files)
+    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
+    blocker = pg.connect(autocommit=False)
+    blocker.cursor().execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")
+    first = subprocess.Popen([PGDEPLOY_BIN, "up", "--json", "--dsn", pg.dsn], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if pg.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgdeploy' "
+                         "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'", (pg.name,)):
+                break
+            time.sleep(0.05)
+        rc, out, err = run_pgdeploy("up", "--lock-wait", "1s", "--json", "--dsn", pg.dsn)
+        assert rc == 4, (out, err)
+        assert json.loads(out)["error"]["sqlstate"] == "55P03"
+        assert pg.scalar("SELECT attempts FROM deploy.checkpoints WHERE version = '0002'") == 1
+    finally:
+        blocker.rollback()
+        blocker.close()
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, (out, err)
+    assert index_state(pg, "items_sku_idx") is True
+    assert pg.sql("SELECT state, attempts FROM deploy.checkpoints WHERE version = '0002'") == [("done", 1)]

@@ -146,7 +146,7 @@ def write_watch_config(pg, tmp_path, url, state_dir, hook_url=True):
 
 def v3_deployment(pg):
     return pg.sql("SELECT id, state FROM deploy.deployments WHERE app_version = 'v3' AND kind = 'up' "
-                         "ORDER BY id DESC LIMIT 1")[0]
+                  "ORDER BY id DESC LIMIT 1")[0]
 
 
 # ---- the story ----------------------------------------------------------------------------------------------------
@@ -173,8 +173,7 @@ def test_bad_release_is_rolled_back_by_the_watcher(pg, tmp_path, procs):
     assert http_get(url + "/health")[0] == 200
 
     # Release v3: its migrations apply, its code is broken.
-    result = json.loads(pgdeploy(pg, "up", "--dir", checkout(tmp_path, "v3"), "--app-version", "v3",
-                                 "--json")[1])
+    result = json.loads(pgdeploy(pg, "up", "--dir", checkout(tmp_path, "v3"), "--app-version", "v3", "--json")[1])
     assert result["ok"] is True and result["version_after"] == "0006"
     switch_app(state, "v3")
     deployed = time.monotonic()
@@ -197,7 +196,7 @@ def test_bad_release_is_rolled_back_by_the_watcher(pg, tmp_path, procs):
     assert pg.scalar("SELECT deploy.current_version()") == "0004"
     assert pg.scalar("SELECT count(*) FROM shop.customers") == 2
     assert pg.scalar("SELECT count(*) FROM information_schema.columns "
-                          "WHERE table_schema = 'shop' AND table_name = 'customers' AND column_name = 'name'") == 1
+                     "WHERE table_schema = 'shop' AND table_name = 'customers' AND column_name = 'name'") == 1
     assert pg.scalar("SELECT to_regclass('shop.customer_order_totals')") is None
     status, body = http_get(url + "/health")
     assert (status, body["release"], body["schema_version"]) == (200, "v2", "0004")
@@ -211,13 +210,19 @@ def test_bad_release_is_rolled_back_by_the_watcher(pg, tmp_path, procs):
     dep_id = v3_deployment(pg)[0]
     markers = pg.sql("SELECT state FROM deploy.rollback_markers WHERE deployment_id = %s", (dep_id,))
     assert markers == [("done",)], markers
-    kinds = [k for (k,) in pg.sql("SELECT kind FROM deploy.events WHERE deployment_id = %s ORDER BY id",
-                                 (dep_id,))]
-    for expected in ("deployment_started", "deployment_succeeded", "marker_requested", "marker_claimed",
-                     "deployment_rolled_back", "marker_done"):
+    # The watcher itself checks that health came back (success_threshold fresh successes) and records it.
+    assert wait_until(lambda: pg.scalar("SELECT details ->> 'recovered' FROM deploy.events "
+                                        "WHERE kind = 'watcher_rollback_done' AND deployment_id = %s",
+                                        (dep_id,)) == "true", 20), watcher.output()
+    kinds = [k for (k,) in pg.sql("SELECT kind FROM deploy.events WHERE deployment_id = %s ORDER BY id", (dep_id,))]
+    for expected in ("deployment_started", "deployment_succeeded", "watcher_decision", "marker_requested",
+                     "marker_claimed", "watcher_hook_done", "deployment_rolled_back", "marker_done",
+                     "watcher_rollback_done"):
         assert expected in kinds, (expected, kinds)
-    assert kinds.index("marker_requested") < kinds.index("deployment_rolled_back") < kinds.index("marker_done")
-    assert pg.scalar("SELECT count(*) FROM deploy.events WHERE kind LIKE 'watcher%%'") >= 1
+    # App first (the hook), then the database; one decision, one hook run.
+    assert (kinds.index("watcher_decision") < kinds.index("marker_requested") < kinds.index("watcher_hook_done")
+            < kinds.index("deployment_rolled_back") < kinds.index("marker_done"))
+    assert kinds.count("watcher_hook_started") == 1 and kinds.count("marker_requested") == 1, kinds
     # The v2 deployment was not touched.
     assert pg.scalar("SELECT state FROM deploy.deployments WHERE app_version = 'v2' AND kind = 'up'") == "succeeded"
 
@@ -253,7 +258,7 @@ def test_non_transactional_migration_in_the_middle_of_a_release(pg, tmp_path, wr
     # The index exists and is valid (a failed concurrent build would leave it INVALID).
     assert pg.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_sku_idx'::regclass") is True
     assert pg.scalar("SELECT count(*) FROM information_schema.columns "
-                          "WHERE table_name = 'items' AND column_name = 'price_cents'") == 1
+                     "WHERE table_name = 'items' AND column_name = 'price_cents'") == 1
 
     # Applying again does nothing.
     again = json.loads(pgdeploy(pg, "up", "--dir", d, "--json")[1])
@@ -294,17 +299,17 @@ def test_failed_non_atomic_migration_leaves_a_marker_that_once_executes(pg, tmp_
     # One cycle of the timer-driven rollback: executes the pending marker, reverting what r2 applied. The config
     # has no checks and no app command: this release's rollback is the database's only.
     config = tmp_path / "once.json"
-    config.write_text(json.dumps({"watcher_id": "e2e-once", "database": {"dsn": pg.dsn}, "logging": {"level": "debug"}}))
+    config.write_text(json.dumps({"watcher_id": "e2e-once", "database": {"dsn": pg.dsn},
+                                  "logging": {"level": "debug"}}))
     code, out, err = pgdeploy(pg, "once", "--config", str(config), "--json", check=False)
     assert code == 0, f"{out}\n{err}"
     assert pg.scalar("SELECT state FROM deploy.rollback_markers WHERE id = %s", (marker,)) == "done"
     assert pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (dep,)) == "rolled_back"
     assert pg.scalar("SELECT deploy.current_version()") == "0001"
     assert pg.scalar("SELECT count(*) FROM information_schema.columns "
-                          "WHERE table_name = 'accounts' AND column_name = 'name'") == 0
+                     "WHERE table_name = 'accounts' AND column_name = 'name'") == 0
     assert pg.scalar("SELECT count(*) FROM accounts") == 2
-    assert "marker_done" in [k for (k,) in pg.sql("SELECT kind FROM deploy.events WHERE marker_id = %s",
-                                                 (marker,))]
+    assert "marker_done" in [k for (k,) in pg.sql("SELECT kind FROM deploy.events WHERE marker_id = %s", (marker,))]
 
     # Idempotent: a second cycle finds nothing to do and changes nothing.
     events_before = pg.scalar("SELECT count(*) FROM deploy.events WHERE kind LIKE 'marker%%'")

@@ -286,3 +286,20 @@ def test_lost_connection_reconnects_and_leads_again(pg, health, tmp_path, watche
     assert "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1]
     assert w.proc.poll() is None
     assert w.stop() == 0
+
+
+def test_metrics_address_in_use_is_a_start_up_error(pg, health, tmp_path):
+    hook, _, _ = write_hook(tmp_path, health.bad_file)
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        cfg = watch_config(pg, health, hook, tmp_path / "state.json",
+                           metrics=f"127.0.0.1:{busy.getsockname()[1]}")
+        path = tmp_path / "w.json"
+        path.write_text(json.dumps(cfg))
+        code, _, err = run_pgdeploy("watch", "--config", path, timeout=20)
+        assert code == 2
+        assert "cannot listen on 127.0.0.1" in err
+    finally:
+        busy.close()

@@ -131,3 +131,25 @@ def test_once_usage_and_connection_errors(pg, health, tmp_path):
     assert json.loads(out)["ok"] is False
     if pg.password:
         assert pg.password not in err + out
+
+
+def test_once_kills_a_hook_that_outlives_its_timeout(pg, health, tmp_path):
+    deploy(pg, "v1", V1)
+    d2 = deploy(pg, "v2", V2)
+    hook, hook_log, _ = write_hook(tmp_path, health.bad_file, sleep_first=30)
+    cfg = watch_config(pg, health, hook, tmp_path / "state.json")
+    cfg["rollback"]["timeout"] = "1s"
+    path = write_config(tmp_path, cfg)
+    pg.sql("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", timeout=20)
+    assert code == 1, err
+    m = json.loads(out)["markers"][0]
+    assert m["result"] == "failed" and "timeout" in m["error"]
+    assert state_of(pg, d2) == "succeeded"          # app_first: no database revert without the app
+    failed = events(pg, "watcher_hook_failed")
+    assert len(failed) == 1 and "timeout" in failed[0][3]["error"]
+    # The next cycle (attempt 2, no sleep in this hook) completes it.
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", timeout=20)
+    assert code == 0, err
+    assert state_of(pg, d2) == "rolled_back"
+    assert [e["attempt"] for e in hook_entries(hook_log) if e["phase"] == "start"] == ["1", "2"]

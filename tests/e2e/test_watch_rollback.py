@@ -202,6 +202,19 @@ def test_release_with_irreversible_migration_is_frozen_not_reverted(pg, health, 
     frozen = events(pg, "watcher_frozen", d2)[0][3]
     assert frozen["reason"] == "irreversible" and "0002" in frozen["message"]
     assert "irreversible" in w.log_text()
+    decisions = pg.sql("SELECT kind, details->>'kind' FROM deploy.events WHERE kind LIKE 'watcher_%%' "
+                       "AND kind <> 'watcher_unhealthy' ORDER BY id")
+    assert decisions == [("watcher_decision", "freeze"), ("watcher_frozen", "freeze")], decisions
+
+    # A restarted watcher reads the decision from the ledger: it does not alert (or act) a second time.
+    assert w.stop() == 0
+    w2 = Watcher(tmp_path, w.cfg, name="restarted")
+    watchers.append(w2)
+    w2.wait_ready(leader=True)
+    time.sleep(FAILURE_THRESHOLD * INTERVAL_S * 3)
+    assert len(events(pg, "watcher_frozen")) == 1
+    assert len(events(pg, "watcher_decision")) == 1
+    assert "already rolled back or handled" in w2.log_text()
 
 
 def test_leader_killed_mid_rollback_follower_finishes_after_the_lease(pg, health, tmp_path, watchers):
@@ -267,3 +280,23 @@ def test_grace_period_and_dry_run_do_not_roll_back(pg, health, tmp_path, watcher
     assert hook_entries(hook_log) == []
     assert pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
     assert len(events(pg, "watcher_decision")) == 1
+
+
+def test_listen_learns_of_deployments_and_markers_at_once(pg, health, tmp_path, watchers):
+    """With the fallback poll set to an hour, only LISTEN pg_deploy can tell the watcher about a new deployment and
+    a marker requested by a person in psql: both are acted on within a second or two."""
+    deploy(pg, "v1", V1)
+    hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
+    cfg = watch_config(pg, health, hook, tmp_path / "state.json")
+    cfg["database"]["poll_interval"] = "1h"
+    w = Watcher(tmp_path, cfg)
+    watchers.append(w)
+    w.wait_ready(leader=True)
+    d2 = deploy(pg, "v2", V2)
+    w.wait_state(lambda st: (st.get("deployment") or {}).get("id") == d2, timeout=3, what="the new deployment")
+    t0 = time.monotonic()
+    pg.sql("SELECT deploy.request_rollback('a DBA asked', %s)", (d2,))
+    wait_for(lambda: state_of_deployment(pg, d2) == "rolled_back", timeout=5, what="the requested rollback")
+    assert time.monotonic() - t0 < 3
+    assert [e["phase"] for e in hook_entries(hook_log)] == ["start", "done"]
+    assert w.stop() == 0

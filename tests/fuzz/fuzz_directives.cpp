@@ -14,9 +14,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (d.reversibility && *d.reversibility != "reversible" && *d.reversibility != "lossy" &&
             *d.reversibility != "irreversible")
             __builtin_trap();
-        if ((d.transactional || d.reversibility) && d.line_of_first <= 0) __builtin_trap();
+        if ((d.transactional || d.reversibility) && d.line_of_first <= 0)
+            __builtin_trap();
     } catch (const pgdeploy::UsageError& e) {
-        if (std::string(e.what()).rfind("fuzz.up.sql:", 0) != 0) __builtin_trap();
+        if (std::string(e.what()).rfind("fuzz.up.sql:", 0) != 0)
+            __builtin_trap();
     }
     return 0;
 }

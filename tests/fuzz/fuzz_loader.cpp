@@ -23,24 +23,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         SqitchPlan plan = parse_sqitch_plan(input, "sqitch.plan");
         for (const auto& c : plan.changes)
-            if (c.name.empty() || c.line <= 0) __builtin_trap();
+            if (c.name.empty() || c.line <= 0)
+                __builtin_trap();
     } catch (const pgdeploy::UsageError&) {
     }
     // File names are short: fuzz the first line as one.
     std::string name = input.substr(0, input.find('\n'));
     try {
         if (auto n = parse_native_name(name)) {
-            if (n->version.empty() || n->name.empty()) __builtin_trap();
+            if (n->version.empty() || n->name.empty())
+                __builtin_trap();
             (void)is_valid_version(n->version);
         }
         if (auto f = parse_flyway_name(name)) {
-            if (f->version.empty() || !is_valid_version(f->version.size() <= 64 ? f->version : "x")) __builtin_trap();
+            if (f->version.empty() || !is_valid_version(f->version.size() <= 64 ? f->version : "x"))
+                __builtin_trap();
         }
     } catch (const pgdeploy::UsageError&) {
     }
     // The natural order must be antisymmetric.
     size_t half = input.size() / 2;
     std::string a = input.substr(0, half), b = input.substr(half);
-    if (compare_versions(a, b) != -compare_versions(b, a)) __builtin_trap();
+    if (compare_versions(a, b) != -compare_versions(b, a))
+        __builtin_trap();
     return 0;
 }

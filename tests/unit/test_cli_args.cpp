@@ -8,10 +8,16 @@ using namespace pgdeploy::cli;
 namespace {
 
 const CommandSpec& spec() {
-    static const CommandSpec s{"up", "", "test",
-                               {{"target", 0, true, "V", ""}, {"dry-run", 0, false, "", ""}, {"steps", 0, true, "N", ""},
+    static const CommandSpec s{"up",
+                               "",
+                               "test",
+                               {{"target", 0, true, "V", ""},
+                                {"dry-run", 0, false, "", ""},
+                                {"steps", 0, true, "N", ""},
                                 {"to", 0, true, "V", ""}},
-                               0, 1, "DIR"};
+                               0,
+                               1,
+                               "DIR"};
     return s;
 }
 
@@ -64,7 +70,7 @@ TEST_CASE("bad command lines are usage errors", "[cli][args]") {
 TEST_CASE("missing positional, conflicts, numbers and durations", "[cli][args]") {
     CommandSpec load{"load", "DIR", "", {}, 1, 1, "DIR"};
     CHECK_THROWS_WITH(parse_args(load, {}), "missing argument DIR");
-    CHECK_NOTHROW(parse_args(load, {"--help"}));   // --help needs no positional
+    CHECK_NOTHROW(parse_args(load, {"--help"}));  // --help needs no positional
 
     auto a = parse_args(spec(), {"--steps", "2", "--to", "0003"});
     CHECK_THROWS_WITH(reject_together(a, "steps", "to"), "--steps and --to cannot be used together");

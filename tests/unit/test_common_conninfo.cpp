@@ -18,7 +18,8 @@ TEST_CASE("scrub_conninfo hides key=value passwords", "[common][conninfo]") {
 }
 
 TEST_CASE("scrub_conninfo hides URI passwords", "[common][conninfo]") {
-    CHECK(scrub_conninfo("postgresql://alice:s3cret@db.example:5432/app") == "postgresql://alice:***@db.example:5432/app");
+    CHECK(scrub_conninfo("postgresql://alice:s3cret@db.example:5432/app") ==
+          "postgresql://alice:***@db.example:5432/app");
     CHECK(scrub_conninfo("postgres://alice:s3cret@h1,h2/app?target_session_attrs=read-write") ==
           "postgres://alice:***@h1,h2/app?target_session_attrs=read-write");
     CHECK(scrub_conninfo("postgresql://alice@db/app") == "postgresql://alice@db/app");
@@ -32,7 +33,7 @@ TEST_CASE("scrub_secrets works inside free text and removes known secrets", "[co
     CHECK(scrub_secrets("dsn \"host=h password=pw1234\" failed") == "dsn \"host=h password=***\" failed");
     CHECK(scrub_secrets("auth failed for hunter22 today", "hunter22") == "auth failed for *** today");
     CHECK(scrub_secrets("passwords are fine here", "") == "passwords are fine here");
-    CHECK(scrub_secrets("ab", "ab") == "ab");   // too short to search for
+    CHECK(scrub_secrets("ab", "ab") == "ab");  // too short to search for
 }
 
 TEST_CASE("exit codes follow the frozen SQLSTATE map", "[common][exit]") {
@@ -58,4 +59,79 @@ TEST_CASE("tables align on code points and error documents carry the contract's 
     CHECK(doc["exit_code"] == 4);
     CHECK(doc["error"]["sqlstate"] == "55P03");
     CHECK(doc["error"]["message"] == "lock held");
+}
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/logging.hpp"
+
+namespace {
+
+// capture_stderr: runs fn with fd 2 redirected to a temporary file and returns what was written.
+template <typename Fn>
+std::string capture_stderr(Fn fn) {
+    char path[] = "/tmp/pgdeploy-log-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    std::fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    fn();
+    std::fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    unlink(path);
+    return ss.str();
+}
+
+}  // namespace
+
+TEST_CASE("log lines never carry a password, in plain and JSON format", "[common][logging]") {
+    using namespace pgdeploy::common;
+    LogOptions opts;
+    opts.secret = "pgpass-from-env";
+    setup_logging(opts);
+    std::string plain = capture_stderr([] {
+        spdlog::info("connecting with host=db password=hunter2x and postgresql://u:s3cr3t@db/app");
+        spdlog::warn("libpq said: password pgpass-from-env was wrong");
+        spdlog::debug("debug is off by default");
+    });
+    CHECK(plain.find("hunter2x") == std::string::npos);
+    CHECK(plain.find("s3cr3t") == std::string::npos);
+    CHECK(plain.find("pgpass-from-env") == std::string::npos);
+    CHECK(plain.find("password=***") != std::string::npos);
+    CHECK(plain.find("postgresql://u:***@db/app") != std::string::npos);
+    CHECK(plain.find("debug is off") == std::string::npos);
+
+    opts.format = LogFormat::kJson;
+    opts.verbose = true;
+    setup_logging(opts);
+    add_log_secret("later-secret");
+    std::string json_lines = capture_stderr([] {
+        spdlog::debug("dsn \"host=x password='a b c'\" and later-secret");
+        spdlog::error("quote \" and newline \n inside");
+    });
+    std::istringstream lines(json_lines);
+    std::string line;
+    int count = 0;
+    while (std::getline(lines, line)) {
+        auto j = nlohmann::json::parse(line);  // every line is one JSON object
+        CHECK(j.contains("ts"));
+        CHECK(j.contains("level"));
+        CHECK(j["msg"].get<std::string>().find("later-secret") == std::string::npos);
+        CHECK(j["msg"].get<std::string>().find("a b c") == std::string::npos);
+        ++count;
+    }
+    CHECK(count == 2);
+    setup_logging(LogOptions{});
 }

@@ -83,7 +83,7 @@ TEST_CASE("native layout with directives", "[loader][native]") {
     CHECK(m1.verify_sql.has_value());
     CHECK(loaded.migrations[1].version == "0002");
     CHECK(loaded.migrations[1].transactional == std::optional<bool>(false));
-    CHECK(loaded.migrations[2].version == "10");   // natural order: 2 < 10
+    CHECK(loaded.migrations[2].version == "10");  // natural order: 2 < 10
     CHECK_FALSE(loaded.migrations[2].down_sql.has_value());
 }
 
@@ -142,9 +142,10 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
     SECTION("unparsable file name") {
         TempDir d;
         d.write("init.sql", "SELECT 1;");
-        CHECK(load_error(d.str()) == d.str() + "/init.sql: cannot parse a version from the file name (expected "
-                                               "<version>_<name>.up.sql, .down.sql, .verify.sql, or Flyway's "
-                                               "V<version>__<name>.sql)");
+        CHECK(load_error(d.str()) == d.str() +
+                                         "/init.sql: cannot parse a version from the file name (expected "
+                                         "<version>_<name>.up.sql, .down.sql, .verify.sql, or Flyway's "
+                                         "V<version>__<name>.sql)");
     }
     SECTION("invalid version characters") {
         TempDir d;
@@ -168,7 +169,8 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
     SECTION("reversible=lossy without a down script") {
         TempDir d;
         d.write("0001_init.up.sql", "-- pg_deploy: reversible=lossy\nSELECT 1;");
-        CHECK(load_error(d.str()) == d.str() + "/0001_init.up.sql:1: declares reversible=lossy but there is no down script");
+        CHECK(load_error(d.str()) ==
+              d.str() + "/0001_init.up.sql:1: declares reversible=lossy but there is no down script");
     }
     SECTION("not UTF-8") {
         TempDir d;
@@ -215,8 +217,9 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
         TempDir d;
         d.write("0001_init.up.sql", "SELECT 1;");
         d.write("V2__more.sql", "SELECT 2;");
-        CHECK(load_error(d.str()) == d.str() + ": mixes native (<version>_<name>.up.sql) and Flyway "
-                                               "(V<version>__<name>.sql) files");
+        CHECK(load_error(d.str()) == d.str() +
+                                         ": mixes native (<version>_<name>.up.sql) and Flyway "
+                                         "(V<version>__<name>.sql) files");
     }
 }
 
@@ -244,11 +247,13 @@ TEST_CASE("flyway layout", "[loader][flyway]") {
 
     CHECK(parse_flyway_name("V3_1__x.sql")->version == "3.1");
     CHECK_FALSE(parse_flyway_name("0001_x.up.sql").has_value());
-    CHECK_THROWS_WITH(parse_flyway_name("R__views.sql"),
-                      "R__views.sql: repeatable Flyway migrations (R__) are not supported: pg_deploy migrations have versions");
+    CHECK_THROWS_WITH(
+        parse_flyway_name("R__views.sql"),
+        "R__views.sql: repeatable Flyway migrations (R__) are not supported: pg_deploy migrations have versions");
     CHECK_THROWS_WITH(parse_flyway_name("V1a__x.sql"),
                       "V1a__x.sql: Flyway version \"1a\" is not made of numbers separated by . or _");
-    CHECK_THROWS_WITH(parse_flyway_name("V__x.sql"), "V__x.sql: a Flyway name needs a version and a description (V1__name.sql)");
+    CHECK_THROWS_WITH(parse_flyway_name("V__x.sql"),
+                      "V__x.sql: a Flyway name needs a version and a description (V1__name.sql)");
 
     TempDir u;
     u.write("V1__a.sql", "SELECT 1;");
@@ -257,9 +262,9 @@ TEST_CASE("flyway layout", "[loader][flyway]") {
 
     TempDir dup;
     dup.write("V1__a.sql", "SELECT 1;");
-    dup.write("V1.0__b.sql", "SELECT 1;");   // different key: 1 vs 1.0, both fine
+    dup.write("V1.0__b.sql", "SELECT 1;");  // different key: 1 vs 1.0, both fine
     CHECK(load_directory(dup.str()).migrations.size() == 2);
-    dup.write("V01__c.sql", "SELECT 1;");    // same natural key as V1
+    dup.write("V01__c.sql", "SELECT 1;");  // same natural key as V1
     CHECK(load_error(dup.str()).find("two migrations with the same version") != std::string::npos);
 }
 
@@ -281,7 +286,7 @@ TEST_CASE("sqitch plan parsing", "[loader][sqitch]") {
     CHECK(p.changes[0].name == "appschema");
     CHECK(p.changes[0].note == "Add schema.");
     CHECK(p.changes[1].requires_ == std::vector<std::string>{"appschema"});
-    CHECK(p.changes[1].rework_tag == "v1.0");   // the earlier instance reads deploy/users@v1.0.sql
+    CHECK(p.changes[1].rework_tag == "v1.0");  // the earlier instance reads deploy/users@v1.0.sql
     CHECK(p.changes[2].requires_.size() == 3);
     CHECK(p.changes[3].rework_tag.empty());
     CHECK(p.changes[3].line == 10);
@@ -290,14 +295,16 @@ TEST_CASE("sqitch plan parsing", "[loader][sqitch]") {
                       "p:1: expected a timestamp like 2013-12-31T23:59:59Z, found \"2013-01-01\"");
     CHECK_THROWS_WITH(parse_sqitch_plan("x 2013-01-01T00:00:00Z Marge\n", "p"),
                       "p:1: expected the planner as Name <email> after the timestamp");
-    CHECK_THROWS_WITH(parse_sqitch_plan("x [a 2013-01-01T00:00:00Z Marge <m@x>\n", "p"), "p:1: unterminated dependency list '['");
+    CHECK_THROWS_WITH(parse_sqitch_plan("x [a 2013-01-01T00:00:00Z Marge <m@x>\n", "p"),
+                      "p:1: unterminated dependency list '['");
     CHECK_THROWS_WITH(parse_sqitch_plan("@t 2013-01-01T00:00:00Z M <m@x>\n", "p"), "p:1: tag @t before any change");
     CHECK_THROWS_WITH(parse_sqitch_plan("x 2013-01-01T00:00:00Z M <m@x>\nx 2013-01-01T00:00:00Z M <m@x>\n", "p"),
                       "p:2: change x is listed twice without a tag in between");
     CHECK_THROWS_WITH(parse_sqitch_plan("-x 2013-01-01T00:00:00Z M <m@x>\n", "p"),
                       "p:1: changes marked for revert in the plan (-name) are not supported");
     CHECK_THROWS_WITH(parse_sqitch_plan("x\n", "p"), "p:1: missing timestamp and planner after \"x\"");
-    CHECK_THROWS_WITH(parse_sqitch_plan("%syntax-version=2.0.0\n", "p"), "p:1: unsupported sqitch plan syntax-version 2.0.0");
+    CHECK_THROWS_WITH(parse_sqitch_plan("%syntax-version=2.0.0\n", "p"),
+                      "p:1: unsupported sqitch plan syntax-version 2.0.0");
 }
 
 TEST_CASE("sqitch project layout", "[loader][sqitch]") {
@@ -322,10 +329,11 @@ TEST_CASE("sqitch project layout", "[loader][sqitch]") {
     CHECK(loaded.migrations[1].version == "0002");
     CHECK_FALSE(loaded.migrations[1].down_sql.has_value());
 
-    d.write("sqitch.plan", "%project=app\nschema 2020-01-01T00:00:00Z Dev <dev@example.com>\n"
-                           "gone 2020-01-01T00:00:00Z Dev <dev@example.com>\n");
-    CHECK(load_error(d.str()) == d.str() + "/sqitch.plan:3: change gone has no deploy script " + d.str() +
-                                     "/deploy/gone.sql");
+    d.write("sqitch.plan",
+            "%project=app\nschema 2020-01-01T00:00:00Z Dev <dev@example.com>\n"
+            "gone 2020-01-01T00:00:00Z Dev <dev@example.com>\n");
+    CHECK(load_error(d.str()) ==
+          d.str() + "/sqitch.plan:3: change gone has no deploy script " + d.str() + "/deploy/gone.sql");
     d.write("sqitch.plan", "%project=app\n");
     CHECK(load_error(d.str()) == d.str() + "/sqitch.plan: the plan has no changes");
 }

@@ -2,4 +2,6 @@
 // cli/dispatch.cpp (and watch/ for `watch`/`once`); this file only hands over argv.
 #include "cli/commands.hpp"
 
-int main(int argc, char** argv) { return pgdeploy::cli::main_dispatch(argc, argv); }
+int main(int argc, char** argv) {
+    return pgdeploy::cli::main_dispatch(argc, argv);
+}

@@ -39,7 +39,8 @@ std::string display_name(const OptionSpec& o) {
  */
 ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& args) {
     std::vector<OptionSpec> all = spec.options;
-    for (const auto& g : global_options()) all.push_back(g);
+    for (const auto& g : global_options())
+        all.push_back(g);
 
     std::vector<struct option> longopts;
     std::string shortopts = "+:";
@@ -48,32 +49,37 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
                             static_cast<int>(1000 + i)});
         if (all[i].short_name) {
             shortopts += all[i].short_name;
-            if (all[i].takes_value) shortopts += ':';
+            if (all[i].takes_value)
+                shortopts += ':';
         }
     }
     longopts.push_back({nullptr, 0, nullptr, 0});
 
     std::vector<std::string> storage;
     storage.push_back("pgdeploy " + spec.name);
-    for (const auto& a : args) storage.push_back(a);
+    for (const auto& a : args)
+        storage.push_back(a);
     std::vector<char*> argv;
-    for (auto& s : storage) argv.push_back(s.data());
+    for (auto& s : storage)
+        argv.push_back(s.data());
     argv.push_back(nullptr);
     int argc = static_cast<int>(storage.size());
 
     ParsedArgs out;
     auto record = [&](const OptionSpec& o, const char* value) {
-        if (out.has(o.long_name)) throw ArgumentError(display_name(o) + " given more than once");
+        if (out.has(o.long_name))
+            throw ArgumentError(display_name(o) + " given more than once");
         out.values[o.long_name] = value ? value : "";
     };
 
     opterr = 0;
-    optind = 0;   // glibc: 0 re-initialises getopt's internal state
+    optind = 0;  // glibc: 0 re-initialises getopt's internal state
     bool first = true;
     bool only_positionals = false;
     while (true) {
         if (only_positionals) {
-            while (optind < argc) out.positionals.emplace_back(argv[optind++]);
+            while (optind < argc)
+                out.positionals.emplace_back(argv[optind++]);
             break;
         }
         int before = first ? 1 : optind;
@@ -99,20 +105,23 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
                 const OptionSpec& o = all[optopt - 1000];
                 throw ArgumentError("option --" + o.long_name + " does not take a value");
             }
-            if (optopt != 0) throw ArgumentError(std::string("unknown option -") + static_cast<char>(optopt));
+            if (optopt != 0)
+                throw ArgumentError(std::string("unknown option -") + static_cast<char>(optopt));
             throw ArgumentError("unknown option " + text.substr(0, text.find('=')));
         }
         if (c == ':') {
-            if (optopt >= 1000) throw ArgumentError("option --" + all[optopt - 1000].long_name + " needs a value");
+            if (optopt >= 1000)
+                throw ArgumentError("option --" + all[optopt - 1000].long_name + " needs a value");
             for (const auto& o : all)
-                if (o.short_name == optopt) throw ArgumentError("option " + display_name(o) + " needs a value");
+                if (o.short_name == optopt)
+                    throw ArgumentError("option " + display_name(o) + " needs a value");
             throw ArgumentError(std::string("option -") + static_cast<char>(optopt) + " needs a value");
         }
         if (c >= 1000) {
             const OptionSpec& o = all[c - 1000];
             std::string typed = argv[before];
-            std::string typed_name = typed.substr(2, typed.find('=') == std::string::npos ? std::string::npos
-                                                                                          : typed.find('=') - 2);
+            std::string typed_name =
+                typed.substr(2, typed.find('=') == std::string::npos ? std::string::npos : typed.find('=') - 2);
             if (typed.compare(0, 2, "--") != 0 || typed_name != o.long_name)
                 throw ArgumentError("unknown option --" + typed_name + " (did you mean --" + o.long_name + "?)");
             record(o, optarg);
@@ -125,11 +134,13 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
                 found = true;
                 break;
             }
-        if (!found) throw ArgumentError(std::string("unknown option -") + static_cast<char>(c));
+        if (!found)
+            throw ArgumentError(std::string("unknown option -") + static_cast<char>(c));
     }
     optind = 0;
 
-    if (out.has("help")) return out;
+    if (out.has("help"))
+        return out;
     if (out.positionals.size() < spec.min_positionals)
         throw ArgumentError("missing argument " + spec.positional_names);
     if (out.positionals.size() > spec.max_positionals)
@@ -146,12 +157,14 @@ std::string usage_text(const CommandSpec& spec) {
     std::string out = "usage: pgdeploy " + spec.name + (spec.synopsis.empty() ? "" : " " + spec.synopsis) +
                       " [--dsn DSN] [--json]\n  " + spec.summary + "\n\noptions:\n";
     std::vector<OptionSpec> all = spec.options;
-    for (const auto& g : global_options()) all.push_back(g);
+    for (const auto& g : global_options())
+        all.push_back(g);
     size_t width = 0;
     std::vector<std::string> left;
     for (const auto& o : all) {
         std::string l = o.short_name ? std::string("-") + o.short_name + ", --" + o.long_name : "    --" + o.long_name;
-        if (o.takes_value) l += " " + o.value_name;
+        if (o.takes_value)
+            l += " " + o.value_name;
         width = std::max(width, l.size());
         left.push_back(l);
     }
@@ -166,11 +179,13 @@ std::string usage_line(const CommandSpec& spec) {
 }
 
 void reject_together(const ParsedArgs& args, const std::string& a, const std::string& b) {
-    if (args.has(a) && args.has(b)) throw ArgumentError("--" + a + " and --" + b + " cannot be used together");
+    if (args.has(a) && args.has(b))
+        throw ArgumentError("--" + a + " and --" + b + " cannot be used together");
 }
 
 long parse_positive_int(const std::string& option, const std::string& value, long max) {
-    if (value.empty() || value.size() > 9) throw ArgumentError("--" + option + " needs a positive integer, not \"" + value + "\"");
+    if (value.empty() || value.size() > 9)
+        throw ArgumentError("--" + option + " needs a positive integer, not \"" + value + "\"");
     for (char c : value)
         if (!std::isdigit(static_cast<unsigned char>(c)))
             throw ArgumentError("--" + option + " needs a positive integer, not \"" + value + "\"");
@@ -189,17 +204,23 @@ void check_version_arg(const std::string& option, const std::optional<std::strin
 
 long long parse_duration_ms(const std::string& option, const std::string& value) {
     size_t i = 0;
-    while (i < value.size() && std::isdigit(static_cast<unsigned char>(value[i]))) ++i;
+    while (i < value.size() && std::isdigit(static_cast<unsigned char>(value[i])))
+        ++i;
     std::string digits = value.substr(0, i), unit = value.substr(i);
     auto bad = [&]() {
         return ArgumentError("--" + option + " needs a duration like 10s, 500ms, 2min or 1h, not \"" + value + "\"");
     };
-    if (digits.empty() || digits.size() > 9) throw bad();
+    if (digits.empty() || digits.size() > 9)
+        throw bad();
     long long n = std::stoll(digits);
-    if (unit.empty() || unit == "s") return n * 1000;
-    if (unit == "ms") return n;
-    if (unit == "min") return n * 60000;
-    if (unit == "h") return n * 3600000;
+    if (unit.empty() || unit == "s")
+        return n * 1000;
+    if (unit == "ms")
+        return n;
+    if (unit == "min")
+        return n * 60000;
+    if (unit == "h")
+        return n * 3600000;
     throw bad();
 }
 

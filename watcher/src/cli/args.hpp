@@ -19,31 +19,32 @@ public:
 };
 
 struct OptionSpec {
-    std::string long_name;     // without the leading "--"
-    char short_name = 0;       // 0 = none
+    std::string long_name;  // without the leading "--"
+    char short_name = 0;    // 0 = none
     bool takes_value = false;
-    std::string value_name;    // for the usage text, e.g. "DIR"
+    std::string value_name;  // for the usage text, e.g. "DIR"
     std::string help;
 };
 
 struct CommandSpec {
-    std::string name;                      // "up", "markers", ...
-    std::string synopsis;                  // after "pgdeploy NAME", e.g. "[--dir DIR] [--target V]"
-    std::string summary;                   // one line
-    std::vector<OptionSpec> options;       // command options; the global ones are added by parse_args
+    std::string name;                 // "up", "markers", ...
+    std::string synopsis;             // after "pgdeploy NAME", e.g. "[--dir DIR] [--target V]"
+    std::string summary;              // one line
+    std::vector<OptionSpec> options;  // command options; the global ones are added by parse_args
     size_t min_positionals = 0;
     size_t max_positionals = 0;
-    std::string positional_names;          // for messages, e.g. "DIR"
+    std::string positional_names;  // for messages, e.g. "DIR"
 };
 
 struct ParsedArgs {
-    std::map<std::string, std::string> values;   // long name → value ("" for flags)
+    std::map<std::string, std::string> values;  // long name → value ("" for flags)
     std::vector<std::string> positionals;
 
     bool has(const std::string& name) const { return values.count(name) != 0; }
     std::optional<std::string> get(const std::string& name) const {
         auto it = values.find(name);
-        if (it == values.end()) return std::nullopt;
+        if (it == values.end())
+            return std::nullopt;
         return it->second;
     }
 };

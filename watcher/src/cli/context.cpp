@@ -24,12 +24,14 @@ common::Connection Context::connect() const {
 
 std::string Context::holder() {
     char host[256] = {0};
-    if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    if (gethostname(host, sizeof host - 1) != 0)
+        host[0] = '\0';
     return std::string("pgdeploy@") + host + ":" + std::to_string(getpid());
 }
 
 void Context::progress(const std::string& line) const {
-    if (quiet) return;
+    if (quiet)
+        return;
     if (log_json)
         spdlog::info("{}", line);
     else
@@ -40,11 +42,14 @@ namespace {
 
 void print_failure_text(const std::string& command, const Failure& f) {
     std::cerr << "pgdeploy " << command << ": error: " << f.what();
-    if (!f.sqlstate().empty()) std::cerr << " (SQLSTATE " << f.sqlstate() << ")";
+    if (!f.sqlstate().empty())
+        std::cerr << " (SQLSTATE " << f.sqlstate() << ")";
     std::cerr << "\n";
     if (const auto* db = dynamic_cast<const common::DbError*>(&f)) {
-        if (!db->detail().empty()) std::cerr << "DETAIL: " << db->detail() << "\n";
-        if (!db->hint().empty()) std::cerr << "HINT: " << db->hint() << "\n";
+        if (!db->detail().empty())
+            std::cerr << "DETAIL: " << db->detail() << "\n";
+        if (!db->hint().empty())
+            std::cerr << "HINT: " << db->hint() << "\n";
     }
 }
 
@@ -53,8 +58,8 @@ void print_failure_text(const std::string& command, const Failure& f) {
 /*
  * run_command
  *		The one place where failures become exit codes, so every sub-command reports errors the same way: a
- *		one-line message on stderr (plus the usage for usage errors), and under --json also a JSON error document
- *		on stdout, so a script that parses stdout always gets exactly one document.
+ *		one-line message on stderr (plus the usage for usage errors), and under --json also a JSON error
+ *document on stdout, so a script that parses stdout always gets exactly one document.
  */
 int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
                 const std::function<int(Context&)>& body) {
@@ -62,11 +67,14 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
     ctx.spec = &spec;
     // --json is known before parsing finishes, so that a usage error can already be reported as JSON.
     for (const auto& a : args) {
-        if (a == "--") break;
-        if (a == "--json") ctx.json = true;
+        if (a == "--")
+            break;
+        if (a == "--json")
+            ctx.json = true;
     }
     common::LogOptions log;
-    if (const char* pw = std::getenv("PGPASSWORD")) log.secret = pw;
+    if (const char* pw = std::getenv("PGPASSWORD"))
+        log.secret = pw;
     common::setup_logging(log);
     try {
         ctx.args = parse_args(spec, args);
@@ -76,7 +84,8 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
         }
         log.verbose = ctx.args.has("verbose");
         log.quiet = ctx.args.has("quiet");
-        if (auto f = ctx.args.get("log-format")) log.format = common::parse_log_format(*f);
+        if (auto f = ctx.args.get("log-format"))
+            log.format = common::parse_log_format(*f);
         reject_together(ctx.args, "verbose", "quiet");
         common::setup_logging(log);
         ctx.quiet = log.quiet;
@@ -84,32 +93,38 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
     } catch (const UsageError& e) {
         print_failure_text(spec.name, e);
         std::cerr << usage_line(spec);
-        if (ctx.json) common::print_json(common::error_document(spec.name, e));
+        if (ctx.json)
+            common::print_json(common::error_document(spec.name, e));
         return e.exit_code();
     }
     try {
         return body(ctx);
     } catch (const Failure& e) {
         print_failure_text(spec.name, e);
-        if (dynamic_cast<const ArgumentError*>(&e)) std::cerr << usage_line(spec);
-        if (ctx.json) common::print_json(common::error_document(spec.name, e));
+        if (dynamic_cast<const ArgumentError*>(&e))
+            std::cerr << usage_line(spec);
+        if (ctx.json)
+            common::print_json(common::error_document(spec.name, e));
         return e.exit_code();
     } catch (const nlohmann::json::exception& e) {
         Failure f(kExitFailed, std::string("unexpected result from the extension: ") + e.what());
         print_failure_text(spec.name, f);
-        if (ctx.json) common::print_json(common::error_document(spec.name, f));
+        if (ctx.json)
+            common::print_json(common::error_document(spec.name, f));
         return kExitFailed;
     } catch (const std::exception& e) {
         Failure f(kExitFailed, std::string("internal error: ") + e.what());
         print_failure_text(spec.name, f);
-        if (ctx.json) common::print_json(common::error_document(spec.name, f));
+        if (ctx.json)
+            common::print_json(common::error_document(spec.name, f));
         return kExitFailed;
     }
 }
 
 int emit(const Context& ctx, nlohmann::json doc, int exit_code, const std::function<void()>& human) {
     if (ctx.json) {
-        if (!doc.is_object()) doc = nlohmann::json{{"result", doc}};
+        if (!doc.is_object())
+            doc = nlohmann::json{{"result", doc}};
         doc["schema_version"] = common::kJsonSchemaVersion;
         doc["command"] = ctx.spec->name;
         doc["exit_code"] = exit_code;
@@ -121,12 +136,14 @@ int emit(const Context& ctx, nlohmann::json doc, int exit_code, const std::funct
 }
 
 int failure_exit_code(const nlohmann::json& failure) {
-    if (!failure.is_object() || !failure.contains("sqlstate") || !failure["sqlstate"].is_string()) return kExitFailed;
+    if (!failure.is_object() || !failure.contains("sqlstate") || !failure["sqlstate"].is_string())
+        return kExitFailed;
     return exit_code_for_sqlstate(failure["sqlstate"].get<std::string>());
 }
 
 std::string jstr(const nlohmann::json& obj, const std::string& key, const std::string& fallback) {
-    if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return fallback;
+    if (!obj.is_object() || !obj.contains(key) || obj[key].is_null())
+        return fallback;
     return common::cell(obj[key]);
 }
 

@@ -16,7 +16,7 @@ struct Context {
     ParsedArgs args;
     bool json = false;
     bool quiet = false;
-    bool log_json = false;   // --log-format json: progress lines become JSON log lines too
+    bool log_json = false;  // --log-format json: progress lines become JSON log lines too
 
     // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8).
     common::Connection connect() const;

@@ -56,17 +56,28 @@ int main_dispatch(int argc, char** argv) {
             std::cout << "pgdeploy " << PGDEPLOY_VERSION << "\n";
             return kExitOk;
         }
-        if (command == "load") return cmd_load(args);
-        if (command == "up") return cmd_up(args);
-        if (command == "down") return cmd_down(args);
-        if (command == "rollback") return cmd_rollback(args);
-        if (command == "baseline") return cmd_baseline(args);
-        if (command == "status") return cmd_status(args);
-        if (command == "validate") return cmd_validate(args);
-        if (command == "verify") return cmd_verify(args);
-        if (command == "markers") return cmd_markers(args);
-        if (command == "watch") return pgdeploy::watch::run_watch(args);
-        if (command == "once") return pgdeploy::watch::run_once(args);
+        if (command == "load")
+            return cmd_load(args);
+        if (command == "up")
+            return cmd_up(args);
+        if (command == "down")
+            return cmd_down(args);
+        if (command == "rollback")
+            return cmd_rollback(args);
+        if (command == "baseline")
+            return cmd_baseline(args);
+        if (command == "status")
+            return cmd_status(args);
+        if (command == "validate")
+            return cmd_validate(args);
+        if (command == "verify")
+            return cmd_verify(args);
+        if (command == "markers")
+            return cmd_markers(args);
+        if (command == "watch")
+            return pgdeploy::watch::run_watch(args);
+        if (command == "once")
+            return pgdeploy::watch::run_once(args);
         std::cerr << "pgdeploy: unknown command \"" << command << "\"\n" << kOverview;
         return kExitUsage;
     } catch (const std::exception& e) {

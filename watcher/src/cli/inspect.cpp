@@ -24,33 +24,37 @@ void print_status_human(const json& s) {
     const json& d = s.contains("last_deployment") ? s["last_deployment"] : json();
     if (d.is_object())
         summary.push_back({"last deployment", "#" + jstr(d, "id") + " " + jstr(d, "kind") + " " + jstr(d, "state") +
-                                                  "  app " + jstr(d, "app_version") + "  " + jstr(d, "version_before", "(none)") +
-                                                  " -> " + jstr(d, "version_after", "(none)") + "  " + jstr(d, "started_at")});
+                                                  "  app " + jstr(d, "app_version") + "  " +
+                                                  jstr(d, "version_before", "(none)") + " -> " +
+                                                  jstr(d, "version_after", "(none)") + "  " + jstr(d, "started_at")});
     else
         summary.push_back({"last deployment", "(none)"});
     const json& l = s.contains("lock_holder") ? s["lock_holder"] : json();
-    summary.push_back({"deploy lock", l.is_object() ? "held by pid " + jstr(l, "pid") + " (" + jstr(l, "application_name") +
-                                                          ") since " + jstr(l, "since")
+    summary.push_back({"deploy lock", l.is_object() ? "held by pid " + jstr(l, "pid") + " (" +
+                                                          jstr(l, "application_name") + ") since " + jstr(l, "since")
                                                     : "free"});
-    for (const auto& row : summary) std::cout << row[0] << std::string(17 - row[0].size(), ' ') << row[1] << "\n";
+    for (const auto& row : summary)
+        std::cout << row[0] << std::string(17 - row[0].size(), ' ') << row[1] << "\n";
 
     std::vector<std::vector<std::string>> rows;
     for (const auto& p : arr(s, "pending"))
         rows.push_back({jstr(p, "version"), jstr(p, "name"), p.value("transactional", true) ? "yes" : "no (top level)",
                         jstr(p, "reversibility")});
-    if (!rows.empty()) std::cout << "\npending\n" << common::render_table({"VERSION", "NAME", "TRANSACTIONAL", "REVERSIBILITY"}, rows);
+    if (!rows.empty())
+        std::cout << "\npending\n" << common::render_table({"VERSION", "NAME", "TRANSACTIONAL", "REVERSIBILITY"}, rows);
 
     rows.clear();
     for (const auto& m : arr(s, "open_markers"))
-        rows.push_back({jstr(m, "id"), jstr(m, "deployment_id"), jstr(m, "state"), jstr(m, "attempts"), jstr(m, "holder"),
-                        jstr(m, "reason")});
+        rows.push_back({jstr(m, "id"), jstr(m, "deployment_id"), jstr(m, "state"), jstr(m, "attempts"),
+                        jstr(m, "holder"), jstr(m, "reason")});
     if (!rows.empty())
         std::cout << "\nopen rollback markers\n"
                   << common::render_table({"ID", "DEPLOYMENT", "STATE", "ATTEMPTS", "HOLDER", "REASON"}, rows);
 
     rows.clear();
     for (const auto& c : arr(s, "running_checkpoints"))
-        rows.push_back({jstr(c, "deployment_id"), jstr(c, "version"), jstr(c, "step"), jstr(c, "state"), jstr(c, "attempts"),
+        rows.push_back({jstr(c, "deployment_id"), jstr(c, "version"), jstr(c, "step"), jstr(c, "state"),
+                        jstr(c, "attempts"),
                         c.contains("error") && c["error"].is_object() ? jstr(c["error"], "message") : "-"});
     if (!rows.empty())
         std::cout << "\nunfinished checkpoints\n"
@@ -76,9 +80,14 @@ void print_status_human(const json& s) {
 }  // namespace
 
 int cmd_status(const std::vector<std::string>& args) {
-    static const CommandSpec spec{"status", "", "show the current version, pending migrations, last deployment, "
-                                                "lock holder, open markers and unfinished checkpoints",
-                                  {}, 0, 0, ""};
+    static const CommandSpec spec{"status",
+                                  "",
+                                  "show the current version, pending migrations, last deployment, "
+                                  "lock holder, open markers and unfinished checkpoints",
+                                  {},
+                                  0,
+                                  0,
+                                  ""};
     return run_command(spec, args, [](Context& ctx) {
         auto conn = ctx.connect();
         json doc = conn.query_json("SELECT deploy.status()");
@@ -87,10 +96,14 @@ int cmd_status(const std::vector<std::string>& args) {
 }
 
 int cmd_validate(const std::vector<std::string>& args) {
-    static const CommandSpec spec{"validate", "",
+    static const CommandSpec spec{"validate",
+                                  "",
                                   "check the ledger: checksum drift, applied but unregistered, out-of-order pending "
                                   "(exit 1 when there are problems)",
-                                  {}, 0, 0, ""};
+                                  {},
+                                  0,
+                                  0,
+                                  ""};
     return run_command(spec, args, [](Context& ctx) {
         auto conn = ctx.connect();
         json doc = conn.query_json("SELECT deploy.validate()");
@@ -110,12 +123,13 @@ int cmd_validate(const std::vector<std::string>& args) {
 }
 
 int cmd_verify(const std::vector<std::string>& args) {
-    static const CommandSpec spec{"verify", "[VERSION]",
-                                  "run the verify SQL of applied migrations (rolled back; exit 1 when any fails)",
-                                  {}, 0, 1, "VERSION"};
+    static const CommandSpec spec{
+        "verify", "[VERSION]", "run the verify SQL of applied migrations (rolled back; exit 1 when any fails)", {}, 0,
+        1,        "VERSION"};
     return run_command(spec, args, [](Context& ctx) {
         common::Param version;
-        if (!ctx.args.positionals.empty()) version = ctx.args.positionals[0];
+        if (!ctx.args.positionals.empty())
+            version = ctx.args.positionals[0];
         check_version_arg("VERSION", version);
         auto conn = ctx.connect();
         json doc = conn.query_json("SELECT deploy.verify(version => $1)", {version});
@@ -124,8 +138,8 @@ int cmd_verify(const std::vector<std::string>& args) {
             std::vector<std::vector<std::string>> rows;
             for (const auto& r : arr(doc, "results")) {
                 std::string result = r.value("skipped", false) ? "skipped" : r.value("ok", false) ? "ok" : "FAILED";
-                std::string note = r.contains("message") ? jstr(r, "sqlstate") + ": " + jstr(r, "message")
-                                                         : jstr(r, "reason", "");
+                std::string note =
+                    r.contains("message") ? jstr(r, "sqlstate") + ": " + jstr(r, "message") : jstr(r, "reason", "");
                 rows.push_back({jstr(r, "version"), jstr(r, "name"), result,
                                 r.contains("duration_ms") ? common::format_ms(r["duration_ms"].get<double>()) : "",
                                 note});

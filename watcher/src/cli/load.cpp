@@ -13,10 +13,13 @@ namespace pgdeploy::cli {
 
 namespace {
 
-common::Param opt(const std::optional<std::string>& v) { return v; }
+common::Param opt(const std::optional<std::string>& v) {
+    return v;
+}
 
 common::Param opt_bool(const std::optional<bool>& v) {
-    if (!v) return std::nullopt;
+    if (!v)
+        return std::nullopt;
     return std::string(*v ? "true" : "false");
 }
 
@@ -29,9 +32,12 @@ common::Param opt_bool(const std::optional<bool>& v) {
  *		file. Anything else the extension refuses at registration is a bad migration file (2).
  */
 int exit_code_for_refusal(const std::string& sqlstate) {
-    if (sqlstate == "PD001") return kExitDrift;
-    if (sqlstate == "55P03") return kExitLockHeld;
-    if (sqlstate == "42501") return kExitFailed;
+    if (sqlstate == "PD001")
+        return kExitDrift;
+    if (sqlstate == "55P03")
+        return kExitLockHeld;
+    if (sqlstate == "42501")
+        return kExitFailed;
     return kExitUsage;
 }
 
@@ -66,23 +72,26 @@ RegisterReport register_all(common::Connection& conn, const loader::LoadedDirect
             }
         } catch (const common::DbError& e) {
             // 55P03 (lock) and lost connections are not about this file: stop at once.
-            if (e.sqlstate() == "55P03") throw;
+            if (e.sqlstate() == "55P03")
+                throw;
             conn.exec("ROLLBACK TO SAVEPOINT pgdeploy_register");
             row["status"] = "refused";
             row["sqlstate"] = e.sqlstate();
             row["message"] = e.what();
-            if (!e.detail().empty()) row["detail"] = e.detail();
+            if (!e.detail().empty())
+                row["detail"] = e.detail();
             ++counts_refused;
             int code = exit_code_for_refusal(e.sqlstate());
             // Drift outranks the other refusals: it is the one that needs a person.
-            if (report.exit_code == 0 || code == kExitDrift) report.exit_code = code;
+            if (report.exit_code == 0 || code == kExitDrift)
+                report.exit_code = code;
             spdlog::error("{}: {} (SQLSTATE {})", m.up_path, e.what(), e.sqlstate());
         }
         rows.push_back(row);
     }
-    report.doc = {{"directory", dir},          {"layout", loaded.layout},   {"new", counts_new},
-                  {"unchanged", counts_unchanged}, {"updated", counts_updated}, {"refused", counts_refused},
-                  {"migrations", rows}};
+    report.doc = {
+        {"directory", dir},          {"layout", loaded.layout},   {"new", counts_new}, {"unchanged", counts_unchanged},
+        {"updated", counts_updated}, {"refused", counts_refused}, {"migrations", rows}};
     return report;
 }
 
@@ -132,7 +141,8 @@ int cmd_load(const std::vector<std::string>& args) {
     return run_command(load_spec(), args, [](Context& ctx) {
         const std::string dir = ctx.args.positionals[0];
         bool dry_run = ctx.args.has("dry-run");
-        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        if (auto lw = ctx.args.get("lock-wait"))
+            parse_duration_ms("lock-wait", *lw);
         loader::LoadedDirectory loaded = loader::load_directory(dir);
         spdlog::debug("{}: {} migrations ({} layout)", dir, loaded.migrations.size(), loaded.layout);
         auto conn = ctx.connect();

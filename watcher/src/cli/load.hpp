@@ -9,8 +9,8 @@
 namespace pgdeploy::cli {
 
 struct RegisterReport {
-    nlohmann::json doc;   // {"directory","layout","new","unchanged","updated","refused","migrations":[...]}
-    int exit_code = 0;    // 0, 6 (drift) or 2 (a file the extension refused)
+    nlohmann::json doc;  // {"directory","layout","new","unchanged","updated","refused","migrations":[...]}
+    int exit_code = 0;   // 0, 6 (drift) or 2 (a file the extension refused)
 };
 
 // register_all: registers every migration inside the caller's open transaction, each under a savepoint so every

@@ -34,18 +34,22 @@ const CommandSpec& markers_spec() {
 
 // only_for: refuses options that belong to another action, so a typo'd command line never half-applies.
 void only_for(const Context& ctx, const std::string& action, const std::vector<std::string>& allowed) {
-    static const std::vector<std::string> action_options = {"open", "limit", "reason", "deployment", "force",
-                                                            "resolution", "note", "lock-wait"};
+    static const std::vector<std::string> action_options = {"open",  "limit",      "reason", "deployment",
+                                                            "force", "resolution", "note",   "lock-wait"};
     for (const auto& o : action_options) {
-        if (!ctx.args.has(o)) continue;
+        if (!ctx.args.has(o))
+            continue;
         bool ok = false;
-        for (const auto& a : allowed) ok = ok || a == o;
-        if (!ok) throw ArgumentError("--" + o + " does not apply to markers " + action);
+        for (const auto& a : allowed)
+            ok = ok || a == o;
+        if (!ok)
+            throw ArgumentError("--" + o + " does not apply to markers " + action);
     }
 }
 
 std::string marker_id_arg(const Context& ctx, const std::string& action) {
-    if (ctx.args.positionals.size() < 2) throw ArgumentError("markers " + action + " needs a marker ID");
+    if (ctx.args.positionals.size() < 2)
+        throw ArgumentError("markers " + action + " needs a marker ID");
     return std::to_string(parse_positive_int("marker ID", ctx.args.positionals[1], 999999999));
 }
 
@@ -58,8 +62,8 @@ void print_markers(const json& markers) {
         std::cout << "no rollback markers\n";
         return;
     }
-    std::cout << common::render_table({"ID", "DEPLOYMENT", "STATE", "ATTEMPTS", "TARGET", "HOLDER", "REQUESTED", "REASON"},
-                                      rows);
+    std::cout << common::render_table(
+        {"ID", "DEPLOYMENT", "STATE", "ATTEMPTS", "TARGET", "HOLDER", "REQUESTED", "REASON"}, rows);
 }
 
 }  // namespace
@@ -69,7 +73,8 @@ int cmd_markers(const std::vector<std::string>& args) {
         std::string action = ctx.args.positionals.empty() ? "list" : ctx.args.positionals[0];
         if (action == "list") {
             only_for(ctx, action, {"open", "limit"});
-            if (ctx.args.positionals.size() > 1) throw ArgumentError("markers list takes no ID");
+            if (ctx.args.positionals.size() > 1)
+                throw ArgumentError("markers list takes no ID");
             std::string limit = std::to_string(parse_positive_int("limit", ctx.args.get("limit").value_or("50")));
             auto conn = ctx.connect();
             json markers = conn.query_json(
@@ -85,22 +90,26 @@ int cmd_markers(const std::vector<std::string>& args) {
         }
         if (action == "request") {
             only_for(ctx, action, {"reason", "deployment"});
-            if (ctx.args.positionals.size() > 1) throw ArgumentError("markers request takes no ID (use --deployment)");
-            if (!ctx.args.has("reason")) throw ArgumentError("markers request needs --reason TEXT");
+            if (ctx.args.positionals.size() > 1)
+                throw ArgumentError("markers request takes no ID (use --deployment)");
+            if (!ctx.args.has("reason"))
+                throw ArgumentError("markers request needs --reason TEXT");
             common::Param deployment;
             if (auto d = ctx.args.get("deployment"))
                 deployment = std::to_string(parse_positive_int("deployment", *d, 999999999));
             auto conn = ctx.connect();
             auto id = conn.query_value("SELECT deploy.request_rollback(reason => $1, deployment_id => $2::bigint)",
                                        {ctx.args.get("reason"), deployment});
-            json doc = {{"ok", true}, {"operation", "request_rollback"},
-                        {"marker_id", id ? json(std::stoll(*id)) : json()}};
-            return emit(ctx, doc, kExitOk, [&]() { std::cout << "rollback marker " << id.value_or("?") << " pending\n"; });
+            json doc = {
+                {"ok", true}, {"operation", "request_rollback"}, {"marker_id", id ? json(std::stoll(*id)) : json()}};
+            return emit(ctx, doc, kExitOk,
+                        [&]() { std::cout << "rollback marker " << id.value_or("?") << " pending\n"; });
         }
         if (action == "execute") {
             only_for(ctx, action, {"force", "lock-wait"});
             std::string id = marker_id_arg(ctx, action);
-            if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+            if (auto lw = ctx.args.get("lock-wait"))
+                parse_duration_ms("lock-wait", *lw);
             auto conn = ctx.connect();
             apply_lock_wait(ctx, conn);
             json doc;
@@ -116,8 +125,9 @@ int cmd_markers(const std::vector<std::string>& args) {
             }
             int code = kExitOk;
             if (!doc.value("ok", false)) {
-                code = doc.value("state", "") == "needs_attention" ? kExitNeedsAttention
-                                                                   : failure_exit_code(doc.contains("error") ? doc["error"] : json());
+                code = doc.value("state", "") == "needs_attention"
+                           ? kExitNeedsAttention
+                           : failure_exit_code(doc.contains("error") ? doc["error"] : json());
             }
             return emit(ctx, doc, code, [&]() {
                 if (code == kExitOk)
@@ -125,23 +135,25 @@ int cmd_markers(const std::vector<std::string>& args) {
                               << (doc.value("already_done", false) ? "already done" : jstr(doc, "resolution", "done"))
                               << ")\n";
                 else
-                    std::cout << "marker " << id << ": " << jstr(doc, "state") << " after attempt " << jstr(doc, "attempts")
-                              << ": " << (doc.contains("error") ? jstr(doc["error"], "message") : "?") << "\n";
+                    std::cout << "marker " << id << ": " << jstr(doc, "state") << " after attempt "
+                              << jstr(doc, "attempts") << ": "
+                              << (doc.contains("error") ? jstr(doc["error"], "message") : "?") << "\n";
             });
         }
         if (action == "resolve") {
             only_for(ctx, action, {"resolution", "note"});
             std::string id = marker_id_arg(ctx, action);
             auto resolution = ctx.args.get("resolution");
-            if (!resolution) throw ArgumentError("markers resolve needs --resolution done|abandoned");
+            if (!resolution)
+                throw ArgumentError("markers resolve needs --resolution done|abandoned");
             if (*resolution != "done" && *resolution != "abandoned")
                 throw ArgumentError("--resolution must be done or abandoned, not \"" + *resolution + "\"");
             auto conn = ctx.connect();
-            json doc = conn.query_json("SELECT deploy.resolve_marker(marker_id => $1::bigint, resolution => $2, note => $3)",
-                                       {id, resolution, ctx.args.get("note")});
-            return emit(ctx, doc, kExitOk, [&]() {
-                std::cout << "marker " << id << " resolved: " << jstr(doc, "resolution") << "\n";
-            });
+            json doc =
+                conn.query_json("SELECT deploy.resolve_marker(marker_id => $1::bigint, resolution => $2, note => $3)",
+                                {id, resolution, ctx.args.get("note")});
+            return emit(ctx, doc, kExitOk,
+                        [&]() { std::cout << "marker " << id << " resolved: " << jstr(doc, "resolution") << "\n"; });
         }
         throw ArgumentError("unknown markers action \"" + action + "\" (list, request, execute, resolve)");
     });

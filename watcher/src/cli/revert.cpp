@@ -12,7 +12,9 @@ namespace {
 
 using nlohmann::json;
 
-common::Param opt(const std::optional<std::string>& v) { return v; }
+common::Param opt(const std::optional<std::string>& v) {
+    return v;
+}
 common::Param flag(const Context& ctx, const std::string& name) {
     return std::string(ctx.args.has(name) ? "true" : "false");
 }
@@ -20,7 +22,8 @@ common::Param flag(const Context& ctx, const std::string& name) {
 const json& list_of(const json& doc) {
     static const json empty = json::array();
     for (const char* key : {"reverted", "undone", "applied"})
-        if (doc.contains(key) && doc[key].is_array() && !doc[key].empty()) return doc[key];
+        if (doc.contains(key) && doc[key].is_array() && !doc[key].empty())
+            return doc[key];
     return empty;
 }
 
@@ -30,7 +33,8 @@ const json& list_of(const json& doc) {
  *		(irreversible) → 5, PD006 / 55000 (window, not eligible) → 7; a down script that failed → 1.
  */
 int revert_exit_code(const json& doc) {
-    if (doc.value("ok", false)) return kExitOk;
+    if (doc.value("ok", false))
+        return kExitOk;
     return doc.contains("failed") ? failure_exit_code(doc["failed"]) : kExitFailed;
 }
 
@@ -58,9 +62,10 @@ void print_revert_human(const Context& ctx, const json& doc, int code) {
         return;
     }
     const json& f = doc.contains("failed") ? doc["failed"] : json();
-    std::cout << ctx.spec->name << " refused or failed at " << jstr(f, "version", "?") << ": " << jstr(f, "message", "?")
-              << " (SQLSTATE " << jstr(f, "sqlstate", "?") << ")\n";
-    if (f.contains("hint") && !f["hint"].is_null()) std::cout << "HINT: " << jstr(f, "hint") << "\n";
+    std::cout << ctx.spec->name << " refused or failed at " << jstr(f, "version", "?") << ": "
+              << jstr(f, "message", "?") << " (SQLSTATE " << jstr(f, "sqlstate", "?") << ")\n";
+    if (f.contains("hint") && !f["hint"].is_null())
+        std::cout << "HINT: " << jstr(f, "hint") << "\n";
     std::cout << "nothing reverted; schema still at " << jstr(doc, "version_before", "(none)") << "\n";
 }
 
@@ -84,17 +89,19 @@ int cmd_down(const std::vector<std::string>& args) {
         reject_together(ctx.args, "steps", "to");
         check_version_arg("--to", ctx.args.get("to"));
         std::optional<std::string> steps;
-        if (auto s = ctx.args.get("steps")) steps = std::to_string(parse_positive_int("steps", *s));
-        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        if (auto s = ctx.args.get("steps"))
+            steps = std::to_string(parse_positive_int("steps", *s));
+        if (auto lw = ctx.args.get("lock-wait"))
+            parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
         // Either steps or to_version is passed, never both: the other keeps the function's default.
         const bool by_version = ctx.args.has("to");
-        json doc = conn.query_json(
-            std::string("SELECT deploy.down(") + (by_version ? "to_version => $1" : "steps => $1::integer") +
-                ", force => $2::boolean, dry_run => $3::boolean, app_version => $4)",
-            {by_version ? opt(ctx.args.get("to")) : common::Param(steps.value_or("1")), flag(ctx, "force"),
-             flag(ctx, "dry-run"), opt(ctx.args.get("app-version"))});
+        json doc = conn.query_json(std::string("SELECT deploy.down(") +
+                                       (by_version ? "to_version => $1" : "steps => $1::integer") +
+                                       ", force => $2::boolean, dry_run => $3::boolean, app_version => $4)",
+                                   {by_version ? opt(ctx.args.get("to")) : common::Param(steps.value_or("1")),
+                                    flag(ctx, "force"), flag(ctx, "dry-run"), opt(ctx.args.get("app-version"))});
         int code = revert_exit_code(doc);
         return emit(ctx, doc, code, [&]() { print_revert_human(ctx, doc, code); });
     });
@@ -117,7 +124,8 @@ int cmd_rollback(const std::vector<std::string>& args) {
         std::optional<std::string> deployment;
         if (auto d = ctx.args.get("deployment"))
             deployment = std::to_string(parse_positive_int("deployment", *d, 999999999));
-        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        if (auto lw = ctx.args.get("lock-wait"))
+            parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
         json doc = conn.query_json(
@@ -141,9 +149,11 @@ int cmd_baseline(const std::vector<std::string>& args) {
         0,
         ""};
     return run_command(spec, args, [](Context& ctx) {
-        if (!ctx.args.has("through")) throw ArgumentError("--through V is required");
+        if (!ctx.args.has("through"))
+            throw ArgumentError("--through V is required");
         check_version_arg("--through", ctx.args.get("through"));
-        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        if (auto lw = ctx.args.get("lock-wait"))
+            parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
         json doc = conn.query_json("SELECT deploy.baseline(through => $1, app_version => $2)",

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
@@ -17,7 +18,9 @@ namespace {
 
 using nlohmann::json;
 
-common::Param opt(const std::optional<std::string>& v) { return v; }
+common::Param opt(const std::optional<std::string>& v) {
+    return v;
+}
 
 double elapsed_ms(std::chrono::steady_clock::time_point since) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -25,20 +28,67 @@ double elapsed_ms(std::chrono::steady_clock::time_point since) {
 
 std::string progress_line(size_t index, size_t total, const std::string& version, const std::string& name,
                           const std::string& outcome) {
-    std::string counter = total ? "[" + std::to_string(index) + "/" + std::to_string(total) + "] "
-                                : "[" + std::to_string(index) + "] ";
+    std::string counter =
+        total ? "[" + std::to_string(index) + "/" + std::to_string(total) + "] " : "[" + std::to_string(index) + "] ";
     return counter + version + "_" + name + " ... " + outcome;
 }
 
 double num(const json& obj, const std::string& key) {
-    if (obj.is_object() && obj.contains(key) && obj[key].is_number()) return obj[key].get<double>();
+    if (obj.is_object() && obj.contains(key) && obj[key].is_number())
+        return obj[key].get<double>();
     return 0;
 }
 
 /*
+ * SessionDeployLock
+ *		Holds the deploy lock (advisory 'PDEP', 1) at session level while this client runs top-level statements.
+ *		The extension's functions take the same lock per transaction, so between next_step() and step_done()
+ *		nothing else would keep a second `pgdeploy up` from being handed the same running step and starting a
+ *		duplicate concurrent build. The same session may still call deploy.* (advisory locks are re-entrant per
+ *		session). If this process dies, the lock lives exactly as long as its backend: while the statement still
+ *		runs, nobody else starts it again. The wait is bounded like the extension's (pg_deploy.lock_wait).
+ */
+class SessionDeployLock {
+public:
+    explicit SessionDeployLock(common::Connection& conn) : conn_(conn) {
+        double wait_s = std::stod(
+            conn.query_value("SELECT extract(epoch FROM coalesce(nullif(current_setting('pg_deploy.lock_wait', true), "
+                             "''), '10s')::interval)")
+                .value_or("10"));
+        auto deadline =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long long>(wait_s * 1000));
+        while (conn.query_value("SELECT pg_catalog.pg_try_advisory_lock(1346651472, 1)") !=
+               std::optional<std::string>("t")) {
+            if (std::chrono::steady_clock::now() >= deadline) {
+                json holder = conn.query_json("SELECT deploy.deploy_lock_holder()");
+                throw common::DbError("55P03", "pgdeploy up: another deploy operation holds the deploy lock",
+                                      "holder pid " + jstr(holder, "pid", "?") + ", application_name '" +
+                                          jstr(holder, "application_name", "") + "', since " +
+                                          jstr(holder, "since", "unknown"),
+                                      "Retry when that deployment has finished, or raise --lock-wait.");
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    }
+    ~SessionDeployLock() {
+        try {
+            if (conn_.ok())
+                conn_.exec("SELECT pg_catalog.pg_advisory_unlock(1346651472, 1)");
+        } catch (...) {
+            // The session ends soon anyway, and with it the lock.
+        }
+    }
+    SessionDeployLock(const SessionDeployLock&) = delete;
+    SessionDeployLock& operator=(const SessionDeployLock&) = delete;
+
+private:
+    common::Connection& conn_;
+};
+
+/*
  * run_steps
- *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and friends
- *		inside a function, so the extension hands out one statement at a time and we run it at top level on this
+ *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
+ *friends inside a function, so the extension hands out one statement at a time and we run it at top level on this
  *		connection (autocommit). Cleanup statements come first: on a resume they remove what a failed attempt
  *		left behind (an INVALID index). Returns the failure object, or null when every step is done.
  */
@@ -46,11 +96,13 @@ json run_steps(const Context& ctx, common::Connection& conn, const json& awaitin
                const std::string& counter, double& total_ms) {
     json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
     common::Param dep_param;
-    if (deployment.is_number_integer()) dep_param = std::to_string(deployment.get<long long>());
+    if (deployment.is_number_integer())
+        dep_param = std::to_string(deployment.get<long long>());
     const std::string holder = Context::holder();
+    SessionDeployLock lock(conn);
     while (true) {
-        json step = conn.query_json("SELECT deploy.next_step(deployment_id => $1::bigint, holder => $2)",
-                                    {dep_param, holder});
+        json step =
+            conn.query_json("SELECT deploy.next_step(deployment_id => $1::bigint, holder => $2)", {dep_param, holder});
         if (step.is_null() || (step.is_object() && step.value("done", false)) ||
             (step.is_object() && !step.contains("statement")))
             return nullptr;
@@ -62,10 +114,12 @@ json run_steps(const Context& ctx, common::Connection& conn, const json& awaitin
         auto started = std::chrono::steady_clock::now();
         try {
             json cleanup = step.contains("cleanup") ? step["cleanup"] : json::array();
-            if (cleanup.is_string()) cleanup = json::array({cleanup});
+            if (cleanup.is_string())
+                cleanup = json::array({cleanup});
             if (cleanup.is_array())
                 for (const auto& c : cleanup) {
-                    if (!c.is_string() || c.get<std::string>().empty()) continue;
+                    if (!c.is_string() || c.get<std::string>().empty())
+                        continue;
                     spdlog::info("{}: cleanup: {}", label, c.get<std::string>());
                     conn.exec(c.get<std::string>());
                 }
@@ -73,24 +127,31 @@ json run_steps(const Context& ctx, common::Connection& conn, const json& awaitin
             conn.exec(step["statement"].get<std::string>());
         } catch (const common::DbError& e) {
             double ms = elapsed_ms(started);
-            ctx.progress(counter + label + " ... FAILED " + common::format_ms(ms) +
-                         ": " + e.sqlstate() + " " + e.what());
+            ctx.progress(counter + label + " ... FAILED " + common::format_ms(ms) + ": " + e.sqlstate() + " " +
+                         e.what());
             conn.query_value("SELECT deploy.step_failed($1::bigint, $2, $3)", {step_id, e.sqlstate(), e.what()});
             json failure = e.to_json();
             failure["version"] = version;
             failure["name"] = name;
             failure["step"] = step.contains("step") ? step["step"] : json();
             failure["statement"] = step["statement"];
-            steps_log.push_back({{"step_id", id}, {"version", version}, {"step", failure["step"]}, {"ok", false},
-                                 {"sqlstate", e.sqlstate()}, {"duration_ms", ms}});
+            steps_log.push_back({{"step_id", id},
+                                 {"version", version},
+                                 {"step", failure["step"]},
+                                 {"ok", false},
+                                 {"sqlstate", e.sqlstate()},
+                                 {"duration_ms", ms}});
             return failure;
         }
         double ms = elapsed_ms(started);
         conn.query_value("SELECT deploy.step_done($1::bigint)", {step_id});
         total_ms += ms;
         ctx.progress(counter + label + " ... ok " + common::format_ms(ms));
-        steps_log.push_back({{"step_id", id}, {"version", version}, {"step", step.contains("step") ? step["step"] : json()},
-                             {"ok", true}, {"duration_ms", ms}});
+        steps_log.push_back({{"step_id", id},
+                             {"version", version},
+                             {"step", step.contains("step") ? step["step"] : json()},
+                             {"ok", true},
+                             {"duration_ms", ms}});
     }
 }
 
@@ -103,8 +164,8 @@ void print_up_human(const json& doc, int exit_code) {
             std::cout << "nothing to apply: schema at " << before << (dry ? " (dry run)" : "") << "\n";
             return;
         }
-        std::cout << (dry ? "dry run: would apply " : "applied ") << n << " migration" << (n == 1 ? "" : "s")
-                  << ": " << before << " -> " << (dry ? jstr(doc, "target", after) : after);
+        std::cout << (dry ? "dry run: would apply " : "applied ") << n << " migration" << (n == 1 ? "" : "s") << ": "
+                  << before << " -> " << (dry ? jstr(doc, "target", after) : after);
         if (doc.contains("deployment_id") && !doc["deployment_id"].is_null())
             std::cout << " (deployment " << jstr(doc, "deployment_id") << ")";
         std::cout << " in " << common::format_ms(num(doc, "duration_ms")) << "\n";
@@ -113,9 +174,21 @@ void print_up_human(const json& doc, int exit_code) {
     const json& f = doc.contains("failed") ? doc["failed"] : json();
     std::cout << (dry ? "dry run FAILED" : "FAILED") << " at " << jstr(f, "version", "?") << " " << jstr(f, "name", "")
               << ": " << jstr(f, "message", "?") << " (SQLSTATE " << jstr(f, "sqlstate", "?") << ")\n";
-    if (f.contains("detail") && !f["detail"].is_null()) std::cout << "DETAIL: " << jstr(f, "detail") << "\n";
-    if (f.contains("hint") && !f["hint"].is_null()) std::cout << "HINT: " << jstr(f, "hint") << "\n";
-    if (doc.value("atomic", true) && !dry)
+    if (f.contains("detail") && !f["detail"].is_null())
+        std::cout << "DETAIL: " << jstr(f, "detail") << "\n";
+    if (f.contains("hint") && !f["hint"].is_null())
+        std::cout << "HINT: " << jstr(f, "hint") << "\n";
+    size_t kept = doc.contains("applied") && doc["applied"].is_array() ? doc["applied"].size() : 0;
+    if (dry)
+        std::cout << "dry run: nothing changed\n";
+    else if (kept > 0)
+        // Migrations before a non-transactional one are committed before its statements run (and --no-atomic
+        // keeps the ones that succeeded): say what stays applied.
+        std::cout << kept << " migration"
+                  << (kept == 1 ? " applied before the failure stays" : "s applied before the failure stay")
+                  << " applied; "
+                  << "schema at " << after << "\n";
+    else if (doc.value("atomic", true))
         std::cout << "nothing applied (atomic); schema still at " << before << "\n";
     else
         std::cout << "schema at " << after << "\n";
@@ -132,7 +205,8 @@ const CommandSpec& up_spec() {
          {"target", 0, true, "V", "apply up to and including version V"},
          {"dry-run", 0, false, "", "rehearse: run everything inside a transaction that is rolled back"},
          {"app-version", 0, true, "X", "the release being deployed (commit, image tag); recorded on the deployment"},
-         {"no-atomic", 0, false, "", "keep the migrations that succeeded when a later one fails (writes a rollback marker)"},
+         {"no-atomic", 0, false, "",
+          "keep the migrations that succeeded when a later one fails (writes a rollback marker)"},
          {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (default 10s)"}},
         0,
         0,
@@ -143,16 +217,19 @@ const CommandSpec& up_spec() {
 /*
  * cmd_up
  *		deploy.up() is called again after each batch of non-transactional steps: it resumes the same deployment
- *		and applies what follows. A round that makes no progress ends the loop with an error rather than spinning.
+ *		and applies what follows. A round that makes no progress ends the loop with an error rather than
+ *spinning.
  */
 int cmd_up(const std::vector<std::string>& args) {
     return run_command(up_spec(), args, [](Context& ctx) {
         bool dry_run = ctx.args.has("dry-run");
-        if (auto lw = ctx.args.get("lock-wait")) parse_duration_ms("lock-wait", *lw);
+        if (auto lw = ctx.args.get("lock-wait"))
+            parse_duration_ms("lock-wait", *lw);
         check_version_arg("--target", ctx.args.get("target"));
         std::optional<loader::LoadedDirectory> loaded;
         auto dir = ctx.args.get("dir");
-        if (dir) loaded = loader::load_directory(*dir);
+        if (dir)
+            loaded = loader::load_directory(*dir);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
 
@@ -163,16 +240,20 @@ int cmd_up(const std::vector<std::string>& args) {
             load_doc = report.doc;
             if (report.exit_code != 0) {
                 conn.exec("ROLLBACK");
-                json doc = {{"ok", false}, {"operation", "up"}, {"load", load_doc},
-                            {"error", {{"sqlstate", report.exit_code == kExitDrift ? json("PD001") : json()},
-                                       {"message", "migration files refused at registration; nothing registered or applied"}}}};
+                json doc = {{"ok", false},
+                            {"operation", "up"},
+                            {"load", load_doc},
+                            {"error",
+                             {{"sqlstate", report.exit_code == kExitDrift ? json("PD001") : json()},
+                              {"message", "migration files refused at registration; nothing registered or applied"}}}};
                 return emit(ctx, doc, report.exit_code, [&]() {
                     print_register_report(report, dry_run);
                     std::cout << "nothing applied\n";
                 });
             }
             // A dry run keeps the transaction open: registration and rehearsal are rolled back together.
-            if (!dry_run) conn.exec("COMMIT");
+            if (!dry_run)
+                conn.exec("COMMIT");
             spdlog::info("{}: {} new, {} unchanged, {} updated", *dir, load_doc["new"].get<int>(),
                          load_doc["unchanged"].get<int>(), load_doc["updated"].get<int>());
         }
@@ -181,11 +262,12 @@ int cmd_up(const std::vector<std::string>& args) {
         json result;
         size_t counter = 0;
         // The number of migrations this run will apply, for the [k/N] progress lines.
-        size_t total = static_cast<size_t>(std::stoll(conn.query_value(
-            "SELECT count(*) FROM deploy.migrations m "
-            "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) "
-            "AND ($1::text IS NULL OR m.sort_key <= deploy.version_key($1))",
-            {opt(ctx.args.get("target"))}).value_or("0")));
+        size_t total = static_cast<size_t>(
+            std::stoll(conn.query_value("SELECT count(*) FROM deploy.migrations m "
+                                        "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) "
+                                        "AND ($1::text IS NULL OR m.sort_key <= deploy.version_key($1))",
+                                        {opt(ctx.args.get("target"))})
+                           .value_or("0")));
         std::string last_awaiting;
         auto started = std::chrono::steady_clock::now();
         json failure;
@@ -194,18 +276,23 @@ int cmd_up(const std::vector<std::string>& args) {
                 "SELECT deploy.up(target => $1, dry_run => $2::boolean, app_version => $3, atomic => $4::boolean)",
                 {opt(ctx.args.get("target")), std::string(dry_run ? "true" : "false"), opt(ctx.args.get("app-version")),
                  std::string(ctx.args.has("no-atomic") ? "false" : "true")});
-            if (!result.is_object()) throw Failure(kExitFailed, "deploy.up() returned no result");
-            const json& applied = result.contains("applied") && result["applied"].is_array() ? result["applied"] : json::array();
+            if (!result.is_object())
+                throw Failure(kExitFailed, "deploy.up() returned no result");
+            const json& applied =
+                result.contains("applied") && result["applied"].is_array() ? result["applied"] : json::array();
             total = std::max(total, applied.size() + counter);
             for (const auto& a : applied) {
                 ++counter;
-                ctx.progress(progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
-                                           (dry_run ? "ok (rehearsed) " : "ok ") + common::format_ms(num(a, "duration_ms"))));
+                ctx.progress(
+                    progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
+                                  (dry_run ? "ok (rehearsed) " : "ok ") + common::format_ms(num(a, "duration_ms"))));
                 all_applied.push_back(a);
             }
-            if (!result.value("ok", false)) break;
+            if (!result.value("ok", false))
+                break;
             json awaiting = result.contains("awaiting_nontransactional") ? result["awaiting_nontransactional"] : json();
-            if (awaiting.is_null() || dry_run) break;
+            if (awaiting.is_null() || dry_run)
+                break;
             std::string key = awaiting.dump();
             if (key == last_awaiting)
                 throw Failure(kExitFailed, "deploy.up() keeps waiting for the same non-transactional migration (" +
@@ -213,21 +300,29 @@ int cmd_up(const std::vector<std::string>& args) {
             last_awaiting = key;
             if (!awaiting.contains("deployment_id") && result.contains("deployment_id"))
                 awaiting["deployment_id"] = result["deployment_id"];
-            std::string prefix = "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
-            spdlog::info("{} is non-transactional: running its statements at top level", jstr(awaiting, "version", "?"));
+            std::string prefix =
+                "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
+            spdlog::info("{} is non-transactional: running its statements at top level",
+                         jstr(awaiting, "version", "?"));
             double step_ms = 0;
             failure = run_steps(ctx, conn, awaiting, steps_log, prefix, step_ms);
-            if (!failure.is_null()) break;
+            if (!failure.is_null())
+                break;
             ++counter;
-            all_applied.push_back({{"version", awaiting.value("version", "")}, {"name", awaiting.value("name", "")},
-                                   {"duration_ms", step_ms}, {"transactional", false}});
+            all_applied.push_back({{"version", awaiting.value("version", "")},
+                                   {"name", awaiting.value("name", "")},
+                                   {"duration_ms", step_ms},
+                                   {"transactional", false}});
         }
-        if (dry_run && loaded) conn.exec("ROLLBACK");
+        if (dry_run && loaded)
+            conn.exec("ROLLBACK");
 
         json doc = result;
         doc["applied"] = all_applied;
-        if (!steps_log.empty()) doc["steps"] = steps_log;
-        if (!load_doc.is_null()) doc["load"] = load_doc;
+        if (!steps_log.empty())
+            doc["steps"] = steps_log;
+        if (!load_doc.is_null())
+            doc["load"] = load_doc;
         doc["duration_ms"] = elapsed_ms(started);
         int code = kExitOk;
         if (!failure.is_null()) {
@@ -239,7 +334,8 @@ int cmd_up(const std::vector<std::string>& args) {
             // A migration that failed is exit 1 whatever its own SQLSTATE; only drift has its own code here
             // (the lock error is raised by deploy.up itself and mapped in run_command).
             code = kExitFailed;
-            if (result.contains("failed") && jstr(result["failed"], "sqlstate", "") == "PD001") code = kExitDrift;
+            if (result.contains("failed") && jstr(result["failed"], "sqlstate", "") == "PD001")
+                code = kExitDrift;
         }
         return emit(ctx, doc, code, [&]() { print_up_human(doc, code); });
     });

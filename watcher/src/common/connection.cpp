@@ -19,7 +19,8 @@ std::string field(const PGresult* res, int code) {
 }
 
 std::string trim_trailing_newlines(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
     return s;
 }
 
@@ -32,7 +33,8 @@ std::string one_line(const std::string& s) {
             space = true;
             continue;
         }
-        if (space && !out.empty()) out += ' ';
+        if (space && !out.empty())
+            out += ' ';
         space = false;
         out += c;
     }
@@ -41,15 +43,16 @@ std::string one_line(const std::string& s) {
 
 /*
  * log_notice
- *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the log on stderr
- *		instead of libpq's default print, so they obey --log-format and never mix into stdout.
+ *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the log on
+ *stderr instead of libpq's default print, so they obey --log-format and never mix into stdout.
  */
 void log_notice(void*, const PGresult* res) {
     std::string severity = field(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     std::string text = trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY));
     std::string sqlstate = field(res, PG_DIAG_SQLSTATE);
     if (severity == "WARNING")
-        spdlog::warn("server: {}{}", text, sqlstate.empty() || sqlstate == "01000" ? "" : " (SQLSTATE " + sqlstate + ")");
+        spdlog::warn("server: {}{}", text,
+                     sqlstate.empty() || sqlstate == "01000" ? "" : " (SQLSTATE " + sqlstate + ")");
     else
         spdlog::debug("server {}: {}", severity, text);
 }
@@ -60,14 +63,18 @@ bool version_less(const std::string& a, const std::string& b) {
     while (i < a.size() && j < b.size()) {
         if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
             size_t ie = i, je = j;
-            while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie]))) ++ie;
-            while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je]))) ++je;
+            while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie])))
+                ++ie;
+            while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je])))
+                ++je;
             long long x = std::atoll(a.substr(i, ie - i).c_str()), y = std::atoll(b.substr(j, je - j).c_str());
-            if (x != y) return x < y;
+            if (x != y)
+                return x < y;
             i = ie;
             j = je;
         } else {
-            if (a[i] != b[j]) return a[i] < b[j];
+            if (a[i] != b[j])
+                return a[i] < b[j];
             ++i;
             ++j;
         }
@@ -86,8 +93,11 @@ DbError::DbError(const std::string& sqlstate, const std::string& message, std::s
 
 nlohmann::json DbError::to_json() const {
     auto or_null = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
-    return {{"sqlstate", or_null(sqlstate())}, {"message", what()}, {"detail", or_null(detail_)},
-            {"hint", or_null(hint_)},         {"context", or_null(context_)}};
+    return {{"sqlstate", or_null(sqlstate())},
+            {"message", what()},
+            {"detail", or_null(detail_)},
+            {"hint", or_null(hint_)},
+            {"context", or_null(context_)}};
 }
 
 /*
@@ -104,7 +114,8 @@ Connection Connection::connect(const ConnectOptions& options) {
         PQconninfoOption* parsed = PQconninfoParse(options.dsn.c_str(), &err);
         if (parsed) {
             for (PQconninfoOption* o = parsed; o->keyword; ++o)
-                if (std::string(o->keyword) == "password" && o->val) add_log_secret(o->val);
+                if (std::string(o->keyword) == "password" && o->val)
+                    add_log_secret(o->val);
             PQconninfoFree(parsed);
         } else {
             std::string msg = err ? one_line(err) : "invalid connection string";
@@ -126,14 +137,16 @@ Connection Connection::connect(const ConnectOptions& options) {
     values.push_back(nullptr);
 
     PGconn* raw = PQconnectdbParams(keys.data(), values.data(), 1);
-    if (raw == nullptr) throw Failure(kExitConnect, "cannot connect: out of memory");
+    if (raw == nullptr)
+        throw Failure(kExitConnect, "cannot connect: out of memory");
     Connection conn(raw);
     if (PQstatus(raw) != CONNECTION_OK) {
         const char* pw = PQpass(raw);
         std::string msg = scrub_secrets(one_line(PQerrorMessage(raw)), pw ? pw : "");
         throw Failure(kExitConnect, "cannot connect to the database: " + msg);
     }
-    if (const char* pw = PQpass(raw); pw && *pw) add_log_secret(pw);
+    if (const char* pw = PQpass(raw); pw && *pw)
+        add_log_secret(pw);
     PQsetNoticeReceiver(raw, &log_notice, nullptr);
     spdlog::debug("connected to {}", conn.describe());
     return conn;
@@ -147,7 +160,8 @@ void Connection::throw_error(PGresult* res) {
     }
     std::string sqlstate = res ? field(res, PG_DIAG_SQLSTATE) : "";
     std::string message = res ? trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY)) : "";
-    if (message.empty()) message = trim_trailing_newlines(PQerrorMessage(conn_.get()));
+    if (message.empty())
+        message = trim_trailing_newlines(PQerrorMessage(conn_.get()));
     throw DbError(sqlstate, scrub_secrets(message), res ? field(res, PG_DIAG_MESSAGE_DETAIL) : "",
                   res ? field(res, PG_DIAG_MESSAGE_HINT) : "", res ? field(res, PG_DIAG_CONTEXT) : "");
 }
@@ -159,24 +173,28 @@ Result Connection::exec(const std::string& sql, const std::vector<Param>& params
     } else {
         std::vector<const char*> values;
         values.reserve(params.size());
-        for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
-        res = PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
-                           nullptr, nullptr, 0);
+        for (const auto& p : params)
+            values.push_back(p ? p->c_str() : nullptr);
+        res = PQexecParams(conn_.get(), sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(), nullptr,
+                           nullptr, 0);
     }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) throw_error(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
+        throw_error(res);
     return Result(res);
 }
 
 std::optional<std::string> Connection::query_value(const std::string& sql, const std::vector<Param>& params) {
     Result r = exec(sql, params);
-    if (r.rows() == 0 || r.columns() == 0 || r.is_null(0, 0)) return std::nullopt;
+    if (r.rows() == 0 || r.columns() == 0 || r.is_null(0, 0))
+        return std::nullopt;
     return r.value(0, 0);
 }
 
 nlohmann::json Connection::query_json(const std::string& sql, const std::vector<Param>& params) {
     auto v = query_value(sql, params);
-    if (!v) return nullptr;
+    if (!v)
+        return nullptr;
     return nlohmann::json::parse(*v);
 }
 
@@ -194,7 +212,8 @@ std::string Connection::require_extension() {
 }
 
 std::string Connection::describe() const {
-    if (!conn_) return "(not connected)";
+    if (!conn_)
+        return "(not connected)";
     std::string host = PQhost(conn_.get()) ? PQhost(conn_.get()) : "";
     return std::string(PQuser(conn_.get())) + "@" + host + ":" + PQport(conn_.get()) + "/" + PQdb(conn_.get());
 }

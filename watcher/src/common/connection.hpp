@@ -21,8 +21,8 @@ namespace pgdeploy::common {
 // DbError: the server refused a statement. exit_code() follows exit_code_for_sqlstate().
 class DbError : public Failure {
 public:
-    DbError(const std::string& sqlstate, const std::string& message, std::string detail = {},
-            std::string hint = {}, std::string context = {});
+    DbError(const std::string& sqlstate, const std::string& message, std::string detail = {}, std::string hint = {},
+            std::string context = {});
     const std::string& detail() const { return detail_; }
     const std::string& hint() const { return hint_; }
     const std::string& context() const { return context_; }
@@ -48,12 +48,12 @@ private:
     std::unique_ptr<PGresult, decltype(&PQclear)> res_;
 };
 
-using Param = std::optional<std::string>;   // std::nullopt = SQL NULL
+using Param = std::optional<std::string>;  // std::nullopt = SQL NULL
 
 struct ConnectOptions {
-    std::string dsn;                              // "" = libpq defaults (PG* variables, service file, .pgpass)
-    std::string application_name = "pgdeploy";    // used unless the DSN or PGAPPNAME names one
-    int connect_timeout_s = 10;                   // unless the DSN or PGCONNECT_TIMEOUT sets one; 0 = none
+    std::string dsn;                            // "" = libpq defaults (PG* variables, service file, .pgpass)
+    std::string application_name = "pgdeploy";  // used unless the DSN or PGAPPNAME names one
+    int connect_timeout_s = 10;                 // unless the DSN or PGCONNECT_TIMEOUT sets one; 0 = none
 };
 
 class Connection {

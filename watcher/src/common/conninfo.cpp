@@ -10,13 +10,17 @@ namespace {
 
 bool ieq_at(const std::string& s, size_t pos, const char* word) {
     for (size_t i = 0; word[i] != '\0'; ++i) {
-        if (pos + i >= s.size()) return false;
-        if (std::tolower(static_cast<unsigned char>(s[pos + i])) != word[i]) return false;
+        if (pos + i >= s.size())
+            return false;
+        if (std::tolower(static_cast<unsigned char>(s[pos + i])) != word[i])
+            return false;
     }
     return true;
 }
 
-bool is_word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
+bool is_word_char(char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+}
 
 /*
  * scrub_keyword_values
@@ -31,22 +35,26 @@ std::string scrub_keyword_values(const std::string& in) {
         if (ieq_at(in, i, "password") && (i == 0 || !is_word_char(in[i - 1])) &&
             (i + 8 >= in.size() || !is_word_char(in[i + 8]))) {
             size_t j = i + 8;
-            while (j < in.size() && (in[j] == ' ' || in[j] == '\t')) ++j;
+            while (j < in.size() && (in[j] == ' ' || in[j] == '\t'))
+                ++j;
             if (j < in.size() && in[j] == '=') {
                 ++j;
-                while (j < in.size() && (in[j] == ' ' || in[j] == '\t')) ++j;
+                while (j < in.size() && (in[j] == ' ' || in[j] == '\t'))
+                    ++j;
                 // Skip the value: quoted with backslash escapes, or up to whitespace / URI separators.
                 size_t end = j;
                 if (end < in.size() && in[end] == '\'') {
                     ++end;
                     while (end < in.size() && in[end] != '\'') {
-                        if (in[end] == '\\' && end + 1 < in.size()) ++end;
+                        if (in[end] == '\\' && end + 1 < in.size())
+                            ++end;
                         ++end;
                     }
-                    if (end < in.size()) ++end;
+                    if (end < in.size())
+                        ++end;
                 } else {
-                    while (end < in.size() && !std::isspace(static_cast<unsigned char>(in[end])) &&
-                           in[end] != '&' && in[end] != '"' && in[end] != ',')
+                    while (end < in.size() && !std::isspace(static_cast<unsigned char>(in[end])) && in[end] != '&' &&
+                           in[end] != '"' && in[end] != ',')
                         ++end;
                 }
                 out += "password=***";
@@ -104,7 +112,9 @@ std::string scrub_uri_userinfo(const std::string& in) {
 
 }  // namespace
 
-std::string scrub_conninfo(const std::string& conninfo) { return scrub_secrets(conninfo); }
+std::string scrub_conninfo(const std::string& conninfo) {
+    return scrub_secrets(conninfo);
+}
 
 std::string scrub_secrets(const std::string& text, const std::string& secret) {
     std::string out = scrub_keyword_values(scrub_uri_userinfo(text));

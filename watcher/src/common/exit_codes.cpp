@@ -9,10 +9,14 @@ namespace pgdeploy {
  *		script that retries on 4 (lock held) must not see 1 from one command and 4 from another.
  */
 int exit_code_for_sqlstate(const std::string& sqlstate) {
-    if (sqlstate == "55P03") return kExitLockHeld;
-    if (sqlstate == "PD002") return kExitIrreversible;
-    if (sqlstate == "PD001") return kExitDrift;
-    if (sqlstate == "PD006" || sqlstate == "55000") return kExitRollbackRefused;
+    if (sqlstate == "55P03")
+        return kExitLockHeld;
+    if (sqlstate == "PD002")
+        return kExitIrreversible;
+    if (sqlstate == "PD001")
+        return kExitDrift;
+    if (sqlstate == "PD006" || sqlstate == "55000")
+        return kExitRollbackRefused;
     if (sqlstate == "08000" || sqlstate == "08001" || sqlstate == "08003" || sqlstate == "08004" ||
         sqlstate == "08006" || sqlstate == "57P03")
         return kExitConnect;

@@ -9,16 +9,16 @@
 namespace pgdeploy {
 
 enum ExitCode : int {
-    kExitOk = 0,                 // success, or nothing to do
-    kExitFailed = 1,             // the operation ran and failed (migration failed, verify failed, validate problems)
-    kExitUsage = 2,              // usage or configuration error (flags, config, bad migration files)
-    kExitConnect = 3,            // cannot connect to the database
-    kExitLockHeld = 4,           // deploy lock held by another session (55P03)
-    kExitIrreversible = 5,       // irreversible migration refused (PD002)
-    kExitDrift = 6,              // checksum drift refused (PD001)
-    kExitRollbackRefused = 7,    // outside the rollback window (PD006) or not eligible (55000)
-    kExitExtension = 8,          // extension missing or wrong version
-    kExitNeedsAttention = 10,    // watcher: rollback did not recover health / marker needs attention
+    kExitOk = 0,               // success, or nothing to do
+    kExitFailed = 1,           // the operation ran and failed (migration failed, verify failed, validate problems)
+    kExitUsage = 2,            // usage or configuration error (flags, config, bad migration files)
+    kExitConnect = 3,          // cannot connect to the database
+    kExitLockHeld = 4,         // deploy lock held by another session (55P03)
+    kExitIrreversible = 5,     // irreversible migration refused (PD002)
+    kExitDrift = 6,            // checksum drift refused (PD001)
+    kExitRollbackRefused = 7,  // outside the rollback window (PD006) or not eligible (55000)
+    kExitExtension = 8,        // extension missing or wrong version
+    kExitNeedsAttention = 10,  // watcher: rollback did not recover health / marker needs attention
 };
 
 // exit_code_for_sqlstate: the frozen mapping from a server error to an exit code, kept in one place so the CLI and

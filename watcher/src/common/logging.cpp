@@ -24,7 +24,8 @@ std::vector<std::string> g_secrets;
 std::string scrub_all(const std::string& text) {
     std::lock_guard<std::mutex> guard(g_secrets_mutex);
     std::string out = scrub_secrets(text);
-    for (const auto& s : g_secrets) out = scrub_secrets(out, s);
+    for (const auto& s : g_secrets)
+        out = scrub_secrets(out, s);
     return out;
 }
 
@@ -35,8 +36,8 @@ std::string iso_time(spdlog::log_clock::time_point tp) {
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
     return buf;
 }
 
@@ -75,13 +76,16 @@ private:
 }  // namespace
 
 LogFormat parse_log_format(const std::string& value) {
-    if (value == "plain" || value == "text") return LogFormat::kPlain;
-    if (value == "json") return LogFormat::kJson;
+    if (value == "plain" || value == "text")
+        return LogFormat::kPlain;
+    if (value == "json")
+        return LogFormat::kJson;
     throw UsageError("--log-format must be plain or json, not \"" + value + "\"");
 }
 
 void add_log_secret(const std::string& secret) {
-    if (secret.empty()) return;
+    if (secret.empty())
+        return;
     std::lock_guard<std::mutex> guard(g_secrets_mutex);
     g_secrets.push_back(secret);
 }
@@ -91,7 +95,8 @@ void setup_logging(const LogOptions& options) {
     auto sink = std::make_shared<ScrubbingStderrSink>(options.format);
     auto logger = std::make_shared<spdlog::logger>("pgdeploy", sink);
     logger->set_level(options.verbose ? spdlog::level::debug
-                                      : options.quiet ? spdlog::level::warn : spdlog::level::info);
+                      : options.quiet ? spdlog::level::warn
+                                      : spdlog::level::info);
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
 }

@@ -12,9 +12,9 @@ enum class LogFormat { kPlain, kJson };
 
 struct LogOptions {
     LogFormat format = LogFormat::kPlain;
-    bool verbose = false;        // debug level
-    bool quiet = false;          // warnings and errors only
-    std::string secret;          // a password known at start-up (PGPASSWORD), also scrubbed verbatim
+    bool verbose = false;  // debug level
+    bool quiet = false;    // warnings and errors only
+    std::string secret;    // a password known at start-up (PGPASSWORD), also scrubbed verbatim
 };
 
 // parse_log_format: "plain" or "json"; throws UsageError otherwise.

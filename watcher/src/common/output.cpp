@@ -17,21 +17,25 @@ nlohmann::json error_document(const std::string& command, const Failure& failure
     if (const auto* db = dynamic_cast<const DbError*>(&failure)) {
         error = db->to_json();
     } else {
-        error = {{"sqlstate", failure.sqlstate().empty() ? nlohmann::json(nullptr)
-                                                         : nlohmann::json(failure.sqlstate())},
-                 {"message", failure.what()}};
+        error = {
+            {"sqlstate", failure.sqlstate().empty() ? nlohmann::json(nullptr) : nlohmann::json(failure.sqlstate())},
+            {"message", failure.what()}};
     }
     nlohmann::json doc = {{"schema_version", kJsonSchemaVersion}, {"ok", false}};
-    if (!command.empty()) doc["command"] = command;
+    if (!command.empty())
+        doc["command"] = command;
     doc["error"] = error;
     doc["exit_code"] = failure.exit_code();
     return doc;
 }
 
 std::string cell(const nlohmann::json& value) {
-    if (value.is_null()) return "-";
-    if (value.is_string()) return value.get<std::string>();
-    if (value.is_boolean()) return value.get<bool>() ? "yes" : "no";
+    if (value.is_null())
+        return "-";
+    if (value.is_string())
+        return value.get<std::string>();
+    if (value.is_boolean())
+        return value.get<bool>() ? "yes" : "no";
     return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -40,16 +44,17 @@ namespace {
 size_t display_width(const std::string& s) {
     size_t n = 0;
     for (unsigned char c : s)
-        if ((c & 0xC0) != 0x80) ++n;
+        if ((c & 0xC0) != 0x80)
+            ++n;
     return n;
 }
 
 }  // namespace
 
-std::string render_table(const std::vector<std::string>& headers,
-                         const std::vector<std::vector<std::string>>& rows) {
+std::string render_table(const std::vector<std::string>& headers, const std::vector<std::vector<std::string>>& rows) {
     std::vector<size_t> width(headers.size());
-    for (size_t c = 0; c < headers.size(); ++c) width[c] = display_width(headers[c]);
+    for (size_t c = 0; c < headers.size(); ++c)
+        width[c] = display_width(headers[c]);
     for (const auto& row : rows)
         for (size_t c = 0; c < headers.size() && c < row.size(); ++c)
             width[c] = std::max(width[c], display_width(row[c]));
@@ -59,18 +64,23 @@ std::string render_table(const std::vector<std::string>& headers,
             std::string v = c < row.size() ? row[c] : "";
             // One line per row: embedded newlines would break the alignment.
             for (auto& ch : v)
-                if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
+                if (ch == '\n' || ch == '\r' || ch == '\t')
+                    ch = ' ';
             out += v;
-            if (c + 1 < headers.size()) out += std::string(width[c] - display_width(v) + 2, ' ');
+            if (c + 1 < headers.size())
+                out += std::string(width[c] - display_width(v) + 2, ' ');
         }
-        while (!out.empty() && out.back() == ' ') out.pop_back();
+        while (!out.empty() && out.back() == ' ')
+            out.pop_back();
         return out + "\n";
     };
     std::string out = line(headers);
     std::vector<std::string> rule;
-    for (size_t w : width) rule.emplace_back(w, '-');
+    for (size_t w : width)
+        rule.emplace_back(w, '-');
     out += line(rule);
-    for (const auto& row : rows) out += line(row);
+    for (const auto& row : rows)
+        out += line(row);
     return out;
 }
 

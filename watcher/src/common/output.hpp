@@ -25,8 +25,7 @@ std::string cell(const nlohmann::json& value);
 
 // render_table: left-aligned columns separated by two spaces, a header line and a dashed rule; widths count
 // UTF-8 code points, not bytes. Rows shorter than the header are padded with empty cells.
-std::string render_table(const std::vector<std::string>& headers,
-                         const std::vector<std::vector<std::string>>& rows);
+std::string render_table(const std::vector<std::string>& headers, const std::vector<std::vector<std::string>>& rows);
 
 // format_ms: 12 → "12 ms", 1534.2 → "1.53 s".
 std::string format_ms(double ms);

@@ -11,8 +11,10 @@ namespace {
 
 std::string trim(const std::string& s) {
     size_t b = 0, e = s.size();
-    while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+    while (b < e && std::isspace(static_cast<unsigned char>(s[b])))
+        ++b;
+    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1])))
+        --e;
     return s.substr(b, e - b);
 }
 
@@ -27,7 +29,8 @@ std::string trim(const std::string& s) {
  */
 void apply_directive(Directives& d, const std::string& item, const std::string& path, int line) {
     size_t eq = item.find('=');
-    if (eq == std::string::npos) fail(path, line, "pg_deploy directive \"" + item + "\" is not key=value");
+    if (eq == std::string::npos)
+        fail(path, line, "pg_deploy directive \"" + item + "\" is not key=value");
     std::string key = trim(item.substr(0, eq)), value = trim(item.substr(eq + 1));
     if (key == "transaction") {
         bool t;
@@ -37,7 +40,8 @@ void apply_directive(Directives& d, const std::string& item, const std::string& 
             t = false;
         else
             fail(path, line, "transaction must be on or off, not \"" + value + "\"");
-        if (d.transactional && *d.transactional != t) fail(path, line, "transaction given twice with different values");
+        if (d.transactional && *d.transactional != t)
+            fail(path, line, "transaction given twice with different values");
         d.transactional = t;
     } else if (key == "reversible") {
         if (value != "reversible" && value != "lossy" && value != "irreversible")
@@ -48,7 +52,8 @@ void apply_directive(Directives& d, const std::string& item, const std::string& 
     } else {
         fail(path, line, "unknown pg_deploy directive \"" + key + "\" (known: transaction, reversible)");
     }
-    if (d.line_of_first == 0) d.line_of_first = line;
+    if (d.line_of_first == 0)
+        d.line_of_first = line;
 }
 
 }  // namespace
@@ -64,18 +69,23 @@ Directives parse_directives(const std::string& text, const std::string& path) {
         pos = nl == std::string::npos ? text.size() : nl + 1;
         ++line_no;
         std::string t = trim(line);
-        if (t.empty()) continue;
-        if (t.compare(0, 2, "--") != 0) break;   // the header comment block ends at the first statement line
+        if (t.empty())
+            continue;
+        if (t.compare(0, 2, "--") != 0)
+            break;  // the header comment block ends at the first statement line
         std::string body = trim(t.substr(2));
-        if (body.compare(0, kPrefix.size(), kPrefix) != 0) continue;   // an ordinary comment
+        if (body.compare(0, kPrefix.size(), kPrefix) != 0)
+            continue;  // an ordinary comment
         std::string rest = trim(body.substr(kPrefix.size()));
-        if (rest.empty()) fail(path, line_no, "empty pg_deploy directive");
+        if (rest.empty())
+            fail(path, line_no, "empty pg_deploy directive");
         // Items are separated by commas and/or whitespace: "transaction=off, reversible=lossy".
         std::string item;
         for (size_t i = 0; i <= rest.size(); ++i) {
             char c = i < rest.size() ? rest[i] : ' ';
             if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
-                if (!item.empty()) apply_directive(d, item, path, line_no);
+                if (!item.empty())
+                    apply_directive(d, item, path, line_no);
                 item.clear();
             } else {
                 item += c;

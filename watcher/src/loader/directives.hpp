@@ -13,9 +13,9 @@
 namespace pgdeploy::loader {
 
 struct Directives {
-    std::optional<bool> transactional;          // nullopt: the extension detects
-    std::optional<std::string> reversibility;   // nullopt: reversible if a down script exists, else irreversible
-    int line_of_first = 0;                      // 0 when the file has none (for "directives only in .up.sql")
+    std::optional<bool> transactional;         // nullopt: the extension detects
+    std::optional<std::string> reversibility;  // nullopt: reversible if a down script exists, else irreversible
+    int line_of_first = 0;                     // 0 when the file has none (for "directives only in .up.sql")
 };
 
 // parse_directives: throws UsageError("PATH:LINE: ...") for a malformed or unknown directive.

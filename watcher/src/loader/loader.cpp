@@ -21,12 +21,16 @@ namespace pgdeploy::loader {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) { throw UsageError(message); }
+[[noreturn]] void fail(const std::string& message) {
+    throw UsageError(message);
+}
 
 std::string trim(const std::string& s) {
     size_t b = 0, e = s.size();
-    while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+    while (b < e && std::isspace(static_cast<unsigned char>(s[b])))
+        ++b;
+    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1])))
+        --e;
     return s.substr(b, e - b);
 }
 
@@ -41,14 +45,18 @@ bool ends_with(const std::string& s, const std::string& suffix) {
  */
 std::string read_file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
-    if (!in) fail(p.string() + ": cannot read: " + std::strerror(errno));
+    if (!in)
+        fail(p.string() + ": cannot read: " + std::strerror(errno));
     std::ostringstream ss;
     ss << in.rdbuf();
-    if (in.bad()) fail(p.string() + ": cannot read: " + std::strerror(errno));
+    if (in.bad())
+        fail(p.string() + ": cannot read: " + std::strerror(errno));
     return ss.str();
 }
 
-std::string read_sql(const fs::path& p) { return check_sql_text(read_file(p), p.string()); }
+std::string read_sql(const fs::path& p) {
+    return check_sql_text(read_file(p), p.string());
+}
 
 // sort_and_check_versions: natural order, and two spellings of one version ("1", "01") are refused (PD008 later).
 void sort_and_check_versions(std::vector<Migration>& ms, const std::string& dir) {
@@ -70,13 +78,15 @@ void apply_up_directives(Migration& m) {
     m.reversibility = d.reversibility;
     if (m.down_sql) {
         Directives dd = parse_directives(*m.down_sql, m.down_path);
-        if (dd.line_of_first) fail(m.down_path + ":" + std::to_string(dd.line_of_first) +
-                                   ": pg_deploy directives belong in the up script (" + m.up_path + ")");
+        if (dd.line_of_first)
+            fail(m.down_path + ":" + std::to_string(dd.line_of_first) +
+                 ": pg_deploy directives belong in the up script (" + m.up_path + ")");
     }
     if (m.verify_sql) {
         Directives dv = parse_directives(*m.verify_sql, m.verify_path);
-        if (dv.line_of_first) fail(m.verify_path + ":" + std::to_string(dv.line_of_first) +
-                                   ": pg_deploy directives belong in the up script (" + m.up_path + ")");
+        if (dv.line_of_first)
+            fail(m.verify_path + ":" + std::to_string(dv.line_of_first) +
+                 ": pg_deploy directives belong in the up script (" + m.up_path + ")");
     }
     if (m.reversibility && *m.reversibility != "irreversible" && !m.down_sql)
         fail(m.up_path + ":" + std::to_string(d.line_of_first) + ": declares reversible=" + *m.reversibility +
@@ -87,13 +97,17 @@ std::vector<fs::path> list_files(const fs::path& dir) {
     std::vector<fs::path> out;
     std::error_code ec;
     fs::directory_iterator it(dir, ec);
-    if (ec) fail(dir.string() + ": cannot read directory: " + ec.message());
+    if (ec)
+        fail(dir.string() + ": cannot read directory: " + ec.message());
     for (; it != fs::directory_iterator(); it.increment(ec)) {
-        if (ec) fail(dir.string() + ": cannot read directory: " + ec.message());
+        if (ec)
+            fail(dir.string() + ": cannot read directory: " + ec.message());
         std::string name = it->path().filename().string();
-        if (name.empty() || name[0] == '.') continue;
+        if (name.empty() || name[0] == '.')
+            continue;
         std::error_code ec2;
-        if (!it->is_regular_file(ec2)) continue;
+        if (!it->is_regular_file(ec2))
+            continue;
         out.push_back(it->path());
     }
     std::sort(out.begin(), out.end());
@@ -110,11 +124,13 @@ LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& fi
     std::map<std::string, Parts> by_version;
     for (const auto& p : files) {
         std::string fname = p.filename().string();
-        if (!ends_with(fname, ".sql")) continue;   // README.md and friends
+        if (!ends_with(fname, ".sql"))
+            continue;  // README.md and friends
         auto n = parse_native_name(fname);
         if (!n)
-            fail(p.string() + ": cannot parse a version from the file name (expected <version>_<name>.up.sql, "
-                              ".down.sql or .verify.sql)");
+            fail(p.string() +
+                 ": cannot parse a version from the file name (expected <version>_<name>.up.sql, "
+                 ".down.sql or .verify.sql)");
         if (!is_valid_version(n->version))
             fail(p.string() + ": invalid version \"" + n->version +
                  "\" (1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit)");
@@ -123,9 +139,11 @@ LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& fi
             fail(p.string() + ": version " + n->version + " is used by two different names (\"" + parts.name +
                  "\" and \"" + n->name + "\")");
         parts.name = n->name;
-        std::optional<fs::path>& slot =
-            n->kind == FileKind::kUp ? parts.up : n->kind == FileKind::kDown ? parts.down : parts.verify;
-        if (slot) fail(p.string() + ": two files with the same version " + n->version + " (" + slot->string() + ")");
+        std::optional<fs::path>& slot = n->kind == FileKind::kUp     ? parts.up
+                                        : n->kind == FileKind::kDown ? parts.down
+                                                                     : parts.verify;
+        if (slot)
+            fail(p.string() + ": two files with the same version " + n->version + " (" + slot->string() + ")");
         slot = p;
     }
     LoadedDirectory out{"native", {}};
@@ -164,19 +182,26 @@ LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& fi
     std::map<std::string, Parts> by_version;
     for (const auto& p : files) {
         std::string fname = p.filename().string();
-        if (!ends_with(fname, ".sql")) continue;
+        if (!ends_with(fname, ".sql"))
+            continue;
         auto n = parse_flyway_name(fname);
-        if (!n) fail(p.string() + ": not a Flyway migration name (expected V<version>__<name>.sql or U<version>__<name>.sql)");
-        if (!is_valid_version(n->version)) fail(p.string() + ": invalid version \"" + n->version + "\"");
+        if (!n)
+            fail(p.string() +
+                 ": not a Flyway migration name (expected V<version>__<name>.sql or U<version>__<name>.sql)");
+        if (!is_valid_version(n->version))
+            fail(p.string() + ": invalid version \"" + n->version + "\"");
         Parts& parts = by_version[n->version];
         std::optional<fs::path>& slot = n->undo ? parts.undo : parts.up;
-        if (slot) fail(p.string() + ": two files with the same version " + n->version + " (" + slot->string() + ")");
-        if (!n->undo || parts.name.empty()) parts.name = n->name;
+        if (slot)
+            fail(p.string() + ": two files with the same version " + n->version + " (" + slot->string() + ")");
+        if (!n->undo || parts.name.empty())
+            parts.name = n->name;
         slot = p;
     }
     LoadedDirectory out{"flyway", {}};
     for (auto& [version, parts] : by_version) {
-        if (!parts.up) fail(parts.undo->string() + ": undo migration without a V" + version + "__*.sql");
+        if (!parts.up)
+            fail(parts.undo->string() + ": undo migration without a V" + version + "__*.sql");
         Migration m;
         m.version = version;
         m.name = parts.name;
@@ -198,7 +223,8 @@ LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& fi
 LoadedDirectory load_sqitch(const fs::path& dir) {
     fs::path plan_path = dir / "sqitch.plan";
     SqitchPlan plan = parse_sqitch_plan(check_sql_text(read_file(plan_path), plan_path.string()), plan_path.string());
-    if (plan.changes.empty()) fail(plan_path.string() + ": the plan has no changes");
+    if (plan.changes.empty())
+        fail(plan_path.string() + ": the plan has no changes");
     size_t width = std::max<size_t>(4, std::to_string(plan.changes.size()).size());
     LoadedDirectory out{"sqitch", {}};
     int position = 0;
@@ -232,22 +258,28 @@ LoadedDirectory load_sqitch(const fs::path& dir) {
 
 bool is_date_time(const std::string& s) {
     // 2013-12-31T23:59:59Z
-    if (s.size() != 20) return false;
+    if (s.size() != 20)
+        return false;
     for (size_t i = 0; i < s.size(); ++i) {
         char c = s[i];
-        bool ok = (i == 4 || i == 7) ? c == '-' : i == 10 ? c == 'T' : (i == 13 || i == 16) ? c == ':'
-                                                        : i == 19 ? c == 'Z' : std::isdigit(static_cast<unsigned char>(c));
-        if (!ok) return false;
+        bool ok = (i == 4 || i == 7)     ? c == '-'
+                  : i == 10              ? c == 'T'
+                  : (i == 13 || i == 16) ? c == ':'
+                  : i == 19              ? c == 'Z'
+                                         : std::isdigit(static_cast<unsigned char>(c));
+        if (!ok)
+            return false;
     }
     return true;
 }
 
 // Sqitch names: no whitespace, none of the plan's syntax characters, not starting with punctuation.
 bool is_sqitch_name(const std::string& s) {
-    if (s.empty() || std::ispunct(static_cast<unsigned char>(s[0]))) return false;
+    if (s.empty() || std::ispunct(static_cast<unsigned char>(s[0])))
+        return false;
     for (char c : s)
-        if (std::isspace(static_cast<unsigned char>(c)) || c == '[' || c == ']' || c == '#' || c == '@' ||
-            c == ':' || c == '%' || static_cast<unsigned char>(c) < 0x20)
+        if (std::isspace(static_cast<unsigned char>(c)) || c == '[' || c == ']' || c == '#' || c == '@' || c == ':' ||
+            c == '%' || static_cast<unsigned char>(c) < 0x20)
             return false;
     return s.find("..") == std::string::npos;
 }
@@ -263,26 +295,33 @@ bool is_sqitch_name(const std::string& s) {
  */
 std::string check_sql_text(const std::string& bytes, const std::string& path) {
     std::string text = bytes;
-    if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);
+    if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0)
+        text.erase(0, 3);
     int line = 1;
     for (size_t i = 0; i < text.size();) {
         unsigned char c = static_cast<unsigned char>(text[i]);
-        if (c == 0) fail(path + ":" + std::to_string(line) + ": contains a NUL byte (not a text file)");
-        if (c == '\n') ++line;
+        if (c == 0)
+            fail(path + ":" + std::to_string(line) + ": contains a NUL byte (not a text file)");
+        if (c == '\n')
+            ++line;
         size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
         bool ok = len != 0 && i + len <= text.size();
-        for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
+        for (size_t k = 1; ok && k < len; ++k)
+            ok = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
         if (ok && len > 1) {
             // Reject overlong forms, surrogates and code points past U+10FFFF.
             unsigned cp = len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-            for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+            for (size_t k = 1; k < len; ++k)
+                cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
             ok = !((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
                    (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF);
         }
-        if (!ok) fail(path + ":" + std::to_string(line) + ": not valid UTF-8 (byte offset " + std::to_string(i) + ")");
+        if (!ok)
+            fail(path + ":" + std::to_string(line) + ": not valid UTF-8 (byte offset " + std::to_string(i) + ")");
         i += len;
     }
-    if (trim(text).empty()) fail(path + ": empty file");
+    if (trim(text).empty())
+        fail(path + ": empty file");
     return text;
 }
 
@@ -303,21 +342,27 @@ std::optional<NativeName> parse_native_name(const std::string& f) {
     }
     std::string stem = f.substr(0, f.size() - suffix);
     size_t us = stem.find('_');
-    if (us == std::string::npos || us == 0 || us + 1 >= stem.size()) return std::nullopt;
+    if (us == std::string::npos || us == 0 || us + 1 >= stem.size())
+        return std::nullopt;
     return NativeName{stem.substr(0, us), stem.substr(us + 1), kind};
 }
 
 std::optional<FlywayName> parse_flyway_name(const std::string& f) {
-    if (!ends_with(f, ".sql") || f.size() < 5) return std::nullopt;
+    if (!ends_with(f, ".sql") || f.size() < 5)
+        return std::nullopt;
     size_t sep = f.find("__");
-    if (sep == std::string::npos) return std::nullopt;
+    if (sep == std::string::npos)
+        return std::nullopt;
     char prefix = f[0];
     if (prefix == 'R' && sep == 1)
         fail(f + ": repeatable Flyway migrations (R__) are not supported: pg_deploy migrations have versions");
-    if (prefix == 'B' && sep > 1) fail(f + ": Flyway baseline migrations (B<version>__) are not supported: use pgdeploy baseline");
-    if (prefix != 'V' && prefix != 'U') return std::nullopt;
+    if (prefix == 'B' && sep > 1)
+        fail(f + ": Flyway baseline migrations (B<version>__) are not supported: use pgdeploy baseline");
+    if (prefix != 'V' && prefix != 'U')
+        return std::nullopt;
     std::string raw = f.substr(1, sep - 1), name = f.substr(sep + 2, f.size() - 4 - (sep + 2));
-    if (raw.empty() || name.empty()) fail(f + ": a Flyway name needs a version and a description (V1__name.sql)");
+    if (raw.empty() || name.empty())
+        fail(f + ": a Flyway name needs a version and a description (V1__name.sql)");
     std::string version;
     bool part_has_digit = false;
     for (char c : raw) {
@@ -331,7 +376,8 @@ std::optional<FlywayName> parse_flyway_name(const std::string& f) {
             fail(f + ": Flyway version \"" + raw + "\" is not made of numbers separated by . or _");
         }
     }
-    if (!part_has_digit) fail(f + ": Flyway version \"" + raw + "\" is not made of numbers separated by . or _");
+    if (!part_has_digit)
+        fail(f + ": Flyway version \"" + raw + "\" is not made of numbers separated by . or _");
     return FlywayName{version, name, prefix == 'U'};
 }
 
@@ -343,22 +389,26 @@ std::optional<FlywayName> parse_flyway_name(const std::string& f) {
  */
 SqitchPlan parse_sqitch_plan(const std::string& text, const std::string& path) {
     SqitchPlan plan;
-    std::map<std::string, size_t> last_index;      // change name → index of its latest instance
-    std::vector<std::pair<size_t, std::string>> tags;   // (changes before the tag, tag name)
+    std::map<std::string, size_t> last_index;          // change name → index of its latest instance
+    std::vector<std::pair<size_t, std::string>> tags;  // (changes before the tag, tag name)
     std::istringstream in(text);
     std::string raw;
     int line_no = 0;
     auto bad = [&](const std::string& msg) { fail(path + ":" + std::to_string(line_no) + ": " + msg); };
     while (std::getline(in, raw)) {
         ++line_no;
-        if (!raw.empty() && raw.back() == '\r') raw.pop_back();
+        if (!raw.empty() && raw.back() == '\r')
+            raw.pop_back();
         std::string line = trim(raw);
-        if (line.empty() || line[0] == '#') continue;
+        if (line.empty() || line[0] == '#')
+            continue;
         if (line[0] == '%') {
             size_t eq = line.find('=');
-            if (eq == std::string::npos) bad("pragma without '=': " + line);
+            if (eq == std::string::npos)
+                bad("pragma without '=': " + line);
             std::string key = trim(line.substr(1, eq - 1)), value = trim(line.substr(eq + 1));
-            if (key == "project") plan.project = value;
+            if (key == "project")
+                plan.project = value;
             if (key == "syntax-version" && value.compare(0, 2, "1.") != 0)
                 bad("unsupported sqitch plan syntax-version " + value);
             continue;
@@ -371,32 +421,41 @@ SqitchPlan parse_sqitch_plan(const std::string& text, const std::string& path) {
             line = trim(line.substr(0, hash));
         }
         bool is_tag = line[0] == '@';
-        if (line[0] == '-') bad("changes marked for revert in the plan (-name) are not supported");
-        if (line[0] == '+') line = trim(line.substr(1));
+        if (line[0] == '-')
+            bad("changes marked for revert in the plan (-name) are not supported");
+        if (line[0] == '+')
+            line = trim(line.substr(1));
         size_t sp = line.find_first_of(" \t");
-        if (sp == std::string::npos) bad("missing timestamp and planner after \"" + line + "\"");
+        if (sp == std::string::npos)
+            bad("missing timestamp and planner after \"" + line + "\"");
         std::string name = line.substr(is_tag ? 1 : 0, sp - (is_tag ? 1 : 0));
         std::string rest = trim(line.substr(sp));
         std::vector<std::string> requires_;
         if (!is_tag && !rest.empty() && rest[0] == '[') {
             size_t close = rest.find(']');
-            if (close == std::string::npos) bad("unterminated dependency list '['");
+            if (close == std::string::npos)
+                bad("unterminated dependency list '['");
             std::istringstream deps(rest.substr(1, close - 1));
             std::string d;
-            while (deps >> d) requires_.push_back(d);
+            while (deps >> d)
+                requires_.push_back(d);
             rest = trim(rest.substr(close + 1));
         }
         size_t sp2 = rest.find_first_of(" \t");
         std::string stamp = rest.substr(0, sp2);
-        if (!is_date_time(stamp)) bad("expected a timestamp like 2013-12-31T23:59:59Z, found \"" + stamp + "\"");
+        if (!is_date_time(stamp))
+            bad("expected a timestamp like 2013-12-31T23:59:59Z, found \"" + stamp + "\"");
         std::string planner = sp2 == std::string::npos ? "" : trim(rest.substr(sp2));
         if (planner.empty() || planner.back() != '>' || planner.find('<') == std::string::npos)
             bad("expected the planner as Name <email> after the timestamp");
-        if (!is_sqitch_name(name)) bad("invalid " + std::string(is_tag ? "tag" : "change") + " name \"" + name + "\"");
+        if (!is_sqitch_name(name))
+            bad("invalid " + std::string(is_tag ? "tag" : "change") + " name \"" + name + "\"");
         if (is_tag) {
-            if (plan.changes.empty()) bad("tag @" + name + " before any change");
+            if (plan.changes.empty())
+                bad("tag @" + name + " before any change");
             for (const auto& t : tags)
-                if (t.second == name) bad("duplicate tag @" + name);
+                if (t.second == name)
+                    bad("duplicate tag @" + name);
             tags.emplace_back(plan.changes.size(), name);
             continue;
         }
@@ -409,7 +468,8 @@ SqitchPlan parse_sqitch_plan(const std::string& text, const std::string& path) {
                     tag = t.second;
                     break;
                 }
-            if (tag.empty()) bad("change " + name + " is listed twice without a tag in between");
+            if (tag.empty())
+                bad("change " + name + " is listed twice without a tag in between");
             plan.changes[prev->second].rework_tag = tag;
         }
         last_index[name] = plan.changes.size();
@@ -422,28 +482,34 @@ std::string strip_sqitch_transaction(const std::string& sql) {
     std::vector<std::string> lines;
     std::istringstream in(sql);
     std::string l;
-    while (std::getline(in, l)) lines.push_back(l);
+    while (std::getline(in, l))
+        lines.push_back(l);
     auto is_comment_or_blank = [](const std::string& s) {
         std::string t = trim(s);
         return t.empty() || t.compare(0, 2, "--") == 0;
     };
     auto upper = [](std::string s) {
         s = trim(s);
-        for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        for (auto& c : s)
+            c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
         return s;
     };
     size_t first = 0;
-    while (first < lines.size() && is_comment_or_blank(lines[first])) ++first;
+    while (first < lines.size() && is_comment_or_blank(lines[first]))
+        ++first;
     size_t last = lines.size();
-    while (last > 0 && is_comment_or_blank(lines[last - 1])) --last;
-    if (first >= lines.size() || last == 0 || last - 1 <= first) return sql;
+    while (last > 0 && is_comment_or_blank(lines[last - 1]))
+        --last;
+    if (first >= lines.size() || last == 0 || last - 1 <= first)
+        return sql;
     std::string b = upper(lines[first]), e = upper(lines[last - 1]);
     if ((b == "BEGIN;" || b == "BEGIN TRANSACTION;" || b == "START TRANSACTION;") &&
         (e == "COMMIT;" || e == "ROLLBACK;" || e == "END;")) {
         lines[first] = "-- (BEGIN; removed by pgdeploy load)";
         lines[last - 1] = "-- (" + trim(lines[last - 1]) + " removed by pgdeploy load)";
         std::string out;
-        for (const auto& x : lines) out += x + "\n";
+        for (const auto& x : lines)
+            out += x + "\n";
         return out;
     }
     return sql;
@@ -459,24 +525,31 @@ std::string strip_sqitch_transaction(const std::string& sql) {
 LoadedDirectory load_directory(const std::string& dir_arg) {
     fs::path dir(dir_arg);
     std::error_code ec;
-    if (!fs::exists(dir, ec)) fail(dir_arg + ": no such directory");
-    if (!fs::is_directory(dir, ec)) fail(dir_arg + ": not a directory");
-    if (fs::exists(dir / "sqitch.plan", ec)) return load_sqitch(dir);
+    if (!fs::exists(dir, ec))
+        fail(dir_arg + ": no such directory");
+    if (!fs::is_directory(dir, ec))
+        fail(dir_arg + ": not a directory");
+    if (fs::exists(dir / "sqitch.plan", ec))
+        return load_sqitch(dir);
     std::vector<fs::path> files = list_files(dir);
     bool native = false, flyway = false;
     for (const auto& p : files) {
         std::string f = p.filename().string();
-        if (!ends_with(f, ".sql")) continue;
+        if (!ends_with(f, ".sql"))
+            continue;
         if (parse_native_name(f))
             native = true;
         else if (f.find("__") != std::string::npos && (f[0] == 'V' || f[0] == 'U' || f[0] == 'R' || f[0] == 'B'))
             flyway = true;
         else
-            fail(p.string() + ": cannot parse a version from the file name (expected <version>_<name>.up.sql, "
-                              ".down.sql, .verify.sql, or Flyway's V<version>__<name>.sql)");
+            fail(p.string() +
+                 ": cannot parse a version from the file name (expected <version>_<name>.up.sql, "
+                 ".down.sql, .verify.sql, or Flyway's V<version>__<name>.sql)");
     }
-    if (native && flyway) fail(dir_arg + ": mixes native (<version>_<name>.up.sql) and Flyway (V<version>__<name>.sql) files");
-    if (!native && !flyway) fail(dir_arg + ": no migration files found");
+    if (native && flyway)
+        fail(dir_arg + ": mixes native (<version>_<name>.up.sql) and Flyway (V<version>__<name>.sql) files");
+    if (!native && !flyway)
+        fail(dir_arg + ": no migration files found");
     return flyway ? load_flyway(dir, files) : load_native(dir, files);
 }
 

@@ -23,14 +23,14 @@ struct Migration {
     std::string up_sql;
     std::optional<std::string> down_sql;
     std::optional<std::string> verify_sql;
-    std::optional<bool> transactional;          // from `-- pg_deploy: transaction=...`; nullopt = detect
-    std::optional<std::string> reversibility;   // from `-- pg_deploy: reversible=...`; nullopt = default
+    std::optional<bool> transactional;         // from `-- pg_deploy: transaction=...`; nullopt = detect
+    std::optional<std::string> reversibility;  // from `-- pg_deploy: reversible=...`; nullopt = default
     std::string up_path, down_path, verify_path;
 };
 
 struct LoadedDirectory {
-    std::string layout;                   // "native", "sqitch" or "flyway"
-    std::vector<Migration> migrations;    // natural version order
+    std::string layout;                 // "native", "sqitch" or "flyway"
+    std::vector<Migration> migrations;  // natural version order
 };
 
 // load_directory: reads and validates DIR; throws UsageError on the first problem.
@@ -61,9 +61,9 @@ std::optional<FlywayName> parse_flyway_name(const std::string& file_name);
 
 struct SqitchChange {
     std::string name;
-    std::vector<std::string> requires_;   // dependencies from [...], for the report only: plan order is applied
+    std::vector<std::string> requires_;  // dependencies from [...], for the report only: plan order is applied
     std::string note;
-    std::string rework_tag;              // non-empty for an earlier instance of a reworked change: deploy/name@tag.sql
+    std::string rework_tag;  // non-empty for an earlier instance of a reworked change: deploy/name@tag.sql
     int line = 0;
 };
 struct SqitchPlan {

@@ -81,6 +81,29 @@ void apply_log_level(const std::string& level) {
     spdlog::set_level(spdlog::level::from_str(level == "warning" ? "warn" : level));
 }
 
+// Transaction: BEGIN now, ROLLBACK unless commit() was called (a DbError on the way out of scope).
+class Transaction {
+public:
+    explicit Transaction(common::Connection& conn) : conn_(conn) { conn_.exec("BEGIN"); }
+    ~Transaction() {
+        if (!done_) {
+            try {
+                conn_.exec("ROLLBACK");
+            } catch (const std::exception&) {
+                // The connection is gone: the server rolled back already.
+            }
+        }
+    }
+    void commit() {
+        conn_.exec("COMMIT");
+        done_ = true;
+    }
+
+private:
+    common::Connection& conn_;
+    bool done_ = false;
+};
+
 struct Verification {
     std::int64_t marker_id = 0;
     std::int64_t deployment_id = 0;
@@ -319,8 +342,15 @@ void Daemon::act(const Decision& d, Millis now) {
         case DecisionKind::freeze:
             spdlog::critical("decision: {}", d.message);
             ++decisions_["freeze"];
-            record_event("watcher_decision", d.deployment_id, 0, details);
-            record_event("watcher_frozen", d.deployment_id, 0, details);
+            try {
+                Ledger ledger(*conn_);
+                Transaction tx(*conn_);
+                ledger.log_event("watcher_decision", d.deployment_id, 0, details);
+                ledger.log_event("watcher_frozen", d.deployment_id, 0, details);
+                tx.commit();
+            } catch (const common::DbError& e) {
+                spdlog::error("cannot record the freeze of deployment {}: {}", d.deployment_id, e.what());
+            }
             engine_.commit(d, now);
             return;
         case DecisionKind::would_rollback:
@@ -351,9 +381,13 @@ void Daemon::act(const Decision& d, Millis now) {
     ++decisions_["rollback"];
     std::int64_t marker = 0;
     try {
+        // The decision and the marker in one transaction: a crash between the two must not leave a decision that
+        // says "handled" (never twice) without the marker that performs it.
         Ledger ledger(*conn_);
+        Transaction tx(*conn_);
         ledger.log_event("watcher_decision", d.deployment_id, 0, details);
         marker = ledger.request_rollback("watcher " + cfg_.watcher_id + ": " + d.message, d.deployment_id, details);
+        tx.commit();
     } catch (const common::DbError& e) {
         spdlog::error("cannot request the rollback of deployment {}: {}", d.deployment_id, e.what());
         engine_.commit(d, now);  // never loop on a refused request; the event log and logs say why

@@ -101,7 +101,8 @@ struct DeploymentView {
     std::string version_after;
     Millis finished_at = 0;  // on the watcher's clock (computed from the server's age)
     std::vector<std::string> irreversible_versions;
-    bool has_marker = false;  // a rollback marker exists for it (in any state)
+    bool has_marker = false;  // a rollback marker exists for it (any state), or a watcher already decided to roll
+                              // it back, freeze it or record a dry run about it (a watcher_decision event)
     std::optional<TargetInfo> target;
     Millis last_rollback_at = 0;  // newest rollback marker request, for cooldown across restarts
 };

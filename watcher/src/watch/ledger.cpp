@@ -36,7 +36,9 @@ SELECT cur.id, cur.state, cur.app_version, cur.version_before, cur.version_after
        (extract(epoch FROM (clock_timestamp() - coalesce(cur.finished_at, cur.started_at))) * 1000)::bigint,
        (SELECT coalesce(string_agg(a.version, ',' ORDER BY a.sort_key), '') FROM deploy.applied a
          WHERE a.deployment_id = cur.id AND a.reversibility = 'irreversible'),
-       EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = cur.id),
+       EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = cur.id)
+       OR EXISTS (SELECT 1 FROM deploy.events e WHERE e.deployment_id = cur.id AND e.kind = 'watcher_decision'
+                  AND e.details->>'kind' IN ('rollback', 'freeze', 'would_rollback')),
        tgt.id, tgt.app_version, tgt.version_after,
        (tgt.id IS NOT NULL AND EXISTS (
             SELECT 1 FROM deploy.deployments x
