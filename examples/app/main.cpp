@@ -106,6 +106,7 @@ PgConn connect(const Options& opt, std::string& error) {
 std::optional<std::string> run_query(PGconn* conn, const std::string& sql, const std::vector<std::string>& params,
                                      std::string& error) {
     std::vector<const char*> values;
+    values.reserve(params.size());
     for (const auto& p : params)
         values.push_back(p.c_str());
     PgResult res(
@@ -248,10 +249,12 @@ int main(int argc, char** argv) {
         return 2;
 
     // Signals are taken by one thread with sigwait, which then stops the server from outside any signal handler.
+    // SIGUSR1 only wakes that thread when the server stopped on its own.
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);
     sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
     httplib::Server server;
@@ -286,7 +289,7 @@ int main(int argc, char** argv) {
     });
     bool ok = server.listen_after_bind();
     // If the server stopped on its own, wake the signal thread so it can be joined.
-    pthread_kill(signal_thread.native_handle(), SIGTERM);
+    pthread_kill(signal_thread.native_handle(), SIGUSR1);
     signal_thread.join();
     std::cout << "pgdeploy-example-app: stopped" << std::endl;
     return ok ? 0 : 1;

@@ -331,3 +331,21 @@ def test_pgpass_and_service_file(pg, tmp_path):
     rc, out, err = run_pgdeploy("status", "--json", env=dict(env, PGSERVICE="pgdeploy-test", PGDATABASE=None))
     assert rc == 0, err
     assert password not in out + err
+
+
+def test_sql_bodies_are_registered_byte_for_byte(pg, write_migrations):
+    """The batch registration passes SQL through array parameters: quotes, backslashes, braces, the word NULL and
+    non-ASCII text must arrive unchanged."""
+    up = ("-- \"quoted\" {braces} NULL \\backslash\\ 'single' é ✓ 😀\n"
+          "CREATE TABLE tricky (v text DEFAULT E'a\\\\b\"c{d}' );\n"
+          "COMMENT ON TABLE tricky IS 'NULL';\n")
+    down = "DROP TABLE tricky; -- \"}\n"
+    d = write_migrations({"0001_tricky.up.sql": up, "0001_tricky.down.sql": down,
+                          "0002_null.up.sql": "SELECT 'NULL';\n"})
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--dsn", pg.dsn)
+    assert rc == 0, err
+    assert pg.sql("SELECT up_sql, down_sql, verify_sql FROM deploy.migrations WHERE version = '0001'") == \
+        [(up, down, None)]
+    assert pg.scalar("SELECT down_sql FROM deploy.migrations WHERE version = '0002'") is None
+    assert pg.scalar("SELECT column_default FROM information_schema.columns WHERE table_name = 'tricky'") == \
+        "'a\\b\"c{d}'::text"

@@ -334,3 +334,35 @@ def test_lock_held_exit_4_and_nothing_changed(pg, write_migrations):
         holder.rollback()
         holder.close()
     assert run_pgdeploy("up", "--lock-wait", "1s", "--dsn", pg.dsn)[0] == 0
+
+
+def test_unreadable_migration_file_exit_2(pg, write_migrations):
+    """As root every file is readable; a broken symlink named like a migration is the unreadable file here."""
+    import os
+    d = write_migrations(GOOD)
+    os.symlink("/nonexistent/0003.sql", os.path.join(d, "0003_c.up.sql"))
+    before = pg.snapshot()
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--json", "--dsn", pg.dsn)
+    assert rc == 2, err
+    assert "0003_c.up.sql: not a readable regular file" in json.loads(out)["error"]["message"]
+    assert pg.snapshot() == before
+
+
+def test_marker_that_keeps_failing_needs_attention_exit_10(pg, write_migrations):
+    d = write_migrations({"0001_a.up.sql": "CREATE TABLE a (id int);", "0001_a.down.sql": "SELECT 1/0;"})
+    assert run_pgdeploy("up", "--dir", d, "--dsn", pg.dsn)[0] == 0
+    rc, out, _ = run_pgdeploy("markers", "request", "--reason", "bad", "--json", "--dsn", pg.dsn)
+    marker = json.loads(out)["marker_id"]
+    one_attempt = {"PGOPTIONS": "-c pg_deploy.max_rollback_attempts=1"}
+    rc, out, err = run_pgdeploy("markers", "execute", str(marker), "--json", "--dsn", pg.dsn, env=one_attempt)
+    assert rc == 10, (out, err)
+    doc = json.loads(out)
+    assert doc["state"] == "needs_attention" and doc["exit_code"] == 10
+    assert doc["error"]["sqlstate"] == "22012"
+    # Executing it again is refused (PD007) and still says: a person must look.
+    rc, out, err = run_pgdeploy("markers", "execute", str(marker), "--json", "--dsn", pg.dsn, env=one_attempt)
+    assert rc == 10, (out, err)
+    assert json.loads(out)["error"]["sqlstate"] == "PD007"
+    assert pg.scalar("SELECT count(*) FROM deploy.applied") == 1
+    rc, out, err = run_pgdeploy("markers", "resolve", str(marker), "--resolution", "abandoned", "--dsn", pg.dsn)
+    assert rc == 0, err

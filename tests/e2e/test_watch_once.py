@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import conninfo, free_port, run_pgdeploy
-from watch_helpers import HealthServer, deploy, events, hook_entries, watch_config, write_hook
+from watch_helpers import HealthServer, deploy, events, hook_entries, watch_config, write_alert, write_hook
 
 V1 = [("0001", "CREATE TABLE public.once_t (id int PRIMARY KEY)", "DROP TABLE public.once_t")]
 V2 = [("0002", "ALTER TABLE public.once_t ADD COLUMN note text", "ALTER TABLE public.once_t DROP COLUMN note")]
@@ -64,7 +64,9 @@ def test_once_failing_hook_keeps_the_marker_then_needs_attention(pg, health, tmp
     d2 = deploy(pg, "v2", V2)
     hook, hook_log, fail_file = write_hook(tmp_path, health.bad_file)
     open(fail_file, "w").close()
-    path = write_config(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json"))
+    alert, alert_log = write_alert(tmp_path)
+    path = write_config(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json",
+                                               extra={"alert": {"command": [alert]}}))
     marker = pg.scalar("SELECT deploy.request_rollback('bad', %s)", (d2,))
 
     results = []
@@ -77,6 +79,9 @@ def test_once_failing_hook_keeps_the_marker_then_needs_attention(pg, health, tmp
     assert pg.scalar("SELECT state FROM deploy.rollback_markers WHERE id = %s", (marker,)) == "needs_attention"
     assert [e["attempt"] for e in hook_entries(hook_log)] == ["1", "2", "3"]
     assert len(events(pg, "watcher_hook_failed")) == 3
+    # Only the last cycle needed a person.
+    assert hook_entries(alert_log) == [{"kind": "needs_attention", "deployment": str(d2), "marker": str(marker),
+                                        "watcher": "w1"}]
     code, out, _ = run_pgdeploy("once", "--config", path, "--json")
     assert code == 0 and json.loads(out)["markers"] == []   # needs_attention is for a person now
 
@@ -153,3 +158,32 @@ def test_once_kills_a_hook_that_outlives_its_timeout(pg, health, tmp_path):
     assert code == 0, err
     assert state_of(pg, d2) == "rolled_back"
     assert [e["attempt"] for e in hook_entries(hook_log) if e["phase"] == "start"] == ["1", "2"]
+
+
+def test_once_with_the_deploy_lock_held_fails_the_attempt_and_retries(pg, health, tmp_path):
+    """A deploy in progress holds the deploy lock: execute_rollback is refused (55P03) before it records anything;
+    the attempt is recorded as failed (lease released, retry budget counted) and the next cycle completes it."""
+    deploy(pg, "v1", V1)
+    d2 = deploy(pg, "v2", V2)
+    hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
+    cfg = watch_config(pg, health, hook, tmp_path / "state.json")
+    cfg["database"]["dsn"] = pg.dsn + " options='-c pg_deploy.lock_wait=200ms'"
+    path = write_config(tmp_path, cfg)
+    marker = pg.scalar("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    holder = pg.connect()
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(1346651472, 1)")
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", timeout=30)
+    assert code == 1, err
+    m = json.loads(out)["markers"][0]
+    assert m["result"] == "failed" and "deploy lock" in m["error"], m
+    assert pg.sql("SELECT state, attempts, holder IS NOT NULL, lease_until FROM deploy.rollback_markers "
+                  "WHERE id = %s", (marker,)) == [("failed", 1, True, None)]
+    assert state_of(pg, d2) == "succeeded"
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(1346651472, 1)")
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", timeout=30)
+    assert code == 0, err
+    assert state_of(pg, d2) == "rolled_back"
+    # The hook's run of the first cycle is remembered: it is not run again for the retry.
+    assert [e["phase"] for e in hook_entries(hook_log)] == ["start", "done"]

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import free_port
 from watch_helpers import (HealthServer, Watcher, deploy, events, hook_entries, wait_for, watch_config,
-                           write_hook)
+                           write_alert, write_hook)
 
 INTERVAL_S = 0.2
 FAILURE_THRESHOLD = 3
@@ -189,11 +189,16 @@ def test_release_with_irreversible_migration_is_frozen_not_reverted(pg, health, 
     deploy(pg, "v1", V1)
     d2 = deploy(pg, "v2", [("0002", "CREATE TABLE public.app_audit (id int)", None)])   # no down: irreversible
     hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
-    w = Watcher(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json"))
+    alert, alert_log = write_alert(tmp_path)
+    w = Watcher(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json",
+                                       extra={"alert": {"command": [alert], "timeout": "5s"}}))
     watchers.append(w)
     w.wait_ready(leader=True)
     health.make_unhealthy()
     wait_for(lambda: events(pg, "watcher_frozen", d2), timeout=10, what="the freeze")
+    alerts = wait_for(lambda: hook_entries(alert_log), timeout=5, what="the alert command")
+    assert alerts == [{"kind": "frozen", "deployment": str(d2), "marker": "", "watcher": "w1"}]
+    assert "irreversible migrations (0002)" in open(alert_log + ".messages").read()
     time.sleep(FAILURE_THRESHOLD * INTERVAL_S * 2)
     assert pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
     assert marker_rows(pg) == []
@@ -215,6 +220,7 @@ def test_release_with_irreversible_migration_is_frozen_not_reverted(pg, health, 
     assert len(events(pg, "watcher_frozen")) == 1
     assert len(events(pg, "watcher_decision")) == 1
     assert "already rolled back or handled" in w2.log_text()
+    assert len(hook_entries(alert_log)) == 1   # one alert, not one per restart
 
 
 def test_leader_killed_mid_rollback_follower_finishes_after_the_lease(pg, health, tmp_path, watchers):

@@ -87,6 +87,22 @@ def write_hook(tmp_path, bad_file, sleep_first=0):
     return str(hook), str(log), str(fail_file)
 
 
+ALERT_TEMPLATE = """#!/bin/sh
+printf '{{"kind":"%s","deployment":"%s","marker":"%s","watcher":"%s"}}\\n' "$PGDEPLOY_ALERT_KIND" \\
+  "$PGDEPLOY_DEPLOYMENT_ID" "$PGDEPLOY_MARKER_ID" "$PGDEPLOY_WATCHER_ID" >> '{log}'
+printf '%s\\n' "$PGDEPLOY_ALERT_MESSAGE" >> '{log}.messages'
+"""
+
+
+def write_alert(tmp_path):
+    """An alert command that appends one JSON line per alert (and the message to LOG.messages); returns (path, log)."""
+    log = tmp_path / "alerts.log"
+    script = tmp_path / "alert"
+    script.write_text(ALERT_TEMPLATE.format(log=log))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script), str(log)
+
+
 def hook_entries(log):
     if not os.path.exists(log):
         return []

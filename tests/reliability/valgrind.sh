@@ -34,11 +34,15 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 user=$([ "$(id -u)" = 0 ] && echo postgres || id -un)
 pid=
 
+# stop_server: pg_ctl as the cluster's owner ($pid is runuser's when we are root, and runuser does not pass
+# signals on).
+stop_server() {
+  "${as_owner[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m "${1:-fast}" -w -t 300 stop >/dev/null 2>&1 || true
+}
+
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    stop_server immediate
   fi
   [ -n "${VALGRIND_LOG_DIR:-}" ] || cp -r "$logdir" "/tmp/pgdeploy-valgrind-logs.$$" 2>/dev/null || true
   rm -rf "$work"
@@ -63,7 +67,7 @@ rc=0
 PGHOST=$work/sock PGPORT=$port PGUSER=$user make -s -C "$ROOT" installcheck ISOLATION= REGRESS="${tests[*]}" \
   REGRESS_OPTS="--inputdir=. --outputdir=$logdir/results --host=$work/sock --port=$port --user=$user" || rc=$?
 
-kill -INT "$pid" 2>/dev/null || true
+stop_server fast
 wait "$pid" 2>/dev/null || true
 pid=
 

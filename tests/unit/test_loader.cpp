@@ -2,6 +2,7 @@
 // case with its exact message. Files are written to a fresh temporary directory per test; no server.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -212,6 +213,24 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
             fs::permissions(d.path / "0001_init.up.sql", fs::perms::none);
             CHECK(load_error(d.str()).find("0001_init.up.sql: cannot read") != std::string::npos);
         }
+    }
+    SECTION("broken symlink and FIFO named like migrations") {
+        TempDir d;
+        d.write("0001_init.up.sql", "SELECT 1;");
+        fs::create_symlink("/nonexistent/target.sql", d.path / "0002_gone.up.sql");
+        CHECK(load_error(d.str()) ==
+              d.str() + "/0002_gone.up.sql: not a readable regular file (broken symlink, FIFO or device?)");
+        TempDir f;
+        f.write("0001_init.up.sql", "SELECT 1;");
+        REQUIRE(mkfifo((f.path / "0001_init.down.sql").c_str(), 0600) == 0);
+        CHECK(load_error(f.str()) ==
+              f.str() + "/0001_init.down.sql: not a readable regular file (broken symlink, FIFO or device?)");
+    }
+    SECTION("a symlink to a real file is read") {
+        TempDir d;
+        d.write("real/0001_init.sql", "SELECT 1;");
+        fs::create_symlink(d.path / "real/0001_init.sql", d.path / "0001_init.up.sql");
+        CHECK(load_directory(d.str()).migrations.at(0).up_sql == "SELECT 1;");
     }
     SECTION("mixed layouts") {
         TempDir d;

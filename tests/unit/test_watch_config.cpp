@@ -62,6 +62,8 @@ TEST_CASE("an empty object is a valid configuration with the documented defaults
     CHECK(c.rollback.lease == 5 * 60 * 1000);
     CHECK(c.logging.level == "info");
     CHECK(c.logging.format == "plain");
+    CHECK(c.alert.command.empty());
+    CHECK(c.alert.timeout == 30000);
     CHECK(c.metrics.listen.empty());
     CHECK(c.leader_lock);
     CHECK(c.database.poll_interval == 5000);
@@ -100,6 +102,7 @@ TEST_CASE("a full configuration parses every key", "[watch][config]") {
       "decision": {"watch_window": "15m", "cooldown": "0s", "health_recovery": "30s", "dry_run": true},
       "rollback": {"command": ["/usr/local/bin/rollback", "--fast"], "timeout": "2m", "order": "database_first",
                    "retry_backoff": "1s", "retry_backoff_max": "1m", "lease": "90s", "force": true},
+      "alert": {"command": ["/usr/local/bin/page", "--team", "db"], "timeout": "10s"},
       "logging": {"level": "debug", "format": "json"},
       "metrics": {"listen": "127.0.0.1:9187"},
       "leader": {"enabled": false},
@@ -122,6 +125,8 @@ TEST_CASE("a full configuration parses every key", "[watch][config]") {
     CHECK(c.rollback.order == RollbackOrder::database_first);
     CHECK(c.rollback.command[1] == "--fast");
     CHECK(c.rollback.force);
+    CHECK(c.alert.command.size() == 3);
+    CHECK(c.alert.timeout == 10000);
     CHECK(c.metrics.port == 9187);
     CHECK_FALSE(c.leader_lock);
     CHECK(c.logging.format == "json");
@@ -196,6 +201,9 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
         {R"({"rollback": {"retry_backoff": "10s", "retry_backoff_max": "1s"}})",
          "rollback.retry_backoff_max: must not be less than"},
         {R"({"rollback": {"lease": "500ms"}})", "rollback.lease: must be at least 1s"},
+        {R"({"alert": {"command": "page me"}})", "alert.command: must be an array of strings"},
+        {R"({"alert": {"timeout": "0s"}})", "alert.timeout: must be a positive duration"},
+        {R"({"alert": {"url": "x"}})", "alert.url: unknown key"},
         {R"({"logging": {"level": "loud"}})", "logging.level: must be one of"},
         {R"({"logging": {"format": "xml"}})", "logging.format: must be \"plain\" or \"json\""},
         {R"({"metrics": {"listen": "0.0.0.0:9187"}})", "metrics.listen: must be a loopback address"},

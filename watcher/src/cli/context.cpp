@@ -59,7 +59,7 @@ void print_failure_text(const std::string& command, const Failure& f) {
  * run_command
  *		The one place where failures become exit codes, so every sub-command reports errors the same way: a
  *		one-line message on stderr (plus the usage for usage errors), and under --json also a JSON error
- *document on stdout, so a script that parses stdout always gets exactly one document.
+ *		document on stdout, so a script that parses stdout always gets exactly one document.
  */
 int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
                 const std::function<int(Context&)>& body) {

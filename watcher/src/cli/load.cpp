@@ -41,22 +41,98 @@ int exit_code_for_refusal(const std::string& sqlstate) {
     return kExitUsage;
 }
 
+// array_literal: a PostgreSQL text[] literal ({"a","b",NULL}) for one parameter, so the batch needs no SQL building.
+std::string array_literal(const std::vector<common::Param>& values) {
+    std::string out = "{";
+    for (size_t i = 0; i < values.size(); ++i) {
+        if (i)
+            out += ',';
+        if (!values[i]) {
+            out += "NULL";
+            continue;
+        }
+        out += '"';
+        for (char c : *values[i]) {
+            if (c == '"' || c == '\\')
+                out += '\\';
+            out += c;
+        }
+        out += '"';
+    }
+    return out + "}";
+}
+
+/*
+ * register_batch
+ *		The common case, every file accepted, in one round trip: one deploy.register() call per row of an
+ *		unnest() over array parameters, in version order. Returns nullopt when the server refused something
+ *		(the batch is rolled back to its savepoint), so the caller can go file by file and report every
+ *		refusal, not only the first. A lock timeout is not about the files and is rethrown.
+ */
+std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
+                                                       const loader::LoadedDirectory& loaded) {
+    std::vector<common::Param> versions, names, ups, downs, verifies, transactional, reversibility;
+    for (const auto& m : loaded.migrations) {
+        versions.push_back(m.version);
+        names.push_back(m.name);
+        ups.push_back(m.up_sql);
+        downs.push_back(m.down_sql);
+        verifies.push_back(m.verify_sql);
+        transactional.push_back(opt_bool(m.transactional));
+        reversibility.push_back(m.reversibility);
+    }
+    conn.exec("SAVEPOINT pgdeploy_batch");
+    try {
+        common::Result r = conn.exec(
+            "SELECT deploy.register(version => r.v, name => r.n, up_sql => r.u, down_sql => r.d, verify_sql => r.vf, "
+            "transactional => r.t, reversibility => r.rv, replace => true) "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::text[]) "
+            "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, ord) ORDER BY r.ord",
+            {array_literal(versions), array_literal(names), array_literal(ups), array_literal(downs),
+             array_literal(verifies), array_literal(transactional), array_literal(reversibility)});
+        conn.exec("RELEASE SAVEPOINT pgdeploy_batch");
+        std::vector<std::string> statuses;
+        for (int i = 0; i < r.rows(); ++i)
+            statuses.push_back(r.is_null(i, 0) ? "" : r.value(i, 0));
+        if (statuses.size() != loaded.migrations.size())
+            throw Failure(kExitFailed, "deploy.register() returned " + std::to_string(statuses.size()) +
+                                           " results for " + std::to_string(loaded.migrations.size()) + " files");
+        return statuses;
+    } catch (const common::DbError& e) {
+        if (e.sqlstate() == "55P03")
+            throw;
+        spdlog::debug("batch registration refused ({}: {}); registering file by file to report every refusal",
+                      e.sqlstate(), e.what());
+        conn.exec("ROLLBACK TO SAVEPOINT pgdeploy_batch");
+        return std::nullopt;
+    }
+}
+
 }  // namespace
 
 RegisterReport register_all(common::Connection& conn, const loader::LoadedDirectory& loaded, const std::string& dir) {
     RegisterReport report;
     nlohmann::json rows = nlohmann::json::array();
     int counts_new = 0, counts_unchanged = 0, counts_updated = 0, counts_refused = 0;
-    for (const auto& m : loaded.migrations) {
+    std::optional<std::vector<std::string>> batch;
+    if (!loaded.migrations.empty())
+        batch = register_batch(conn, loaded);
+    for (size_t i = 0; i < loaded.migrations.size(); ++i) {
+        const auto& m = loaded.migrations[i];
         nlohmann::json row = {{"version", m.version}, {"name", m.name}, {"file", m.up_path}};
-        conn.exec("SAVEPOINT pgdeploy_register");
         try {
-            auto status = conn.query_value(
-                "SELECT deploy.register(version => $1, name => $2, up_sql => $3, down_sql => $4, "
-                "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true)",
-                {m.version, m.name, m.up_sql, opt(m.down_sql), opt(m.verify_sql), opt_bool(m.transactional),
-                 opt(m.reversibility)});
-            conn.exec("RELEASE SAVEPOINT pgdeploy_register");
+            std::optional<std::string> status;
+            if (batch) {
+                status = (*batch)[i];
+            } else {
+                conn.exec("SAVEPOINT pgdeploy_register");
+                status = conn.query_value(
+                    "SELECT deploy.register(version => $1, name => $2, up_sql => $3, down_sql => $4, "
+                    "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true)",
+                    {m.version, m.name, m.up_sql, opt(m.down_sql), opt(m.verify_sql), opt_bool(m.transactional),
+                     opt(m.reversibility)});
+                conn.exec("RELEASE SAVEPOINT pgdeploy_register");
+            }
             std::string s = status.value_or("");
             if (s == "registered") {
                 row["status"] = "new";

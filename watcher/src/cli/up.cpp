@@ -88,9 +88,10 @@ private:
 /*
  * run_steps
  *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
- *friends inside a function, so the extension hands out one statement at a time and we run it at top level on this
- *		connection (autocommit). Cleanup statements come first: on a resume they remove what a failed attempt
- *		left behind (an INVALID index). Returns the failure object, or null when every step is done.
+ *		friends inside a function, so the extension hands out one statement at a time and we run it at top
+ *		level on this connection (autocommit). Cleanup statements come first: on a resume they remove what a
+ *		failed attempt left behind (an INVALID index). Returns the failure object, or null when every step is
+ *		done.
  */
 json run_steps(const Context& ctx, common::Connection& conn, const json& awaiting, json& steps_log,
                const std::string& counter, double& total_ms) {
@@ -217,8 +218,8 @@ const CommandSpec& up_spec() {
 /*
  * cmd_up
  *		deploy.up() is called again after each batch of non-transactional steps: it resumes the same deployment
- *		and applies what follows. A round that makes no progress ends the loop with an error rather than
- *spinning.
+ *		and applies what follows. A round that makes no progress ends the loop with an error rather
+ *		than spinning.
  */
 int cmd_up(const std::vector<std::string>& args) {
     return run_command(up_spec(), args, [](Context& ctx) {

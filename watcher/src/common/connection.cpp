@@ -44,7 +44,7 @@ std::string one_line(const std::string& s) {
 /*
  * log_notice
  *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the log on
- *stderr instead of libpq's default print, so they obey --log-format and never mix into stdout.
+ *		stderr instead of libpq's default print, so they obey --log-format and never mix into stdout.
  */
 void log_notice(void*, const PGresult* res) {
     std::string severity = field(res, PG_DIAG_SEVERITY_NONLOCALIZED);

@@ -106,9 +106,16 @@ std::vector<fs::path> list_files(const fs::path& dir) {
         if (name.empty() || name[0] == '.')
             continue;
         std::error_code ec2;
-        if (!it->is_regular_file(ec2))
+        if (it->is_regular_file(ec2)) {
+            out.push_back(it->path());
             continue;
-        out.push_back(it->path());
+        }
+        if (it->is_directory(ec2))
+            continue;
+        // A .sql name that is not a readable regular file (a broken symlink, a FIFO that would block a read, a
+        // device) is refused rather than skipped: skipping it would silently drop a migration.
+        if (ends_with(name, ".sql"))
+            fail(it->path().string() + ": not a readable regular file (broken symlink, FIFO or device?)");
     }
     std::sort(out.begin(), out.end());
     return out;

@@ -365,6 +365,13 @@ WatchConfig parse_config(const std::string& text) {
         r.reject_unknown();
     }
 
+    if (const json* a = top.get("alert")) {
+        ObjectReader r(*a, "alert");
+        cfg.alert.command = r.argv("command", false);
+        cfg.alert.timeout = r.duration("timeout", cfg.alert.timeout);
+        r.reject_unknown();
+    }
+
     if (const json* l = top.get("logging")) {
         ObjectReader r(*l, "logging");
         cfg.logging.level = r.string("level", "info");

@@ -71,6 +71,13 @@ struct RollbackConfig {
     bool force = false;  // pass force => true to execute_rollback (outside the rollback window)
 };
 
+// An optional alert hook: run (argv, no shell) when the watcher needs a person: a frozen release, an unhealthy
+// release it will not roll back, a marker that needs attention, health that did not recover.
+struct AlertConfig {
+    std::vector<std::string> command;  // empty: alerts go to the log, the events and the metrics only
+    Millis timeout = 30 * 1000;
+};
+
 struct DecisionConfig {
     Millis watch_window = 30 * 60 * 1000;    // roll back only this long after a deployment finished
     Millis cooldown = 10 * 60 * 1000;        // no second rollback this soon after one
@@ -102,6 +109,7 @@ struct WatchConfig {
     std::vector<CheckConfig> checks;
     DecisionConfig decision;
     RollbackConfig rollback;
+    AlertConfig alert;
     LoggingConfig logging;
     MetricsConfig metrics;
     bool leader_lock = true;  // false: never lead (a pure observer)

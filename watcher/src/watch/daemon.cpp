@@ -337,6 +337,8 @@ void Daemon::act(const Decision& d, Millis now) {
                 spdlog::warn("decision: {}", d.message);
                 ++decisions_["suppressed"];
                 record_event("watcher_decision", d.deployment_id, 0, details);
+                if (d.reason == "target_failing" || d.reason == "no_target" || d.reason == "cooldown")
+                    send_alert(cfg_, "not_rolled_back", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
             }
             return;
         case DecisionKind::freeze:
@@ -352,6 +354,7 @@ void Daemon::act(const Decision& d, Millis now) {
                 spdlog::error("cannot record the freeze of deployment {}: {}", d.deployment_id, e.what());
             }
             engine_.commit(d, now);
+            send_alert(cfg_, "frozen", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
             return;
         case DecisionKind::would_rollback:
             spdlog::warn("decision: {}", d.message);
@@ -416,6 +419,10 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
         spdlog::warn("marker {}: attempt failed ({}); retrying after backoff", o.marker_id, o.error);
     } else if (o.result == "needs_attention") {
         spdlog::critical("marker {}: needs attention: {}", o.marker_id, o.error);
+        send_alert(cfg_, "needs_attention",
+                   "rollback marker " + std::to_string(o.marker_id) + " of deployment " +
+                       std::to_string(o.deployment_id) + " needs attention: " + o.error,
+                   o.deployment_id, o.marker_id, [this] { return hook_tick(); });
     }
 }
 
@@ -464,6 +471,10 @@ void Daemon::verify_recovery(Millis now) {
         spdlog::critical("health did not recover within {} after rolling back deployment {}",
                          format_duration(cfg_.decision.health_recovery), verification_->deployment_id);
         ++rollbacks_["unrecovered"];
+        send_alert(cfg_, "unrecovered",
+                   "health did not recover within " + format_duration(cfg_.decision.health_recovery) +
+                       " after rolling back deployment " + std::to_string(verification_->deployment_id),
+                   verification_->deployment_id, verification_->marker_id, [this] { return hook_tick(); });
         record_event("watcher_rollback_unrecovered", verification_->deployment_id, verification_->marker_id,
                      {{"recovered", false},
                       {"health_recovery", format_duration(cfg_.decision.health_recovery)},

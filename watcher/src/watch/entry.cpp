@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -194,7 +195,18 @@ int run_once_cycle(const Args& a) {
     RollbackExecutor exec(cfg, conn, {});
     for (const auto& m : list_claimable(conn, cfg.watcher_id, cfg.rollback, false)) {
         spdlog::info("marker {} ({}): executing", m.id, m.state);
-        outcomes.push_back(exec.claim_and_execute(m.id));
+        try {
+            outcomes.push_back(exec.claim_and_execute(m.id));
+        } catch (const common::DbError& e) {
+            // One marker's trouble must not hide the others: report it, go on. (A lost connection still ends the
+            // cycle with exit 3.)
+            ExecOutcome o;
+            o.marker_id = m.id;
+            o.result = "failed";
+            o.error = e.what();
+            spdlog::error("marker {}: {}", m.id, e.what());
+            outcomes.push_back(o);
+        }
     }
     bool any_done = false, any_failed = false, any_attention = false;
     for (const auto& o : outcomes) {
@@ -233,10 +245,22 @@ int run_once_cycle(const Args& a) {
                               {"watcher_id", cfg.watcher_id},
                               {"by", "once"}});
         }
-        if (!ok)
-            spdlog::critical("health did not recover within {}", format_duration(cfg.decision.health_recovery));
+        if (!ok) {
+            const ExecOutcome& first = *std::find_if(outcomes.begin(), outcomes.end(),
+                                                     [](const ExecOutcome& o) { return o.result == "done"; });
+            send_alert(cfg, "unrecovered",
+                       "health did not recover within " + format_duration(cfg.decision.health_recovery) +
+                           " after pgdeploy once rolled back deployment " + std::to_string(first.deployment_id),
+                       first.deployment_id, first.marker_id);
+        }
     }
 
+    for (const auto& o : outcomes)
+        if (o.result == "needs_attention")
+            send_alert(cfg, "needs_attention",
+                       "rollback marker " + std::to_string(o.marker_id) + " of deployment " +
+                           std::to_string(o.deployment_id) + " needs attention: " + o.error,
+                       o.deployment_id, o.marker_id);
     int code = kExitOk;
     if (any_failed)
         code = kExitFailed;

@@ -66,6 +66,24 @@ std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int att
             {"PGDEPLOY_REASON", m.reason}};
 }
 
+bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::string& message, std::int64_t deployment_id,
+                std::int64_t marker_id, const std::function<bool()>& tick) {
+    spdlog::critical("ALERT {}: {}", kind, message);
+    if (cfg.alert.command.empty())
+        return true;
+    ProcessResult p = run_process(cfg.alert.command,
+                                  {{"PGDEPLOY_ALERT_KIND", kind},
+                                   {"PGDEPLOY_ALERT_MESSAGE", message},
+                                   {"PGDEPLOY_DEPLOYMENT_ID", deployment_id ? std::to_string(deployment_id) : ""},
+                                   {"PGDEPLOY_MARKER_ID", marker_id ? std::to_string(marker_id) : ""},
+                                   {"PGDEPLOY_WATCHER_ID", cfg.watcher_id}},
+                                  cfg.alert.timeout, 4096, tick);
+    bool ok = p.started && !p.timed_out && p.signal == 0 && p.exit_code == 0 && p.error.empty();
+    if (!ok)
+        spdlog::error("alert command failed: {}", describe(p));
+    return ok;
+}
+
 json ExecOutcome::to_json() const {
     return {{"marker_id", marker_id}, {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
             {"result", result},       {"error", error.empty() ? json(nullptr) : json(error)},
@@ -190,7 +208,19 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
         return out;
     };
     auto database = [&]() {
-        out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+        try {
+            out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+        } catch (const common::DbError& e) {
+            // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
+            // failed attempt ourselves so the lease is released and the retry budget counts it.
+            out.error = std::string("database revert refused: ") + e.what();
+            spdlog::error("marker {}: {}", m.id, out.error);
+            std::string state =
+                ledger_.fail_attempt(m.id, cfg_.watcher_id,
+                                     {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}});
+            out.result = state == "needs_attention" ? "needs_attention" : "failed";
+            return false;
+        }
         if (out.rollback.value("ok", false))
             return true;
         std::string state = out.rollback.value("state", "failed");

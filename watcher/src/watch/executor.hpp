@@ -32,6 +32,13 @@ std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std:
 // The environment the app hook sees (docs/watch.md, "The hook's environment").
 std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt);
 
+// send_alert: the watcher needs a person. Always a critical log line; with alert.command configured, the command
+// runs (argv, no shell, alert.timeout) with PGDEPLOY_ALERT_KIND (frozen, not_rolled_back, needs_attention,
+// unrecovered), PGDEPLOY_ALERT_MESSAGE, PGDEPLOY_DEPLOYMENT_ID, PGDEPLOY_MARKER_ID and PGDEPLOY_WATCHER_ID.
+// Returns false when the alert command failed (logged; an alert never stops the watcher).
+bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::string& message, std::int64_t deployment_id,
+                std::int64_t marker_id, const std::function<bool()>& tick = {});
+
 struct ExecOutcome {
     std::int64_t marker_id = 0;
     std::int64_t deployment_id = 0;
