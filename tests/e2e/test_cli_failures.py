@@ -329,6 +329,8 @@ def test_lock_held_exit_4_and_nothing_changed(pg, write_migrations):
         assert rc == 4 and "55P03" in err
         rc, out, err = run_pgdeploy("load", d, "--lock-wait", "500ms", "--dsn", pg.dsn)
         assert rc == 4
+        rc, out, err = run_pgdeploy("status", "--dsn", pg.dsn)   # reading is never blocked by the lock
+        assert rc == 0 and "deploy lock      held by pid" in out and "(other-deployer)" in out
         assert pg.snapshot() == before
     finally:
         holder.rollback()

@@ -262,17 +262,17 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             int64_t t0 = now_us();
             Json row_archive = Json::array();
             if (r.down_sql) {
+                // No subtransaction per migration: a revert is all or nothing, so the batch subtransaction is
+                // rolled back on any failure (see up.cpp for why per-migration subtransactions cost too much).
                 try {
-                    in_subtransaction([&] {
-                        MigrationTimer timer;
-                        if (r.reversibility == "lossy" && dep) {
-                            Archiver archiver(*dep, r.version, events);
-                            archiver.run_statement_by_statement(*r.down_sql);
-                            row_archive = archiver.archived();
-                        } else {
-                            run_user_sql(*r.down_sql);
-                        }
-                    });
+                    MigrationTimer timer;
+                    if (r.reversibility == "lossy" && dep) {
+                        Archiver archiver(*dep, r.version, events);
+                        archiver.run_statement_by_statement(*r.down_sql);
+                        row_archive = archiver.archived();
+                    } else {
+                        run_user_sql(*r.down_sql);
+                    }
                 } catch (const PgError& e) {
                     if (is_user_cancel(e))
                         throw;

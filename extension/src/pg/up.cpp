@@ -92,8 +92,9 @@ Json cell_json(const Cell& c) {
 /*
  * up_impl: deploy.up(target, dry_run, app_version, atomic, metadata).
  *
- * Each migration runs in its own subtransaction, inside a batch subtransaction in atomic mode. A failure rolls the
- * subtransactions back and is then recorded in the outer transaction, so the failed deployment row, its error and
+ * Atomic mode runs the batch in one subtransaction; atomic => false runs each migration in its own subtransaction
+ * so that a failure keeps the ones before it. A failure rolls the subtransaction back and is then recorded in the
+ * outer transaction, so the failed deployment row, its error and
  * the events persist when the function returns normally with ok:false (and a WARNING for psql users). A dry run
  * runs the same code inside a subtransaction that is always rolled back and writes no row.
  */
@@ -246,6 +247,13 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         Cell last_applied;
         AppliedWriter writer;
 
+        // A subtransaction per migration is needed only when a failure must keep the migrations before it
+        // (atomic => false). In atomic mode and in dry runs the batch subtransaction is rolled back on any failure
+        // and the loop knows which migration failed, so the error is still named; nothing touches PostgreSQL between
+        // the caught error and that rollback. Per-migration subtransactions would cost ~0.4 ms each once a transaction
+        // has created many relations (every subtransaction end then scans the relation cache): +50 % on 1,000 trivial
+        // CREATE TABLEs, against a goal of +5 %.
+        const bool per_migration_subtransactions = !atomic && !dry_run;
         auto run_batch = [&] {
             for (const Migration& m : pending) {
                 if (!m.transactional) {
@@ -253,11 +261,15 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                     break;
                 }
                 int64_t t0 = now_us();
+                auto run_one = [&] {
+                    MigrationTimer timer;
+                    run_user_sql(m.up_sql);
+                };
                 try {
-                    in_subtransaction([&] {
-                        MigrationTimer timer;
-                        run_user_sql(m.up_sql);
-                    });
+                    if (per_migration_subtransactions)
+                        in_subtransaction(run_one);
+                    else
+                        run_one();
                 } catch (const PgError& e) {
                     if (is_user_cancel(e))
                         throw;
