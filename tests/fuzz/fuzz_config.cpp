@@ -1,10 +1,14 @@
 // libFuzzer target for the watcher's configuration parser (issue 8): any input either parses into a configuration
 // or raises ConfigError naming what is wrong; nothing else may escape, crash or hang.
-//   cmake -S . -B build-fuzz -DPGDEPLOY_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++ && cmake --build build-fuzz --target
-//   fuzz_config mkdir -p /tmp/corpus && cp examples/config/*.json /tmp/corpus/     (seed corpus; libFuzzer writes into
-//   it)
-//   ./build-fuzz/fuzz_config -max_total_time=60 -max_len=4096 /tmp/corpus    (long: -max_total_time=3600)
-// Result on the development machine: 2,045,915 runs in 61 s, no crash, no leak, no abort.
+// Build (clang):
+//   cmake -S . -B build-fuzz -DPGDEPLOY_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++
+//   cmake --build build-fuzz --target fuzz_config
+// Seed corpus in a scratch directory (libFuzzer writes new inputs into it), short run, long run:
+//   mkdir -p /tmp/corpus && cp examples/config/*.json /tmp/corpus/
+//   ./build-fuzz/fuzz_config -max_total_time=60 -max_len=4096 /tmp/corpus
+//   ./build-fuzz/fuzz_config -max_total_time=3600 -max_len=4096 /tmp/corpus
+// It found one bug (a number overflowing double escaped parse_config as json::out_of_range; fixed, unit-tested).
+// After the fix: 2,190,365 runs in 121 s, no crash, no leak, no abort.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

@@ -300,6 +300,10 @@ CONFIG_CASES = [
     ("logging-level-bad", _with("logging", {"level": "loud"}), 2),
     ("watcher-id-too-long", _with("watcher_id", "w" * 129), 2),
     ("decision-window-bad", _with("decision", {"watch_window": "forever"}), 2),
+    # found by fuzz_config: a number beyond double made nlohmann throw out_of_range (exit 1, "internal")
+    ("number-overflow-top", "3e390", 2),
+    ("number-overflow-threshold", _with("checks.0.failure_threshold", 0).replace('"failure_threshold": 0',
+                                                                                 '"failure_threshold": 1e999'), 2),
 ]
 
 

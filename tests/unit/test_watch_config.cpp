@@ -140,6 +140,8 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
     };
     std::vector<Case> cases = {
         {"", "not valid JSON"},
+        {"{\"a\": 1110E1110}", "not valid JSON"},   // number overflow: found by the fuzzer
+        {"{\"a\": \"\xff\"}", "not valid JSON"},     // not UTF-8
         {"[1]", "(top level): must be an object"},
         {R"({"chekcs": []})", "chekcs: unknown key"},
         {R"({"checks": {}})", "checks: must be an array"},

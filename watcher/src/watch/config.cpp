@@ -291,7 +291,8 @@ WatchConfig parse_config(const std::string& text) {
     json doc;
     try {
         doc = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // parse_error, and out_of_range for numbers beyond double (found by tests/fuzz/fuzz_config.cpp).
         throw ConfigError("", std::string("not valid JSON: ") + e.what());
     }
     ObjectReader top(doc, "");

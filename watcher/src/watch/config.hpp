@@ -1,5 +1,5 @@
 // The watcher's configuration file (JSON): what to check, when to decide, how to roll back.
-// Every key, its default and its meaning is documented in docs/watch.md; keep the two in step.
+// Every key, its default and its meaning is documented in docs/pgdeploy.md (the watcher section); keep the two in step.
 #pragma once
 #include <optional>
 #include <stdexcept>

@@ -227,7 +227,7 @@ void DecisionEngine::record(const CheckResult& r, Millis now) {
 /*
  * DecisionEngine::evaluate
  *
- * The rules, in order (docs/watch.md lists them for operators):
+ * The rules, in order (docs/pgdeploy.md lists them for operators):
  *   1. no deployment, or it is not `succeeded` (running, failed, rolled back): nothing to decide;
  *   2. after the watch window: a release that was healthy long enough is not this watcher's to revert;
  *   3. no critical check failing and no critical error rate exceeded: healthy (non-critical checks only alert);

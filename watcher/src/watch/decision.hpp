@@ -1,6 +1,6 @@
 // The decision engine: pure code that turns check results and the ledger's view of the current deployment into
 // "roll back", "freeze", or "do nothing (and why)". Time is always an argument (milliseconds on one clock), so the
-// rules are tested without sleeping (tests/unit/test_watch_decision.cpp). The rules are listed in docs/watch.md.
+// rules are tested without sleeping (tests/unit/test_watch_decision.cpp). The rules are listed in docs/pgdeploy.md.
 #pragma once
 #include <cstdint>
 #include <deque>

@@ -1,5 +1,5 @@
 // Performing a rollback marker: the app hook and the database revert in the configured order, every step an event,
-// safe to repeat after a crash (docs/watch.md, "The rollback procedure").
+// safe to repeat after a crash (docs/pgdeploy.md, "The rollback procedure").
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -29,7 +29,7 @@ Millis retry_delay(const RollbackConfig& rb, int attempts);
 std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
                                             const RollbackConfig& rb, bool honour_backoff);
 
-// The environment the app hook sees (docs/watch.md, "The hook's environment").
+// The environment the app hook sees (docs/pgdeploy.md, "The hook's environment").
 std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt);
 
 // send_alert: the watcher needs a person. Always a critical log line; with alert.command configured, the command
