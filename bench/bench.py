@@ -988,9 +988,9 @@ def section_watcher(ctx, rep):
             "are applied with deploy.up(app_version => ...); the watcher is healthy on r2, then the stub turns /app "
             "to 503. Threshold = when the stub answered the 3rd failing check (stub clock); decision = "
             "`watcher_decision` event; done = `marker_done` event; database revert = the rollback deployment's "
-            "finished_at − started_at (all on this machine's clock). The migrations here name their schema "
-            "(`public.tN`): deploy.execute_rollback() runs the down SQL under its own pinned "
-            "`search_path = pg_catalog, pg_temp`, so an unqualified `DROP TABLE tN` fails there (see the notes).")
+            "finished_at − started_at (all on this machine's clock). The migrations are the same unqualified "
+            "`CREATE TABLE tN` / `DROP TABLE tN` as in section 1: the watcher's revert runs them with the "
+            "database's search_path, as a user's psql would.")
     rep.add()
     if rows:
         rep.table(["round", "first 503 → threshold ms", "threshold → decision ms", "threshold → rollback done ms",
@@ -1015,13 +1015,13 @@ def rollback_round(ctx, nmig, interval):
     conn = connect(db)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT deploy.register('00000', 'r1_base', 'CREATE TABLE public.r1_base (id int)', "
-                        "'DROP TABLE public.r1_base')")
+            cur.execute("SELECT deploy.register('00000', 'r1_base', 'CREATE TABLE r1_base (id int)', "
+                        "'DROP TABLE r1_base')")
             cur.execute("SELECT deploy.up(app_version => 'r1')")
             assert cur.fetchone()[0]["ok"]
             cur.execute("SELECT count(deploy.register(lpad(i::text, 5, '0'), 'create_t' || i, "
-                        "format('CREATE TABLE public.t%%s (id int primary key, v text)', i), "
-                        "format('DROP TABLE public.t%%s', i))) FROM generate_series(1, %s) i", (nmig,))
+                        "format('CREATE TABLE t%%s (id int primary key, v text)', i), "
+                        "format('DROP TABLE t%%s', i))) FROM generate_series(1, %s) i", (nmig,))
         cfg_path = tempfile.mktemp(prefix="rollback-", suffix=".json", dir=ctx.work)
         checks = [{"name": "app", "type": "http", "url": f"{stub.base}/app", "interval": interval,
                    "timeout": "500ms", "failure_threshold": 3, "success_threshold": 1,

@@ -163,7 +163,8 @@ def assert_consistent(db, versions):
             f"events for {ver}: applied-reverted = {net.get(ver, 0)}, applied now = {ver in applied}"
     # Nothing left running, no deploy lock left behind by a killed session.
     assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1346651472 "
-                     "AND objid = 1 AND granted") == 0
+                     "AND objid = 1 AND granted "
+                     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == 0
 
 
 def table_for(version):

@@ -36,6 +36,7 @@ PY=python3
 python3 -c 'import pytest, psycopg2' >/dev/null 2>&1 || PY=/usr/bin/python3
 export PGDEPLOY_BIN=$BUILD/pgdeploy PGDEPLOY_SOURCE_DIR=$ROOT PGDEPLOY_BUILD_DIR=$BUILD
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
+unset PGDEPLOY_RELIABILITY_STATS   # the figures of the run that called us are not ours to add to
 # The suites that feed the most inputs to the binary: every bad argument, file and config, and the CLI e2e tests.
 suites=(tests/reliability/test_bad_input.py tests/reliability/test_privileges.py)
 for f in tests/e2e/test_cli_commands.py tests/e2e/test_cli_failures.py; do

@@ -32,7 +32,7 @@ FILES = {
 def test_kill_during_nontransactional_up(rng, write_migrations):
     mdir = write_migrations(FILES)
     mid = 0
-    for trial in range(trials(4, 40)):
+    for trial in range(trials(4, 30)):
         with FreshDatabase() as db:
             app = f"rel-victim-{trial}"
             proc = subprocess.Popen([PGDEPLOY_BIN, "up", "--dir", mdir, "--app-version", "r1", "--json", "-q",

@@ -39,7 +39,7 @@ def _release(db, app_version, versions, down_sleep=0.0):
 
 
 def test_sigkill_at_random_points_of_a_rollback(rng, health, tmp_path):
-    n_trials = trials(3, 30)
+    n_trials = trials(3, 20)
     # From the flip to unhealthy: ~0.6 s to decide (3 x 200 ms), HOOK_SLEEP in the hook, 2 x DOWN_SLEEP reverting.
     span = 0.6 + HOOK_SLEEP + 2 * DOWN_SLEEP + 0.5
     for trial in range(n_trials):

@@ -430,75 +430,6 @@ std::optional<int64_t> running_deployment(const std::optional<int64_t>& given) {
     return cell_int8(d.front()[0]);
 }
 
-/*
- * next_step_impl: deploy.next_step(deployment_id, holder) hands the first unfinished statement of a
- * non-transactional migration to a client that runs it at top level, and marks it running. A step found running or
- * failed is handed out again (the previous client died or failed); for CREATE INDEX CONCURRENTLY the INVALID index a
- * failed build leaves behind is returned in "cleanup", to be dropped before the retry.
- */
-Datum next_step_impl(FunctionCallInfo fcinfo) {
-    std::optional<int64_t> given = opt_int8_arg(fcinfo, 0);
-    std::optional<std::string> holder = opt_text_arg(fcinfo, 1);
-    Json result;
-    bool none = false;
-    {
-        SpiSession spi;
-        acquire_deploy_lock("deploy.next_step()");
-        std::optional<int64_t> dep = running_deployment(given);
-        Rows steps;
-        if (dep)
-            steps = unfinished_steps(*dep);
-        if (steps.empty()) {
-            none = true;
-        } else {
-            const Row& s = steps.front();
-            int64_t step_id = cell_int8(s[0]);
-            std::string statement = s[3].value_or("");
-            run_query(
-                "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
-                "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
-                "WHERE id = $1",
-                {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
-            Json cleanup = Json::array();
-            std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
-            if (!parsed.empty() && parsed.front().concurrent_index) {
-                const ConcurrentIndex& ci = *parsed.front().concurrent_index;
-                Rows invalid = run_query(
-                    "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
-                    "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
-                    " WHERE p.index_relid = c.oid LIMIT 1) "
-                    "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = pg_catalog.to_regclass("
-                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || "
-                    "pg_catalog.quote_ident($3))",
-                    {TEXTOID, TEXTOID, TEXTOID},
-                    {p_text(ci.index_name), p_text(ci.table_schema), p_text(ci.table_name)});
-                for (const Row& r : invalid.rows) {
-                    if (r[1]) {
-                        // The INVALID index is a build in progress, not a leftover: another client runs this step.
-                        throw DeployError(sqlstate::state_conflict,
-                                          "step " + std::to_string(step_id) + " is being run by another session: pid " +
-                                              *r[1] + " is building index " + r[0].value_or("?"),
-                                          {},
-                                          "Wait for it to finish; do not run the same deployment from two clients.");
-                    }
-                    cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
-                }
-            }
-            result = Json{{"schema_version", 1},          {"step_id", step_id},        {"deployment_id", *dep},
-                          {"version", s[1].value_or("")}, {"name", s[5].value_or("")}, {"step", cell_int8(s[2])},
-                          {"statement", statement},       {"cleanup", cleanup}};
-        }
-        spi.finish();
-    }
-    if (none) {
-        fcinfo->isnull = true;
-        return (Datum)0;
-    }
-    return json_result(result);
-}
-
 struct StepRow {
     int64_t id, deployment_id, step;
     std::string version, state, statement;
@@ -539,6 +470,134 @@ StepRow load_step(int64_t step_id, const char* action) {
 }
 
 /*
+ * complete_step marks a running step done and, when it was the migration's last, applies the migration under the
+ * running deployment. Shared by deploy.step_done() and by next_step() when it finds a step's work already there.
+ */
+Json complete_step(const StepRow& s, const Json& details) {
+    Json merged_details{{"step_id", s.id}, {"step", s.step}};
+    merged_details.update(details);
+    run_query(
+        "UPDATE deploy.checkpoints SET state = 'done', finished_at = pg_catalog.clock_timestamp(), "
+        "error = NULL WHERE id = $1",
+        {INT8OID}, {p_int8(s.id)});
+    EventLog events;
+    events.log("checkpoint_done", s.deployment_id, s.version, std::nullopt, merged_details);
+    Rows left = run_query(
+        "SELECT count(*) FROM deploy.checkpoints WHERE deployment_id = $1 AND version = $2 "
+        "AND state <> 'done'",
+        {INT8OID, TEXTOID}, {p_int8(s.deployment_id), p_text(s.version)});
+    bool migration_applied = false;
+    if (cell_int8(left.front()[0]) == 0) {
+        Rows m = run_query(
+            "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, "
+            "m.reversibility, (SELECT coalesce(sum(EXTRACT(EPOCH FROM c.finished_at - c.started_at)) * 1000, 0) "
+            "FROM deploy.checkpoints c WHERE c.deployment_id = $2 AND c.version = m.version) "
+            "FROM deploy.migrations m WHERE m.version = $1",
+            {TEXTOID, INT8OID}, {p_text(s.version), p_int8(s.deployment_id)});
+        if (m.empty()) {
+            throw DeployError(sqlstate::no_data_found,
+                              "migration " + s.version + " was unregistered while its steps ran");
+        }
+        const Row& r = m.front();
+        Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], cell_bool(r[6])};
+        AppliedWriter writer;
+        writer.write(mig, s.deployment_id, cell_float8(r[8]), events);
+        finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
+        migration_applied = true;
+    }
+    return Json{{"schema_version", 1}, {"step_id", s.id},   {"deployment_id", s.deployment_id},
+                {"version", s.version},  {"step", s.step}, {"state", "done"},
+                {"migration_applied", migration_applied}};
+}
+
+/*
+ * next_step_impl: deploy.next_step(deployment_id, holder) hands the first unfinished statement of a
+ * non-transactional migration to a client that runs it at top level, and marks it running. A step found running or
+ * failed is handed out again (the previous client died or failed); for CREATE INDEX CONCURRENTLY the INVALID index a
+ * failed build leaves behind is returned in "cleanup", to be dropped before the retry, and a VALID one (the build
+ * finished, the client died before reporting it) completes the step without running it again.
+ */
+Datum next_step_impl(FunctionCallInfo fcinfo) {
+    std::optional<int64_t> given = opt_int8_arg(fcinfo, 0);
+    std::optional<std::string> holder = opt_text_arg(fcinfo, 1);
+    Json result;
+    bool none = false;
+    {
+        SpiSession spi;
+        acquire_deploy_lock("deploy.next_step()");
+        std::optional<int64_t> dep = running_deployment(given);
+        while (true) {
+            Rows steps;
+            if (dep)
+                steps = unfinished_steps(*dep);
+            if (steps.empty()) {
+                none = true;
+                break;
+            }
+            const Row& s = steps.front();
+            int64_t step_id = cell_int8(s[0]);
+            std::string statement = s[3].value_or("");
+            bool claimed_before = s[4].value_or("pending") != "pending";
+            Json cleanup = Json::array();
+            bool already_built = false;
+            std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
+            if (!parsed.empty() && parsed.front().concurrent_index) {
+                const ConcurrentIndex& ci = *parsed.front().concurrent_index;
+                Rows found = run_query(
+                    "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
+                    "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
+                    " WHERE p.index_relid = c.oid LIMIT 1), i.indisvalid "
+                    "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relname = $1 AND i.indrelid = pg_catalog.to_regclass("
+                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || "
+                    "pg_catalog.quote_ident($3))",
+                    {TEXTOID, TEXTOID, TEXTOID},
+                    {p_text(ci.index_name), p_text(ci.table_schema), p_text(ci.table_name)});
+                for (const Row& r : found.rows) {
+                    if (cell_bool(r[2])) {
+                        // A VALID index by that name on that table, for a step a client claimed before: that
+                        // client's build finished but it died before reporting. Running the statement again would
+                        // fail with 42P07 forever; the work is there, so the step is done.
+                        already_built = claimed_before;
+                        continue;
+                    }
+                    if (r[1]) {
+                        // The INVALID index is a build in progress, not a leftover: another client runs this step.
+                        throw DeployError(sqlstate::state_conflict,
+                                          "step " + std::to_string(step_id) + " is being run by another session: pid " +
+                                              *r[1] + " is building index " + r[0].value_or("?"),
+                                          {},
+                                          "Wait for it to finish; do not run the same deployment from two clients.");
+                    }
+                    cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
+                }
+            }
+            run_query(
+                "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
+                "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
+                "WHERE id = $1",
+                {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
+            if (already_built) {
+                StepRow done{step_id, *dep, cell_int8(s[2]), s[1].value_or(""), "running", statement};
+                complete_step(done, Json{{"found_built", true}});
+                continue;
+            }
+            result = Json{{"schema_version", 1},          {"step_id", step_id},        {"deployment_id", *dep},
+                          {"version", s[1].value_or("")}, {"name", s[5].value_or("")}, {"step", cell_int8(s[2])},
+                          {"statement", statement},       {"cleanup", cleanup}};
+            break;
+        }
+        spi.finish();
+    }
+    if (none) {
+        fcinfo->isnull = true;
+        return (Datum)0;
+    }
+    return json_result(result);
+}
+
+/*
  * step_done_impl: deploy.step_done(step_id). When the last step of the migration is done, the migration becomes
  * applied under the running deployment; the next deploy.up() continues with the migrations after it.
  */
@@ -551,45 +610,7 @@ Datum step_done_impl(FunctionCallInfo fcinfo) {
         SpiSession spi;
         acquire_deploy_lock("deploy.step_done()");
         StepRow s = load_step(step_id, "done");
-        Rows done = run_query(
-            "UPDATE deploy.checkpoints SET state = 'done', finished_at = pg_catalog.clock_timestamp(), "
-            "error = NULL WHERE id = $1 "
-            "RETURNING EXTRACT(EPOCH FROM finished_at - started_at) * 1000",
-            {INT8OID}, {p_int8(step_id)});
-        EventLog events;
-        events.log("checkpoint_done", s.deployment_id, s.version, std::nullopt,
-                   Json{{"step_id", step_id}, {"step", s.step}});
-        Rows left = run_query(
-            "SELECT count(*) FROM deploy.checkpoints WHERE deployment_id = $1 AND version = $2 "
-            "AND state <> 'done'",
-            {INT8OID, TEXTOID}, {p_int8(s.deployment_id), p_text(s.version)});
-        bool migration_applied = false;
-        if (cell_int8(left.front()[0]) == 0) {
-            Rows m = run_query(
-                "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, "
-                "m.reversibility, (SELECT coalesce(sum(EXTRACT(EPOCH FROM c.finished_at - c.started_at)) * 1000, 0) "
-                "FROM deploy.checkpoints c WHERE c.deployment_id = $2 AND c.version = m.version) "
-                "FROM deploy.migrations m WHERE m.version = $1",
-                {TEXTOID, INT8OID}, {p_text(s.version), p_int8(s.deployment_id)});
-            if (m.empty()) {
-                throw DeployError(sqlstate::no_data_found,
-                                  "migration " + s.version + " was unregistered while its steps ran");
-            }
-            const Row& r = m.front();
-            Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], cell_bool(r[6])};
-            AppliedWriter writer;
-            writer.write(mig, s.deployment_id, cell_float8(r[8]), events);
-            finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
-            migration_applied = true;
-        }
-        result = Json{{"schema_version", 1},
-                      {"step_id", step_id},
-                      {"deployment_id", s.deployment_id},
-                      {"version", s.version},
-                      {"step", s.step},
-                      {"state", "done"},
-                      {"migration_applied", migration_applied}};
-        (void)done;
+        result = complete_step(s, Json::object());
         spi.finish();
     }
     return json_result(result);
