@@ -2,6 +2,9 @@
 // palloc) and C++ strings are built outside it.
 #include "pg_deploy/pg/spi.hpp"
 
+#include <string>
+#include <unordered_map>
+
 #include "pg_deploy/errors.hpp"
 
 extern "C" {
@@ -135,7 +138,51 @@ Rows collect_rows(uint64_t processed) {
 
 }  // namespace
 
+namespace {
+
+/*
+ * The engine's statements are a fixed set of string literals, so their prepared plans are kept for the life of the
+ * backend (SPI_keepplan), keyed by the query text and the parameter types, as PL/pgSQL keeps its plans. Preparing
+ * every statement again on every call was 21 % of deploy.register() (issue 7, docs/benchmarks.md section 4).
+ *
+ * Invalidation is PostgreSQL's plancache: a kept plan records the relations and functions it depends on, and DDL on
+ * them (DROP EXTENSION + CREATE EXTENSION in the same session, ALTER EXTENSION UPDATE, ALTER TABLE) marks it invalid;
+ * the next execution parses the stored query text again, and every text names deploy.* fully qualified, so it
+ * resolves to the new objects (tested by sql/plan_cache.sql). The plancache also re-analyses a plan whose
+ * search_path differs from the current one, under the current one; that already happened on every call before
+ * (SPI_prepare under the pinned path, SPI_execute_plan under the caller's), so name resolution is unchanged. The
+ * cache is bounded; beyond the bound a statement is prepared per call as before, so a caller building texts
+ * dynamically cannot grow it without limit.
+ */
+constexpr std::size_t kMaxKeptPlans = 512;
+
+std::unordered_map<std::string, SPIPlanPtr>& kept_plans() {
+    static std::unordered_map<std::string, SPIPlanPtr> plans;
+    return plans;
+}
+
+std::string plan_key(const std::string& sql, const std::vector<Oid>& types) {
+    std::string key;
+    key.reserve(sql.size() + types.size() * 11 + 1);
+    for (Oid t : types) {
+        key += std::to_string(t);
+        key += ',';
+    }
+    key += '|';
+    key += sql;
+    return key;
+}
+
+}  // namespace
+
 Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), sql_(sql) {
+    std::string key = plan_key(sql_, types_);
+    auto& cache = kept_plans();
+    auto found = cache.find(key);
+    if (found != cache.end() && found->second != nullptr) {
+        plan_ = found->second;
+        return;
+    }
     SPIPlanPtr plan = nullptr;
     int nargs = static_cast<int>(types_.size());
     Oid* argtypes = types_.data();
@@ -144,6 +191,22 @@ Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), 
     if (plan == nullptr) {
         throw DeployError(sqlstate::internal_error,
                           std::string("SPI_prepare failed: ") + SPI_result_code_string(SPI_result));
+    }
+    if (cache.size() < kMaxKeptPlans) {
+        // Reserve the map slot first: if the insert throws (bad_alloc) the plan stays in the SPI procedure context
+        // and is freed by SPI_finish, as before. Once kept it lives in CacheMemoryContext and is never freed.
+        auto slot = cache.emplace(std::move(key), nullptr).first;
+        int rc = 0;
+        try {
+            pg_guard([&] { rc = SPI_keepplan(plan); });
+        } catch (...) {
+            cache.erase(slot);
+            throw;
+        }
+        if (rc != 0)
+            cache.erase(slot);
+        else
+            slot->second = plan;
     }
     plan_ = plan;
 }

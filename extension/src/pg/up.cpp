@@ -19,11 +19,23 @@ namespace {
 // Thrown out of the batch subtransaction to roll it back after a migration failed (atomic mode).
 struct BatchRollback {};
 
-std::vector<Migration> load_pending() {
+/*
+ * load_pending reads the pending migrations that sort from `from_key` on (all of them when it is empty) and up to
+ * `through_key` when given, in order, with their up SQL. The range is an index range scan on the unique
+ * deploy.migrations.sort_key, so one more migration on a ledger of 100,000 reads its own catalog row and SQL, not
+ * every pending row's SQL (the exact refusal of older pending rows is out_of_order_pending(), still O(N)). Every row
+ * in the range is still probed against deploy.applied by version (a primary-key probe per row), so a row that manual
+ * DML marked applied out of order is never applied twice. The range starts at the newest applied key inclusive: the
+ * newest applied row itself is dropped by the probe, and the result equals the old whole-catalog query restricted to
+ * keys >= it (the older part is what out_of_order_pending() checks).
+ */
+std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
         "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, m.reversibility "
         "FROM deploy.migrations m "
-        "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key");
+        "WHERE ($1::text IS NULL OR m.sort_key >= $1) AND ($2::text IS NULL OR m.sort_key <= $2) "
+        "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key",
+        {TEXTOID, TEXTOID}, {from_key.empty() ? p_null() : p_text(from_key), p_text(through_key)});
     std::vector<Migration> out;
     out.reserve(rows.rows.size());
     for (Row& r : rows.rows) {
@@ -38,6 +50,32 @@ std::vector<Migration> load_pending() {
         m.reversibility = std::move(*r[7]);
         out.push_back(std::move(m));
     }
+    return out;
+}
+
+/*
+ * out_of_order_pending returns the versions of registered migrations that are not applied and sort before
+ * `newest_key` (the newest applied one), oldest first. It is exact whatever wrote the tables (deploy.register, a
+ * rollback, manual DML): it reads only versions and sort keys, never the SQL, and returns no row in the normal case.
+ *
+ * Why not cheaper: a registered-but-unapplied row older than the newest applied one can appear through manual DML
+ * (a DELETE on deploy.applied, an INSERT into deploy.migrations) that leaves no trace an O(log N) probe could find;
+ * proving that none exists without stored state means comparing the two sets. Measured on 100,000 applied rows this
+ * anti-join costs about 30 ms; an index-driven count comparison is not exact when deploy.applied holds rows that are
+ * not registered, and a fast path trusting what the engine itself wrote (register-time detection, a counter kept by
+ * the engine like ledger_stats.applied_count) would miss holes made by hand. Exactness wins over speed here; the
+ * O(1) design needs a counter of unapplied catalog rows kept exact under DML by triggers on both tables (a schema
+ * change outside this file).
+ */
+std::vector<std::string> out_of_order_pending(const std::string& newest_key) {
+    Rows rows = run_query(
+        "SELECT m.version FROM deploy.migrations m WHERE m.sort_key < $1 "
+        "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key",
+        {TEXTOID}, {p_text(newest_key)});
+    std::vector<std::string> out;
+    out.reserve(rows.rows.size());
+    for (Row& r : rows.rows)
+        out.push_back(std::move(*r[0]));
     return out;
 }
 
@@ -157,17 +195,15 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         }
         result["version_before"] = cell_json(version_before);
 
-        std::vector<Migration> pending = load_pending();
+        // Out-of-order pending migrations (older than the newest applied one) are refused unless allowed; with
+        // pg_deploy.allow_out_of_order they are applied in order with the rest, so the whole catalog is read.
         if (!allow_out_of_order && !newest_key.empty()) {
-            std::string older;
-            int n = 0;
-            for (const Migration& m : pending) {
-                if (m.sort_key < newest_key) {
-                    if (n++ < 10)
-                        older += (older.empty() ? "" : ", ") + m.version;
-                }
-            }
-            if (n > 0) {
+            std::vector<std::string> older_versions = out_of_order_pending(newest_key);
+            if (!older_versions.empty()) {
+                std::string older;
+                std::size_t n = older_versions.size();
+                for (std::size_t i = 0; i < n && i < 10; ++i)
+                    older += (i == 0 ? "" : ", ") + older_versions[i];
                 throw DeployError(sqlstate::object_not_in_prerequisite_state,
                                   "pending migration(s) older than the newest applied one (" +
                                       current_version().value_or("") + "): " + older + (n > 10 ? ", ..." : ""),
@@ -176,6 +212,7 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                                   "= on to apply them anyway.");
             }
         }
+        std::optional<std::string> target_key;
         if (target) {
             Rows t = run_query(
                 "SELECT sort_key FROM deploy.migrations WHERE version = $1 "
@@ -185,13 +222,10 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                 throw DeployError(sqlstate::no_data_found, "target version " + *target + " is not registered", {},
                                   "Register it first (pgdeploy load, or deploy.register()).");
             }
-            std::string target_key = t.front()[0].value_or("");
-            std::vector<Migration> upto;
-            for (Migration& m : pending)
-                if (m.sort_key <= target_key)
-                    upto.push_back(std::move(m));
-            pending.swap(upto);
+            target_key = t.front()[0].value_or("");
         }
+        // Only the migrations this call may run are read, up SQL included: the range [newest applied, target].
+        std::vector<Migration> pending = load_pending(allow_out_of_order ? std::string() : newest_key, target_key);
 
         EventLog events;
         if (pending.empty()) {

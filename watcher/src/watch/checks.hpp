@@ -1,5 +1,5 @@
-// Health checks: http (libcurl multi: all http checks of a cycle share one multi handle), tcp (non-blocking
-// connect), postgres (libpq, asynchronous with a deadline), command (argv, no shell). One cycle runs every due check
+// Health checks: http (libcurl multi: one multi handle for the process, whose connections are kept alive from cycle
+// to cycle, with at most 64 transfers at once), tcp (non-blocking connect), postgres (libpq, asynchronous with a deadline), command (argv, no shell). One cycle runs every due check
 // concurrently and returns when the slowest has finished or timed out.
 #pragma once
 #include <string>

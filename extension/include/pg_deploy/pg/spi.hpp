@@ -1,4 +1,5 @@
-// pg_deploy: SPI with typed parameters, prepared once per call, every return code checked, all through pg_guard.
+// pg_deploy: SPI with typed parameters, plans kept per backend (SPI_keepplan), every return code checked, all through
+// pg_guard.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +55,8 @@ private:
 };
 
 // Plan is a statement prepared with search_path pinned to pg_catalog, pg_temp: the extension's own queries never
-// resolve names through the caller's search_path, while migration SQL keeps it.
+// resolve names through the caller's search_path, while migration SQL keeps it. The prepared plan is kept for the
+// backend's life in a cache keyed by query text and parameter types (spi.cpp); PostgreSQL's plancache revalidates it.
 class Plan {
 public:
     Plan() = default;
@@ -68,7 +70,7 @@ private:
     std::string sql_;
 };
 
-// run_query prepares and runs a statement once (pinned search_path).
+// run_query runs a statement through its kept plan (prepared on first use, pinned search_path).
 Rows run_query(const char* sql, std::vector<Oid> types = {}, const std::vector<Param>& params = {});
 
 // run_user_sql executes migration SQL (possibly several statements) with the caller's search_path and rights.
