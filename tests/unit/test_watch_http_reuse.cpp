@@ -3,6 +3,9 @@
 // cycle larger than the number of transfers run at once keeps every check's own result. Real servers on 127.0.0.1
 // (cpp-httplib), the real run_checks().
 #include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -96,7 +99,7 @@ void require_all(const std::vector<CheckResult>& results, CheckStatus want, std:
 
 TEST_CASE("http checks reuse their connections from one cycle to the next", "[watch][checks][http]") {
     init_checks();
-    Endpoint ep(30);
+    Endpoint ep(2);
     auto checks = http_checks(ep.url(), 4);
     require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 4);
     auto first = ep.take_ports();
@@ -123,20 +126,20 @@ TEST_CASE("a server that closed its keep-alive connections between cycles still 
 
 TEST_CASE("a server restarted on the same port between cycles still reads as healthy", "[watch][checks][http]") {
     init_checks();
-    auto ep = std::make_unique<Endpoint>(30);
+    auto ep = std::make_unique<Endpoint>(2);
     int port = ep->port();
     auto checks = http_checks(ep->url(), 3);
     require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 3);
     ep->stop();  // closes the connections the watcher keeps
     ep.reset();
-    ep = std::make_unique<Endpoint>(30, port);
+    ep = std::make_unique<Endpoint>(2, port);
     require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 3);
     CHECK(ep->requests() == 3);
 }
 
 TEST_CASE("a server that stops is detected as failing on the next cycle", "[watch][checks][http]") {
     init_checks();
-    Endpoint ep(30);
+    Endpoint ep(2);
     auto checks = http_checks(ep.url(), 3);
     require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 3);
     ep.stop();
@@ -148,10 +151,45 @@ TEST_CASE("a server that stops is detected as failing on the next cycle", "[watc
     }
 }
 
+TEST_CASE("a server killed while the watcher holds its connections fails the very next cycle",
+          "[watch][checks][http]") {
+    init_checks();
+    // The server in a child process, so that SIGKILL drops it at once with every kept-alive connection open.
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        httplib::Server server;
+        server.set_keep_alive_timeout(60);
+        server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("good", "text/plain"); });
+        int port = server.bind_to_any_port("127.0.0.1");
+        if (write(fds[1], &port, sizeof port) != static_cast<ssize_t>(sizeof port))
+            _exit(1);
+        server.listen_after_bind();
+        _exit(0);
+    }
+    close(fds[1]);
+    int port = 0;
+    REQUIRE(read(fds[0], &port, sizeof port) == static_cast<ssize_t>(sizeof port));
+    close(fds[0]);
+    REQUIRE(port > 0);
+    auto checks = http_checks("http://127.0.0.1:" + std::to_string(port) + "/health", 3);
+    require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 3);
+    require_all(run_checks(pointers(checks), ""), CheckStatus::ok, 3);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    auto results = run_checks(pointers(checks), "");
+    require_all(results, CheckStatus::critical, 3);
+    for (const auto& r : results)
+        CHECK(r.latency_ms < 1500);
+}
+
 TEST_CASE("a cycle with more http checks than run at once gives every check its own result, in order",
           "[watch][checks][http]") {
     init_checks();
-    Endpoint ep(30);
+    Endpoint ep(2);
     auto checks = http_checks(ep.url(), 300);
     // One check in the middle expects what the server does not say: only that one is critical.
     checks[150].body_contains = "not on this page";

@@ -409,7 +409,7 @@ std::vector<CheckResult> HttpRunner::run(const std::vector<const CheckConfig*>& 
             make_ready(s->host);
         }
         if (mc != CURLM_OK) {
-            // Not expected (out of memory): report what is left instead of spinning, and start afresh next cycle.
+            // Not expected (out of memory): report what is left as failed instead of spinning.
             std::string why = std::string("curl multi error: ") + curl_multi_strerror(mc);
             for (auto& s : slots_)
                 if (s.in_flight) {
