@@ -64,9 +64,15 @@ def test_failed_concurrent_build_resumes_after_the_data_is_fixed(pg, write_migra
     assert pg.scalar("SELECT state FROM deploy.checkpoints WHERE version = '0002'") == "failed"
 
     # Still failing: the retry drops the invalid index first and fails again the same way (no "already exists").
+    # The human output says where the schema is (0001, applied by the first run), not "nothing applied".
+    rc, out, err = run_pgdeploy("up", "--dsn", pg.dsn)
+    assert rc == 1
+    assert "23505" in out and "nothing applied" not in out, out
+    assert "schema at 0001" in out and "run `pgdeploy up` again to resume" in out, out
     rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
     assert rc == 1
     assert json.loads(out)["failed"]["sqlstate"] == "23505"
+    assert json.loads(out)["version_after"] == "0001"
 
     pg.sql("DELETE FROM items WHERE id = 1001")
     rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
@@ -74,7 +80,7 @@ def test_failed_concurrent_build_resumes_after_the_data_is_fixed(pg, write_migra
     assert "cleanup: DROP INDEX CONCURRENTLY IF EXISTS" in err
     assert index_state(pg, "items_sku_key") is True
     assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 1
-    assert pg.scalar("SELECT attempts FROM deploy.checkpoints WHERE version = '0002'") == 3
+    assert pg.scalar("SELECT attempts FROM deploy.checkpoints WHERE version = '0002'") == 4
     rc, out, _ = run_pgdeploy("status", "--json", "--dsn", pg.dsn)
     assert json.loads(out)["running_checkpoints"] == []
 

@@ -182,6 +182,9 @@ void print_up_human(const json& doc, int exit_code) {
     size_t kept = doc.contains("applied") && doc["applied"].is_array() ? doc["applied"].size() : 0;
     if (dry)
         std::cout << "dry run: nothing changed\n";
+    else if (f.contains("step") && !f["step"].is_null())
+        std::cout << "the deployment stays running with its checkpoints; schema at " << after
+                  << "; fix the cause and run `pgdeploy up` again to resume from this step\n";
     else if (kept > 0)
         // Migrations before a non-transactional one are committed before its statements run (and --no-atomic
         // keeps the ones that succeeded): say what stays applied.
@@ -330,6 +333,10 @@ int cmd_up(const std::vector<std::string>& args) {
             doc["ok"] = false;
             doc["state"] = "failed";
             doc["failed"] = failure;
+            // The migrations before the failed step may have been applied by an earlier run: report where the
+            // schema is now, not what this run's last deploy.up() call started from.
+            std::optional<std::string> now = conn.query_value("SELECT deploy.current_version()");
+            doc["version_after"] = now ? json(*now) : json();
             code = kExitFailed;
         } else if (!result.value("ok", false)) {
             // A migration that failed is exit 1 whatever its own SQLSTATE; only drift has its own code here
