@@ -19,6 +19,7 @@ Fixtures and helpers (keep them general; every e2e suite uses them):
 import os
 import socket
 import subprocess
+import time
 import uuid
 
 import psycopg2
@@ -128,22 +129,53 @@ class PgDatabase:
                 pass
 
 
+class FreshDatabase:
+    """A context manager: a new database with pg_deploy on the PG* server, dropped (WITH FORCE) on exit. The `pg`
+    fixture uses it per test; suites that need several fresh ledgers (one per trial) use it directly."""
+
+    def __init__(self, prefix="pgdeploy_t_"):
+        self.name = prefix + uuid.uuid4().hex[:12]
+        self.db = None
+
+    def __enter__(self):
+        admin = admin_connect()
+        try:
+            with admin.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            admin.close()
+        self.db = PgDatabase(self.name)
+        self.db.sql("SET client_min_messages = warning")
+        self.db.sql("CREATE EXTENSION pg_deploy")
+        return self.db
+
+    def __exit__(self, *exc):
+        if self.db is not None:
+            self.db.close()
+        admin = admin_connect()
+        try:
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            admin.close()
+        return False
+
+
 @pytest.fixture
 def pg():
-    name = "pgdeploy_t_" + uuid.uuid4().hex[:12]
-    admin = admin_connect()
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    db = PgDatabase(name)
-    db.sql("SET client_min_messages = warning")
-    db.sql("CREATE EXTENSION pg_deploy")
-    try:
+    with FreshDatabase() as db:
         yield db
-    finally:
-        db.close()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+
+
+def wait_for(fn, timeout=15, interval=0.05, what="condition"):
+    """Polls fn until it returns something truthy (returned) or timeout seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_pgdeploy(*args, env=None, input=None, timeout=120):

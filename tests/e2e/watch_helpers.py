@@ -17,7 +17,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conftest import PGDEPLOY_BIN
+from conftest import PGDEPLOY_BIN, wait_for  # noqa: F401  (wait_for is re-exported to the watcher suites)
 
 
 class HealthServer:
@@ -226,11 +226,3 @@ def events(pg, kind=None, deployment_id=None):
     return pg.sql(q + " ORDER BY id", params)
 
 
-def wait_for(fn, timeout=15, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")

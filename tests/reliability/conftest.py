@@ -54,6 +54,9 @@ admin_connect = e2e_conftest.admin_connect
 PgDatabase = e2e_conftest.PgDatabase
 PGDEPLOY_BIN = e2e_conftest.PGDEPLOY_BIN   # tests/e2e/watch_helpers.py does `from conftest import PGDEPLOY_BIN`
 SOURCE_DIR = e2e_conftest.SOURCE_DIR
+FreshDatabase = e2e_conftest.FreshDatabase
+wait_for = e2e_conftest.wait_for   # watch_helpers does `from conftest import wait_for`
+wait_until = wait_for
 
 LONG = os.environ.get("PGDEPLOY_LONG") == "1"
 SEED = int(os.environ.get("PGDEPLOY_SEED", "20261122"))
@@ -324,16 +327,6 @@ def cluster():
         c.close()
 
 
-def wait_until(fn, timeout=15, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def free_tcp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -343,21 +336,8 @@ def free_tcp_port():
 @pytest.fixture(scope="module")
 def module_db():
     """One database with pg_deploy for a whole module (for suites whose cases must each change nothing)."""
-    import uuid
-    name = "pgdeploy_r_" + uuid.uuid4().hex[:12]
-    admin = admin_connect()
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    db = PgDatabase(name)
-    db.sql("SET client_min_messages = warning")
-    db.sql("CREATE EXTENSION pg_deploy")
-    try:
+    with FreshDatabase("pgdeploy_r_") as db:
         yield db
-    finally:
-        db.close()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def sqlstate_of(db, query, params=None, setup=()):
@@ -376,33 +356,6 @@ def sqlstate_of(db, query, params=None, setup=()):
                 return e.pgcode
     finally:
         conn.close()
-
-
-class FreshDatabase:
-    """A context manager: a new database with pg_deploy on the PG* server, dropped on exit (for tests that need
-    several fresh ledgers, one per trial)."""
-
-    def __init__(self, prefix="pgdeploy_r_"):
-        import uuid
-        self.name = prefix + uuid.uuid4().hex[:12]
-
-    def __enter__(self):
-        admin = admin_connect()
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{self.name}"')
-        admin.close()
-        self.db = PgDatabase(self.name)
-        self.db.sql("SET client_min_messages = warning")
-        self.db.sql("CREATE EXTENSION pg_deploy")
-        return self.db
-
-    def __exit__(self, *exc):
-        self.db.close()
-        admin = admin_connect()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        admin.close()
-        return False
 
 
 if E2E_DIR not in sys.path:
