@@ -13,24 +13,10 @@ import time
 import pytest
 
 from conftest import PGDEPLOY_BIN, SOURCE_DIR, conninfo, free_port, run_pgdeploy
-from watch_helpers import HealthServer, Watcher, wait_for, watch_config, write_hook
+from watch_helpers import (Watcher, wait_for, watch_config, write_hook,  # noqa: F401
+                           health, watchers)  # health, watchers: fixtures
 
 UNITS = ["pgdeploy-watch.service", "pgdeploy-once.service", "pgdeploy-once.timer"]
-
-
-@pytest.fixture
-def health(tmp_path):
-    server = HealthServer(tmp_path / "bad")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def watchers():
-    started = []
-    yield started
-    for w in started:
-        w.close()
 
 
 # ---- --check-config ---------------------------------------------------------------------------------------------

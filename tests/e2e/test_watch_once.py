@@ -7,17 +7,10 @@ import json
 import pytest
 
 from conftest import conninfo, free_port, run_pgdeploy
-from watch_helpers import HealthServer, deploy, events, hook_entries, watch_config, write_alert, write_hook
+from watch_helpers import deploy, events, hook_entries, watch_config, write_alert, write_hook, health  # noqa: F401 (health: a fixture)
 
 V1 = [("0001", "CREATE TABLE public.once_t (id int PRIMARY KEY)", "DROP TABLE public.once_t")]
 V2 = [("0002", "ALTER TABLE public.once_t ADD COLUMN note text", "ALTER TABLE public.once_t DROP COLUMN note")]
-
-
-@pytest.fixture
-def health(tmp_path):
-    server = HealthServer(tmp_path / "bad")
-    yield server
-    server.close()
 
 
 def write_config(tmp_path, cfg):

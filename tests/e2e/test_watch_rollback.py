@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 
 from conftest import free_port
-from watch_helpers import (HealthServer, Watcher, deploy, events, hook_entries, wait_for, watch_config,
-                           write_alert, write_hook)
+from watch_helpers import (Watcher, deploy, events, hook_entries, wait_for, watch_config,  # noqa: F401
+                           write_alert, write_hook, health, watchers)  # health, watchers: fixtures
 
 INTERVAL_S = 0.2
 FAILURE_THRESHOLD = 3
@@ -25,21 +25,6 @@ MARGIN_S = 2.0   # a cycle's scheduling, the decision's ledger round trips; gene
 
 V1 = [("0001", "CREATE TABLE public.app_users (id int PRIMARY KEY)", "DROP TABLE public.app_users")]
 V2 = [("0002", "ALTER TABLE public.app_users ADD COLUMN email text", "ALTER TABLE public.app_users DROP COLUMN email")]
-
-
-@pytest.fixture
-def health(tmp_path):
-    server = HealthServer(tmp_path / "bad")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def watchers():
-    started = []
-    yield started
-    for w in started:
-        w.close()
 
 
 def marker_rows(pg):

@@ -17,6 +17,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from conftest import PGDEPLOY_BIN, wait_for  # noqa: F401  (wait_for is re-exported to the watcher suites)
 
 
@@ -226,3 +228,17 @@ def events(pg, kind=None, deployment_id=None):
     return pg.sql(q + " ORDER BY id", params)
 
 
+# Fixtures shared by the watcher suites (import them by name into a test module).
+@pytest.fixture
+def health(tmp_path):
+    server = HealthServer(tmp_path / "bad")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def watchers():
+    started = []
+    yield started
+    for w in started:
+        w.close()

@@ -14,17 +14,10 @@ import time
 import pytest
 
 from conftest import FreshDatabase, LONG, assert_consistent, stats, table_for, trials, wait_until
-from watch_helpers import HealthServer, Watcher, events, hook_entries, watch_config, write_hook
+from watch_helpers import Watcher, events, hook_entries, watch_config, write_hook, health  # noqa: F401 (health: a fixture)
 
 HOOK_SLEEP = 1.0
 DOWN_SLEEP = 0.4
-
-
-@pytest.fixture
-def health(tmp_path):
-    server = HealthServer(tmp_path / "bad")
-    yield server
-    server.close()
 
 
 def _release(db, app_version, versions, down_sleep=0.0):
