@@ -10,6 +10,8 @@
 //     resource owner are restored on both paths.
 #pragma once
 
+#include <utility>
+
 #include <exception>
 #include <string>
 #include <type_traits>
@@ -51,10 +53,10 @@ SubTransaction begin_subtransaction();
 void commit_subtransaction(const SubTransaction& sub);
 void rollback_subtransaction(const SubTransaction& sub);
 
-// in_subtransaction runs body in a subtransaction: released when body returns, rolled back (and the exception
-// rethrown) when it throws.
+// run_in_subtransaction runs body in a subtransaction. When body throws, the subtransaction is rolled back and the
+// exception rethrown; when it returns, the subtransaction is released (keep_on_success) or rolled back anyway.
 template <typename F>
-void in_subtransaction(F&& body) {
+void run_in_subtransaction(F&& body, bool keep_on_success) {
     SubTransaction sub = begin_subtransaction();
     try {
         body();
@@ -62,20 +64,22 @@ void in_subtransaction(F&& body) {
         rollback_subtransaction(sub);
         throw;
     }
-    commit_subtransaction(sub);
+    if (keep_on_success)
+        commit_subtransaction(sub);
+    else
+        rollback_subtransaction(sub);
 }
 
-// in_rolled_back_subtransaction runs body in a subtransaction that is always rolled back (dry runs, rehearsals).
+// in_subtransaction: released when body returns, rolled back when it throws.
+template <typename F>
+void in_subtransaction(F&& body) {
+    run_in_subtransaction(std::forward<F>(body), true);
+}
+
+// in_rolled_back_subtransaction: always rolled back (dry runs, rehearsals).
 template <typename F>
 void in_rolled_back_subtransaction(F&& body) {
-    SubTransaction sub = begin_subtransaction();
-    try {
-        body();
-    } catch (...) {
-        rollback_subtransaction(sub);
-        throw;
-    }
-    rollback_subtransaction(sub);
+    run_in_subtransaction(std::forward<F>(body), false);
 }
 
 // Helpers that allocate in PostgreSQL memory, guarded.
