@@ -308,14 +308,16 @@ class MigrationBench:
         finally:
             self.ctx.cluster.drop(db)
 
-    def floor_do(self):
+    def _run_do_blocks(self, statement_template):
+        """Runs the N creates, then the N drops, each as one DO block of EXECUTEs shaped by statement_template."""
         db = self.ctx.cluster.create(self.ctx.tpl_plain)
         try:
             c = connect(db)
             cur = c.cursor()
 
             def do_block(stmts):
-                return "DO $bench$ BEGIN\n" + "".join(f"EXECUTE '{s}';\n" for s in stmts) + "END $bench$"
+                return "DO $bench$ BEGIN\n" + "".join(statement_template.format(s) + "\n" for s in stmts) + \
+                    "END $bench$"
 
             up_sql, down_sql = do_block(self.creates), do_block(self.drops)
             t_up, cpu_up = timed_cpu(c, lambda: cur.execute(up_sql))
@@ -327,29 +329,15 @@ class MigrationBench:
             return t_up, t_down
         finally:
             self.ctx.cluster.drop(db)
+
+    def floor_do(self):
+        return self._run_do_blocks("EXECUTE '{}';")
 
     # -- reference (not a floor): the same DO block with every EXECUTE in its own BEGIN ... EXCEPTION block, i.e. one
-    #    subtransaction per statement, the structure deploy.up() uses: it shows what PostgreSQL charges for that --
+    #    subtransaction per statement, the structure deploy.up() used before it switched to one batch subtransaction:
+    #    it shows what PostgreSQL charges for that --
     def reference_subxact(self):
-        db = self.ctx.cluster.create(self.ctx.tpl_plain)
-        try:
-            c = connect(db)
-            cur = c.cursor()
-
-            def do_block(stmts):
-                return ("DO $bench$ BEGIN\n" + "".join(
-                    f"BEGIN EXECUTE '{s}'; EXCEPTION WHEN OTHERS THEN RAISE; END;\n" for s in stmts) + "END $bench$")
-
-            up_sql, down_sql = do_block(self.creates), do_block(self.drops)
-            t_up, cpu_up = timed_cpu(c, lambda: cur.execute(up_sql))
-            assert count_bench_tables(c) == self.n
-            t_down, cpu_down = timed_cpu(c, lambda: cur.execute(down_sql))
-            assert count_bench_tables(c) == 0
-            c.close()
-            self.cpu = (cpu_up, cpu_down)
-            return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
+        return self._run_do_blocks("BEGIN EXECUTE '{}'; EXCEPTION WHEN OTHERS THEN RAISE; END;")
 
     # -- pg_deploy in the database: SELECT deploy.up() then SELECT deploy.rollback() --
     def deploy_up(self):
