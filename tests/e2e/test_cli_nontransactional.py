@@ -2,8 +2,11 @@
 checkpoint per statement, and a failed concurrent build (an INVALID index left behind) resumes cleanly after the
 data is fixed."""
 import json
+import signal
+import subprocess
+import time
 
-from conftest import run_pgdeploy
+from conftest import PGDEPLOY_BIN, run_pgdeploy
 
 BASE = {
     "0001_items.up.sql": "CREATE TABLE items (id int PRIMARY KEY, sku text);\n"
@@ -15,6 +18,40 @@ BASE = {
 def index_state(pg, name):
     return pg.scalar("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                      "WHERE c.relname = %s", (name,))
+
+
+CONCURRENT_INDEX = dict(BASE, **{
+    "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
+    "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
+})
+
+
+def start_blocked_concurrent_build(pg, write_migrations, *args):
+    """Applies 0001, locks `items` so that 0002's CREATE INDEX CONCURRENTLY must wait, and starts `pgdeploy up ARGS`.
+    Returns (process, the blocking connection, the pid of pgdeploy's waiting backend) once the build waits."""
+    d = write_migrations(CONCURRENT_INDEX)
+    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
+    blocker = pg.connect(autocommit=False)
+    blocker.cursor().execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")   # CIC waits for this
+    proc = subprocess.Popen([PGDEPLOY_BIN, "up", *args, "--dsn", pg.dsn], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    waiting = None
+    for _ in range(200):
+        waiting = pg.scalar("SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgdeploy' "
+                            "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'",
+                            (pg.name,))
+        if waiting:
+            break
+        time.sleep(0.05)
+    if not waiting:
+        activity = pg.sql("SELECT application_name, state, wait_event_type, left(query, 80) FROM pg_stat_activity "
+                          "WHERE datname = %s", (pg.name,))
+        proc.kill()
+        proc.wait()
+        blocker.rollback()
+        blocker.close()
+        raise AssertionError(("pgdeploy never reached the CREATE INDEX CONCURRENTLY step", activity))
+    return proc, blocker, waiting
 
 
 def test_concurrent_index_is_applied_at_top_level(pg, write_migrations):
@@ -102,32 +139,8 @@ def test_dry_run_does_not_run_top_level_statements(pg, write_migrations):
 def test_killed_pgdeploy_mid_step_resumes_with_the_next_up(pg, write_migrations):
     """SIGKILL pgdeploy while its CREATE INDEX CONCURRENTLY waits, end its backend, and run `pgdeploy up` again:
     the unfinished step is handed out again and the migration completes exactly once."""
-    import signal
-    import subprocess
-    import time
-    from conftest import PGDEPLOY_BIN
-
-    files = dict(BASE, **{
-        "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
-        "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
-    })
-    d = write_migrations(files)
-    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
-    blocker = pg.connect(autocommit=False)
-    blocker.cursor().execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")   # CIC waits for this
-    proc = subprocess.Popen([PGDEPLOY_BIN, "up", "--dsn", pg.dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, blocker, waiting = start_blocked_concurrent_build(pg, write_migrations)
     try:
-        waiting = None
-        for _ in range(200):
-            waiting = pg.scalar("SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgdeploy' "
-                                "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'",
-                                (pg.name,))
-            if waiting:
-                break
-            time.sleep(0.05)
-        assert waiting, ("pgdeploy never reached the CREATE INDEX CONCURRENTLY step",
-                         pg.sql("SELECT application_name, state, wait_event_type, left(query, 80) FROM pg_stat_activity "
-                                "WHERE datname = %s", (pg.name,)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert pg.scalar("SELECT pg_terminate_backend(%s)", (waiting,)) is True
@@ -149,26 +162,8 @@ def test_killed_pgdeploy_mid_step_resumes_with_the_next_up(pg, write_migrations)
 def test_second_pgdeploy_does_not_run_the_same_step_concurrently(pg, write_migrations):
     """While one pgdeploy runs a top-level statement, a second `pgdeploy up` gets the lock error (exit 4) instead
     of being handed the same running step and starting a duplicate concurrent build."""
-    import subprocess
-    import time
-    from conftest import PGDEPLOY_BIN
-
-    files = dict(BASE, **{
-        "0002_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
-        "0002_idx.down.sql": "DROP INDEX items_sku_idx;\n",
-    })
-    d = write_migrations(files)
-    assert run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", pg.dsn)[0] == 0
-    blocker = pg.connect(autocommit=False)
-    blocker.cursor().execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")
-    first = subprocess.Popen([PGDEPLOY_BIN, "up", "--json", "--dsn", pg.dsn], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first, blocker, _ = start_blocked_concurrent_build(pg, write_migrations, "--json")
     try:
-        for _ in range(200):
-            if pg.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgdeploy' "
-                         "AND query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'", (pg.name,)):
-                break
-            time.sleep(0.05)
         rc, out, err = run_pgdeploy("up", "--lock-wait", "1s", "--json", "--dsn", pg.dsn)
         assert rc == 4, (out, err)
         assert json.loads(out)["error"]["sqlstate"] == "55P03"
