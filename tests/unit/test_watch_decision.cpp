@@ -386,3 +386,72 @@ TEST_CASE("the error-rate window slides in small buckets: bounded memory, exact 
     CHECK(t.error_rate(now) == Approx(0.25).epsilon(0.01));
     CHECK(t.samples(now + 2 * kMin) == 0);
 }
+
+TEST_CASE("the error-rate ring: a long run of results keeps the window's counts exact to a bucket",
+          "[watch][decision]") {
+    CheckConfig c = check("api");  // window 1 minute: buckets of 500 ms
+    CheckTracker t(c);
+    Millis now = 0;
+    // A gap longer than the window in the middle: the ring must drop everything, then start again.
+    for (int i = 0; i < 3000; ++i) {
+        t.record(result("api", CheckStatus::critical), now, false);
+        now += i == 1500 ? 5 * kMin : 100;
+    }
+    int n = t.samples(now);
+    CHECK(n >= 600);  // the last minute at 10 a second...
+    CHECK(n <= 605);  // ...plus at most one bucket
+    CHECK(t.error_rate(now) == Approx(1.0));
+    t.reset();
+    CHECK(t.samples(now) == 0);
+    t.record(result("api", CheckStatus::ok), now, false);
+    CHECK(t.samples(now) == 1);
+    CHECK(t.error_rate(now) == Approx(0.0));
+}
+
+TEST_CASE("a reload that changes the error-rate window keeps the samples still inside it", "[watch][decision]") {
+    CheckConfig c = check("api");  // window 1 minute
+    CheckTracker t(c);
+    Millis now = 0;
+    for (int i = 0; i < 120; ++i) {  // two minutes, one a second, one in two critical
+        t.record(result("api", i % 2 ? CheckStatus::critical : CheckStatus::ok), now, false);
+        now += kSec;
+    }
+    CHECK(t.samples(now) >= 59);
+    CHECK(t.samples(now) <= 61);
+    c.error_rate.window = 10 * kMin;  // longer: only what the old window still held is left
+    t.reconfigure(c);
+    CHECK(t.samples(now) >= 59);
+    CHECK(t.samples(now) <= 61);
+    CHECK(t.error_rate(now) == Approx(0.5).epsilon(0.05));
+    c.error_rate.window = 10 * kSec;  // shorter: the older samples leave
+    t.reconfigure(c);
+    CHECK(t.samples(now) >= 9);
+    CHECK(t.samples(now) <= 12);
+}
+
+TEST_CASE("checks_json writes the same text as the checks of to_json in an indented document", "[watch][decision]") {
+    WatchConfig cfg = config();
+    cfg.checks.push_back(check("quote\"and\nnewline"));
+    DecisionEngine e(cfg);
+    auto expect = [&](Millis now) {
+        nlohmann::json doc = {{"checks", e.to_json(now)["checks"]}, {"zz", 1}};
+        std::string text = "{\n  \"checks\": ";
+        e.checks_json(now, text);
+        text += ",\n  \"zz\": 1\n}";
+        CHECK(text == doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    };
+    expect(0);  // no results yet: "last" is null
+    Millis t = feed(e, "api", CheckStatus::critical, 3, 0);
+    CheckResult odd = result("side", CheckStatus::warning);
+    odd.detail = "exit 1: \xff not UTF-8 and a \"quote\"";
+    odd.latency_ms = 12.345;
+    e.record(odd, t);
+    expect(t + 5);
+    e.observe_deployment(deployment(7, t), t);  // in grace, fresh trackers
+    expect(t + 10);
+    WatchConfig none;
+    DecisionEngine empty(none);
+    std::string text;
+    empty.checks_json(0, text);
+    CHECK(text == "[]");
+}

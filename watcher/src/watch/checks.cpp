@@ -264,10 +264,19 @@ private:
 
     // start: sets the slot's easy handle up for one check and adds it; false (with out[index] set) if it cannot run.
     bool start(Slot& s, const CheckConfig& c, std::size_t index, std::vector<CheckResult>& out) {
-        if (!s.easy)
-            s.easy = curl_easy_init();
-        else
-            curl_easy_reset(s.easy);  // keeps the handle's buffers; the connections live in the multi's cache
+        if (!s.easy && (s.easy = curl_easy_init()) != nullptr) {
+            // What every transfer has in common, set once per handle: at thousands of checks a second, resetting and
+            // setting every option again for each transfer was a visible share of the watcher's CPU.
+            curl_easy_setopt(s.easy, CURLOPT_NOSIGNAL, 1L);
+            curl_easy_setopt(s.easy, CURLOPT_FOLLOWLOCATION, 0L);
+            curl_easy_setopt(s.easy, CURLOPT_USERAGENT, "pgdeploy-watch/" PGDEPLOY_VERSION);
+            curl_easy_setopt(s.easy, CURLOPT_WRITEFUNCTION, collect_body);
+            curl_easy_setopt(s.easy, CURLOPT_WRITEDATA, &s);
+            curl_easy_setopt(s.easy, CURLOPT_ERRORBUFFER, s.errbuf);
+            curl_easy_setopt(s.easy, CURLOPT_PRIVATE, &s);
+            // Health pages are small; curl's default 16 KB receive buffer per transfer adds up.
+            curl_easy_setopt(s.easy, CURLOPT_BUFFERSIZE, 4096L);
+        }
         if (!s.easy) {
             out[index] = classify_http(c, 0, "", "cannot create a curl handle (out of memory)");
             return false;
@@ -278,18 +287,10 @@ private:
         s.body.clear();
         if (s.body.capacity() > 64 * 1024)
             std::string().swap(s.body);  // one huge page must not stay resident
+        // The options that differ between checks (the connections live in the multi's cache).
         curl_easy_setopt(s.easy, CURLOPT_URL, c.url.c_str());
         curl_easy_setopt(s.easy, CURLOPT_TIMEOUT_MS, static_cast<long>(c.timeout));
         curl_easy_setopt(s.easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(c.timeout));
-        curl_easy_setopt(s.easy, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(s.easy, CURLOPT_FOLLOWLOCATION, 0L);
-        curl_easy_setopt(s.easy, CURLOPT_USERAGENT, "pgdeploy-watch/" PGDEPLOY_VERSION);
-        curl_easy_setopt(s.easy, CURLOPT_WRITEFUNCTION, collect_body);
-        curl_easy_setopt(s.easy, CURLOPT_WRITEDATA, &s);
-        curl_easy_setopt(s.easy, CURLOPT_ERRORBUFFER, s.errbuf);
-        curl_easy_setopt(s.easy, CURLOPT_PRIVATE, &s);
-        // Health pages are small; curl's default 16 KB receive buffer per transfer adds up.
-        curl_easy_setopt(s.easy, CURLOPT_BUFFERSIZE, 4096L);
         s.start = Clock::now();
         CURLMcode mc = curl_multi_add_handle(multi_, s.easy);
         if (mc != CURLM_OK) {
@@ -503,9 +504,14 @@ void init_checks() {
 std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& checks, const std::string& default_dsn) {
     init_checks();
     std::vector<const CheckConfig*> http;
+    std::vector<std::size_t> http_at;  // index in checks of http[i]
     std::vector<const CheckConfig*> others;
-    for (const auto* c : checks)
-        (c->type == CheckType::http ? http : others).push_back(c);
+    std::vector<std::size_t> others_at;
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+        bool is_http = checks[i]->type == CheckType::http;
+        (is_http ? http : others).push_back(checks[i]);
+        (is_http ? http_at : others_at).push_back(i);
+    }
 
     // A small pool, not a thread per check: thousands of tcp or command checks must not mean thousands of threads.
     std::vector<CheckResult> other_results(others.size());
@@ -539,11 +545,16 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
     threads.reserve(pool);
     for (std::size_t i = 0; i < pool; ++i)
         threads.emplace_back(worker);
-    std::vector<CheckResult> results = run_http(http);
+    std::vector<CheckResult> http_results = run_http(http);
     for (auto& t : threads)
         t.join();
-    for (auto& r : other_results)
-        results.push_back(std::move(r));
+    if (others.empty())
+        return http_results;  // the checks' own order already
+    std::vector<CheckResult> results(checks.size());
+    for (std::size_t i = 0; i < http_results.size(); ++i)
+        results[http_at[i]] = std::move(http_results[i]);
+    for (std::size_t i = 0; i < other_results.size(); ++i)
+        results[others_at[i]] = std::move(other_results[i]);
     return results;
 }
 

@@ -11,7 +11,8 @@
 
 namespace pgdeploy::watch {
 
-// run_checks runs the given checks concurrently. default_dsn is used by postgres checks without their own dsn.
+// run_checks runs the given checks concurrently and returns their results in the same order (results[i] is the result
+// of checks[i]). default_dsn is used by postgres checks without their own dsn.
 std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& checks, const std::string& default_dsn);
 
 // Classification, apart from the I/O so that it is unit-tested.

@@ -16,6 +16,8 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <string_view>
+#include <unordered_map>
 
 #include "common/connection.hpp"
 #include "common/conninfo.hpp"
@@ -113,8 +115,12 @@ struct Verification {
 
 class Daemon {
 public:
-    Daemon(std::string config_path, const WatchConfig& cfg)
-        : config_path_(std::move(config_path)), cfg_(cfg), engine_(cfg), rng_(std::random_device{}()) {}
+    Daemon(std::string config_path, WatchConfig cfg)
+        : config_path_(std::move(config_path)),
+          cfg_(std::make_shared<const WatchConfig>(std::move(cfg))),
+          engine_(cfg_),
+          next_due_(cfg_->checks.size(), 0),
+          rng_(std::random_device{}()) {}
 
     int run();
 
@@ -135,8 +141,13 @@ private:
     void record_event(const std::string& kind, std::int64_t dep, std::int64_t marker, const json& details);
 
     std::string config_path_;
-    WatchConfig cfg_;
+    // One copy of the configuration, shared with the engine (whose trackers point into it): at thousands of checks
+    // every copy costs megabytes.
+    std::shared_ptr<const WatchConfig> cfg_;
     DecisionEngine engine_;
+    std::vector<Millis> next_due_;         // by index in cfg_->checks
+    std::vector<const CheckConfig*> due_;  // the cycle's checks (kept: no allocation per cycle)
+    std::vector<std::size_t> due_index_;
     std::mt19937_64 rng_;
     std::optional<common::Connection> conn_;
     bool leader_ = false;
@@ -144,7 +155,6 @@ private:
     Millis backoff_ = 0;
     Millis next_poll_ = 0;
     bool refresh_ = true;
-    std::map<std::string, Millis> next_due_;
     Millis watchdog_every_ = 0;
     Millis next_watchdog_ = 0;
     Millis started_ = 0;
@@ -156,6 +166,8 @@ private:
     int pending_migrations_ = -1;
     MetricsServer metrics_;
     bool metrics_on_ = false;
+    std::string status_text_;  // publish()'s buffers, reused
+    std::string metrics_text_;
     Millis next_publish_ = 0;
 };
 
@@ -196,9 +208,9 @@ void Daemon::drop_db(const std::string& why) {
     leader_ = false;
     Millis now = monotonic_ms();
     if (backoff_ == 0)
-        backoff_ = cfg_.database.reconnect_min;
+        backoff_ = cfg_->database.reconnect_min;
     else
-        backoff_ = std::min(backoff_ * 2, cfg_.database.reconnect_max);
+        backoff_ = std::min(backoff_ * 2, cfg_->database.reconnect_max);
     // Full jitter in [backoff/2, backoff]: many watchers that lost the same database do not return in lockstep.
     std::uniform_int_distribution<Millis> jitter(backoff_ / 2, backoff_);
     reconnect_at_ = now + jitter(rng_);
@@ -216,19 +228,19 @@ void Daemon::ensure_db(Millis now) {
         return;
     try {
         common::ConnectOptions opts;
-        opts.dsn = cfg_.database.dsn;
+        opts.dsn = cfg_->database.dsn;
         opts.application_name = "pgdeploy-watch";
         opts.connect_timeout_s = 5;
         conn_.emplace(common::Connection::connect(opts));
         conn_->require_extension();
         Ledger ledger(*conn_);
         ledger.listen();
-        spdlog::info("connected to {} as watcher \"{}\"", conn_->describe(), cfg_.watcher_id);
+        spdlog::info("connected to {} as watcher \"{}\"", conn_->describe(), cfg_->watcher_id);
         backoff_ = 0;
         refresh_ = true;
-        if (cfg_.leader_lock && ledger.try_lead()) {
+        if (cfg_->leader_lock && ledger.try_lead()) {
             leader_ = true;
-            spdlog::info("this watcher (\"{}\") is the leader", cfg_.watcher_id);
+            spdlog::info("this watcher (\"{}\") is the leader", cfg_->watcher_id);
         }
     } catch (const Failure& e) {
         // Not a crash and not fatal: the checks go on (a postgres check reports the loss), and we retry.
@@ -242,9 +254,9 @@ void Daemon::refresh_view(Millis now) {
     if (!conn_)
         return;
     Ledger ledger(*conn_);
-    if (!leader_ && cfg_.leader_lock && ledger.try_lead()) {
+    if (!leader_ && cfg_->leader_lock && ledger.try_lead()) {
         leader_ = true;
-        spdlog::warn("this watcher (\"{}\") took over leadership", cfg_.watcher_id);
+        spdlog::warn("this watcher (\"{}\") took over leadership", cfg_->watcher_id);
     }
     DeploymentView v = ledger.read_view(now);
     const DeploymentView& old = engine_.deployment();
@@ -253,31 +265,39 @@ void Daemon::refresh_view(Millis now) {
                      v.id ? v.state : "absent");
     engine_.observe_deployment(v, now);
     pending_migrations_ = ledger.pending_migrations();
-    next_poll_ = now + cfg_.database.poll_interval;
+    next_poll_ = now + cfg_->database.poll_interval;
     refresh_ = false;
 }
 
+/*
+ * Daemon::run_due_checks
+ *
+ * By index into the configuration's checks, with the results in the same order: at thousands of checks a second,
+ * finding each check's due time and tracker by name (std::map walks, string compares) was most of the loop's own CPU.
+ */
 void Daemon::run_due_checks(Millis now) {
-    std::vector<const CheckConfig*> due;
-    for (const auto& c : cfg_.checks) {
-        auto it = next_due_.find(c.name);
-        if (it == next_due_.end() || it->second <= now)
-            due.push_back(&c);
-    }
-    if (due.empty())
+    due_.clear();
+    due_index_.clear();
+    const auto& checks = cfg_->checks;
+    for (std::size_t i = 0; i < checks.size(); ++i)
+        if (next_due_[i] <= now) {
+            due_.push_back(&checks[i]);
+            due_index_.push_back(i);
+            next_due_[i] = now + checks[i].interval;
+        }
+    if (due_.empty())
         return;
-    for (const auto* c : due)
-        next_due_[c->name] = now + c->interval;
     Millis cycle_start = monotonic_ms();
-    std::vector<CheckResult> results = run_checks(due, cfg_.database.dsn);
+    std::vector<CheckResult> results = run_checks(due_, cfg_->database.dsn);
     Millis at = monotonic_ms();
     // Times the running daemon's cycle (bench/ and anyone debugging a slow interval read it).
-    spdlog::debug("cycle: {} checks in {} ms", due.size(), at - cycle_start);
-    for (const auto& r : results) {
-        auto before = engine_.trackers().count(r.name) ? engine_.trackers().at(r.name).state() : HealthState::ok;
-        engine_.record(r, at);
+    spdlog::debug("cycle: {} checks in {} ms", due_.size(), at - cycle_start);
+    for (std::size_t k = 0; k < results.size(); ++k) {
+        const CheckResult& r = results[k];
+        const CheckTracker& t = engine_.tracker(due_index_[k]);
+        HealthState before = t.state();
+        engine_.record(due_index_[k], r, at);
         spdlog::debug("check {}: {} in {:.1f} ms: {}", r.name, to_string(r.status), r.latency_ms, r.detail);
-        const auto& t = engine_.trackers().at(r.name);
         if (t.state() != before) {
             auto level = t.state() == HealthState::failing   ? spdlog::level::err
                          : t.state() == HealthState::warning ? spdlog::level::warn
@@ -297,7 +317,7 @@ void Daemon::run_due_checks(Millis now) {
                 record_event("watcher_unhealthy", live, 0,
                              {{"check", r.name},
                               {"detail", r.detail},
-                              {"watcher_id", cfg_.watcher_id},
+                              {"watcher_id", cfg_->watcher_id},
                               {"app_version", live_app}});
         }
     }
@@ -325,7 +345,7 @@ void Daemon::act(const Decision& d, Millis now) {
         return;
     }
     json details = d.to_json();
-    details["watcher_id"] = cfg_.watcher_id;
+    details["watcher_id"] = cfg_->watcher_id;
     json checks = json::object();
     for (const auto& name : d.triggering_checks)
         checks[name] = engine_.trackers().at(name).to_json(now);
@@ -341,7 +361,7 @@ void Daemon::act(const Decision& d, Millis now) {
                 ++decisions_["suppressed"];
                 record_event("watcher_decision", d.deployment_id, 0, details);
                 if (d.reason == "target_failing" || d.reason == "no_target" || d.reason == "cooldown")
-                    send_alert(cfg_, "not_rolled_back", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
+                    send_alert(*cfg_, "not_rolled_back", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
             }
             return;
         case DecisionKind::freeze:
@@ -357,7 +377,7 @@ void Daemon::act(const Decision& d, Millis now) {
                 spdlog::error("cannot record the freeze of deployment {}: {}", d.deployment_id, e.what());
             }
             engine_.commit(d, now);
-            send_alert(cfg_, "frozen", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
+            send_alert(*cfg_, "frozen", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
             return;
         case DecisionKind::would_rollback:
             spdlog::warn("decision: {}", d.message);
@@ -392,7 +412,7 @@ void Daemon::act(const Decision& d, Millis now) {
         Ledger ledger(*conn_);
         Transaction tx(*conn_);
         ledger.log_event("watcher_decision", d.deployment_id, 0, details);
-        marker = ledger.request_rollback("watcher " + cfg_.watcher_id + ": " + d.message, d.deployment_id, details);
+        marker = ledger.request_rollback("watcher " + cfg_->watcher_id + ": " + d.message, d.deployment_id, details);
         tx.commit();
     } catch (const common::DbError& e) {
         spdlog::error("cannot request the rollback of deployment {}: {}", d.deployment_id, e.what());
@@ -401,7 +421,7 @@ void Daemon::act(const Decision& d, Millis now) {
     }
     engine_.commit(d, now);
     spdlog::warn("rollback marker {} requested for deployment {}", marker, d.deployment_id);
-    RollbackExecutor exec(cfg_, *conn_, [this] { return hook_tick(); });
+    RollbackExecutor exec(*cfg_, *conn_, [this] { return hook_tick(); });
     handle_outcome(exec.claim_and_execute(marker), monotonic_ms());
 }
 
@@ -411,7 +431,7 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
     ++rollbacks_[o.result];
     if (o.result == "done") {
         if (!verification_ || verification_->marker_id != o.marker_id) {
-            verification_ = Verification{o.marker_id, o.deployment_id, now, now + cfg_.decision.health_recovery};
+            verification_ = Verification{o.marker_id, o.deployment_id, now, now + cfg_->decision.health_recovery};
         }
         try {
             refresh_view(now);  // the deployment is rolled_back now: checks start fresh evidence
@@ -422,7 +442,7 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
         spdlog::warn("marker {}: attempt failed ({}); retrying after backoff", o.marker_id, o.error);
     } else if (o.result == "needs_attention") {
         spdlog::critical("marker {}: needs attention: {}", o.marker_id, o.error);
-        send_alert(cfg_, "needs_attention",
+        send_alert(*cfg_, "needs_attention",
                    "rollback marker " + std::to_string(o.marker_id) + " of deployment " +
                        std::to_string(o.deployment_id) + " needs attention: " + o.error,
                    o.deployment_id, o.marker_id, [this] { return hook_tick(); });
@@ -439,7 +459,7 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
 void Daemon::process_markers(Millis now) {
     if (!conn_ || !leader_)
         return;
-    auto ready = list_claimable(*conn_, cfg_.watcher_id, cfg_.rollback, true);
+    auto ready = list_claimable(*conn_, cfg_->watcher_id, cfg_->rollback, true);
     for (const auto& m : ready) {
         if (g_stop.load())
             return;
@@ -447,8 +467,8 @@ void Daemon::process_markers(Millis now) {
         if (it != retry_at_.end() && now < it->second)
             continue;
         spdlog::warn("marker {} ({}{}) is waiting: executing it", m.id, m.state, m.own ? ", ours from before" : "");
-        retry_at_[m.id] = now + retry_delay(cfg_.rollback, std::max(1, m.attempts));
-        RollbackExecutor exec(cfg_, *conn_, [this] { return hook_tick(); });
+        retry_at_[m.id] = now + retry_delay(cfg_->rollback, std::max(1, m.attempts));
+        RollbackExecutor exec(*cfg_, *conn_, [this] { return hook_tick(); });
         ExecOutcome o = exec.claim_and_execute(m.id);
         if (o.result == "done" || o.result == "needs_attention")
             retry_at_.erase(m.id);
@@ -468,112 +488,173 @@ void Daemon::verify_recovery(Millis now) {
         spdlog::warn("health recovered {} ms after rolling back deployment {}", took, verification_->deployment_id);
         ++rollbacks_["recovered"];
         record_event("watcher_rollback_done", verification_->deployment_id, verification_->marker_id,
-                     {{"recovered", true}, {"recovery_ms", took}, {"watcher_id", cfg_.watcher_id}});
+                     {{"recovered", true}, {"recovery_ms", took}, {"watcher_id", cfg_->watcher_id}});
         verification_.reset();
     } else if (now > verification_->deadline) {
         spdlog::critical("health did not recover within {} after rolling back deployment {}",
-                         format_duration(cfg_.decision.health_recovery), verification_->deployment_id);
+                         format_duration(cfg_->decision.health_recovery), verification_->deployment_id);
         ++rollbacks_["unrecovered"];
-        send_alert(cfg_, "unrecovered",
-                   "health did not recover within " + format_duration(cfg_.decision.health_recovery) +
+        send_alert(*cfg_, "unrecovered",
+                   "health did not recover within " + format_duration(cfg_->decision.health_recovery) +
                        " after rolling back deployment " + std::to_string(verification_->deployment_id),
                    verification_->deployment_id, verification_->marker_id, [this] { return hook_tick(); });
         record_event("watcher_rollback_unrecovered", verification_->deployment_id, verification_->marker_id,
                      {{"recovered", false},
-                      {"health_recovery", format_duration(cfg_.decision.health_recovery)},
-                      {"watcher_id", cfg_.watcher_id}});
+                      {"health_recovery", format_duration(cfg_->decision.health_recovery)},
+                      {"watcher_id", cfg_->watcher_id}});
         verification_.reset();
     }
 }
 
+/*
+ * Daemon::publish
+ *
+ * The state file and the metrics server's two documents. At thousands of checks these are megabytes a second, so:
+ * nothing at all when nobody can read them (no state_file, no metrics.listen); the checks array is written one check
+ * at a time (DecisionEngine::checks_json) and spliced into the rest of the document, never one big JSON tree; the
+ * text buffers are reused from one publish to the next (the metrics server hands the previous snapshot's back).
+ */
 void Daemon::publish(Millis now) {
-    json status = {
-        {"schema_version", 1},
-        {"watcher_id", cfg_.watcher_id},
-        {"pid", static_cast<long>(getpid())},
-        {"config_file", config_path_},
-        {"leader", leader_},
-        {"connected", conn_.has_value()},
-        {"dry_run", cfg_.decision.dry_run},
-        {"updated_at", iso_now()},
-        {"updated_at_epoch_ms", wall_ms()},
-        {"stale_after_ms", std::max<Millis>(3 * std::max(shortest_interval(cfg_), cfg_.database.poll_interval), 10000)},
-        {"uptime_ms", now - started_},
-        {"last_decision", last_decision_},
-        {"rollbacks", rollbacks_},
-        {"pending_migrations", pending_migrations_ < 0 ? json(nullptr) : json(pending_migrations_)}};
-    json engine = engine_.to_json(now);
-    status["checks"] = engine["checks"];
-    status["deployment"] = engine["deployment"];
+    if (cfg_->state_file.empty() && !metrics_on_)
+        return;
+    json status = {{"schema_version", 1},
+                   {"watcher_id", cfg_->watcher_id},
+                   {"pid", static_cast<long>(getpid())},
+                   {"config_file", config_path_},
+                   {"leader", leader_},
+                   {"connected", conn_.has_value()},
+                   {"dry_run", cfg_->decision.dry_run},
+                   {"updated_at", iso_now()},
+                   {"updated_at_epoch_ms", wall_ms()},
+                   {"stale_after_ms",
+                    std::max<Millis>(3 * std::max(shortest_interval(*cfg_), cfg_->database.poll_interval), 10000)},
+                   {"uptime_ms", now - started_},
+                   {"last_decision", last_decision_},
+                   {"rollbacks", rollbacks_},
+                   {"pending_migrations", pending_migrations_ < 0 ? json(nullptr) : json(pending_migrations_)}};
+    json engine = engine_.summary_json(now);
+    status["checks"] = json::array();  // a placeholder: the first key (sorted), replaced by the checks' text below
+    status["deployment"] = std::move(engine["deployment"]);
     status["cooldown_remaining_ms"] = engine["cooldown_remaining_ms"];
     status["verification"] = verification_ ? json{{"marker_id", verification_->marker_id},
                                                   {"deployment_id", verification_->deployment_id},
                                                   {"remaining_ms", verification_->deadline - now}}
                                            : json(nullptr);
-    std::string text = status.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    std::string rest = status.dump(2, ' ', false, json::error_handler_t::replace);
+    static const std::string kHead = "{\n  \"checks\": []";
+    if (rest.compare(0, kHead.size(), kHead) != 0)
+        throw std::logic_error("status document: \"checks\" is not its first key");
+    std::string& text = status_text_;
+    text.clear();
+    text.append(kHead, 0, kHead.size() - 2);
+    engine_.checks_json(now, text);
+    text.append(rest, kHead.size(), std::string::npos);
+    text += "\n";
 
-    if (!cfg_.state_file.empty()) {
-        std::string tmp = cfg_.state_file + ".tmp." + std::to_string(getpid());
+    if (!cfg_->state_file.empty()) {
+        std::string tmp = cfg_->state_file + ".tmp." + std::to_string(getpid());
         {
             std::ofstream out(tmp, std::ios::trunc);
             out << text;
         }
-        if (std::rename(tmp.c_str(), cfg_.state_file.c_str()) != 0) {
+        if (std::rename(tmp.c_str(), cfg_->state_file.c_str()) != 0) {
             std::remove(tmp.c_str());
-            spdlog::debug("cannot write the state file {}", cfg_.state_file);
+            spdlog::debug("cannot write the state file {}", cfg_->state_file);
         }
     }
     if (metrics_on_) {
-        std::ostringstream m;
-        m << "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
+        std::string& m = metrics_text_;
+        m.clear();
+        auto num = [&m](double v) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%g", v);  // what an ostream writes for a double by default
+            m += buf;
+        };
+        auto line_end = [&m](long v) {
+            m += ' ';
+            m += std::to_string(v);
+            m += '\n';
+        };
+        m += "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
              "# TYPE pgdeploy_watch_check_state gauge\n";
-        for (const auto& [name, t] : engine_.trackers())
-            m << "pgdeploy_watch_check_state{check=\"" << escape_label(name) << "\",type=\""
-              << to_string(t.config().type) << "\",critical=\"" << (t.config().critical ? "true" : "false") << "\"} "
-              << static_cast<int>(t.state()) << "\n";
-        m << "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
+        for (const auto& [name, t] : engine_.trackers()) {
+            m += "pgdeploy_watch_check_state{check=\"";
+            append_label(m, name);
+            m += "\",type=\"";
+            m += to_string(t.config().type);
+            m += "\",critical=\"";
+            m += t.config().critical ? "true" : "false";
+            m += "\"}";
+            line_end(static_cast<int>(t.state()));
+        }
+        m += "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
              "# TYPE pgdeploy_watch_check_up gauge\n";
         for (const auto& [name, t] : engine_.trackers())
-            if (t.last())
-                m << "pgdeploy_watch_check_up{check=\"" << escape_label(name) << "\"} "
-                  << (t.last()->status == CheckStatus::ok ? 1 : 0) << "\n";
-        m << "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
+            if (t.last()) {
+                m += "pgdeploy_watch_check_up{check=\"";
+                append_label(m, name);
+                m += "\"}";
+                line_end(t.last()->status == CheckStatus::ok ? 1 : 0);
+            }
+        m += "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
              "# TYPE pgdeploy_watch_check_latency_seconds gauge\n";
         for (const auto& [name, t] : engine_.trackers())
-            if (t.last())
-                m << "pgdeploy_watch_check_latency_seconds{check=\"" << escape_label(name) << "\"} "
-                  << t.last()->latency_ms / 1000.0 << "\n";
-        m << "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
+            if (t.last()) {
+                m += "pgdeploy_watch_check_latency_seconds{check=\"";
+                append_label(m, name);
+                m += "\"} ";
+                num(t.last()->latency_ms / 1000.0);
+                m += '\n';
+            }
+        m += "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
              "# TYPE pgdeploy_watch_check_error_rate gauge\n";
-        for (const auto& [name, t] : engine_.trackers())
-            m << "pgdeploy_watch_check_error_rate{check=\"" << escape_label(name) << "\"} " << t.error_rate(now)
-              << "\n";
-        m << "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
+        for (const auto& [name, t] : engine_.trackers()) {
+            m += "pgdeploy_watch_check_error_rate{check=\"";
+            append_label(m, name);
+            m += "\"} ";
+            num(t.error_rate(now));
+            m += '\n';
+        }
+        m += "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
              "# TYPE pgdeploy_watch_rollbacks_total counter\n";
-        for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"})
-            m << "pgdeploy_watch_rollbacks_total{result=\"" << r << "\"} "
-              << (rollbacks_.count(r) ? rollbacks_.at(r) : 0) << "\n";
-        m << "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
+        for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"}) {
+            m += "pgdeploy_watch_rollbacks_total{result=\"";
+            m += r;
+            m += "\"}";
+            line_end(rollbacks_.count(r) ? rollbacks_.at(r) : 0);
+        }
+        m += "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
              "# TYPE pgdeploy_watch_decisions_total counter\n";
-        for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"})
-            m << "pgdeploy_watch_decisions_total{kind=\"" << k << "\"} " << (decisions_.count(k) ? decisions_.at(k) : 0)
-              << "\n";
-        m << "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
+        for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"}) {
+            m += "pgdeploy_watch_decisions_total{kind=\"";
+            m += k;
+            m += "\"}";
+            line_end(decisions_.count(k) ? decisions_.at(k) : 0);
+        }
+        m += "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
              "# TYPE pgdeploy_watch_leader gauge\n"
-          << "pgdeploy_watch_leader " << (leader_ ? 1 : 0) << "\n"
-          << "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
+             "pgdeploy_watch_leader";
+        line_end(leader_ ? 1 : 0);
+        m += "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
              "# TYPE pgdeploy_watch_database_up gauge\n"
-          << "pgdeploy_watch_database_up " << (conn_ ? 1 : 0) << "\n";
-        if (pending_migrations_ >= 0)
-            m << "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
+             "pgdeploy_watch_database_up";
+        line_end(conn_ ? 1 : 0);
+        if (pending_migrations_ >= 0) {
+            m += "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
                  "# TYPE pgdeploy_watch_pending_migrations gauge\n"
-              << "pgdeploy_watch_pending_migrations " << pending_migrations_ << "\n";
+                 "pgdeploy_watch_pending_migrations";
+            line_end(pending_migrations_);
+        }
         const auto& v = engine_.deployment();
-        if (v.id != 0)
-            m << "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
+        if (v.id != 0) {
+            m += "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
                  "# TYPE pgdeploy_watch_deployment_id gauge\n"
-              << "pgdeploy_watch_deployment_id{state=\"" << escape_label(v.state) << "\"} " << v.id << "\n";
-        metrics_.publish(m.str(), text);
+                 "pgdeploy_watch_deployment_id{state=\"";
+            append_label(m, v.state);
+            m += "\"}";
+            line_end(v.id);
+        }
+        metrics_.publish(metrics_text_, status_text_);
     }
 }
 
@@ -588,26 +669,30 @@ void Daemon::reload() {
     sd_notify(0, "RELOADING=1");
     try {
         WatchConfig next = load_config(config_path_);
-        if (next.metrics.listen != cfg_.metrics.listen)
+        if (next.metrics.listen != cfg_->metrics.listen)
             spdlog::warn("metrics.listen changed: takes effect at the next restart");
-        if (next.state_file != cfg_.state_file && !cfg_.state_file.empty())
-            std::remove(cfg_.state_file.c_str());
-        bool db_changed = next.database.dsn != cfg_.database.dsn || next.watcher_id != cfg_.watcher_id ||
-                          next.leader_lock != cfg_.leader_lock;
-        engine_.reconfigure(next);
-        std::map<std::string, Millis> due;
-        for (const auto& c : next.checks)
-            due[c.name] = next_due_.count(c.name) ? next_due_[c.name] : 0;
+        if (next.state_file != cfg_->state_file && !cfg_->state_file.empty())
+            std::remove(cfg_->state_file.c_str());
+        bool db_changed = next.database.dsn != cfg_->database.dsn || next.watcher_id != cfg_->watcher_id ||
+                          next.leader_lock != cfg_->leader_lock;
+        std::unordered_map<std::string_view, Millis> old_due;
+        for (std::size_t i = 0; i < cfg_->checks.size(); ++i)
+            old_due.emplace(cfg_->checks[i].name, next_due_[i]);
+        std::vector<Millis> due(next.checks.size(), 0);
+        for (std::size_t i = 0; i < next.checks.size(); ++i)
+            if (auto it = old_due.find(next.checks[i].name); it != old_due.end())
+                due[i] = it->second;
         next_due_ = std::move(due);
-        cfg_ = std::move(next);
-        apply_log_level(cfg_.logging.level);
+        cfg_ = std::make_shared<const WatchConfig>(std::move(next));
+        engine_.reconfigure(cfg_);
+        apply_log_level(cfg_->logging.level);
         if (db_changed && conn_) {
             spdlog::info("database settings changed: reconnecting");
             conn_.reset();
             leader_ = false;
             reconnect_at_ = 0;
         }
-        spdlog::info("configuration reloaded from {} ({} checks)", config_path_, cfg_.checks.size());
+        spdlog::info("configuration reloaded from {} ({} checks)", config_path_, cfg_->checks.size());
     } catch (const ConfigError& e) {
         spdlog::warn("reload refused, keeping the old configuration: {}", e.what());
     }
@@ -635,14 +720,14 @@ int Daemon::run() {
     install_signal_handlers();
     init_checks();
     started_ = monotonic_ms();
-    if (!cfg_.metrics.listen.empty()) {
+    if (!cfg_->metrics.listen.empty()) {
         std::string err;
-        if (!metrics_.start(cfg_.metrics.host, cfg_.metrics.port, err)) {
+        if (!metrics_.start(cfg_->metrics.host, cfg_->metrics.port, err)) {
             spdlog::critical("metrics: {}", err);
             return kExitUsage;
         }
         metrics_on_ = true;
-        spdlog::info("metrics on http://{}:{}/metrics", cfg_.metrics.host, metrics_.bound_port());
+        spdlog::info("metrics on http://{}:{}/metrics", cfg_->metrics.host, metrics_.bound_port());
     }
     std::uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
@@ -651,8 +736,8 @@ int Daemon::run() {
             watchdog_every_ = 1;
         spdlog::info("systemd watchdog: WATCHDOG=1 every {} ms", watchdog_every_);
     }
-    spdlog::info("pgdeploy watch {} starting: watcher \"{}\", {} checks, config {}", PGDEPLOY_VERSION, cfg_.watcher_id,
-                 cfg_.checks.size(), config_path_);
+    spdlog::info("pgdeploy watch {} starting: watcher \"{}\", {} checks, config {}", PGDEPLOY_VERSION, cfg_->watcher_id,
+                 cfg_->checks.size(), config_path_);
     ensure_db(monotonic_ms());
     sd_notify(0, "READY=1\nSTATUS=watching");
 
@@ -672,7 +757,7 @@ int Daemon::run() {
                 }
             } catch (const common::DbError& e) {
                 spdlog::error("ledger query failed: {}", e.what());
-                next_poll_ = now + cfg_.database.poll_interval;
+                next_poll_ = now + cfg_->database.poll_interval;
                 refresh_ = false;
             } catch (const Failure& e) {
                 drop_db(e.what());
@@ -697,11 +782,11 @@ int Daemon::run() {
                 publish(now);
                 // As often as checks run, from 4 times a second to once a second: fresh status, little CPU on
                 // watchers with thousands of checks.
-                next_publish_ = now + std::clamp<Millis>(shortest_interval(cfg_), 250, 1000);
+                next_publish_ = now + std::clamp<Millis>(shortest_interval(*cfg_), 250, 1000);
             }
 
             Millis next = now + 250;
-            for (const auto& [name, due] : next_due_)
+            for (Millis due : next_due_)
                 next = std::min(next, due);
             if (conn_)
                 next = std::min(next, next_poll_);
@@ -723,17 +808,17 @@ int Daemon::run() {
     spdlog::info("stopping (signal received)");
     metrics_.stop();
     conn_.reset();  // releases leadership at once
-    if (!cfg_.state_file.empty())
-        std::remove(cfg_.state_file.c_str());
+    if (!cfg_->state_file.empty())
+        std::remove(cfg_->state_file.c_str());
     return kExitOk;
 }
 
 }  // namespace
 
-int run_daemon(const std::string& config_path, const WatchConfig& cfg) {
+int run_daemon(const std::string& config_path, WatchConfig cfg) {
     g_stop.store(false);
     g_reload.store(false);
-    Daemon d(config_path, cfg);
+    Daemon d(config_path, std::move(cfg));
     return d.run();
 }
 

@@ -49,16 +49,88 @@ const char* to_string(DecisionKind k) {
 // ---- CheckTracker ------------------------------------------------------------------------------------------------
 
 Millis CheckTracker::bucket_width() const {
-    return std::max<Millis>(1, cfg_.error_rate.window / 120);
+    return std::max<Millis>(1, cfg_->error_rate.window / 120);
+}
+
+namespace {
+
+// floor_div: the bucket number of time t (floor, also for times before the clock's epoch).
+std::int64_t floor_div(Millis t, Millis width) {
+    return t / width - (t % width != 0 && t < 0 ? 1 : 0);
+}
+
+// ring_size: live buckets never span more than window/width + 2 bucket numbers (see prune); one more for safety.
+std::size_t ring_size(Millis window, Millis width) {
+    return static_cast<std::size_t>(std::max<Millis>(0, window) / width + 3);
+}
+
+}  // namespace
+
+CheckTracker::Bucket& CheckTracker::bucket(std::int64_t k) const {
+    auto n = static_cast<std::int64_t>(window_.size());
+    return window_[static_cast<std::size_t>(((k % n) + n) % n)];
 }
 
 void CheckTracker::prune(Millis now) const {
     Millis width = bucket_width();
-    while (!window_.empty() && window_.front().start + width <= now - cfg_.error_rate.window) {
-        window_total_ -= window_.front().total;
-        window_critical_ -= window_.front().critical;
-        window_.pop_front();
+    while (oldest_ <= newest_ && oldest_ * width + width <= now - cfg_->error_rate.window)
+        drop_oldest();
+}
+
+void CheckTracker::drop_oldest() const {
+    Bucket& b = bucket(oldest_);
+    window_total_ -= b.total;
+    window_critical_ -= b.critical;
+    b = Bucket{0, 0};
+    ++oldest_;
+}
+
+/*
+ * CheckTracker::add
+ *
+ * Counts samples into bucket k. Buckets older than the window have been pruned first (record) so that k fits in the
+ * ring; a re-bucketing after the window changed may not, and then the oldest go.
+ */
+void CheckTracker::add(std::int64_t k, std::uint32_t total, std::uint32_t critical) const {
+    if (window_.empty())
+        window_.assign(ring_size(cfg_->error_rate.window, bucket_width()), Bucket{0, 0});
+    auto n = static_cast<std::int64_t>(window_.size());
+    if (newest_ < oldest_) {
+        oldest_ = newest_ = k;
+    } else if (k < oldest_) {
+        k = oldest_;  // the clock went back: count it in the oldest bucket still in the window
+    } else if (k > newest_) {
+        while (oldest_ <= newest_ && k - oldest_ >= n)
+            drop_oldest();
+        if (oldest_ > newest_)
+            oldest_ = k;
+        newest_ = k;
     }
+    Bucket& b = bucket(k);
+    b.total += total;
+    b.critical += critical;
+    window_total_ += total;
+    window_critical_ += critical;
+}
+
+void CheckTracker::reconfigure(std::shared_ptr<const CheckConfig> cfg) {
+    if (window_.empty() || cfg->error_rate.window == cfg_->error_rate.window) {
+        cfg_ = std::move(cfg);
+        return;
+    }
+    // Another window means another bucket width: count what is in the window again, at the buckets' start times.
+    Millis old_width = bucket_width();
+    std::vector<std::pair<Millis, Bucket>> live;
+    for (std::int64_t k = oldest_; k <= newest_; ++k)
+        if (bucket(k).total > 0)
+            live.emplace_back(k * old_width, bucket(k));
+    cfg_ = std::move(cfg);
+    window_.clear();
+    oldest_ = 0;
+    newest_ = -1;
+    window_total_ = window_critical_ = 0;
+    for (const auto& [start, b] : live)
+        add(floor_div(start, bucket_width()), b.total, b.critical);
 }
 
 /*
@@ -68,28 +140,28 @@ void CheckTracker::prune(Millis now) const {
  * and a check that just recovered must prove it for success_threshold runs before the release counts as healthy.
  */
 void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
-    last_ = r;
+    if (last_) {
+        // Assign member by member: the strings keep their buffers from one result to the next.
+        last_->name = r.name;
+        last_->status = r.status;
+        last_->latency_ms = r.latency_ms;
+        last_->detail = r.detail;
+    } else {
+        last_ = r;
+    }
     last_at_ = now;
     if (in_grace && r.status != CheckStatus::ok) {
         ++grace_ignored_;
         return;
     }
-    Millis width = bucket_width();
-    Millis slot = now - ((now % width) + width) % width;
-    if (window_.empty() || window_.back().start != slot)
-        window_.push_back(Bucket{slot, 0, 0});
-    int critical = r.status == CheckStatus::critical ? 1 : 0;
-    window_.back().total += 1;
-    window_.back().critical += critical;
-    window_total_ += 1;
-    window_critical_ += critical;
     prune(now);
+    add(floor_div(now, bucket_width()), 1, r.status == CheckStatus::critical ? 1 : 0);
 
     if (r.status == CheckStatus::ok) {
         ++consecutive_ok_;
         consecutive_nonok_ = 0;
         consecutive_critical_ = 0;
-        if (state_ != HealthState::ok && consecutive_ok_ >= cfg_.success_threshold)
+        if (state_ != HealthState::ok && consecutive_ok_ >= cfg_->success_threshold)
             state_ = HealthState::ok;
         return;
     }
@@ -99,9 +171,9 @@ void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
         ++consecutive_critical_;
     else
         consecutive_critical_ = 0;
-    if (consecutive_critical_ >= cfg_.failure_threshold)
+    if (consecutive_critical_ >= cfg_->failure_threshold)
         state_ = HealthState::failing;
-    else if (state_ == HealthState::ok && consecutive_nonok_ >= cfg_.warning_threshold)
+    else if (state_ == HealthState::ok && consecutive_nonok_ >= cfg_->warning_threshold)
         state_ = HealthState::warning;
 }
 
@@ -109,7 +181,9 @@ void CheckTracker::reset() {
     state_ = HealthState::ok;
     consecutive_ok_ = consecutive_nonok_ = consecutive_critical_ = 0;
     grace_ignored_ = 0;
-    window_.clear();
+    std::fill(window_.begin(), window_.end(), Bucket{0, 0});
+    oldest_ = 0;
+    newest_ = -1;
     window_total_ = window_critical_ = 0;
 }
 
@@ -126,34 +200,74 @@ double CheckTracker::error_rate(Millis now) const {
 }
 
 bool CheckTracker::error_rate_exceeded(Millis now) const {
-    if (!cfg_.error_rate.enabled)
+    if (!cfg_->error_rate.enabled)
         return false;
-    if (samples(now) < cfg_.error_rate.min_samples)
+    if (samples(now) < cfg_->error_rate.min_samples)
         return false;
-    return error_rate(now) >= cfg_.error_rate.threshold;
+    return error_rate(now) >= cfg_->error_rate.threshold;
 }
 
 json CheckTracker::to_json(Millis now) const {
-    json j = {{"name", cfg_.name},
-              {"type", to_string(cfg_.type)},
-              {"critical", cfg_.critical},
-              {"dry_run", cfg_.dry_run},
-              {"state", to_string(state_)},
-              {"consecutive_failures", consecutive_critical_},
-              {"consecutive_successes", consecutive_ok_},
-              {"samples", samples(now)},
-              {"error_rate", error_rate(now)},
-              {"error_rate_exceeded", error_rate_exceeded(now)},
-              {"grace_ignored", grace_ignored_}};
-    if (last_) {
-        j["last"] = {{"status", to_string(last_->status)},
-                     {"latency_ms", last_->latency_ms},
-                     {"detail", last_->detail},
-                     {"age_ms", now - last_at_}};
-    } else {
-        j["last"] = nullptr;
-    }
+    json j;
+    to_json(now, j);
     return j;
+}
+
+namespace {
+
+// set: assigns into the value that is there already, so that a string keeps its buffer (operator= would make a new
+// string and free the old one).
+void set(json& slot, const char* v) {
+    if (slot.is_string())
+        slot.get_ref<std::string&>() = v;
+    else
+        slot = v;
+}
+void set(json& slot, const std::string& v) {
+    if (slot.is_string())
+        slot.get_ref<std::string&>() = v;
+    else
+        slot = v;
+}
+template <typename T>
+void set(json& slot, T v) {
+    slot = v;
+}
+
+// Keys as std::string: json::operator[] with a C string would build a std::string key for each lookup.
+const std::string kName = "name", kType = "type", kCritical = "critical", kDryRun = "dry_run", kState = "state",
+                  kConsecutiveFailures = "consecutive_failures", kConsecutiveSuccesses = "consecutive_successes",
+                  kSamples = "samples", kErrorRate = "error_rate", kErrorRateExceeded = "error_rate_exceeded",
+                  kGraceIgnored = "grace_ignored", kLast = "last", kStatus = "status", kLatencyMs = "latency_ms",
+                  kDetail = "detail", kAgeMs = "age_ms", kInGrace = "in_grace";
+
+}  // namespace
+
+void CheckTracker::to_json(Millis now, json& j) const {
+    if (!j.is_object())
+        j = json::object();
+    set(j[kName], cfg_->name);
+    set(j[kType], to_string(cfg_->type));
+    set(j[kCritical], cfg_->critical);
+    set(j[kDryRun], cfg_->dry_run);
+    set(j[kState], to_string(state_));
+    set(j[kConsecutiveFailures], consecutive_critical_);
+    set(j[kConsecutiveSuccesses], consecutive_ok_);
+    set(j[kSamples], samples(now));
+    set(j[kErrorRate], error_rate(now));
+    set(j[kErrorRateExceeded], error_rate_exceeded(now));
+    set(j[kGraceIgnored], grace_ignored_);
+    json& last = j[kLast];
+    if (last_) {
+        if (!last.is_object())
+            last = json::object();
+        set(last[kStatus], to_string(last_->status));
+        set(last[kLatencyMs], last_->latency_ms);
+        set(last[kDetail], last_->detail);
+        set(last[kAgeMs], now - last_at_);
+    } else {
+        last = nullptr;
+    }
 }
 
 // ---- Decision ----------------------------------------------------------------------------------------------------
@@ -168,24 +282,37 @@ json Decision::to_json() const {
 
 // ---- DecisionEngine ----------------------------------------------------------------------------------------------
 
-DecisionEngine::DecisionEngine(const WatchConfig& cfg) : cfg_(cfg) {
-    for (const auto& c : cfg_.checks)
-        trackers_.emplace(c.name, CheckTracker(c));
+DecisionEngine::DecisionEngine(const WatchConfig& cfg) : DecisionEngine(std::make_shared<const WatchConfig>(cfg)) {}
+
+DecisionEngine::DecisionEngine(std::shared_ptr<const WatchConfig> cfg) : cfg_(std::move(cfg)) {
+    build_trackers({});
 }
 
 void DecisionEngine::reconfigure(const WatchConfig& cfg) {
-    std::map<std::string, CheckTracker> next;
-    for (const auto& c : cfg.checks) {
-        auto it = trackers_.find(c.name);
-        if (it != trackers_.end() && it->second.config().type == c.type) {
-            it->second.reconfigure(c);
-            next.emplace(c.name, std::move(it->second));
-        } else {
-            next.emplace(c.name, CheckTracker(c));
-        }
+    reconfigure(std::make_shared<const WatchConfig>(cfg));
+}
+
+void DecisionEngine::reconfigure(std::shared_ptr<const WatchConfig> cfg) {
+    cfg_ = std::move(cfg);
+    std::map<std::string, CheckTracker> old;
+    old.swap(trackers_);
+    build_trackers(std::move(old));
+}
+
+// build_trackers: one tracker per check of cfg_, each sharing its CheckConfig with cfg_ (no copy per check); the
+// history of a check in `old` with the same name and type carries over.
+void DecisionEngine::build_trackers(std::map<std::string, CheckTracker> old) {
+    by_index_.clear();
+    by_index_.reserve(cfg_->checks.size());
+    for (const auto& c : cfg_->checks) {
+        std::shared_ptr<const CheckConfig> shared(cfg_, &c);  // aliasing: shares cfg_'s ownership
+        auto it = old.find(c.name);
+        bool keep = it != old.end() && it->second.config().type == c.type;
+        auto at = trackers_.emplace(c.name, keep ? std::move(it->second) : CheckTracker(shared)).first;
+        if (keep)
+            at->second.reconfigure(std::move(shared));
+        by_index_.push_back(&at->second);
     }
-    trackers_ = std::move(next);
-    cfg_ = cfg;
 }
 
 /*
@@ -212,16 +339,25 @@ void DecisionEngine::observe_deployment(const DeploymentView& view, Millis now) 
 
 bool DecisionEngine::in_grace(const std::string& check, Millis now) const {
     auto it = trackers_.find(check);
-    if (it == trackers_.end() || view_.id == 0 || view_.state != "succeeded")
+    return it != trackers_.end() && in_grace(it->second, now);
+}
+
+bool DecisionEngine::in_grace(const CheckTracker& t, Millis now) const {
+    if (view_.id == 0 || view_.state != "succeeded")
         return false;
-    return now < view_.finished_at + it->second.config().grace_period;
+    return now < view_.finished_at + t.config().grace_period;
 }
 
 void DecisionEngine::record(const CheckResult& r, Millis now) {
     auto it = trackers_.find(r.name);
     if (it == trackers_.end())
         return;
-    it->second.record(r, now, in_grace(r.name, now));
+    it->second.record(r, now, in_grace(it->second, now));
+}
+
+void DecisionEngine::record(std::size_t index, const CheckResult& r, Millis now) {
+    CheckTracker& t = *by_index_.at(index);
+    t.record(r, now, in_grace(t, now));
 }
 
 /*
@@ -256,10 +392,10 @@ Decision DecisionEngine::evaluate(Millis now) {
     if (view_.state != "succeeded")
         return finish(DecisionKind::none, "deployment_" + view_.state,
                       "deployment " + std::to_string(view_.id) + " is " + view_.state);
-    if (now > view_.finished_at + cfg_.decision.watch_window)
+    if (now > view_.finished_at + cfg_->decision.watch_window)
         return finish(DecisionKind::none, "outside_window",
                       "deployment " + std::to_string(view_.id) + " finished more than " +
-                          format_duration(cfg_.decision.watch_window) + " ago");
+                          format_duration(cfg_->decision.watch_window) + " ago");
 
     bool all_dry = true;
     for (const auto& [name, t] : trackers_) {
@@ -283,10 +419,10 @@ Decision DecisionEngine::evaluate(Millis now) {
     if (handled_.count(view_.id) || view_.has_marker)
         return finish(DecisionKind::suppressed, "already_handled",
                       dep + " is unhealthy (" + checks + ") but was already rolled back or handled once");
-    if (last_rollback_at_ != 0 && now < last_rollback_at_ + cfg_.decision.cooldown)
+    if (last_rollback_at_ != 0 && now < last_rollback_at_ + cfg_->decision.cooldown)
         return finish(DecisionKind::suppressed, "cooldown",
                       dep + " is unhealthy (" + checks + ") but the previous rollback was less than " +
-                          format_duration(cfg_.decision.cooldown) + " ago");
+                          format_duration(cfg_->decision.cooldown) + " ago");
     if (!view_.target)
         return finish(DecisionKind::suppressed, "no_target",
                       dep + " is unhealthy (" + checks + ") but there is no earlier good release to return to");
@@ -303,7 +439,7 @@ Decision DecisionEngine::evaluate(Millis now) {
                       dep + " is unhealthy (" + checks + ") but applied irreversible migrations (" + vs +
                           "): frozen, a person must decide");
     }
-    if (cfg_.decision.dry_run || all_dry)
+    if (cfg_->decision.dry_run || all_dry)
         return finish(DecisionKind::would_rollback, "dry_run",
                       dep + " is unhealthy (" + checks + "): would roll back (dry run)");
     return finish(DecisionKind::rollback, "unhealthy", dep + " is unhealthy (" + checks + "): rolling back");
@@ -337,9 +473,15 @@ json DecisionEngine::to_json(Millis now) const {
     json checks = json::array();
     for (const auto& [name, t] : trackers_) {
         json j = t.to_json(now);
-        j["in_grace"] = in_grace(name, now);
+        j[kInGrace] = in_grace(t, now);
         checks.push_back(std::move(j));
     }
+    json j = summary_json(now);
+    j["checks"] = std::move(checks);
+    return j;
+}
+
+json DecisionEngine::summary_json(Millis now) const {
     json dep = nullptr;
     if (view_.id != 0) {
         dep = {{"id", view_.id},
@@ -348,7 +490,7 @@ json DecisionEngine::to_json(Millis now) const {
                {"version_before", view_.version_before},
                {"version_after", view_.version_after},
                {"age_ms", now - view_.finished_at},
-               {"in_watch_window", now <= view_.finished_at + cfg_.decision.watch_window},
+               {"in_watch_window", now <= view_.finished_at + cfg_->decision.watch_window},
                {"irreversible_versions", view_.irreversible_versions},
                {"has_marker", view_.has_marker}};
         if (view_.target)
@@ -360,12 +502,48 @@ json DecisionEngine::to_json(Millis now) const {
             dep["target"] = nullptr;
     }
     Millis cooldown_left = 0;
-    if (last_rollback_at_ != 0 && now < last_rollback_at_ + cfg_.decision.cooldown)
-        cooldown_left = last_rollback_at_ + cfg_.decision.cooldown - now;
-    return {{"checks", checks},
-            {"deployment", dep},
+    if (last_rollback_at_ != 0 && now < last_rollback_at_ + cfg_->decision.cooldown)
+        cooldown_left = last_rollback_at_ + cfg_->decision.cooldown - now;
+    return {{"deployment", std::move(dep)},
             {"cooldown_remaining_ms", cooldown_left},
             {"handled_deployments", std::vector<std::int64_t>(handled_.begin(), handled_.end())}};
+}
+
+/*
+ * DecisionEngine::checks_json
+ *
+ * The same text as the "checks" member of to_json() in a document dumped with indent 2, written one check at a time
+ * into one reused object: at thousands of checks the whole tree cost megabytes at its peak and most of the watcher's
+ * own CPU, every second.
+ */
+void DecisionEngine::checks_json(Millis now, std::string& out) const {
+    if (trackers_.empty()) {
+        out += "[]";
+        return;
+    }
+    json j = json::object();
+    std::string one;
+    out += "[\n";
+    bool first = true;
+    for (const auto& [name, t] : trackers_) {
+        t.to_json(now, j);
+        set(j[kInGrace], in_grace(t, now));
+        one = j.dump(2, ' ', false, json::error_handler_t::replace);
+        if (!first)
+            out += ",\n";
+        first = false;
+        // Nested two levels deep (the document, then the array): every line of the object moves right by 4. A
+        // newline inside a string is escaped in JSON, so every '\n' of the dump is a line break.
+        out += "    ";
+        std::size_t from = 0;
+        for (std::size_t nl = one.find('\n'); nl != std::string::npos; nl = one.find('\n', from)) {
+            out.append(one, from, nl + 1 - from);
+            out += "    ";
+            from = nl + 1;
+        }
+        out.append(one, from, std::string::npos);
+    }
+    out += "\n  ]";
 }
 
 }  // namespace pgdeploy::watch

@@ -3,8 +3,8 @@
 // rules are tested without sleeping (tests/unit/test_watch_decision.cpp). The rules are listed in docs/pgdeploy.md.
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -42,11 +42,14 @@ struct CheckResult {
  */
 class CheckTracker {
 public:
-    explicit CheckTracker(CheckConfig cfg) : cfg_(std::move(cfg)) {}
+    explicit CheckTracker(CheckConfig cfg) : cfg_(std::make_shared<const CheckConfig>(std::move(cfg))) {}
+    // Shares the configuration (the engine points every tracker into its one copy of the watcher's configuration).
+    explicit CheckTracker(std::shared_ptr<const CheckConfig> cfg) : cfg_(std::move(cfg)) {}
 
     void record(const CheckResult& r, Millis now, bool in_grace);
     void reset();
-    void reconfigure(const CheckConfig& cfg) { cfg_ = cfg; }
+    void reconfigure(const CheckConfig& cfg) { reconfigure(std::make_shared<const CheckConfig>(cfg)); }
+    void reconfigure(std::shared_ptr<const CheckConfig> cfg);
 
     HealthState state() const { return state_; }
     bool error_rate_exceeded(Millis now) const;
@@ -54,16 +57,21 @@ public:
     int samples(Millis now) const;
     int consecutive_failures() const { return consecutive_critical_; }
     int consecutive_successes() const { return consecutive_ok_; }
-    const CheckConfig& config() const { return cfg_; }
+    const CheckConfig& config() const { return *cfg_; }
     const std::optional<CheckResult>& last() const { return last_; }
     Millis last_at() const { return last_at_; }
     long grace_ignored() const { return grace_ignored_; }
     nlohmann::json to_json(Millis now) const;
+    // to_json into an object made by an earlier call: the same keys, so no allocation but for longer strings (the
+    // status document of thousands of checks is written every second).
+    void to_json(Millis now, nlohmann::json& j) const;
 
 private:
     void prune(Millis now) const;
+    void drop_oldest() const;
+    void add(std::int64_t k, std::uint32_t total, std::uint32_t critical) const;
 
-    CheckConfig cfg_;
+    std::shared_ptr<const CheckConfig> cfg_;
     HealthState state_ = HealthState::ok;
     int consecutive_ok_ = 0;
     int consecutive_nonok_ = 0;
@@ -71,15 +79,18 @@ private:
     long grace_ignored_ = 0;
     std::optional<CheckResult> last_;
     Millis last_at_ = 0;
-    // The error-rate window, in buckets of window/120 so that memory stays bounded (about 2 KB per check) whatever
-    // the interval: a sample leaves the window up to one bucket (0.8 % of the window) late.
+    // The error-rate window, in buckets of window/120 so that memory stays bounded (about 1 KB per check, allocated
+    // at the first result) whatever the interval: a sample leaves the window up to one bucket (0.8 % of the window)
+    // late. A ring indexed by bucket number (time / width): buckets [oldest_, newest_] are live, the rest are zero.
     struct Bucket {
-        Millis start;
-        int total;
-        int critical;
+        std::uint32_t total;
+        std::uint32_t critical;
     };
     Millis bucket_width() const;
-    mutable std::deque<Bucket> window_;
+    Bucket& bucket(std::int64_t k) const;
+    mutable std::vector<Bucket> window_;
+    mutable std::int64_t oldest_ = 0;
+    mutable std::int64_t newest_ = -1;  // < oldest_: the window is empty
     mutable long window_total_ = 0;
     mutable long window_critical_ = 0;
 };
@@ -123,14 +134,19 @@ struct Decision {
 class DecisionEngine {
 public:
     explicit DecisionEngine(const WatchConfig& cfg);
+    // Shares the caller's configuration rather than copying it (thousands of checks: megabytes per copy).
+    explicit DecisionEngine(std::shared_ptr<const WatchConfig> cfg);
 
     // reconfigure keeps the history of checks whose name survives a reload.
     void reconfigure(const WatchConfig& cfg);
+    void reconfigure(std::shared_ptr<const WatchConfig> cfg);
 
     // observe_deployment: a new deployment (or a change of its state) starts fresh evidence for every check.
     void observe_deployment(const DeploymentView& view, Millis now);
 
     void record(const CheckResult& r, Millis now);
+    // record the result of the configuration's checks[index] (the daemon's loop: no lookup by name).
+    void record(std::size_t index, const CheckResult& r, Millis now);
     Decision evaluate(Millis now);
 
     // commit: the caller acted on (or recorded) a rollback/freeze/would_rollback decision: never again for this
@@ -143,13 +159,25 @@ public:
 
     const DeploymentView& deployment() const { return view_; }
     const std::map<std::string, CheckTracker>& trackers() const { return trackers_; }
+    // The tracker of the configuration's checks[index].
+    const CheckTracker& tracker(std::size_t index) const { return *by_index_[index]; }
     bool in_grace(const std::string& check, Millis now) const;
+    bool in_grace(const CheckTracker& t, Millis now) const;
     nlohmann::json to_json(Millis now) const;
+    // summary_json: to_json without "checks" (deployment, cooldown_remaining_ms, handled_deployments).
+    nlohmann::json summary_json(Millis now) const;
+    // checks_json: the "checks" array of to_json, appended to out as text indented for the watcher's status document
+    // (dump(2) of an array that is the value of a top-level key), one check at a time so that thousands of checks
+    // never make one big JSON tree.
+    void checks_json(Millis now, std::string& out) const;
 
 private:
-    WatchConfig cfg_;
+    void build_trackers(std::map<std::string, CheckTracker> old);
+
+    std::shared_ptr<const WatchConfig> cfg_;
     DeploymentView view_;
     std::map<std::string, CheckTracker> trackers_;
+    std::vector<CheckTracker*> by_index_;         // trackers_ in the order of cfg_->checks
     std::set<std::int64_t> handled_;              // deployments rolled back / frozen / dry-run recorded
     std::set<std::string> failing_app_versions_;  // releases this watcher saw fail
     Millis last_rollback_at_ = 0;

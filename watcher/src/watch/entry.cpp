@@ -306,7 +306,7 @@ int run_watch(const std::vector<std::string>& args) {
             return show_status(a);
         WatchConfig cfg = load_config(a.config);
         setup_logs(cfg, a.log_level);
-        return run_daemon(a.config, cfg);
+        return run_daemon(a.config, std::move(cfg));
     } catch (const ConfigError& e) {
         return fail("watch", UsageError(e.what()), as_json);
     } catch (const Failure& e) {

@@ -49,14 +49,19 @@ void MetricsServer::stop() {
     }
 }
 
-void MetricsServer::publish(std::string metrics_text, std::string status_json) {
+void MetricsServer::publish(std::string& metrics_text, std::string& status_json) {
     std::lock_guard<std::mutex> g(mutex_);
-    metrics_ = std::move(metrics_text);
-    status_ = std::move(status_json);
+    metrics_.swap(metrics_text);
+    status_.swap(status_json);
 }
 
 std::string escape_label(const std::string& v) {
     std::string out;
+    append_label(out, v);
+    return out;
+}
+
+void append_label(std::string& out, const std::string& v) {
     for (char c : v) {
         if (c == '\\')
             out += "\\\\";
@@ -67,7 +72,6 @@ std::string escape_label(const std::string& v) {
         else
             out += c;
     }
-    return out;
 }
 
 }  // namespace pgdeploy::watch

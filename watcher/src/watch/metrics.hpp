@@ -20,7 +20,9 @@ public:
     void stop();
     int bound_port() const { return port_; }
 
-    void publish(std::string metrics_text, std::string status_json);
+    // publish: the new snapshot's texts move in; the arguments get the previous snapshot's strings back, so that a
+    // caller that publishes megabytes every second reuses the same buffers.
+    void publish(std::string& metrics_text, std::string& status_json);
 
 private:
     struct Impl;
@@ -34,5 +36,7 @@ private:
 
 // escape_label: a Prometheus label value (backslash, quote, newline escaped).
 std::string escape_label(const std::string& v);
+// append_label: escape_label(v) appended to out.
+void append_label(std::string& out, const std::string& v);
 
 }  // namespace pgdeploy::watch
