@@ -16,7 +16,8 @@ DATA_built   = extension/pg_deploy--$(EXT_VERSION).sql
 DATA         = extension/pg_deploy.control $(wildcard extension/upgrades/pg_deploy--*--*.sql)
 
 PG_CPPFLAGS  = -I$(srcdir)/extension/include
-PG_CXXFLAGS  = -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-omit-frame-pointer
+PG_CXXFLAGS  = -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-omit-frame-pointer \
+               -MMD -MP
 SHLIB_LINK   = -lstdc++
 
 # Regression suites: one concern per file, run in name order in one database (each file resets the extension).
@@ -35,4 +36,8 @@ include $(PGXS)
 $(DATA_built): $(SQL_PIECES)
 	cat $(SQL_PIECES) > $@
 
-EXTRA_CLEAN  = results output_iso regression.diffs regression.out
+# Header dependencies (-MMD above): a changed header rebuilds every object that includes it. Without them an object
+# built against an older struct layout links into the same library and crashes the backend.
+-include $(OBJS:.o=.d)
+
+EXTRA_CLEAN  = results output_iso regression.diffs regression.out $(OBJS:.o=.d)

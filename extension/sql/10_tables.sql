@@ -156,14 +156,22 @@ SELECT pg_catalog.pg_extension_config_dump('deploy.rollback_markers_id_seq', '')
 SELECT pg_catalog.pg_extension_config_dump('deploy.archived_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('deploy.events_id_seq', '');
 
--- The number of applied migrations, so deploy.status() answers in constant time with a ledger of 100,000 rows (an
--- exact count(*) costs over 2 ms there). Every writer of deploy.applied updates it in the same statement: the C++
--- engine's insert and delete (extension/src/pg/ledger.cpp, revert.cpp) and deploy.baseline. A statement trigger
--- would cover manual DML too, but costs ~35 us per migration against ~10 us; deploy.validate() reports a mismatch.
--- The row is created by the first writer (an upsert), not here, so a pg_dump restore (which recreates the extension,
--- then copies the dumped row) does not collide with a row made by CREATE EXTENSION.
+-- Counters kept by the triggers on deploy.applied and deploy.migrations (part 20), for every writer alike: the
+-- engine, deploy.baseline, manual DML, a pg_restore's COPY.
+--   applied_count     the number of applied migrations, so deploy.status() answers in constant time with a ledger
+--                     of 100,000 rows (an exact count(*) costs over 2 ms there);
+--   order_generation  bumped by any change that may leave a registered, unapplied migration older than the newest
+--                     applied one (an out-of-order pending migration);
+--   order_checked     the generation at which deploy.up() last proved there is none (NULL: never), so up() runs
+--                     that anti-join of the whole catalog against the whole ledger (30 ms at 100,000 rows) only after
+--                     such a change, not on every call.
+-- The row is made here and its data is not dumped: a pg_restore recreates the extension (this row: 0 applied, never
+-- checked) and then copies deploy.applied, whose trigger counts the rows it brings. Restored with
+-- --disable-triggers, the count stays 0 until corrected; deploy.validate() reports the mismatch.
 CREATE TABLE deploy.ledger_stats (
-    only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    applied_count  bigint  NOT NULL DEFAULT 0
+    only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    applied_count     bigint  NOT NULL DEFAULT 0,
+    order_generation  bigint  NOT NULL DEFAULT 0,
+    order_checked     bigint
 );
-SELECT pg_catalog.pg_extension_config_dump('deploy.ledger_stats', '');
+INSERT INTO deploy.ledger_stats DEFAULT VALUES;

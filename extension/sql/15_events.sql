@@ -1,6 +1,6 @@
 -- pg_deploy install script, part 15: the audit log writer.
 
--- deploy.log_event is the only writer of deploy.events: it appends one row in the caller's transaction and sends a
+-- deploy.log_event (and its bulk form log_events, below) are the only writers of deploy.events: it appends one row in the caller's transaction and sends a
 -- compact NOTIFY so watchers can LISTEN instead of polling. The payload never carries SQL bodies or details (the
 -- 8000-byte NOTIFY limit, and secrets that might sit in them); listeners read the row by id.
 CREATE FUNCTION deploy.log_event(kind text, deployment_id bigint DEFAULT NULL, version text DEFAULT NULL,
@@ -21,6 +21,42 @@ BEGIN
     PERFORM pg_notify('pg_deploy', json_build_object('id', new_id, 'kind', kind, 'deployment_id', deployment_id,
                                                      'version', version, 'marker_id', marker_id)::text);
     RETURN new_id;
+END
+$fn$;
+
+-- deploy.log_events appends one event of the same kind per element of `versions`, with the time it happened (`ats`)
+-- and its details (`details`, the same length), in array order, and sends the NOTIFY of each: the engine's bulk form
+-- of log_event, so a deployment of 1,000 migrations writes its migration_applied events in one statement. Returns
+-- the number written.
+CREATE FUNCTION deploy.log_events(kind text, deployment_id bigint, versions text[], ats timestamptz[],
+                                  details jsonb[])
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    IF kind IS NULL OR kind = '' THEN
+        RAISE EXCEPTION 'event kind must not be empty' USING ERRCODE = '22004';
+    END IF;
+    IF cardinality(versions) IS DISTINCT FROM cardinality(ats)
+       OR cardinality(versions) IS DISTINCT FROM cardinality(details) THEN
+        RAISE EXCEPTION 'versions, ats and details must have the same length' USING ERRCODE = '22023';
+    END IF;
+    WITH written AS (
+        INSERT INTO deploy.events (at, kind, deployment_id, version, details)
+        SELECT coalesce(e.at, clock_timestamp()), log_events.kind, log_events.deployment_id, e.version,
+               coalesce(e.details, '{}')
+        FROM ROWS FROM (unnest(versions), unnest(ats), unnest(details)) WITH ORDINALITY AS e(version, at, details, ord)
+        ORDER BY e.ord
+        RETURNING id, version
+    )
+    SELECT count(pg_notify('pg_deploy', json_build_object('id', w.id, 'kind', kind, 'deployment_id', deployment_id,
+                                                          'version', w.version, 'marker_id', NULL)::text))
+    INTO n
+    FROM written w;
+    RETURN n;
 END
 $fn$;
 

@@ -76,3 +76,32 @@ GRANT EXECUTE ON FUNCTION deploy.step_failed(bigint, text, text) TO deploy_admin
 CREATE SCHEMA deploy_archive;
 REVOKE ALL ON SCHEMA deploy_archive FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA deploy_archive TO deploy_admin;
+
+-- deploy.ledger_changed keeps deploy.ledger_stats exact under every writer (the engine, deploy.baseline, manual DML,
+-- a restore's COPY): one statement-level trigger per event, the inserted/deleted rows read from transition tables.
+--   deploy.applied  INSERT:   applied_count + rows; order_generation + 1 if a registered migration older than the
+--                             newest inserted row, and newer than the newest row applied before, stays unapplied;
+--                   DELETE:   applied_count - rows; order_generation + 1 if a deleted row is registered and older
+--                             than the newest row still applied (a hole: reverting the newest rows makes none);
+--                   UPDATE OF version, sort_key: order_generation + 1;  TRUNCATE: applied_count = 0.
+--   deploy.migrations INSERT: order_generation + 1 if an inserted row is older than the newest applied one and not
+--                             applied itself;  UPDATE OF version, sort_key: order_generation + 1.
+-- Each check reads only the rows of the statement and index probes: O(rows changed), not O(ledger).
+CREATE FUNCTION deploy.ledger_changed()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pgdeploy_ledger_changed';
+REVOKE ALL ON FUNCTION deploy.ledger_changed() FROM PUBLIC;
+
+CREATE TRIGGER applied_inserted AFTER INSERT ON deploy.applied
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();
+CREATE TRIGGER applied_deleted AFTER DELETE ON deploy.applied
+    REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();
+CREATE TRIGGER applied_rekeyed AFTER UPDATE OF version, sort_key ON deploy.applied
+    FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();
+CREATE TRIGGER applied_truncated AFTER TRUNCATE ON deploy.applied
+    FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();
+CREATE TRIGGER migrations_inserted AFTER INSERT ON deploy.migrations
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();
+CREATE TRIGGER migrations_rekeyed AFTER UPDATE OF version, sort_key ON deploy.migrations
+    FOR EACH STATEMENT EXECUTE FUNCTION deploy.ledger_changed();

@@ -150,7 +150,7 @@ BEGIN
     SELECT jsonb_build_object(
         'schema_version', 1,
         'current_version', current_row.version,
-        'applied_count', coalesce((SELECT applied_count FROM deploy.ledger_stats), 0),
+        'applied_count', coalesce((SELECT applied_count FROM deploy.ledger_stats), (SELECT count(*) FROM deploy.applied)),
         'pending_count', (SELECT count(*) FROM deploy.migrations m
                           WHERE current_row.sort_key IS NULL OR m.sort_key > current_row.sort_key),
         'pending', coalesce((

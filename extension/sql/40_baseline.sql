@@ -55,8 +55,6 @@ BEGIN
         RETURNING version, sort_key
     )
     SELECT array_agg(i.version ORDER BY i.sort_key) INTO marked FROM inserted i;
-    INSERT INTO deploy.ledger_stats AS s VALUES (true, coalesce(cardinality(marked), 0))
-    ON CONFLICT (only_row) DO UPDATE SET applied_count = s.applied_count + excluded.applied_count;
 
     PERFORM deploy.log_event('baseline', new_deployment, v.version, NULL,
                              jsonb_build_object('through', through))

@@ -43,7 +43,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE
        deploy.archived
     TO deploy_admin;
 GRANT SELECT, INSERT ON deploy.events TO deploy_admin;
-GRANT SELECT, INSERT, UPDATE ON deploy.ledger_stats TO deploy_admin;
+GRANT SELECT, UPDATE ON deploy.ledger_stats TO deploy_admin;   -- its triggers update it as the writer
 GRANT SELECT ON deploy.migration_state, deploy.deployment_history, deploy.recent_events TO deploy_admin;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA deploy TO deploy_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA deploy TO deploy_admin;

@@ -248,14 +248,21 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     std::optional<SqlFailure> failure;
     const RevertRow* failed_row = nullptr;
     std::set<int64_t> touched;
-    // One statement per reverted migration: delete the applied row and log migration_reverted.
-    Plan remove(
-        "WITH gone AS (DELETE FROM deploy.applied WHERE version = $2 RETURNING 1), "
-        "counted AS (UPDATE deploy.ledger_stats SET applied_count = applied_count - (SELECT count(*) FROM gone)) "
-        "SELECT deploy.log_event('migration_reverted', $1, $2, NULL, pg_catalog.jsonb_build_object("
-        "'name', $3, 'duration_ms', $4, 'reversibility', $5, 'sql_run', $6, 'from_deployment', $7, "
-        "'archived', $8))",
-        {INT8OID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, BOOLOID, INT8OID, INT4OID});
+    // The applied rows of the reverted migrations are deleted, and their migration_reverted events written, in one
+    // statement after the loop (applied_count is kept by the trigger on deploy.applied).
+    std::vector<Cell> removed;
+    std::vector<int64_t> removed_at;
+    std::vector<std::string> removed_details;
+    auto write_removed = [&] {
+        if (removed.empty())
+            return;
+        std::vector<Cell> details(removed_details.begin(), removed_details.end());
+        run_query(
+            "WITH gone AS (DELETE FROM deploy.applied a WHERE a.version = ANY ($2)) "
+            "SELECT deploy.log_events('migration_reverted', $1, $2, $3, $4::jsonb[])",
+            {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
+            {p_int8(dep), p_text_array(removed), p_timestamptz_array(removed_at), p_text_array(std::move(details))});
+    };
 
     auto batch = [&] {
         for (const RevertRow& r : req.rows) {
@@ -289,9 +296,15 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             }
             double ms = ms_since(t0);
             if (!req.dry_run) {
-                remove.run({p_int8(dep), p_text(r.version), p_text(r.name), p_float8(ms), p_text(r.reversibility),
-                            p_bool(r.down_sql.has_value()), p_int8(r.deployment_id),
-                            p_int4(static_cast<int32_t>(row_archive.size()))});
+                removed.emplace_back(r.version);
+                removed_at.push_back(now_us());
+                removed_details.push_back(Json{{"name", r.name},
+                                               {"duration_ms", ms},
+                                               {"reversibility", r.reversibility},
+                                               {"sql_run", r.down_sql.has_value()},
+                                               {"from_deployment", r.deployment_id},
+                                               {"archived", row_archive.size()}}
+                                              .dump());
             }
             touched.insert(r.deployment_id);
             for (auto& a : row_archive)
@@ -301,6 +314,8 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         }
         if (failure && !req.dry_run)
             throw BatchRollback{};
+        if (!req.dry_run)
+            write_removed();
     };
 
     if (req.dry_run) {

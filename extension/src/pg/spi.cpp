@@ -9,6 +9,8 @@
 
 extern "C" {
 #include "catalog/pg_type_d.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 }
 
 namespace pgdeploy {
@@ -60,6 +62,31 @@ Param p_jsonb(const std::string& json_text) {
 }
 Param p_jsonb(const Cell& json_text) {
     return json_text ? p_jsonb(*json_text) : p_null();
+}
+
+Param p_text_array(std::vector<Cell> items) {
+    Param p;
+    p.kind = Param::Kind::TextArray;
+    p.texts = std::move(items);
+    return p;
+}
+Param p_bool_array(const std::vector<bool>& items) {
+    Param p;
+    p.kind = Param::Kind::BoolArray;
+    p.ints.assign(items.begin(), items.end());
+    return p;
+}
+Param p_float8_array(std::vector<double> items) {
+    Param p;
+    p.kind = Param::Kind::Float8Array;
+    p.reals = std::move(items);
+    return p;
+}
+Param p_timestamptz_array(std::vector<int64_t> items) {
+    Param p;
+    p.kind = Param::Kind::TimestampArray;
+    p.ints = std::move(items);
+    return p;
 }
 
 SpiSession::SpiSession() {
@@ -211,6 +238,52 @@ Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), 
     plan_ = plan;
 }
 
+namespace {
+
+// array_datum builds the one-dimensional array of an array Param. It pallocs: call it inside pg_guard only.
+Datum array_datum(const Param& p) {
+    std::size_t n = p.kind == Param::Kind::TextArray ? p.texts.size()
+                    : p.kind == Param::Kind::Float8Array ? p.reals.size()
+                                                         : p.ints.size();
+    Oid type = p.kind == Param::Kind::TextArray    ? TEXTOID
+               : p.kind == Param::Kind::BoolArray  ? BOOLOID
+               : p.kind == Param::Kind::Float8Array ? FLOAT8OID
+                                                    : TIMESTAMPTZOID;
+    if (n == 0)
+        return PointerGetDatum(construct_empty_array(type));
+    Datum* elems = static_cast<Datum*>(palloc(sizeof(Datum) * n));
+    bool* nulls = static_cast<bool*>(palloc(sizeof(bool) * n));
+    for (std::size_t k = 0; k < n; ++k) {
+        nulls[k] = false;
+        switch (p.kind) {
+            case Param::Kind::TextArray:
+                nulls[k] = !p.texts[k].has_value();
+                elems[k] = nulls[k] ? (Datum)0
+                                    : PointerGetDatum(cstring_to_text_with_len(p.texts[k]->data(),
+                                                                               static_cast<int>(p.texts[k]->size())));
+                break;
+            case Param::Kind::BoolArray:
+                elems[k] = BoolGetDatum(p.ints[k] != 0);
+                break;
+            case Param::Kind::Float8Array:
+                elems[k] = Float8GetDatum(p.reals[k]);
+                break;
+            default:
+                elems[k] = TimestampTzGetDatum(p.ints[k]);
+                break;
+        }
+    }
+    int dims[1] = {static_cast<int>(n)};
+    int lbs[1] = {1};
+    int16 typlen = 0;
+    bool typbyval = false;
+    char typalign = 0;
+    get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+    return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type, typlen, typbyval, typalign));
+}
+
+}  // namespace
+
 Rows Plan::run(const std::vector<Param>& params, long limit) const {
     std::size_t n = params.size();
     if (n != types_.size())
@@ -248,6 +321,12 @@ Rows Plan::run(const std::vector<Param>& params, long limit) const {
                     break;
                 case Param::Kind::Jsonb:
                     vals[i] = DirectFunctionCall1(jsonb_in, CStringGetDatum(p.text.c_str()));
+                    break;
+                case Param::Kind::TextArray:
+                case Param::Kind::BoolArray:
+                case Param::Kind::Float8Array:
+                case Param::Kind::TimestampArray:
+                    vals[i] = array_datum(p);
                     break;
             }
         }

@@ -23,7 +23,7 @@ struct BatchRollback {};
  * load_pending reads the pending migrations that sort from `from_key` on (all of them when it is empty) and up to
  * `through_key` when given, in order, with their up SQL. The range is an index range scan on the unique
  * deploy.migrations.sort_key, so one more migration on a ledger of 100,000 reads its own catalog row and SQL, not
- * every pending row's SQL (the exact refusal of older pending rows is out_of_order_pending(), still O(N)). Every row
+ * every pending row's SQL (older pending rows are refused by out_of_order_pending()). Every row
  * in the range is still probed against deploy.applied by version (a primary-key probe per row), so a row that manual
  * DML marked applied out of order is never applied twice. The range starts at the newest applied key inclusive: the
  * newest applied row itself is dropped by the probe, and the result equals the old whole-catalog query restricted to
@@ -57,15 +57,9 @@ std::vector<Migration> load_pending(const std::string& from_key, const std::opti
  * out_of_order_pending returns the versions of registered migrations that are not applied and sort before
  * `newest_key` (the newest applied one), oldest first. It is exact whatever wrote the tables (deploy.register, a
  * rollback, manual DML): it reads only versions and sort keys, never the SQL, and returns no row in the normal case.
- *
- * Why not cheaper: a registered-but-unapplied row older than the newest applied one can appear through manual DML
- * (a DELETE on deploy.applied, an INSERT into deploy.migrations) that leaves no trace an O(log N) probe could find;
- * proving that none exists without stored state means comparing the two sets. Measured on 100,000 applied rows this
- * anti-join costs about 30 ms; an index-driven count comparison is not exact when deploy.applied holds rows that are
- * not registered, and a fast path trusting what the engine itself wrote (register-time detection, a counter kept by
- * the engine like ledger_stats.applied_count) would miss holes made by hand. Exactness wins over speed here; the
- * O(1) design needs a counter of unapplied catalog rows kept exact under DML by triggers on both tables (a schema
- * change outside this file).
+ * It costs an anti-join of the catalog against the ledger (about 30 ms at 100,000 rows), so up() runs it only when
+ * deploy.ledger_stats says a change since the last clean check may have left such a migration (order_state()); the
+ * triggers that keep that state see every writer, manual DML included, and look only at the rows a statement changed.
  */
 std::vector<std::string> out_of_order_pending(const std::string& newest_key) {
     Rows rows = run_query(
@@ -196,9 +190,17 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         result["version_before"] = cell_json(version_before);
 
         // Out-of-order pending migrations (older than the newest applied one) are refused unless allowed; with
-        // pg_deploy.allow_out_of_order they are applied in order with the rest, so the whole catalog is read.
+        // pg_deploy.allow_out_of_order they are applied in order with the rest, so the whole catalog is read. The
+        // exact check compares the whole catalog with the whole ledger, so it runs only when a change since the last
+        // clean check may have left such a migration (deploy.ledger_stats.order_generation, kept by triggers).
         if (!allow_out_of_order && !newest_key.empty()) {
-            std::vector<std::string> older_versions = out_of_order_pending(newest_key);
+            OrderState order = order_state();
+            std::vector<std::string> older_versions;
+            if (!order.proven) {
+                older_versions = out_of_order_pending(newest_key);
+                if (older_versions.empty() && !dry_run)
+                    mark_order_checked(order.generation);
+            }
             if (!older_versions.empty()) {
                 std::string older;
                 std::size_t n = older_versions.size();
@@ -318,12 +320,14 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                     break;
                 }
                 if (!dry_run)
-                    writer.write(m, *deployment_id, ms, events);
+                    writer.add(m, ms);
                 applied.push_back(Json{{"version", m.version}, {"name", m.name}, {"duration_ms", ms}});
                 last_applied = m.version;
             }
             if (failure && atomic && !dry_run)
                 throw BatchRollback{};
+            if (!dry_run)
+                writer.flush(*deployment_id);
         };
 
         if (dry_run) {
@@ -535,7 +539,8 @@ Json complete_step(const StepRow& s, const Json& details) {
         const Row& r = m.front();
         Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], cell_bool(r[6])};
         AppliedWriter writer;
-        writer.write(mig, s.deployment_id, cell_float8(r[8]), events);
+        writer.add(mig, cell_float8(r[8]));
+        writer.flush(s.deployment_id);
         finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
         migration_applied = true;
     }

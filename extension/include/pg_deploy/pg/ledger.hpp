@@ -22,14 +22,29 @@ Cell current_version();
 // open_marker_guard refuses to start while a rollback marker is open (55000, naming it).
 void refuse_if_open_marker(const char* operation);
 
-// mark_applied inserts the applied row of m for deployment_id and logs migration_applied.
+// AppliedWriter collects the migrations a call applied and writes them, with their migration_applied events, in one
+// statement per flush.
 class AppliedWriter {
 public:
-    void write(const Migration& m, int64_t deployment_id, double duration_ms, EventLog& events);
+    void add(const Migration& m, double duration_ms);  // applied now
+    void flush(int64_t deployment_id);
 
 private:
-    Plan plan_;
+    std::vector<Cell> version_, sort_key_, name_, checksum_, down_sql_, reversibility_;
+    std::vector<bool> transactional_;
+    std::vector<double> duration_ms_;
+    std::vector<int64_t> at_;
 };
+
+// The out-of-order state kept in deploy.ledger_stats by the trigger deploy.ledger_changed (20_engine.sql):
+// `proven` when no change since the last full check can have left a pending migration older than the newest applied.
+struct OrderState {
+    int64_t generation = 0;
+    bool proven = false;
+};
+OrderState order_state();
+// mark_order_checked records that the full check found nothing at `generation` (a no-op if it moved meanwhile).
+void mark_order_checked(int64_t generation);
 
 // finish_deployment sets a deployment's final (or still running) state.
 void finish_deployment(int64_t id, const char* state, const Cell& version_after, const std::optional<Json>& error);

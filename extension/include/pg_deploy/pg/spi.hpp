@@ -23,11 +23,17 @@ struct Rows {
 
 // Param is one typed argument of a prepared statement (converted to a Datum inside the guard).
 struct Param {
-    enum class Kind { Null, Text, Int8, Int4, Bool, Float8, Jsonb } kind = Kind::Null;
+    enum class Kind {
+        Null, Text, Int8, Int4, Bool, Float8, Jsonb,
+        TextArray, BoolArray, Float8Array, TimestampArray  // one-dimensional arrays, for one-statement bulk writes
+    } kind = Kind::Null;
     std::string text;
     int64_t integer = 0;
     double real = 0;
     bool boolean = false;
+    std::vector<Cell> texts;      // TextArray (nullopt: a NULL element)
+    std::vector<int64_t> ints;    // BoolArray (0/1), TimestampArray (PostgreSQL microseconds, like now_us())
+    std::vector<double> reals;    // Float8Array
 };
 Param p_null();
 Param p_text(const std::string& s);
@@ -39,6 +45,10 @@ Param p_bool(bool v);
 Param p_float8(double v);
 Param p_jsonb(const std::string& json_text);
 Param p_jsonb(const Cell& json_text);
+Param p_text_array(std::vector<Cell> items);
+Param p_bool_array(const std::vector<bool>& items);
+Param p_float8_array(std::vector<double> items);
+Param p_timestamptz_array(std::vector<int64_t> items);
 
 // SpiSession connects on construction; finish() disconnects on the success path. On the error path the connection is
 // left for PostgreSQL's (sub)transaction abort to pop, as PL/pgSQL does.
