@@ -449,6 +449,21 @@ TEST_CASE("checks_json writes the same text as the checks of to_json in an inden
     expect(t + 5);
     e.observe_deployment(deployment(7, t), t);  // in grace, fresh trackers
     expect(t + 10);
+    std::string pieces = "{\n  \"checks\": ";
+    int flushes = 0;
+    std::string whole;
+    for (int i = 0; i < 1000; ++i)  // enough checks for several 64 KB pieces
+        cfg.checks.push_back(check("many_" + std::to_string(i)));
+    DecisionEngine big(cfg);
+    big.checks_json(t, whole);
+    std::string joined;
+    big.checks_json(t, joined, [&](std::string& part) {
+        ++flushes;
+        pieces += part;
+        part.clear();
+    });
+    CHECK(flushes >= 2);
+    CHECK("{\n  \"checks\": " + whole == pieces + joined);
     WatchConfig none;
     DecisionEngine empty(none);
     std::string text;

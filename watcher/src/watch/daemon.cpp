@@ -511,8 +511,9 @@ void Daemon::verify_recovery(Millis now) {
  *
  * The state file and the metrics server's two documents. At thousands of checks these are megabytes a second, so:
  * nothing at all when nobody can read them (no state_file, no metrics.listen); the checks array is written one check
- * at a time (DecisionEngine::checks_json) and spliced into the rest of the document, never one big JSON tree; the
- * text buffers are reused from one publish to the next (the metrics server hands the previous snapshot's back).
+ * at a time (DecisionEngine::checks_json) and spliced into the rest of the document, never one big JSON tree, and
+ * straight into the file when only the file reads it; the text buffers are reused from one publish to the next (the
+ * metrics server hands the previous snapshot's back).
  */
 void Daemon::publish(Millis now) {
     if (cfg_->state_file.empty() && !metrics_on_)
@@ -547,20 +548,32 @@ void Daemon::publish(Millis now) {
     std::string& text = status_text_;
     text.clear();
     text.append(kHead, 0, kHead.size() - 2);
-    engine_.checks_json(now, text);
-    text.append(rest, kHead.size(), std::string::npos);
-    text += "\n";
 
     if (!cfg_->state_file.empty()) {
         std::string tmp = cfg_->state_file + ".tmp." + std::to_string(getpid());
         {
             std::ofstream out(tmp, std::ios::trunc);
+            if (metrics_on_) {
+                engine_.checks_json(now, text);  // the metrics server serves the same text: keep it whole
+            } else {
+                // Only the file reads it: write it in pieces rather than hold megabytes for one write.
+                engine_.checks_json(now, text, [&out](std::string& part) {
+                    out << part;
+                    part.clear();
+                });
+            }
+            text.append(rest, kHead.size(), std::string::npos);
+            text += "\n";
             out << text;
         }
         if (std::rename(tmp.c_str(), cfg_->state_file.c_str()) != 0) {
             std::remove(tmp.c_str());
             spdlog::debug("cannot write the state file {}", cfg_->state_file);
         }
+    } else {
+        engine_.checks_json(now, text);
+        text.append(rest, kHead.size(), std::string::npos);
+        text += "\n";
     }
     if (metrics_on_) {
         std::string& m = metrics_text_;

@@ -516,7 +516,7 @@ json DecisionEngine::summary_json(Millis now) const {
  * into one reused object: at thousands of checks the whole tree cost megabytes at its peak and most of the watcher's
  * own CPU, every second.
  */
-void DecisionEngine::checks_json(Millis now, std::string& out) const {
+void DecisionEngine::checks_json(Millis now, std::string& out, const std::function<void(std::string&)>& flush) const {
     if (trackers_.empty()) {
         out += "[]";
         return;
@@ -542,6 +542,8 @@ void DecisionEngine::checks_json(Millis now, std::string& out) const {
             from = nl + 1;
         }
         out.append(one, from, std::string::npos);
+        if (flush && out.size() > 64 * 1024)
+            flush(out);
     }
     out += "\n  ]";
 }

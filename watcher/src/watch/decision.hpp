@@ -3,6 +3,7 @@
 // rules are tested without sleeping (tests/unit/test_watch_decision.cpp). The rules are listed in docs/pgdeploy.md.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -169,7 +170,8 @@ public:
     // checks_json: the "checks" array of to_json, appended to out as text indented for the watcher's status document
     // (dump(2) of an array that is the value of a top-level key), one check at a time so that thousands of checks
     // never make one big JSON tree.
-    void checks_json(Millis now, std::string& out) const;
+    // With flush, out is handed to it whenever it holds more than 64 KB (flush writes it somewhere and clears it).
+    void checks_json(Millis now, std::string& out, const std::function<void(std::string&)>& flush = {}) const;
 
 private:
     void build_trackers(std::map<std::string, CheckTracker> old);
