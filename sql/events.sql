@@ -100,3 +100,19 @@ SELECT deploy.log_event('');
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.log_event(NULL);
 \echo :LAST_ERROR_SQLSTATE
+-- deploy.log_events, the bulk form: one row per element in array order, at the given times (its single NOTIFY per
+-- batch is checked in tests/e2e/test_event_notify.py: psql prints a listener's PID).
+SELECT max(id) AS before_bulk FROM deploy.events \gset
+SELECT deploy.log_events('bulk_check', NULL, ARRAY['b1', 'b2', 'b3'],
+                         ARRAY['2026-01-01 00:00:01+00', '2026-01-01 00:00:02+00', NULL]::timestamptz[],
+                         ARRAY['{"n": 1}', '{"n": 2}', NULL]::jsonb[]) AS written;
+SELECT version, at = '2026-01-01 00:00:01+00' AS first_time, details FROM deploy.events
+WHERE id > :before_bulk ORDER BY id;
+SELECT count(*) AS stamped_now FROM deploy.events WHERE id > :before_bulk AND at > now() - interval '1 hour';
+-- Empty arrays write nothing; arrays of different lengths and an empty kind are refused, and nothing is written.
+SELECT deploy.log_events('bulk_check', NULL, '{}', '{}', '{}') AS written;
+SELECT deploy.log_events('bulk_check', NULL, ARRAY['b4'], ARRAY[now()], '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT deploy.log_events('', NULL, ARRAY['b4'], ARRAY[now()], ARRAY['{}'::jsonb]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS bulk_rows FROM deploy.events WHERE kind = 'bulk_check';

@@ -25,9 +25,9 @@ END
 $fn$;
 
 -- deploy.log_events appends one event of the same kind per element of `versions`, with the time it happened (`ats`)
--- and its details (`details`, the same length), in array order, and sends the NOTIFY of each: the engine's bulk form
--- of log_event, so a deployment of 1,000 migrations writes its migration_applied events in one statement. Returns
--- the number written.
+-- and its details (`details`, the same length), in array order: the engine's bulk form of log_event, so a deployment
+-- of 1,000 migrations writes its migration_applied events in one statement. It sends ONE NOTIFY for the batch (a
+-- NOTIFY is a wake-up; listeners read the rows): the payload of its last event plus "count". Returns the count.
 CREATE FUNCTION deploy.log_events(kind text, deployment_id bigint, versions text[], ats timestamptz[],
                                   details jsonb[])
 RETURNS bigint
@@ -36,6 +36,8 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     n bigint;
+    last_id bigint;
+    last_version text;
 BEGIN
     IF kind IS NULL OR kind = '' THEN
         RAISE EXCEPTION 'event kind must not be empty' USING ERRCODE = '22004';
@@ -52,10 +54,13 @@ BEGIN
         ORDER BY e.ord
         RETURNING id, version
     )
-    SELECT count(pg_notify('pg_deploy', json_build_object('id', w.id, 'kind', kind, 'deployment_id', deployment_id,
-                                                          'version', w.version, 'marker_id', NULL)::text))
-    INTO n
+    SELECT count(*), max(w.id), (array_agg(w.version ORDER BY w.id DESC))[1] INTO n, last_id, last_version
     FROM written w;
+    IF n > 0 THEN
+        PERFORM pg_notify('pg_deploy', json_build_object('id', last_id, 'kind', kind, 'deployment_id', deployment_id,
+                                                         'version', last_version, 'marker_id', NULL,
+                                                         'count', n)::text);
+    END IF;
     RETURN n;
 END
 $fn$;

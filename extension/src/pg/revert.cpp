@@ -250,18 +250,32 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
     std::set<int64_t> touched;
     // The applied rows of the reverted migrations are deleted, and their migration_reverted events written, in one
     // statement after the loop (applied_count is kept by the trigger on deploy.applied).
-    std::vector<Cell> removed;
-    std::vector<int64_t> removed_at;
-    std::vector<std::string> removed_details;
+    struct Removed {
+        std::vector<Cell> version, name, reversibility;
+        std::vector<int64_t> at, from_deployment, archived;
+        std::vector<double> duration_ms;
+        std::vector<bool> sql_run;
+    } removed;
     auto write_removed = [&] {
-        if (removed.empty())
+        if (removed.version.empty())
             return;
-        std::vector<Cell> details(removed_details.begin(), removed_details.end());
         run_query(
-            "WITH gone AS (DELETE FROM deploy.applied a WHERE a.version = ANY ($2)) "
-            "SELECT deploy.log_events('migration_reverted', $1, $2, $3, $4::jsonb[])",
-            {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
-            {p_int8(dep), p_text_array(removed), p_timestamptz_array(removed_at), p_text_array(std::move(details))});
+            "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]), "
+            "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::float8[]), pg_catalog.unnest($6::text[]), "
+            "pg_catalog.unnest($7::boolean[]), pg_catalog.unnest($8::bigint[]), pg_catalog.unnest($9::bigint[])) "
+            "WITH ORDINALITY AS r(version, at, name, duration_ms, reversibility, sql_run, from_deployment, archived, "
+            "ord)), "
+            "gone AS (DELETE FROM deploy.applied a USING r WHERE a.version = r.version) "
+            "SELECT deploy.log_events('migration_reverted', $1, $2, $3, pg_catalog.array_agg("
+            "pg_catalog.jsonb_build_object('name', r.name, 'duration_ms', r.duration_ms, 'reversibility', "
+            "r.reversibility, 'sql_run', r.sql_run, 'from_deployment', r.from_deployment, 'archived', r.archived) "
+            "ORDER BY r.ord)) FROM r",
+            {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+             INT8ARRAYOID, INT8ARRAYOID},
+            {p_int8(dep), p_text_array(std::move(removed.version)), p_timestamptz_array(std::move(removed.at)),
+             p_text_array(std::move(removed.name)), p_float8_array(std::move(removed.duration_ms)),
+             p_text_array(std::move(removed.reversibility)), p_bool_array(removed.sql_run),
+             p_int8_array(std::move(removed.from_deployment)), p_int8_array(std::move(removed.archived))});
     };
 
     auto batch = [&] {
@@ -296,15 +310,14 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             }
             double ms = ms_since(t0);
             if (!req.dry_run) {
-                removed.emplace_back(r.version);
-                removed_at.push_back(now_us());
-                removed_details.push_back(Json{{"name", r.name},
-                                               {"duration_ms", ms},
-                                               {"reversibility", r.reversibility},
-                                               {"sql_run", r.down_sql.has_value()},
-                                               {"from_deployment", r.deployment_id},
-                                               {"archived", row_archive.size()}}
-                                              .dump());
+                removed.version.emplace_back(r.version);
+                removed.at.push_back(now_us());
+                removed.name.emplace_back(r.name);
+                removed.duration_ms.push_back(ms);
+                removed.reversibility.emplace_back(r.reversibility);
+                removed.sql_run.push_back(r.down_sql.has_value());
+                removed.from_deployment.push_back(r.deployment_id);
+                removed.archived.push_back(static_cast<int64_t>(row_archive.size()));
             }
             touched.insert(r.deployment_id);
             for (auto& a : row_archive)

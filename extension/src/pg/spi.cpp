@@ -76,6 +76,12 @@ Param p_bool_array(const std::vector<bool>& items) {
     p.ints.assign(items.begin(), items.end());
     return p;
 }
+Param p_int8_array(std::vector<int64_t> items) {
+    Param p;
+    p.kind = Param::Kind::Int8Array;
+    p.ints = std::move(items);
+    return p;
+}
 Param p_float8_array(std::vector<double> items) {
     Param p;
     p.kind = Param::Kind::Float8Array;
@@ -247,6 +253,7 @@ Datum array_datum(const Param& p) {
                                                          : p.ints.size();
     Oid type = p.kind == Param::Kind::TextArray    ? TEXTOID
                : p.kind == Param::Kind::BoolArray  ? BOOLOID
+               : p.kind == Param::Kind::Int8Array  ? INT8OID
                : p.kind == Param::Kind::Float8Array ? FLOAT8OID
                                                     : TIMESTAMPTZOID;
     if (n == 0)
@@ -264,6 +271,9 @@ Datum array_datum(const Param& p) {
                 break;
             case Param::Kind::BoolArray:
                 elems[k] = BoolGetDatum(p.ints[k] != 0);
+                break;
+            case Param::Kind::Int8Array:
+                elems[k] = Int64GetDatum(p.ints[k]);
                 break;
             case Param::Kind::Float8Array:
                 elems[k] = Float8GetDatum(p.reals[k]);
@@ -324,6 +334,7 @@ Rows Plan::run(const std::vector<Param>& params, long limit) const {
                     break;
                 case Param::Kind::TextArray:
                 case Param::Kind::BoolArray:
+                case Param::Kind::Int8Array:
                 case Param::Kind::Float8Array:
                 case Param::Kind::TimestampArray:
                     vals[i] = array_datum(p);

@@ -25,14 +25,14 @@ struct Rows {
 struct Param {
     enum class Kind {
         Null, Text, Int8, Int4, Bool, Float8, Jsonb,
-        TextArray, BoolArray, Float8Array, TimestampArray  // one-dimensional arrays, for one-statement bulk writes
+        TextArray, BoolArray, Int8Array, Float8Array, TimestampArray  // one-dimensional arrays (bulk writes)
     } kind = Kind::Null;
     std::string text;
     int64_t integer = 0;
     double real = 0;
     bool boolean = false;
     std::vector<Cell> texts;      // TextArray (nullopt: a NULL element)
-    std::vector<int64_t> ints;    // BoolArray (0/1), TimestampArray (PostgreSQL microseconds, like now_us())
+    std::vector<int64_t> ints;    // BoolArray (0/1), Int8Array, TimestampArray (PostgreSQL microseconds, now_us())
     std::vector<double> reals;    // Float8Array
 };
 Param p_null();
@@ -47,6 +47,7 @@ Param p_jsonb(const std::string& json_text);
 Param p_jsonb(const Cell& json_text);
 Param p_text_array(std::vector<Cell> items);
 Param p_bool_array(const std::vector<bool>& items);
+Param p_int8_array(std::vector<int64_t> items);
 Param p_float8_array(std::vector<double> items);
 Param p_timestamptz_array(std::vector<int64_t> items);
 
