@@ -13,7 +13,7 @@ DECLARE
     new_id bigint;
 BEGIN
     IF kind IS NULL OR kind = '' THEN
-        RAISE EXCEPTION 'event kind must not be empty' USING ERRCODE = '22004';
+        RAISE EXCEPTION 'event kind must not be NULL or empty' USING ERRCODE = CASE WHEN kind IS NULL THEN '22004' ELSE '22023' END;
     END IF;
     INSERT INTO deploy.events (kind, deployment_id, version, marker_id, details)
     VALUES (kind, deployment_id, version, marker_id, coalesce(details, '{}'))
@@ -40,7 +40,7 @@ DECLARE
     last_version text;
 BEGIN
     IF kind IS NULL OR kind = '' THEN
-        RAISE EXCEPTION 'event kind must not be empty' USING ERRCODE = '22004';
+        RAISE EXCEPTION 'event kind must not be NULL or empty' USING ERRCODE = CASE WHEN kind IS NULL THEN '22004' ELSE '22023' END;
     END IF;
     IF cardinality(versions) IS DISTINCT FROM cardinality(ats)
        OR cardinality(versions) IS DISTINCT FROM cardinality(details) THEN

@@ -136,7 +136,8 @@ DECLARE
     new_id     bigint;
 BEGIN
     IF reason IS NULL OR btrim(reason) = '' THEN
-        RAISE EXCEPTION 'reason must not be NULL or empty' USING ERRCODE = '22004',
+        -- NULL is 22004 and empty text 22023, as everywhere in pg_deploy.
+        RAISE EXCEPTION 'reason must not be NULL or empty' USING ERRCODE = CASE WHEN reason IS NULL THEN '22004' ELSE '22023' END,
             HINT = 'Say why: it is kept with the marker and in the events.';
     END IF;
     IF jsonb_typeof(extra) <> 'object' THEN
@@ -209,7 +210,7 @@ DECLARE
     renewing   boolean;
 BEGIN
     IF holder IS NULL OR btrim(holder) = '' THEN
-        RAISE EXCEPTION 'holder must not be NULL or empty' USING ERRCODE = '22004';
+        RAISE EXCEPTION 'holder must not be NULL or empty' USING ERRCODE = CASE WHEN holder IS NULL THEN '22004' ELSE '22023' END;
     END IF;
     IF length(holder) > 200 THEN
         RAISE EXCEPTION 'holder must be at most 200 characters' USING ERRCODE = '22023';

@@ -111,11 +111,12 @@ SQL_CASES = [
     ("version-key-empty", "SELECT deploy.version_key('')", "22023"),
     # markers
     ("request-rollback-null-reason", "SELECT deploy.request_rollback(NULL)", "22004"),
-    # (50_markers.sql checks "NULL or empty" in one test and raises 22004 for both)
-    ("request-rollback-empty-reason", "SELECT deploy.request_rollback('')", "22004"),
+    # NULL is 22004, empty (or blank) text 22023, as for every text argument
+    ("request-rollback-empty-reason", "SELECT deploy.request_rollback('')", "22023"),
+    ("request-rollback-blank-reason", "SELECT deploy.request_rollback('  ')", "22023"),
     ("request-rollback-unknown-deployment", "SELECT deploy.request_rollback('x', 99999)", "P0002"),
     ("claim-null-holder", "SELECT * FROM deploy.claim_marker(NULL)", "22004"),
-    ("claim-empty-holder", "SELECT * FROM deploy.claim_marker('')", "22004"),
+    ("claim-empty-holder", "SELECT * FROM deploy.claim_marker('')", "22023"),
     ("claim-negative-lease", "SELECT * FROM deploy.claim_marker('h2', '-1 min')", "22023"),
     ("claim-unknown-marker", "SELECT * FROM deploy.claim_marker('h2', '5 min', 99999)", "P0002"),
     ("claim-held-by-other", "SELECT * FROM deploy.claim_marker('h2', '5 min', %(m)s)", "PD007"),
@@ -131,6 +132,11 @@ SQL_CASES = [
     ("step-failed-unknown", "SELECT deploy.step_failed(99999, 'XX000', 'x')", "P0002"),
     ("next-step-unknown-deployment", "SELECT deploy.next_step(99999)", "P0002"),
     ("log-event-null-kind", "SELECT deploy.log_event(NULL)", "22004"),
+    ("log-event-empty-kind", "SELECT deploy.log_event('')", "22023"),
+    ("log-events-empty-kind", "SELECT deploy.log_events('', NULL, ARRAY['1'], ARRAY[now()], ARRAY['{}'::jsonb])", "22023"),
+    ("log-events-lengths", "SELECT deploy.log_events('k', NULL, ARRAY['1', '2'], ARRAY[now()], ARRAY['{}'::jsonb])",
+     "22023"),
+    ("ledger-changed-direct", "SELECT deploy.ledger_changed()", "22023"),
     ("events-update", "UPDATE deploy.events SET kind = 'x'", "42501"),
     ("events-delete", "DELETE FROM deploy.events", "42501"),
     ("events-truncate", "TRUNCATE deploy.events", "42501"),
