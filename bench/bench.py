@@ -913,9 +913,9 @@ def section_watcher(ctx, rep):
     stub_note = ""
     try:
         variants = [("`pgdeploy watch` (no state_file, no metrics)", None),
-                    ("`pgdeploy watch` with state_file and metrics.listen", {
+                    ("`pgdeploy watch` with state_file and metrics.listen, /metrics scraped every 15 s", {
                         "state_file": os.path.join(ctx.work, "idle-state.json"),
-                        "metrics": {"listen": "127.0.0.1:0"}})]
+                        "metrics": {"listen": f"127.0.0.1:{free_port()}"}})]
         for label, extra in variants:
             try:
                 r = watch_idle(ctx, stub, db, extra)
@@ -945,8 +945,8 @@ def section_watcher(ctx, rep):
         ctx.cluster.drop(db)
     rep.add(f"Measured from `/proc/PID/stat` (utime+stime) and `/proc/PID/status` (VmRSS sampled every second, "
             f"VmHWM) over {m['idle_seconds']} s after {m['idle_warmup']} s of warm-up. {stub_note} The second row "
-            f"writes the state file and serves the metrics (as a production watcher would; nothing scrapes them "
-            f"here). The floor is what libcurl alone costs for the same requests: `bench/tools/curl_floor` GETs the "
+            f"writes the state file every second and serves the metrics, scraped every 15 s (as a production "
+            f"watcher would). The floor is what libcurl alone costs for the same requests: `bench/tools/curl_floor` GETs the "
             f"same {m['idle_checks']:,} URLs every second through one multi handle the way the watcher's HttpRunner "
             f"does (kept-alive connections, 4 at once to the one host, reused easy handles) and nothing else; it "
             f"measures itself with getrusage.")
@@ -993,6 +993,14 @@ def section_watcher(ctx, rep):
         rep.add()
 
 
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (for a metrics.listen that the benchmark scrapes)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def watch_idle(ctx, stub, db, extra):
     """`pgdeploy watch` over idle_checks http checks every second, no deployment: CPU and RSS from /proc."""
     m = ctx.mode
@@ -1010,7 +1018,14 @@ def watch_idle(ctx, stub, db, extra):
         t0, c0 = time.monotonic(), proc_cpu_ticks(proc.pid)
         rss = []
         end = t0 + m["idle_seconds"]
+        listen = (extra or {}).get("metrics", {}).get("listen")
+        next_scrape = t0
         while time.monotonic() < end:
+            if listen and time.monotonic() >= next_scrape:
+                # As Prometheus would (its default interval is 1 min; 15 s is a common setting).
+                with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as r:
+                    r.read()
+                next_scrape += 15
             time.sleep(1)
             if proc.poll() is not None:
                 raise RuntimeError(f"pgdeploy watch exited {proc.returncode} during the measurement")

@@ -62,9 +62,11 @@ def test_bench_smoke_prints_every_contender(tmp_path):
     for label in ("`SELECT deploy.current_version()`", "`SELECT deploy.status()`"):
         assert_measured(out, label, cells=(2, 4))
 
-    # section 3: the watcher's cycle, its steady state, and one rollback
+    # section 3: the watcher's cycle, its steady state (bare, with state file and metrics, libcurl's floor), and one
+    # rollback
     assert_measured(out, "20 |", cells=(1, 2, 3))
-    assert_measured(out, "50 |", cells=(1, 2, 3))
+    for label in ("`pgdeploy watch` (no state_file", "`pgdeploy watch` with state_file", "libcurl alone"):
+        assert_measured(out, label, cells=(1, 2, 3))
     assert_measured(out, "1 |", cells=(1, 2, 3, 4))
 
     # the results file holds the same tables

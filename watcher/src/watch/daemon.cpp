@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -134,7 +135,13 @@ private:
     void process_markers(Millis now);
     void handle_outcome(const ExecOutcome& o, Millis now);
     void verify_recovery(Millis now);
-    void publish(Millis now);
+    void status_document(Millis now, std::string& out, const std::function<void(std::string&)>& flush);
+    void write_state_file(Millis now);
+    void serve_metrics(Millis now);
+    void serve_metrics_if_wanted() {
+        if (metrics_on_ && metrics_.wanted())
+            serve_metrics(monotonic_ms());
+    }
     void feed_watchdog(Millis now);
     void sleep_until(Millis until);
     bool hook_tick();
@@ -166,8 +173,7 @@ private:
     int pending_migrations_ = -1;
     MetricsServer metrics_;
     bool metrics_on_ = false;
-    std::string status_text_;  // publish()'s buffers, reused
-    std::string metrics_text_;
+    std::string state_text_;  // write_state_file()'s buffer, reused
     Millis next_publish_ = 0;
 };
 
@@ -507,17 +513,13 @@ void Daemon::verify_recovery(Millis now) {
 }
 
 /*
- * Daemon::publish
+ * Daemon::status_document
  *
- * The state file and the metrics server's two documents. At thousands of checks these are megabytes a second, so:
- * nothing at all when nobody can read them (no state_file, no metrics.listen); the checks array is written one check
- * at a time (DecisionEngine::checks_json) and spliced into the rest of the document, never one big JSON tree, and
- * straight into the file when only the file reads it; the text buffers are reused from one publish to the next (the
- * metrics server hands the previous snapshot's back).
+ * The state file's document, also served at /status.json. At thousands of checks it is megabytes, so the checks
+ * array is written one check at a time (DecisionEngine::checks_json) and spliced into the rest of the document,
+ * never one big JSON tree; with flush, it is handed over in pieces of about 64 KB rather than held whole.
  */
-void Daemon::publish(Millis now) {
-    if (cfg_->state_file.empty() && !metrics_on_)
-        return;
+void Daemon::status_document(Millis now, std::string& out, const std::function<void(std::string&)>& flush) {
     json status = {{"schema_version", 1},
                    {"watcher_id", cfg_->watcher_id},
                    {"pid", static_cast<long>(getpid())},
@@ -545,130 +547,137 @@ void Daemon::publish(Millis now) {
     static const std::string kHead = "{\n  \"checks\": []";
     if (rest.compare(0, kHead.size(), kHead) != 0)
         throw std::logic_error("status document: \"checks\" is not its first key");
-    std::string& text = status_text_;
-    text.clear();
-    text.append(kHead, 0, kHead.size() - 2);
+    out.append(kHead, 0, kHead.size() - 2);
+    engine_.checks_json(now, out, flush);
+    out.append(rest, kHead.size(), std::string::npos);
+    out += "\n";
+}
 
-    if (!cfg_->state_file.empty()) {
-        std::string tmp = cfg_->state_file + ".tmp." + std::to_string(getpid());
-        {
-            std::ofstream out(tmp, std::ios::trunc);
-            if (metrics_on_) {
-                engine_.checks_json(now, text);  // the metrics server serves the same text: keep it whole
-            } else {
-                // Only the file reads it: write it in pieces rather than hold megabytes for one write.
-                engine_.checks_json(now, text, [&out](std::string& part) {
-                    out << part;
-                    part.clear();
-                });
-            }
-            text.append(rest, kHead.size(), std::string::npos);
-            text += "\n";
-            out << text;
-        }
-        if (std::rename(tmp.c_str(), cfg_->state_file.c_str()) != 0) {
-            std::remove(tmp.c_str());
-            spdlog::debug("cannot write the state file {}", cfg_->state_file);
-        }
-    } else {
-        engine_.checks_json(now, text);
-        text.append(rest, kHead.size(), std::string::npos);
-        text += "\n";
+/*
+ * Daemon::write_state_file
+ *
+ * For `watch --status`: written as often as the shortest interval (documented), atomically (write, rename), in
+ * pieces (status_document with a flush).
+ */
+void Daemon::write_state_file(Millis now) {
+    if (cfg_->state_file.empty())
+        return;
+    std::string tmp = cfg_->state_file + ".tmp." + std::to_string(getpid());
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        state_text_.clear();
+        status_document(now, state_text_, [&out](std::string& part) {
+            out << part;
+            part.clear();
+        });
+        out << state_text_;
     }
-    if (metrics_on_) {
-        std::string& m = metrics_text_;
-        m.clear();
-        auto num = [&m](double v) {
-            char buf[32];
-            std::snprintf(buf, sizeof buf, "%g", v);  // what an ostream writes for a double by default
-            m += buf;
-        };
-        auto line_end = [&m](long v) {
-            m += ' ';
-            m += std::to_string(v);
-            m += '\n';
-        };
-        m += "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
-             "# TYPE pgdeploy_watch_check_state gauge\n";
-        for (const auto& [name, t] : engine_.trackers()) {
-            m += "pgdeploy_watch_check_state{check=\"";
+    if (std::rename(tmp.c_str(), cfg_->state_file.c_str()) != 0) {
+        std::remove(tmp.c_str());
+        spdlog::debug("cannot write the state file {}", cfg_->state_file);
+    }
+}
+
+/*
+ * Daemon::serve_metrics
+ *
+ * On demand: a request to the metrics server waits for this (MetricsServer::wanted), so that the metrics text and
+ * the status document (megabytes at thousands of checks) are built when someone reads them, not every second.
+ */
+void Daemon::serve_metrics(Millis now) {
+    std::string text;
+    status_document(now, text, {});
+    std::string m;
+    auto num = [&m](double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", v);  // what an ostream writes for a double by default
+        m += buf;
+    };
+    auto line_end = [&m](long v) {
+        m += ' ';
+        m += std::to_string(v);
+        m += '\n';
+    };
+    m += "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
+         "# TYPE pgdeploy_watch_check_state gauge\n";
+    for (const auto& [name, t] : engine_.trackers()) {
+        m += "pgdeploy_watch_check_state{check=\"";
+        append_label(m, name);
+        m += "\",type=\"";
+        m += to_string(t.config().type);
+        m += "\",critical=\"";
+        m += t.config().critical ? "true" : "false";
+        m += "\"}";
+        line_end(static_cast<int>(t.state()));
+    }
+    m += "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
+         "# TYPE pgdeploy_watch_check_up gauge\n";
+    for (const auto& [name, t] : engine_.trackers())
+        if (t.last()) {
+            m += "pgdeploy_watch_check_up{check=\"";
             append_label(m, name);
-            m += "\",type=\"";
-            m += to_string(t.config().type);
-            m += "\",critical=\"";
-            m += t.config().critical ? "true" : "false";
             m += "\"}";
-            line_end(static_cast<int>(t.state()));
+            line_end(t.last()->status == CheckStatus::ok ? 1 : 0);
         }
-        m += "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
-             "# TYPE pgdeploy_watch_check_up gauge\n";
-        for (const auto& [name, t] : engine_.trackers())
-            if (t.last()) {
-                m += "pgdeploy_watch_check_up{check=\"";
-                append_label(m, name);
-                m += "\"}";
-                line_end(t.last()->status == CheckStatus::ok ? 1 : 0);
-            }
-        m += "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
-             "# TYPE pgdeploy_watch_check_latency_seconds gauge\n";
-        for (const auto& [name, t] : engine_.trackers())
-            if (t.last()) {
-                m += "pgdeploy_watch_check_latency_seconds{check=\"";
-                append_label(m, name);
-                m += "\"} ";
-                num(t.last()->latency_ms / 1000.0);
-                m += '\n';
-            }
-        m += "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
-             "# TYPE pgdeploy_watch_check_error_rate gauge\n";
-        for (const auto& [name, t] : engine_.trackers()) {
-            m += "pgdeploy_watch_check_error_rate{check=\"";
+    m += "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
+         "# TYPE pgdeploy_watch_check_latency_seconds gauge\n";
+    for (const auto& [name, t] : engine_.trackers())
+        if (t.last()) {
+            m += "pgdeploy_watch_check_latency_seconds{check=\"";
             append_label(m, name);
             m += "\"} ";
-            num(t.error_rate(now));
+            num(t.last()->latency_ms / 1000.0);
             m += '\n';
         }
-        m += "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
-             "# TYPE pgdeploy_watch_rollbacks_total counter\n";
-        for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"}) {
-            m += "pgdeploy_watch_rollbacks_total{result=\"";
-            m += r;
-            m += "\"}";
-            line_end(rollbacks_.count(r) ? rollbacks_.at(r) : 0);
-        }
-        m += "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
-             "# TYPE pgdeploy_watch_decisions_total counter\n";
-        for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"}) {
-            m += "pgdeploy_watch_decisions_total{kind=\"";
-            m += k;
-            m += "\"}";
-            line_end(decisions_.count(k) ? decisions_.at(k) : 0);
-        }
-        m += "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
-             "# TYPE pgdeploy_watch_leader gauge\n"
-             "pgdeploy_watch_leader";
-        line_end(leader_ ? 1 : 0);
-        m += "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
-             "# TYPE pgdeploy_watch_database_up gauge\n"
-             "pgdeploy_watch_database_up";
-        line_end(conn_ ? 1 : 0);
-        if (pending_migrations_ >= 0) {
-            m += "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
-                 "# TYPE pgdeploy_watch_pending_migrations gauge\n"
-                 "pgdeploy_watch_pending_migrations";
-            line_end(pending_migrations_);
-        }
-        const auto& v = engine_.deployment();
-        if (v.id != 0) {
-            m += "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
-                 "# TYPE pgdeploy_watch_deployment_id gauge\n"
-                 "pgdeploy_watch_deployment_id{state=\"";
-            append_label(m, v.state);
-            m += "\"}";
-            line_end(v.id);
-        }
-        metrics_.publish(metrics_text_, status_text_);
+    m += "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
+         "# TYPE pgdeploy_watch_check_error_rate gauge\n";
+    for (const auto& [name, t] : engine_.trackers()) {
+        m += "pgdeploy_watch_check_error_rate{check=\"";
+        append_label(m, name);
+        m += "\"} ";
+        num(t.error_rate(now));
+        m += '\n';
     }
+    m += "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
+         "# TYPE pgdeploy_watch_rollbacks_total counter\n";
+    for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"}) {
+        m += "pgdeploy_watch_rollbacks_total{result=\"";
+        m += r;
+        m += "\"}";
+        line_end(rollbacks_.count(r) ? rollbacks_.at(r) : 0);
+    }
+    m += "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
+         "# TYPE pgdeploy_watch_decisions_total counter\n";
+    for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"}) {
+        m += "pgdeploy_watch_decisions_total{kind=\"";
+        m += k;
+        m += "\"}";
+        line_end(decisions_.count(k) ? decisions_.at(k) : 0);
+    }
+    m += "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
+         "# TYPE pgdeploy_watch_leader gauge\n"
+         "pgdeploy_watch_leader";
+    line_end(leader_ ? 1 : 0);
+    m += "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
+         "# TYPE pgdeploy_watch_database_up gauge\n"
+         "pgdeploy_watch_database_up";
+    line_end(conn_ ? 1 : 0);
+    if (pending_migrations_ >= 0) {
+        m += "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
+             "# TYPE pgdeploy_watch_pending_migrations gauge\n"
+             "pgdeploy_watch_pending_migrations";
+        line_end(pending_migrations_);
+    }
+    const auto& v = engine_.deployment();
+    if (v.id != 0) {
+        m += "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
+             "# TYPE pgdeploy_watch_deployment_id gauge\n"
+             "pgdeploy_watch_deployment_id{state=\"";
+        append_label(m, v.state);
+        m += "\"}";
+        line_end(v.id);
+    }
+    metrics_.publish(m, text);  // m and text get the previous snapshot, freed here
 }
 
 /*
@@ -716,17 +725,27 @@ void Daemon::sleep_until(Millis until) {
     Millis now = monotonic_ms();
     if (watchdog_every_ > 0)
         until = std::min(until, next_watchdog_);
-    Millis wait = std::clamp<Millis>(until - now, 0, 250);
-    if (wait <= 0)
-        return;
-    struct pollfd pfd {
-        - 1, POLLIN, 0
-    };
-    if (conn_ && PQsocket(conn_->raw()) >= 0)
-        pfd.fd = PQsocket(conn_->raw());
-    int pr = poll(&pfd, pfd.fd >= 0 ? 1 : 0, static_cast<int>(wait));
-    if (pr > 0)
-        refresh_ = true;  // something arrived on the connection: a NOTIFY most likely
+    until = std::min(until, now + 250);
+    for (;;) {
+        Millis wait = until - now;
+        if (wait <= 0)
+            return;
+        struct pollfd fds[2] = {{-1, POLLIN, 0}, {-1, POLLIN, 0}};
+        if (conn_ && PQsocket(conn_->raw()) >= 0)
+            fds[0].fd = PQsocket(conn_->raw());
+        if (metrics_on_)
+            fds[1].fd = metrics_.wake_fd();             // a metrics request waits for a snapshot
+        int pr = poll(fds, 2, static_cast<int>(wait));  // negative fds are ignored
+        if (pr <= 0)
+            return;  // timed out, or a signal: the loop looks at the flags
+        if (fds[1].revents)
+            serve_metrics_if_wanted();
+        if (fds[0].revents) {
+            refresh_ = true;  // something arrived on the connection: a NOTIFY most likely
+            return;
+        }
+        now = monotonic_ms();
+    }
 }
 
 int Daemon::run() {
@@ -791,8 +810,9 @@ int Daemon::run() {
                 drop_db(e.what());
             }
             now = monotonic_ms();
+            serve_metrics_if_wanted();
             if (now >= next_publish_) {
-                publish(now);
+                write_state_file(now);
                 // As often as checks run, from 4 times a second to once a second: fresh status, little CPU on
                 // watchers with thousands of checks.
                 next_publish_ = now + std::clamp<Millis>(shortest_interval(*cfg_), 250, 1000);

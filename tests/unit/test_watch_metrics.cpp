@@ -1,0 +1,73 @@
+// Catch2 tests of the metrics server (watch/metrics.cpp): documents are built on demand. A request wakes the main
+// loop (wake_fd, wanted()) and is answered with the snapshot published for it; a main loop that does not answer
+// within a second gets the newest snapshot there is served instead. Real requests on 127.0.0.1 (cpp-httplib).
+#include <httplib.h>
+#include <poll.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <future>
+#include <string>
+
+#include "watch/metrics.hpp"
+
+using namespace pgdeploy::watch;
+
+namespace {
+
+std::future<std::string> get_async(int port, const std::string& path) {
+    return std::async(std::launch::async, [port, path] {
+        httplib::Client client("127.0.0.1", port);
+        client.set_read_timeout(10, 0);
+        auto res = client.Get(path.c_str());
+        return res ? res->body : std::string("(no response)");
+    });
+}
+
+// wait_wanted: what the daemon's loop does: poll the wake fd, then ask.
+bool wait_wanted(MetricsServer& server, int timeout_ms) {
+    struct pollfd pfd = {server.wake_fd(), POLLIN, 0};
+    return poll(&pfd, 1, timeout_ms) == 1 && server.wanted();
+}
+
+}  // namespace
+
+TEST_CASE("a metrics request is answered with the snapshot published for it", "[watch][metrics]") {
+    MetricsServer server;
+    std::string err;
+    REQUIRE(server.start("127.0.0.1", 0, err));
+    CHECK_FALSE(server.wanted());
+
+    auto first = get_async(server.bound_port(), "/metrics");
+    REQUIRE(wait_wanted(server, 5000));
+    std::string m = "metric_a 1\n", s = "{\"a\": 1}\n";
+    server.publish(m, s);
+    CHECK(first.get() == "metric_a 1\n");
+    CHECK_FALSE(server.wanted());  // answered: nothing waits any more
+
+    auto status = get_async(server.bound_port(), "/status.json");
+    REQUIRE(wait_wanted(server, 5000));
+    m = "metric_a 2\n";
+    s = "{\"a\": 2}\n";
+    server.publish(m, s);
+    CHECK(status.get() == "{\"a\": 2}\n");
+    CHECK(m == "metric_a 1\n");  // the previous snapshot comes back to the caller
+    server.stop();
+}
+
+TEST_CASE("a main loop that does not answer within a second gets the newest snapshot served", "[watch][metrics]") {
+    MetricsServer server;
+    std::string err;
+    REQUIRE(server.start("127.0.0.1", 0, err));
+    auto start = std::chrono::steady_clock::now();
+    CHECK(get_async(server.bound_port(), "/status.json").get() == "{}");  // nothing published yet
+    auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(waited >= std::chrono::milliseconds(900));
+    CHECK(waited < std::chrono::seconds(5));
+
+    std::string m = "metric_b 1\n", s = "{\"b\": 1}\n";
+    server.publish(m, s);
+    CHECK(get_async(server.bound_port(), "/metrics").get() == "metric_b 1\n");  // old, but the newest there is
+    server.stop();
+}
