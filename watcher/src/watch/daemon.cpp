@@ -1,6 +1,7 @@
 #include "watch/daemon.hpp"
 
 #include <libpq-fe.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -137,10 +138,10 @@ private:
     void verify_recovery(Millis now);
     void status_document(Millis now, std::string& out, const std::function<void(std::string&)>& flush);
     void write_state_file(Millis now);
-    void serve_metrics(Millis now);
+    void serve_metrics(unsigned wanted, Millis now);
     void serve_metrics_if_wanted() {
-        if (metrics_on_ && metrics_.wanted())
-            serve_metrics(monotonic_ms());
+        if (unsigned wanted = metrics_on_ ? metrics_.wanted() : 0)
+            serve_metrics(wanted, monotonic_ms());
     }
     void feed_watchdog(Millis now);
     void sleep_until(Millis until);
@@ -582,11 +583,17 @@ void Daemon::write_state_file(Millis now) {
  * Daemon::serve_metrics
  *
  * On demand: a request to the metrics server waits for this (MetricsServer::wanted), so that the metrics text and
- * the status document (megabytes at thousands of checks) are built when someone reads them, not every second.
+ * the status document (megabytes at thousands of checks) are built when someone reads them, not every second, and
+ * only the one that is asked for.
  */
-void Daemon::serve_metrics(Millis now) {
-    std::string text;
-    status_document(now, text, {});
+void Daemon::serve_metrics(unsigned wanted, Millis now) {
+    if (wanted & MetricsServer::kStatus) {
+        std::string text;
+        status_document(now, text, {});
+        metrics_.publish(MetricsServer::kStatus, std::move(text));
+    }
+    if (!(wanted & MetricsServer::kMetrics))
+        return;
     std::string m;
     auto num = [&m](double v) {
         char buf[32];
@@ -677,7 +684,7 @@ void Daemon::serve_metrics(Millis now) {
         m += "\"}";
         line_end(v.id);
     }
-    metrics_.publish(m, text);  // m and text get the previous snapshot, freed here
+    metrics_.publish(MetricsServer::kMetrics, std::move(m));
 }
 
 /*
@@ -750,6 +757,10 @@ void Daemon::sleep_until(Millis until) {
 
 int Daemon::run() {
     install_signal_handlers();
+    // A fixed threshold (glibc raises the default one as large blocks are freed): blocks this large, such as the
+    // status document and the metrics text of thousands of checks, are mapped apart and go back to the system when
+    // freed instead of staying in the heap after a scrape.
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     init_checks();
     started_ = monotonic_ms();
     if (!cfg_->metrics.listen.empty()) {

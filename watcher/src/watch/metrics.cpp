@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -26,35 +27,49 @@ MetricsServer::~MetricsServer() {
  * MetricsServer::serve
  *
  * Runs on the server's threads: asks the main loop for a snapshot and waits for it. A main loop that is busy (a
- * rollback hook running) or hung does not answer within the second; the newest snapshot there is is served then, as
- * before this was on demand.
+ * rollback hook running) or hung does not answer within the second; the newest snapshot there is is served then.
  */
-std::string MetricsServer::serve(bool metrics) {
+std::shared_ptr<const std::string> MetricsServer::serve(Document d) {
     std::unique_lock<std::mutex> lock(mutex_);
-    std::uint64_t seen = generation_;
-    if (!wanted_ && !stopping_) {
-        wanted_ = true;
-        std::uint64_t one = 1;
-        if (write(wake_fd_, &one, sizeof one) < 0) {
-            // The counter cannot overflow at one write per wait; nothing to do if it did.
+    int i = d == kMetrics ? 0 : 1;
+    std::uint64_t seen = generation_[i];
+    if (!stopping_) {
+        if (wanted_ == 0) {
+            std::uint64_t one = 1;
+            if (write(wake_fd_, &one, sizeof one) < 0) {
+                // The counter cannot overflow at one write per wait; nothing to do if it did.
+            }
         }
+        wanted_ |= d;
     }
-    published_.wait_for(lock, std::chrono::seconds(1), [&] { return generation_ != seen || stopping_; });
-    if (metrics)
-        return metrics_;
-    return status_.empty() ? "{}" : status_;
+    published_.wait_for(lock, std::chrono::seconds(1), [&] { return generation_[i] != seen || stopping_; });
+    return snapshot_[i];
 }
 
-bool MetricsServer::wanted() {
+unsigned MetricsServer::wanted() {
     std::lock_guard<std::mutex> g(mutex_);
-    if (!wanted_)
-        return false;
+    if (wanted_ == 0)
+        return 0;
     std::uint64_t count = 0;
     if (read(wake_fd_, &count, sizeof count) < 0) {
         // EAGAIN: read already.
     }
-    return true;
+    return wanted_;
 }
+
+namespace {
+
+// respond: the snapshot itself is the body (no copy of megabytes per request); the response holds it until sent.
+void respond(httplib::Response& res, std::shared_ptr<const std::string> doc, const char* type) {
+    std::size_t size = doc->size();
+    res.set_content_provider(size, type,
+                             [doc = std::move(doc)](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+                                 sink.write(doc->data() + offset, std::min(length, doc->size() - offset));
+                                 return true;
+                             });
+}
+
+}  // namespace
 
 bool MetricsServer::start(const std::string& host, int port, std::string& error) {
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -63,10 +78,14 @@ bool MetricsServer::start(const std::string& host, int port, std::string& error)
         return false;
     }
     impl_->server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-        res.set_content(serve(true), "text/plain; version=0.0.4; charset=utf-8");
+        static const auto empty = std::make_shared<const std::string>();
+        auto doc = serve(kMetrics);
+        respond(res, doc ? doc : empty, "text/plain; version=0.0.4; charset=utf-8");
     });
     impl_->server.Get("/status.json", [this](const httplib::Request&, httplib::Response& res) {
-        res.set_content(serve(false), "application/json");
+        static const auto none = std::make_shared<const std::string>("{}");
+        auto doc = serve(kStatus);
+        respond(res, doc && !doc->empty() ? doc : none, "application/json");
     });
     impl_->server.set_read_timeout(5, 0);
     impl_->server.set_write_timeout(5, 0);
@@ -99,15 +118,17 @@ void MetricsServer::stop() {
     }
 }
 
-void MetricsServer::publish(std::string& metrics_text, std::string& status_json) {
+void MetricsServer::publish(Document d, std::string text) {
+    auto doc = std::make_shared<const std::string>(std::move(text));
     {
         std::lock_guard<std::mutex> g(mutex_);
-        metrics_.swap(metrics_text);
-        status_.swap(status_json);
-        ++generation_;
-        wanted_ = false;
+        int i = d == kMetrics ? 0 : 1;
+        snapshot_[i].swap(doc);
+        ++generation_[i];
+        wanted_ &= ~static_cast<unsigned>(d);
     }
     published_.notify_all();
+    // doc, the previous snapshot, is freed here unless a response still sends it
 }
 
 std::string escape_label(const std::string& v) {

@@ -25,17 +25,20 @@ public:
     void stop();
     int bound_port() const { return port_; }
 
+    // The two documents served.
+    enum Document : unsigned { kMetrics = 1, kStatus = 2 };
+
     // wake_fd: readable while a request waits for a snapshot (for the main loop's poll); -1 when not started.
     int wake_fd() const { return wake_fd_; }
-    // wanted: a request waits for a snapshot; the caller should build one and publish() it.
-    bool wanted();
+    // wanted: the documents (a bit set of Document) that requests wait for; the caller should build them and
+    // publish() each.
+    unsigned wanted();
 
-    // publish: the new snapshot's texts move in (the arguments get the previous snapshot's strings back), and the
-    // requests waiting for it are answered.
-    void publish(std::string& metrics_text, std::string& status_json);
+    // publish: the new snapshot of one document; the requests waiting for it are answered.
+    void publish(Document d, std::string text);
 
 private:
-    std::string serve(bool metrics);
+    std::shared_ptr<const std::string> serve(Document d);
 
     struct Impl;
     std::unique_ptr<Impl> impl_;
@@ -44,11 +47,12 @@ private:
     int wake_fd_ = -1;
     std::mutex mutex_;
     std::condition_variable published_;
-    std::uint64_t generation_ = 0;  // snapshots published so far
-    bool wanted_ = false;
+    unsigned wanted_ = 0;
     bool stopping_ = false;
-    std::string metrics_;
-    std::string status_;
+    // By document (index d - 1): snapshots published so far, and the newest (null before the first). Shared with
+    // the responses that are still being sent, so that a document of megabytes is never copied for a request.
+    std::uint64_t generation_[2] = {0, 0};
+    std::shared_ptr<const std::string> snapshot_[2];
 };
 
 // escape_label: a Prometheus label value (backslash, quote, newline escaped).
