@@ -193,6 +193,7 @@ void Daemon::feed_watchdog(Millis now) {
 
 bool Daemon::hook_tick() {
     feed_watchdog(monotonic_ms());
+    serve_metrics_if_wanted();  // the metrics stay live while a hook runs (the documents touch no database)
     return !g_stop.load();
 }
 
