@@ -1238,6 +1238,13 @@ def main():
                "fsync = on pass of section 1b, which says so): " if os.environ.get("BENCH_INNER") == "1" else
                "of the server the benchmark was given (not its own cluster; nothing tuned): ") +
             ", ".join(f"{k} = {v}" for k, v in info["settings"].items() if k != "server_version") + ".")
+    data_dir = ctx.cluster.sql("SHOW data_directory")[0][0]
+    fs = run(["stat", "-f", "-c", "%T", data_dir]).stdout.strip() or "?"
+    rep.add()
+    rep.add(f"Cluster files: `{data_dir}` on {fs}" + (" (tmpfs: `bench/run --ram`, no file system in the figures)."
+                                                      if fs == "tmpfs" else
+                                                      " (a disk file system: creating files is part of every figure; "
+                                                      "`bench/run --ram` measures without it)."))
     la = os.getloadavg()
     rep.add(f"Load average when the run started: {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1 / 5 / 15 min; the machine "
             "is shared, so the rounds alternate and the best and the median are both shown).")
