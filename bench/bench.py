@@ -179,6 +179,17 @@ def timed(fn):
     return (time.perf_counter() - t0) * 1000.0
 
 
+def stop_process(proc):
+    """SIGTERM a child that still runs (a watcher: it shuts down cleanly), SIGKILL it after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(argv, **kw):
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -1037,12 +1048,7 @@ def watch_idle(ctx, stub, db, extra):
         return dict(cpu=(c1 - c0) / hz / (t1 - t0) * 100, stub_cpu=(stub_t1 - stub_t0) / hz / (t1 - t0) * 100,
                     rate=(req1 - req0) / (t1 - t0), rss=rss, hwm=hwm)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         logf.close()
 
 
@@ -1129,12 +1135,8 @@ def rollback_round(ctx, nmig, interval):
         return dict(onset_to_threshold=threshold - onset, threshold_to_decision=decision_at - threshold,
                     threshold_to_done=done_at - threshold, revert_ms=revert_ms, interval_ms=interval_ms)
     finally:
-        if proc and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc:
+            stop_process(proc)
         conn.close()
         stub.stop()
         ctx.cluster.drop(db)
