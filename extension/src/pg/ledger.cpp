@@ -160,7 +160,9 @@ OrderState order_state() {
 }
 
 void mark_order_checked(int64_t generation) {
-    // Only if no change bumped the generation meanwhile (a concurrent writer's UPDATE re-evaluates this WHERE).
+    // The record is the generation the check saw: a change committed meanwhile has moved order_generation past it,
+    // so the record never vouches for that change (specs/order_check_race.spec). The WHERE only skips a write that
+    // could not be current anyway.
     run_query("UPDATE deploy.ledger_stats SET order_checked = $1 WHERE order_generation = $1", {INT8OID},
               {p_int8(generation)});
 }
