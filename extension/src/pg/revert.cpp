@@ -285,7 +285,7 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             if (r.down_sql) {
                 // No subtransaction per migration: a revert is all or nothing, so the batch subtransaction is
                 // rolled back on any failure (see up.cpp for why per-migration subtransactions cost too much).
-                try {
+                failure = failure_of([&] {
                     MigrationTimer timer;
                     if (r.reversibility == "lossy" && dep) {
                         Archiver archiver(*dep, r.version, events);
@@ -294,13 +294,7 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
                     } else {
                         run_user_sql(*r.down_sql);
                     }
-                } catch (const PgError& e) {
-                    if (is_user_cancel(e))
-                        throw;
-                    failure = failure_from(e);
-                } catch (const DeployError& e) {
-                    failure = failure_from(e);
-                }
+                });
                 if (failure) {
                     failed_row = &r;
                     break;

@@ -301,18 +301,12 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                     MigrationTimer timer;
                     run_user_sql(m.up_sql);
                 };
-                try {
+                failure = failure_of([&] {
                     if (per_migration_subtransactions)
                         in_subtransaction(run_one);
                     else
                         run_one();
-                } catch (const PgError& e) {
-                    if (is_user_cancel(e))
-                        throw;
-                    failure = failure_from(e);
-                } catch (const DeployError& e) {
-                    failure = failure_from(e);
-                }
+                });
                 double ms = ms_since(t0);
                 if (failure) {
                     failed_migration = &m;

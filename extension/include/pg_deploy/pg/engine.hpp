@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/spi.hpp"
 
 namespace pgdeploy {
@@ -44,9 +45,25 @@ struct SqlFailure {
     Json to_json() const;
 };
 SqlFailure failure_from(const PgError& e);
-SqlFailure failure_from(const class DeployError& e);
+SqlFailure failure_from(const DeployError& e);
 // is_user_cancel: a cancel request (not a timeout) must abort the whole call, not be recorded as a failed migration.
 bool is_user_cancel(const PgError& e);
+
+// failure_of runs the user SQL of one migration (body) and returns its error as a SqlFailure, or nothing when it
+// succeeded. A cancel request is rethrown: it aborts the whole call.
+template <typename F>
+std::optional<SqlFailure> failure_of(F&& body) {
+    try {
+        body();
+    } catch (const PgError& e) {
+        if (is_user_cancel(e))
+            throw;
+        return failure_from(e);
+    } catch (const DeployError& e) {
+        return failure_from(e);
+    }
+    return std::nullopt;
+}
 
 // MigrationTimer arms the statement timeout for one migration (pg_deploy.statement_timeout) and restores the
 // caller's statement timeout afterwards. SPI statements do not arm statement_timeout themselves (only top-level
