@@ -138,3 +138,29 @@ def test_kill_marker_execution(pg, rng):
         assert_consistent(pg, versions)
         _unregister(pg, versions)
     assert mid > 0, "no kill landed in the middle of a marker execution"
+
+
+@pytest.mark.parametrize("operation", ["up", "rollback"])
+def test_cancel_aborts_the_whole_call(pg, operation):
+    """pg_cancel_backend in the middle of a migration is the operator saying stop: the call ends with 57014 and the
+    ledger is exactly as before (no failed deployment recorded, unlike pg_deploy.statement_timeout, which records the
+    migration as failed), and the same call afterwards completes."""
+    versions = _versions(1, 3)
+    slow_migrations(pg, versions, up_sleep=1.0, down_sleep=1.0)
+    if operation == "up":
+        call = "SELECT deploy.up(app_version => 'rel')"
+    else:
+        assert pg.scalar("SELECT deploy.up(app_version => 'rel')")["ok"]
+        call = "SELECT deploy.rollback()"
+    before = ledger_state(pg)
+    bg = Background(pg.dsn, fetch_one(call))
+    time.sleep(0.5)   # inside the first migration's one-second sleep
+    assert pg.scalar("SELECT pg_cancel_backend(%s)", (bg.pid,)) is True
+    bg.join()
+    assert isinstance(bg.error, psycopg2.errors.QueryCanceled), repr(bg.error)
+    after = ledger_state(pg)
+    for table in ("migrations", "applied", "deployments", "rollback_markers", "checkpoints", "events"):
+        assert after[table] == before[table], f"{table} changed by a cancelled {operation}"
+    assert_consistent(pg, versions)
+    res = pg.scalar(call)
+    assert res["ok"], res
