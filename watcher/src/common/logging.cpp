@@ -16,6 +16,18 @@
 
 namespace pgdeploy::common {
 
+std::string iso_utc(std::chrono::system_clock::time_point tp) {
+    auto secs = std::chrono::time_point_cast<std::chrono::seconds>(tp);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(tp - secs).count();
+    std::time_t t = std::chrono::system_clock::to_time_t(tp);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    return buf;
+}
+
 namespace {
 
 std::mutex g_secrets_mutex;
@@ -27,18 +39,6 @@ std::string scrub_all(const std::string& text) {
     for (const auto& s : g_secrets)
         out = scrub_secrets(out, s);
     return out;
-}
-
-std::string iso_time(spdlog::log_clock::time_point tp) {
-    auto secs = std::chrono::time_point_cast<std::chrono::seconds>(tp);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(tp - secs).count();
-    std::time_t t = spdlog::log_clock::to_time_t(tp);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-    return buf;
 }
 
 /*
@@ -57,13 +57,13 @@ protected:
                           spdlog::level::to_string_view(msg.level).size());
         std::string line;
         if (format_ == LogFormat::kJson) {
-            nlohmann::json j = {{"ts", iso_time(msg.time)},
+            nlohmann::json j = {{"ts", iso_utc(msg.time)},
                                 {"level", level},
                                 {"logger", std::string(msg.logger_name.data(), msg.logger_name.size())},
                                 {"msg", text}};
             line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
         } else {
-            line = iso_time(msg.time) + " " + level + " " + text + "\n";
+            line = iso_utc(msg.time) + " " + level + " " + text + "\n";
         }
         std::fwrite(line.data(), 1, line.size(), stderr);
     }

@@ -4,9 +4,13 @@
 // through scrub_secrets() in the sink, so a password that slips into a log call is still never written.
 // stdout is reserved for command output (and for the single JSON document under --json).
 #pragma once
+#include <chrono>
 #include <string>
 
 namespace pgdeploy::common {
+
+// iso_utc: "2026-11-22T03:26:00.123Z", the time format of every log line and document pgdeploy writes.
+std::string iso_utc(std::chrono::system_clock::time_point tp);
 
 enum class LogFormat { kPlain, kJson };
 

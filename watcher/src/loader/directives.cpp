@@ -7,8 +7,6 @@
 
 namespace pgdeploy::loader {
 
-namespace {
-
 std::string trim(const std::string& s) {
     size_t b = 0, e = s.size();
     while (b < e && std::isspace(static_cast<unsigned char>(s[b])))
@@ -17,6 +15,8 @@ std::string trim(const std::string& s) {
         --e;
     return s.substr(b, e - b);
 }
+
+namespace {
 
 [[noreturn]] void fail(const std::string& path, int line, const std::string& message) {
     throw UsageError(path + ":" + std::to_string(line) + ": " + message);

@@ -18,6 +18,9 @@ struct Directives {
     int line_of_first = 0;                     // 0 when the file has none (for "directives only in .up.sql")
 };
 
+// trim: s without leading and trailing white space (the loader's reading of names, keys and values).
+std::string trim(const std::string& s);
+
 // parse_directives: throws UsageError("PATH:LINE: ...") for a malformed or unknown directive.
 Directives parse_directives(const std::string& text, const std::string& path);
 

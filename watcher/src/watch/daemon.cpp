@@ -23,6 +23,7 @@
 
 #include "common/connection.hpp"
 #include "common/conninfo.hpp"
+#include "common/logging.hpp"
 #include "watch/checks.hpp"
 #include "watch/decision.hpp"
 #include "watch/executor.hpp"
@@ -65,15 +66,7 @@ void install_signal_handlers() {
 }
 
 std::string iso_now() {
-    auto now = std::chrono::system_clock::now();
-    std::time_t t = std::chrono::system_clock::to_time_t(now);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-    return buf;
+    return common::iso_utc(std::chrono::system_clock::now());
 }
 
 Millis wall_ms() {
