@@ -10,6 +10,7 @@ created fresh from a template, and the tables report the best and the median of 
 from this run's own floor. A contender that cannot run is reported as "not measured: <why>", never estimated.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -100,6 +101,15 @@ class Cluster:
             except psycopg2.Error:
                 time.sleep(0.1)
         self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @contextlib.contextmanager
+    def fresh(self, template):
+        """A database created from template for one contender's run, dropped afterwards whatever happened."""
+        name = self.create(template)
+        try:
+            yield name
+        finally:
+            self.drop(name)
 
     def make_template(self, name, setup_sql=None, from_template="template0"):
         self.sql(f'DROP DATABASE IF EXISTS "{name}"')
@@ -283,8 +293,7 @@ class MigrationBench:
 
     # -- the floor: no ledger at all, one transaction, three ways; each way's database then drops its tables raw --
     def floor_simple(self):
-        db = self.ctx.cluster.create(self.ctx.tpl_plain)
-        try:
+        with self.ctx.cluster.fresh(self.ctx.tpl_plain) as db:
             c = connect(db)
             cur = c.cursor()
             t_up, cpu_up = timed_cpu(c, lambda: cur.execute("BEGIN;" + ";".join(self.creates) + ";COMMIT;"))
@@ -294,12 +303,9 @@ class MigrationBench:
             c.close()
             self.cpu = (cpu_up, cpu_down)
             return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
 
     def floor_psql(self):
-        db = self.ctx.cluster.create(self.ctx.tpl_plain)
-        try:
+        with self.ctx.cluster.fresh(self.ctx.tpl_plain) as db:
             argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", db, "-f"]
             t0 = time.perf_counter()
             r = run(argv + [self.create_file])
@@ -316,13 +322,10 @@ class MigrationBench:
             assert count_bench_tables(c) == 0
             c.close()
             return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
 
     def _run_do_blocks(self, statement_template):
         """Runs the N creates, then the N drops, each as one DO block of EXECUTEs shaped by statement_template."""
-        db = self.ctx.cluster.create(self.ctx.tpl_plain)
-        try:
+        with self.ctx.cluster.fresh(self.ctx.tpl_plain) as db:
             c = connect(db)
             cur = c.cursor()
 
@@ -338,8 +341,6 @@ class MigrationBench:
             c.close()
             self.cpu = (cpu_up, cpu_down)
             return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
 
     def floor_do(self):
         return self._run_do_blocks("EXECUTE '{}';")
@@ -352,8 +353,7 @@ class MigrationBench:
 
     # -- pg_deploy in the database: SELECT deploy.up() then SELECT deploy.rollback() --
     def deploy_up(self):
-        db = self.ctx.cluster.create(self.tpl_registered)
-        try:
+        with self.ctx.cluster.fresh(self.tpl_registered) as db:
             c = connect(db)
             cur = c.cursor()
             t_up, cpu_up = timed_cpu(c, lambda: cur.execute("SELECT deploy.up()"))
@@ -369,13 +369,10 @@ class MigrationBench:
             c.close()
             self.cpu = (cpu_up, cpu_down)
             return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
 
     # -- pgdeploy up --dir: reading the files and registering them included --
     def pgdeploy_up(self):
-        db = self.ctx.cluster.create(self.ctx.tpl_ext)
-        try:
+        with self.ctx.cluster.fresh(self.ctx.tpl_ext) as db:
             argv = [self.ctx.pgdeploy, "up", "--dir", self.mig_dir, "--dsn", dsn_for(db), "--quiet", "--json"]
             t0 = time.perf_counter()
             r = run(argv)
@@ -387,8 +384,6 @@ class MigrationBench:
                 raise RuntimeError("pgdeploy up did not create every table")
             c.close()
             return t, None
-        finally:
-            self.ctx.cluster.drop(db)
 
     # -- Sqitch: one change per migration, deployed by `sqitch deploy` (each change its own psql run) --
     def sqitch_project(self):
@@ -417,8 +412,7 @@ class MigrationBench:
 
     def sqitch(self):
         proj = self.sqitch_project()
-        db = self.ctx.cluster.create(self.ctx.tpl_sqitch)
-        try:
+        with self.ctx.cluster.fresh(self.ctx.tpl_sqitch) as db:
             target = f"db:pg:{db}"
             t0 = time.perf_counter()
             r = run(["sqitch", "deploy", "--target", target], cwd=proj, env=self.ctx.sqitch_env)
@@ -437,8 +431,6 @@ class MigrationBench:
                 raise RuntimeError("sqitch revert left tables behind")
             c.close()
             return t_up, t_down
-        finally:
-            self.ctx.cluster.drop(db)
 
 
 def section_migrations(ctx, rep):
