@@ -38,14 +38,16 @@ SELECT jsonb_path_query_array(deploy.down(), '$.archived[*].archive_table') AS a
 
 -- A failing lossy revert keeps nothing half-done: no archive, no drop.
 SELECT deploy.up() ->> 'ok' AS ok;
-UPDATE deploy.applied SET down_sql = 'DROP TABLE app.audit; DROP TABLE app.missing;' WHERE version = '0002';
+UPDATE deploy.applied SET down_sql = 'DROP TABLE app.audit; DROP TABLE app.missing;',
+    down_checksum = deploy.checksum('DROP TABLE app.audit; DROP TABLE app.missing;') WHERE version = '0002';
 SELECT count(*) AS archived_before FROM deploy.archived \gset
 SELECT r ->> 'ok' AS ok, r -> 'failed' ->> 'sqlstate' AS sqlstate FROM deploy.down() AS r;
 SELECT count(*) = :archived_before AS no_new_archive, to_regclass('app.audit') AS audit_kept FROM deploy.archived;
 
 -- Reversible (not lossy) down SQL is not archived; a dry run never archives.
 SELECT deploy.register('0003', 'plain', 'CREATE TABLE app.plain (id int)', 'DROP TABLE app.plain');
-UPDATE deploy.applied SET down_sql = 'DROP TABLE app.audit; ALTER TABLE app.customers DROP COLUMN score' WHERE version = '0002';
+UPDATE deploy.applied SET down_sql = 'DROP TABLE app.audit; ALTER TABLE app.customers DROP COLUMN score',
+    down_checksum = deploy.checksum('DROP TABLE app.audit; ALTER TABLE app.customers DROP COLUMN score') WHERE version = '0002';
 SELECT deploy.up() ->> 'ok' AS ok;
 SELECT jsonb_path_query_array(deploy.down(dry_run => true, steps => 2), '$.reverted[*].version') AS rehearsed;
 SELECT jsonb_path_query_array(deploy.down(), '$.archived[*]') AS archived_for_plain;

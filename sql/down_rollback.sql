@@ -83,7 +83,8 @@ SELECT to_regclass('app.a') AS a, to_regclass('app.b') AS b;
 SELECT kind, state, reverts, error ->> 'sqlstate' AS sqlstate FROM deploy.deployments ORDER BY id DESC LIMIT 2;
 
 -- The rollback window: outside it, PD006 unless force.
-UPDATE deploy.applied SET down_sql = 'DROP TABLE app.b' WHERE version = '0007';
+UPDATE deploy.applied SET down_sql = 'DROP TABLE app.b', down_checksum = deploy.checksum('DROP TABLE app.b')
+WHERE version = '0007';
 UPDATE deploy.deployments SET started_at = now() - interval '8 days', finished_at = now() - interval '8 days'
 WHERE app_version = 'v5';
 \set VERBOSITY terse

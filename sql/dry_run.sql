@@ -48,7 +48,8 @@ SELECT (SELECT count(*) FROM app.users) AS users_still_there,
             :before_markers, :before_checkpoints, :before_archived)::text AS ledger_unchanged;
 
 -- A failing down script in a dry run: ok false, nothing changed.
-UPDATE deploy.applied SET down_sql = 'DROP TABLE app.no_such_table' WHERE version = '0003';
+UPDATE deploy.applied SET down_sql = 'DROP TABLE app.no_such_table',
+    down_checksum = deploy.checksum('DROP TABLE app.no_such_table') WHERE version = '0003';
 SELECT r ->> 'ok' AS ok, r -> 'failed' ->> 'sqlstate' AS sqlstate, r -> 'failed' ->> 'version' AS version
 FROM deploy.down(dry_run => true) AS r;
 SELECT version FROM deploy.applied ORDER BY sort_key;

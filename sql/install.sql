@@ -30,10 +30,14 @@ WHERE p.pronamespace = 'deploy'::regnamespace
                     'request_rollback', 'claim_marker', 'renew_lease', 'execute_rollback', 'resolve_marker',
                     'rollback_eligibility', 'run')
 ORDER BY 1::text;
--- Every routine is SECURITY INVOKER (migration SQL runs with the caller's rights).
-SELECT count(*) AS security_definer FROM pg_proc WHERE pronamespace = 'deploy'::regnamespace AND prosecdef;
--- Every SQL and PL/pgSQL routine pins search_path, except those that run user SQL (which must see the caller's
--- search_path: verify, execute_rollback, run_step) and deploy.run (a procedure with a SET clause cannot COMMIT).
+-- SECURITY DEFINER is kept to the functions that write the ledger for deploy_admin and run no user SQL (events,
+-- markers, baseline) and to validate (reads bodies to hash them, returns none); each pins search_path. Everything
+-- that runs migration, down or verify SQL is SECURITY INVOKER (the C engine), so that SQL keeps the caller's rights.
+SELECT p.oid::regprocedure AS security_definer, p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') AS is_c,
+       coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) AS pinned
+FROM pg_proc p WHERE p.pronamespace = 'deploy'::regnamespace AND p.prosecdef ORDER BY 1::text;
+-- Every SQL and PL/pgSQL routine pins search_path, except deploy.run (a procedure with a SET clause cannot COMMIT),
+-- which uses no operator and calls only schema-qualified functions with arguments of their exact types.
 SELECT p.oid::regprocedure AS without_pinned_search_path
 FROM pg_proc p
 WHERE p.pronamespace = 'deploy'::regnamespace

@@ -19,7 +19,8 @@ SELECT r - 'duration_ms' - 'failed' - 'undone' AS result,
        jsonb_path_query_array(r, '$.undone[*].version') AS undone
 FROM deploy.up(app_version => 'bad-release') AS r;
 -- The failed deployment and its error persist; nothing of the batch stays.
-SELECT id, state, app_version, version_before, version_after, error - 'duration_ms' AS error, finished_at IS NOT NULL AS finished
+SELECT id, state, app_version, version_before, version_after, (error || coalesce(error_private, '{}')) - 'duration_ms' AS error,
+       finished_at IS NOT NULL AS finished
 FROM deploy.deployments ORDER BY id;
 SELECT version FROM deploy.applied ORDER BY sort_key;
 SELECT to_regclass('app.good') AS good_table, (SELECT count(*) FROM app.base) AS base_rows;

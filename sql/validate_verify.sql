@@ -45,17 +45,18 @@ SELECT deploy.verify('99');
 SELECT deploy.verify('not a version');
 \echo :LAST_ERROR_SQLSTATE
 -- A verify script that tries to commit is a failure of that script, not of the function.
-UPDATE deploy.migrations SET verify_sql = 'COMMIT' WHERE version = '3';
+UPDATE deploy.migrations SET verify_sql = 'COMMIT', verify_checksum = deploy.checksum('COMMIT') WHERE version = '3';
 SELECT r->>'version' AS version, r->>'ok' AS ok, r->>'sqlstate' AS sqlstate
 FROM jsonb_array_elements(deploy.verify('3')->'results') r;
-UPDATE deploy.migrations SET verify_sql = NULL WHERE version = '3';
+UPDATE deploy.migrations SET verify_sql = NULL, verify_checksum = NULL WHERE version = '3';
 -- The session's statement_timeout bounds a verify call.
-UPDATE deploy.migrations SET verify_sql = 'SELECT pg_sleep(5)' WHERE version = '3';
+UPDATE deploy.migrations SET verify_sql = 'SELECT pg_sleep(5)', verify_checksum = deploy.checksum('SELECT pg_sleep(5)')
+WHERE version = '3';
 SET statement_timeout = '100ms';
 SELECT deploy.verify('3');
 \echo :LAST_ERROR_SQLSTATE
 RESET statement_timeout;
-UPDATE deploy.migrations SET verify_sql = NULL WHERE version = '3';
+UPDATE deploy.migrations SET verify_sql = NULL, verify_checksum = NULL WHERE version = '3';
 
 -- validate finds each kind of problem.
 -- 1. Out of order: 2.5 sorts between 2 and 3 (natural order) and is not applied: a migration merged late.

@@ -19,6 +19,20 @@ $roles$;
 REVOKE ALL ON SCHEMA deploy FROM PUBLIC;
 GRANT USAGE ON SCHEMA deploy TO deploy_reader, deploy_admin;
 
+-- The actor recorded on every ledger row: the role the session acts as (extension/src/pg/roles.cpp). Not
+-- current_user, which is the extension's owner wherever the engine or a SECURITY DEFINER function writes.
+CREATE FUNCTION deploy.acting_role()
+RETURNS name
+LANGUAGE c STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pgdeploy_acting_role';
+
+-- The one table of input length limits (extension/src/pg/limits.cpp; docs/sql-reference.md, "Limits"): raises 22001
+-- naming the argument and its limit when value is longer. NULL passes.
+CREATE FUNCTION deploy.check_input_length(argument text, value text)
+RETURNS void
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pgdeploy_check_input_length';
+
 -- The catalog of known migrations. up/down/verify SQL are what the files said at registration time.
 CREATE TABLE deploy.migrations (
     version        text        PRIMARY KEY,
@@ -28,12 +42,16 @@ CREATE TABLE deploy.migrations (
     down_sql       text,                                     -- NULL: irreversible
     verify_sql     text,
     checksum       text        NOT NULL,                     -- hex sha256 of up_sql
+    down_checksum  text,                                     -- hex sha256 of down_sql (NULL with it)
+    verify_checksum text,                                    -- hex sha256 of verify_sql (NULL with it)
     transactional  boolean     NOT NULL DEFAULT true,
     reversibility  text        NOT NULL DEFAULT 'reversible'
                    CHECK (reversibility IN ('reversible', 'lossy', 'irreversible')),
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    registered_by  name        NOT NULL DEFAULT current_user,
-    CHECK (reversibility = 'irreversible' OR down_sql IS NOT NULL)
+    registered_by  name        NOT NULL DEFAULT deploy.acting_role(),
+    CHECK (reversibility = 'irreversible' OR down_sql IS NOT NULL),
+    CHECK ((down_sql IS NULL) = (down_checksum IS NULL)),
+    CHECK ((verify_sql IS NULL) = (verify_checksum IS NULL))
 );
 
 -- One row per operation that changes the schema version or the app version: up, down, rollback, baseline.
@@ -45,12 +63,13 @@ CREATE TABLE deploy.deployments (
                     CHECK (state IN ('running', 'succeeded', 'failed', 'rolled_back')),
     started_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at     timestamptz,
-    started_by      name        NOT NULL DEFAULT current_user,
+    started_by      name        NOT NULL DEFAULT deploy.acting_role(),
     version_before  text,
     version_after   text,
     reverts         bigint,      -- kind = rollback: the deployment it undid (no FK: keeps pg_dump simple)
     rolled_back_by  bigint,      -- state = rolled_back: the rollback deployment that did it
-    error           jsonb,                                           -- {"version","sqlstate","message",...}
+    error           jsonb,          -- {"version","name","sqlstate","message"}: what readers may see
+    error_private   jsonb,          -- {"detail","hint","context"}: may quote values from the SQL; admins only
     metadata        jsonb       NOT NULL DEFAULT '{}'
 );
 CREATE INDEX deployments_state_idx ON deploy.deployments (state, id);
@@ -63,13 +82,15 @@ CREATE TABLE deploy.applied (
     name           text             NOT NULL,
     checksum       text             NOT NULL,
     down_sql       text,
+    down_checksum  text,            -- hex sha256 of down_sql at apply time: a drifted body is never run
     reversibility  text             NOT NULL,
     transactional  boolean          NOT NULL DEFAULT true,
     deployment_id  bigint           NOT NULL REFERENCES deploy.deployments (id),
     applied_at     timestamptz      NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    applied_by     name             NOT NULL DEFAULT current_user,
+    applied_by     name             NOT NULL DEFAULT deploy.acting_role(),
     duration_ms    double precision NOT NULL DEFAULT 0,
-    baseline       boolean          NOT NULL DEFAULT false
+    baseline       boolean          NOT NULL DEFAULT false,
+    CHECK ((down_sql IS NULL) = (down_checksum IS NULL))
 );
 CREATE INDEX applied_deployment_idx ON deploy.applied (deployment_id);
 
@@ -100,12 +121,13 @@ CREATE TABLE deploy.rollback_markers (
     details         jsonb       NOT NULL DEFAULT '{}',
     state           text        NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'in_progress', 'done', 'failed', 'needs_attention')),
-    requested_by    name        NOT NULL DEFAULT current_user,
+    requested_by    name        NOT NULL DEFAULT deploy.acting_role(),
     requested_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     holder          text,
     lease_until     timestamptz,
     attempts        integer     NOT NULL DEFAULT 0,
-    last_error      jsonb,
+    last_error      jsonb,          -- {"sqlstate","message",...}: what readers may see
+    last_error_private jsonb,       -- detail, hint, context of last_error: admins only
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     resolved_by     name,
     resolution      text
@@ -136,8 +158,9 @@ CREATE TABLE deploy.events (
     deployment_id  bigint,
     version        text,
     marker_id      bigint,
-    actor          name        NOT NULL DEFAULT current_user,
-    details        jsonb       NOT NULL DEFAULT '{}'
+    actor          name        NOT NULL DEFAULT deploy.acting_role(),
+    details        jsonb       NOT NULL DEFAULT '{}',
+    private_details jsonb       -- what readers must not see: error detail and context, hook output (admins only)
 );
 CREATE INDEX events_deployment_idx ON deploy.events (deployment_id) WHERE deployment_id IS NOT NULL;
 CREATE INDEX events_marker_idx ON deploy.events (marker_id) WHERE marker_id IS NOT NULL;

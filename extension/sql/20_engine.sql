@@ -1,6 +1,7 @@
 -- pg_deploy install script, part 20: the C++ engine's SQL-callable functions (extension/src/pg/*.cpp).
--- All are SECURITY INVOKER: migration SQL runs with the caller's rights. The C code pins search_path for its own
--- queries and leaves the caller's search_path to the migration SQL, so no SET clause here.
+-- All are SECURITY INVOKER: migration SQL runs with the caller's rights and search_path. The C code runs its own
+-- queries as the extension's owner with name resolution pinned to pg_catalog (extension/src/pg/spi.cpp), so no SET
+-- clause here.
 -- Nothing is granted to PUBLIC; reader functions go to deploy_reader, the rest to deploy_admin.
 
 CREATE FUNCTION deploy.version_key(version text)
@@ -9,6 +10,14 @@ LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'pgdeploy_version_key';
 REVOKE ALL ON FUNCTION deploy.version_key(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deploy.version_key(text) TO deploy_reader, deploy_admin;
+
+-- The checksum of stored SQL (hex SHA-256; the engine's own definition, extension/src/pg/engine.cpp).
+CREATE FUNCTION deploy.checksum(body text)
+RETURNS text
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pgdeploy_checksum';
+REVOKE ALL ON FUNCTION deploy.checksum(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deploy.checksum(text) TO deploy_reader, deploy_admin;
 
 CREATE FUNCTION deploy.register(version text, name text, up_sql text, down_sql text DEFAULT NULL,
                                 verify_sql text DEFAULT NULL, transactional boolean DEFAULT NULL,

@@ -3,10 +3,15 @@
 -- deploy.validate compares the ledger with the catalog: an applied migration whose registered SQL changed since
 -- (checksum drift), an applied migration that is no longer registered (its files were removed), and a registered
 -- migration older than the newest applied one that was never applied (a merge that landed late). It reads only
--- the columns a deploy_reader may see, so readers and monitoring can run it.
+-- (a merge that landed late). It also recomputes the checksum of every stored body, up, down and verify SQL in the
+-- catalog and down SQL in the ledger, and reports one that no longer matches (stored_sql_drift: the body was changed
+-- outside pg_deploy, by a table owner or a tampered restore; down/rollback/verify refuse to run it). It is SECURITY
+-- DEFINER so that readers and monitoring can run it: it reads the bodies to hash them but returns only versions,
+-- names and checksums.
 CREATE FUNCTION deploy.validate()
 RETURNS jsonb
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     WITH newest AS (
@@ -31,6 +36,27 @@ AS $fn$
         WHERE m.sort_key < n.sort_key
           AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
         UNION ALL
+        SELECT s.sort_key, 0,
+               jsonb_build_object('kind', 'stored_sql_drift', 'version', s.version, 'name', s.name, 'part', s.part,
+                                  'stored_in', s.stored_in)
+        FROM (SELECT m.sort_key, m.version, m.name, 'up_sql' AS part, 'migrations' AS stored_in
+              FROM deploy.migrations m WHERE deploy.checksum(m.up_sql) IS DISTINCT FROM m.checksum
+              UNION ALL
+              SELECT m.sort_key, m.version, m.name, 'down_sql', 'migrations'
+              FROM deploy.migrations m
+              WHERE (m.down_sql IS NOT NULL OR m.down_checksum IS NOT NULL)
+                AND deploy.checksum(m.down_sql) IS DISTINCT FROM m.down_checksum
+              UNION ALL
+              SELECT m.sort_key, m.version, m.name, 'verify_sql', 'migrations'
+              FROM deploy.migrations m
+              WHERE (m.verify_sql IS NOT NULL OR m.verify_checksum IS NOT NULL)
+                AND deploy.checksum(m.verify_sql) IS DISTINCT FROM m.verify_checksum
+              UNION ALL
+              SELECT a.sort_key, a.version, a.name, 'down_sql', 'applied'
+              FROM deploy.applied a
+              WHERE (a.down_sql IS NOT NULL OR a.down_checksum IS NOT NULL)
+                AND deploy.checksum(a.down_sql) IS DISTINCT FROM a.down_checksum) s
+        UNION ALL
         SELECT NULL, 4,
                jsonb_build_object('kind', 'applied_count_mismatch', 'counted', c.n, 'recorded', s.n)
         FROM (SELECT coalesce((SELECT applied_count FROM deploy.ledger_stats), 0) AS n) s,
@@ -44,79 +70,11 @@ AS $fn$
 $fn$;
 
 -- deploy.verify runs the verify SQL of applied migrations against the live schema and undoes whatever it did: each
--- script runs in a subtransaction that is always rolled back, by raising a private SQLSTATE after a success. A
--- verify script passes when it raises no error (write checks as "SELECT 1/count(*) ..." or a DO block that raises).
--- The session's statement_timeout bounds the whole call (PostgreSQL arms that timer per top-level statement, so a
--- per-script limit cannot be set from PL/pgSQL).
+-- script runs in a subtransaction that is always rolled back (extension/src/pg/verify.cpp). A verify script passes
+-- when it raises no error (write checks as "SELECT 1/count(*) ..." or a DO block that raises). Scripts run with the
+-- caller's rights and search_path, each under pg_deploy.statement_timeout when set; a script that no longer matches
+-- its checksum is not run (PD001).
 CREATE FUNCTION deploy.verify(version text DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql
--- No SET search_path: this function runs user SQL (migration, down or verify scripts), which must see the
--- caller's search_path. Its own references are schema-qualified; it is SECURITY INVOKER, so a caller's path can only
--- mislead the caller.
-AS $fn$
-DECLARE
-    only_version  text := version;
-    target        record;
-    results       jsonb := '[]';
-    failures      integer := 0;
-    checked       integer := 0;
-    started       timestamptz;
-    elapsed_ms    double precision;
-    err_state     text;
-    err_message   text;
-    err_detail    text;
-BEGIN
-    IF only_version IS NOT NULL THEN
-        PERFORM deploy.check_version_arg(only_version, 'version');
-        IF NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = only_version) THEN
-            RAISE EXCEPTION 'migration % is not applied', only_version
-                USING ERRCODE = 'P0002', HINT = 'deploy.verify() checks applied migrations only.';
-        END IF;
-    END IF;
-
-    FOR target IN
-        SELECT a.version, a.name, m.verify_sql, m.version IS NOT NULL AS registered
-        FROM deploy.applied a LEFT JOIN deploy.migrations m ON m.version = a.version
-        WHERE only_version IS NULL OR a.version = only_version
-        ORDER BY a.sort_key
-    LOOP
-        IF target.verify_sql IS NULL OR btrim(target.verify_sql) = '' THEN
-            results := results || jsonb_build_object('version', target.version, 'name', target.name,
-                                                     'ok', NULL, 'skipped', true,
-                                                     'reason', CASE WHEN target.registered THEN 'no verify SQL'
-                                                                    ELSE 'no longer registered' END);
-            CONTINUE;
-        END IF;
-        checked := checked + 1;
-        started := clock_timestamp();
-        err_state := NULL;
-        BEGIN
-            EXECUTE target.verify_sql;
-            -- Success: undo the script's effects by leaving the subtransaction in error.
-            RAISE EXCEPTION 'pg_deploy verify rollback' USING ERRCODE = 'PDV99';
-        EXCEPTION
-            WHEN SQLSTATE 'PDV99' THEN
-                NULL;
-            WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
-                                        err_detail = PG_EXCEPTION_DETAIL;
-        END;
-        elapsed_ms := round((extract(epoch FROM clock_timestamp() - started) * 1000)::numeric, 3);
-        IF err_state IS NULL THEN
-            results := results || jsonb_build_object('version', target.version, 'name', target.name, 'ok', true,
-                                                     'skipped', false, 'duration_ms', elapsed_ms);
-        ELSE
-            failures := failures + 1;
-            results := results || jsonb_build_object('version', target.version, 'name', target.name, 'ok', false,
-                                                     'skipped', false, 'sqlstate', err_state,
-                                                     'message', err_message, 'detail', nullif(err_detail, ''),
-                                                     'duration_ms', elapsed_ms);
-            RAISE WARNING 'verify of migration % failed: % (SQLSTATE %)', target.version, err_message, err_state;
-        END IF;
-    END LOOP;
-
-    RETURN jsonb_build_object('schema_version', 1, 'operation', 'verify', 'ok', failures = 0,
-                              'checked', checked, 'failed', failures, 'results', results);
-END
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_verify';

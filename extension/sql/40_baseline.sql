@@ -7,6 +7,7 @@
 CREATE FUNCTION deploy.baseline(through text, app_version text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -18,6 +19,7 @@ DECLARE
     started         timestamptz := clock_timestamp();
 BEGIN
     PERFORM deploy.check_version_arg(through, 'through');
+    PERFORM deploy.check_input_length('app_version', app_version);
     PERFORM deploy.wait_for_deploy_lock('baseline');
 
     SELECT m.sort_key INTO through_key FROM deploy.migrations m WHERE m.version = through;
@@ -46,10 +48,10 @@ BEGIN
                              jsonb_build_object('kind', 'baseline', 'app_version', app_version, 'through', through));
 
     WITH inserted AS (
-        INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, transactional,
-                                    deployment_id, duration_ms, baseline)
-        SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, m.reversibility, m.transactional,
-               new_deployment, 0, true
+        INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, down_checksum, reversibility,
+                                    transactional, deployment_id, duration_ms, baseline)
+        SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, m.down_checksum, m.reversibility,
+               m.transactional, new_deployment, 0, true
         FROM deploy.migrations m
         WHERE m.sort_key <= through_key
         RETURNING version, sort_key

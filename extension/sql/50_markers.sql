@@ -126,6 +126,7 @@ $fn$;
 CREATE FUNCTION deploy.request_rollback(reason text, deployment_id bigint DEFAULT NULL, details jsonb DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 #variable_conflict use_column
@@ -143,6 +144,8 @@ BEGIN
     IF jsonb_typeof(extra) <> 'object' THEN
         RAISE EXCEPTION 'details must be a JSON object, not %', jsonb_typeof(extra) USING ERRCODE = '22023';
     END IF;
+    PERFORM deploy.check_input_length('reason', reason);
+    PERFORM deploy.check_input_length('details', extra::text);
     IF target_id IS NULL THEN
         target_id := deploy.newest_revertible_deployment();
         IF target_id IS NULL THEN
@@ -201,6 +204,7 @@ $fn$;
 CREATE FUNCTION deploy.claim_marker(holder text, lease interval DEFAULT '5 min', marker_id bigint DEFAULT NULL)
 RETURNS SETOF deploy.rollback_markers
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -212,9 +216,7 @@ BEGIN
     IF holder IS NULL OR btrim(holder) = '' THEN
         RAISE EXCEPTION 'holder must not be NULL or empty' USING ERRCODE = CASE WHEN holder IS NULL THEN '22004' ELSE '22023' END;
     END IF;
-    IF length(holder) > 200 THEN
-        RAISE EXCEPTION 'holder must be at most 200 characters' USING ERRCODE = '22023';
-    END IF;
+    PERFORM deploy.check_input_length('holder', holder);
     IF lease IS NULL THEN
         RAISE EXCEPTION 'lease must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -273,6 +275,7 @@ $fn$;
 CREATE FUNCTION deploy.renew_lease(marker_id bigint, holder text, lease interval DEFAULT '5 min')
 RETURNS timestamptz
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -315,12 +318,14 @@ DECLARE
 BEGIN
     new_state := CASE WHEN retryable AND marker.attempts < max_attempts THEN 'failed' ELSE 'needs_attention' END;
     UPDATE deploy.rollback_markers k
-    SET state = new_state, last_error = failure, lease_until = NULL, updated_at = clock_timestamp()
+    SET state = new_state, last_error = deploy.public_error(failure), last_error_private = deploy.private_error(failure),
+        lease_until = NULL, updated_at = clock_timestamp()
     WHERE k.id = marker.id;
     PERFORM deploy.log_event(CASE new_state WHEN 'failed' THEN 'marker_failed' ELSE 'marker_needs_attention' END,
                              marker.deployment_id, NULL, marker.id,
                              jsonb_build_object('attempt', marker.attempts, 'max_attempts', max_attempts,
-                                                'retryable', retryable, 'error', failure));
+                                                'retryable', retryable, 'error', deploy.public_error(failure)),
+                             deploy.private_error(failure));
     RAISE WARNING 'rollback marker % failed (attempt %/%): %', marker.id, marker.attempts, max_attempts,
                   coalesce(failure->>'message', failure::text)
         USING DETAIL = CASE new_state WHEN 'failed' THEN 'The marker can be claimed and executed again.'
@@ -329,52 +334,54 @@ BEGIN
 END
 $fn$;
 
--- deploy.execute_rollback performs a marker: reverts its deployment through deploy.rollback() (the same revert code
--- as a manual rollback) and records the outcome on the marker. It is idempotent: a done marker is a no-op, a marker
--- whose deployment is already rolled back is closed as done, and a half-reverted deployment is continued by
--- deploy.rollback (it reverts what is still applied). A failing revert does not raise: the marker's failed state,
--- attempt count and error must persist, so the result says ok:false and a WARNING tells psql users.
-CREATE FUNCTION deploy.execute_rollback(marker_id bigint, holder text DEFAULT NULL, force boolean DEFAULT false)
+-- deploy.execute_rollback(marker_id, holder, force) performs a marker: it reverts the marker's deployment through
+-- deploy.rollback() (the same revert code as a manual rollback) and records the outcome on the marker. It is
+-- idempotent: a done marker is a no-op, a marker whose deployment is already rolled back is closed as done, and a
+-- half-reverted deployment is continued by deploy.rollback (it reverts what is still applied). A failing revert does
+-- not raise: the marker's failed state, attempt count and error must persist, so the result says ok:false and a
+-- WARNING tells psql users.
+--
+-- It is C (extension/src/pg/markers.cpp) so that the down SQL runs with the caller's rights and search_path while
+-- every statement of its own runs pinned: it calls the two steps below as the extension's owner and deploy.rollback()
+-- as the caller. The steps are granted to nobody.
+
+-- deploy.execute_rollback_begin checks, locks and claims the marker, and decides what is left to do. It returns
+-- {"result": ...} when the call is over (done already, deployment already rolled back), otherwise the plan:
+-- {"marker_id", "deployment_id", "reason", "force"} and, when the deployment may not be rolled back, "refusal" (the
+-- failure to record) with "retryable".
+CREATE FUNCTION deploy.execute_rollback_begin(marker_id bigint, holder text, force boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
--- No SET search_path: this function runs user SQL (migration, down or verify scripts), which must see the
--- caller's search_path. Its own references are schema-qualified; it is SECURITY INVOKER, so a caller's path can only
--- mislead the caller.
+SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     now_ts       timestamptz;
     m            deploy.rollback_markers;
     d            record;
     eligibility  jsonb;
-    outcome      jsonb;
-    failure      jsonb;
-    retryable    boolean := true;
-    final_state  text;
     who          text := coalesce(holder, session_user || '@pid' || pg_backend_pid());
-    err_state    text;
-    err_message  text;
-    err_detail   text;
-    err_hint     text;
 BEGIN
-    IF execute_rollback.marker_id IS NULL THEN
+    IF execute_rollback_begin.marker_id IS NULL THEN
         RAISE EXCEPTION 'marker_id must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF force IS NULL THEN
         RAISE EXCEPTION 'force must not be NULL' USING ERRCODE = '22004';
     END IF;
+    PERFORM deploy.check_input_length('holder', holder);
     PERFORM deploy.wait_for_deploy_lock('execute_rollback');
 
-    SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = execute_rollback.marker_id FOR UPDATE;
+    SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = execute_rollback_begin.marker_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown marker %', execute_rollback.marker_id USING ERRCODE = 'P0002';
+        RAISE EXCEPTION 'unknown marker %', execute_rollback_begin.marker_id USING ERRCODE = 'P0002';
     END IF;
     now_ts := clock_timestamp();
 
     IF m.state = 'done' THEN
-        RETURN jsonb_build_object('schema_version', 1, 'operation', 'execute_rollback', 'ok', true,
-                                  'already_done', true, 'marker_id', m.id, 'deployment_id', m.deployment_id,
-                                  'state', m.state, 'resolution', m.resolution, 'attempts', m.attempts,
-                                  'rollback', NULL, 'error', NULL);
+        RETURN jsonb_build_object('result', jsonb_build_object(
+            'schema_version', 1, 'operation', 'execute_rollback', 'ok', true,
+            'already_done', true, 'marker_id', m.id, 'deployment_id', m.deployment_id,
+            'state', m.state, 'resolution', m.resolution, 'attempts', m.attempts,
+            'rollback', NULL, 'error', NULL));
     ELSIF m.state = 'needs_attention' THEN
         RAISE EXCEPTION 'marker % needs attention after % attempts and is not executed again', m.id, m.attempts
             USING ERRCODE = 'PD007', DETAIL = coalesce(m.last_error->>'message', ''),
@@ -403,16 +410,17 @@ BEGIN
         UPDATE deploy.rollback_markers k
         SET state = 'done', resolution = CASE WHEN d.state = 'rolled_back' THEN 'already_rolled_back'
                                               ELSE 'nothing_applied' END,
-            resolved_by = current_user, lease_until = NULL, updated_at = clock_timestamp()
+            resolved_by = deploy.acting_role(), lease_until = NULL, updated_at = clock_timestamp()
         WHERE k.id = m.id
         RETURNING * INTO m;
         PERFORM deploy.log_event('marker_done', m.deployment_id, NULL, m.id,
                                  jsonb_build_object('resolution', m.resolution, 'rolled_back_by', d.rolled_back_by,
                                                     'attempt', m.attempts));
-        RETURN jsonb_build_object('schema_version', 1, 'operation', 'execute_rollback', 'ok', true,
-                                  'already_done', false, 'already_rolled_back', true, 'marker_id', m.id,
-                                  'deployment_id', m.deployment_id, 'state', m.state, 'resolution', m.resolution,
-                                  'attempts', m.attempts, 'rollback', NULL, 'error', NULL);
+        RETURN jsonb_build_object('result', jsonb_build_object(
+            'schema_version', 1, 'operation', 'execute_rollback', 'ok', true,
+            'already_done', false, 'already_rolled_back', true, 'marker_id', m.id,
+            'deployment_id', m.deployment_id, 'state', m.state, 'resolution', m.resolution,
+            'attempts', m.attempts, 'rollback', NULL, 'error', NULL));
     END IF;
 
     eligibility := deploy.rollback_eligibility(d.id);
@@ -420,40 +428,57 @@ BEGIN
        AND NOT (force AND (eligibility->>'eligible_with_force')::boolean) THEN
         -- Retrying cannot change a refusal (window, irreversible, later deployments), except a deployment that is
         -- still running.
-        retryable := NOT jsonb_path_exists(eligibility, '$.reasons[*] ? (@.code != "still_running")');
-        failure := jsonb_build_object('sqlstate', CASE WHEN eligibility->'reasons' @> '[{"code":"outside_window"}]'
-                                                     THEN 'PD006'
-                                                     WHEN eligibility->'reasons' @> '[{"code":"irreversible"}]'
-                                                     THEN 'PD002' ELSE '55000' END,
-                                    'message', 'rollback not eligible: ' ||
-                                               (SELECT string_agg(r->>'message', '; ')
-                                                FROM jsonb_array_elements(eligibility->'reasons') r),
-                                    'reasons', eligibility->'reasons', 'at', clock_timestamp());
-    ELSE
-        BEGIN
-            outcome := deploy.rollback(deployment_id => d.id, force => force, reason => m.reason);
-            IF coalesce((outcome->>'ok')::boolean, false) IS NOT TRUE THEN
-                failure := coalesce(outcome->'failed', outcome->'error', '{}'::jsonb)
-                         || jsonb_build_object('message', coalesce(outcome->'failed'->>'message',
-                                                                   outcome->'error'->>'message',
-                                                                   'deploy.rollback returned ok:false'),
-                                               'at', clock_timestamp());
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
-                                    err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
-            failure := jsonb_build_object('sqlstate', err_state, 'message', err_message,
-                                        'detail', nullif(err_detail, ''), 'hint', nullif(err_hint, ''),
-                                        'at', clock_timestamp());
-            -- Refusals that a retry cannot fix go straight to needs_attention.
-            retryable := err_state NOT IN ('PD002', 'PD006', '55000', 'P0002', '22023', '22004', '42501');
-        END;
+        RETURN jsonb_build_object(
+            'marker_id', m.id, 'deployment_id', d.id, 'reason', m.reason, 'force', force,
+            'retryable', NOT jsonb_path_exists(eligibility, '$.reasons[*] ? (@.code != "still_running")'),
+            'refusal', jsonb_build_object(
+                'sqlstate', CASE WHEN eligibility->'reasons' @> '[{"code":"outside_window"}]' THEN 'PD006'
+                                 WHEN eligibility->'reasons' @> '[{"code":"irreversible"}]' THEN 'PD002'
+                                 ELSE '55000' END,
+                'message', 'rollback not eligible: ' ||
+                           (SELECT string_agg(r->>'message', '; ') FROM jsonb_array_elements(eligibility->'reasons') r),
+                'reasons', eligibility->'reasons', 'at', clock_timestamp()));
+    END IF;
+    RETURN jsonb_build_object('marker_id', m.id, 'deployment_id', d.id, 'reason', m.reason, 'force', force,
+                              'refusal', NULL);
+END
+$fn$;
+
+-- deploy.execute_rollback_end records the outcome of the attempt that execute_rollback_begin planned: `outcome` is
+-- what deploy.rollback() returned (NULL when it raised or did not run), `raised` the error it raised (NULL if none).
+CREATE FUNCTION deploy.execute_rollback_end(plan jsonb, outcome jsonb, raised jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    m            deploy.rollback_markers;
+    failure      jsonb;
+    retryable    boolean := true;
+    final_state  text;
+BEGIN
+    SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = (plan->>'marker_id')::bigint FOR UPDATE;
+    IF plan->'refusal' IS NOT NULL AND jsonb_typeof(plan->'refusal') = 'object' THEN
+        failure := plan->'refusal';
+        retryable := (plan->>'retryable')::boolean;
+    ELSIF raised IS NOT NULL THEN
+        failure := raised || jsonb_build_object('at', clock_timestamp());
+        -- Refusals that a retry cannot fix go straight to needs_attention.
+        retryable := raised->>'sqlstate' NOT IN ('PD001', 'PD002', 'PD006', '55000', 'P0002', '22023', '22004',
+                                                 '22001', '42501');
+    ELSIF coalesce((outcome->>'ok')::boolean, false) IS NOT TRUE THEN
+        failure := coalesce(outcome->'failed', outcome->'error', '{}'::jsonb)
+                 || jsonb_build_object('message', coalesce(outcome->'failed'->>'message', outcome->'error'->>'message',
+                                                           'deploy.rollback returned ok:false'),
+                                       'at', clock_timestamp());
+        -- Stored down SQL that no longer matches its checksum is never run: retrying cannot help.
+        retryable := coalesce(failure->>'sqlstate', '') <> 'PD001';
     END IF;
 
     IF failure IS NULL THEN
         UPDATE deploy.rollback_markers k
-        SET state = 'done', resolution = 'rolled_back', resolved_by = current_user, last_error = NULL,
-            lease_until = NULL, updated_at = clock_timestamp()
+        SET state = 'done', resolution = 'rolled_back', resolved_by = deploy.acting_role(), last_error = NULL,
+            last_error_private = NULL, lease_until = NULL, updated_at = clock_timestamp()
         WHERE k.id = m.id
         RETURNING * INTO m;
         PERFORM deploy.log_event('marker_done', m.deployment_id, NULL, m.id,
@@ -471,12 +496,18 @@ BEGIN
 END
 $fn$;
 
+CREATE FUNCTION deploy.execute_rollback(marker_id bigint, holder text DEFAULT NULL, force boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_execute_rollback';
+
 -- deploy.resolve_marker is the manual way out for a marker that automation cannot finish: a DBA reverted by hand
 -- ('done') or decided not to roll back ('abandoned'). The marker's state becomes done either way (it is closed);
 -- the resolution and the note say which, and who decided.
 CREATE FUNCTION deploy.resolve_marker(marker_id bigint, resolution text, note text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -486,6 +517,7 @@ BEGIN
     IF resolve_marker.marker_id IS NULL OR resolve_marker.resolution IS NULL THEN
         RAISE EXCEPTION 'marker_id and resolution must not be NULL' USING ERRCODE = '22004';
     END IF;
+    PERFORM deploy.check_input_length('note', note);
     IF resolve_marker.resolution NOT IN ('done', 'abandoned') THEN
         RAISE EXCEPTION 'resolution must be ''done'' or ''abandoned'', not %', quote_literal(resolve_marker.resolution)
             USING ERRCODE = '22023';
@@ -505,7 +537,7 @@ BEGIN
     END IF;
 
     UPDATE deploy.rollback_markers k
-    SET state = 'done', resolution = resolve_marker.resolution, resolved_by = current_user, lease_until = NULL,
+    SET state = 'done', resolution = resolve_marker.resolution, resolved_by = deploy.acting_role(), lease_until = NULL,
         details = k.details || jsonb_build_object('resolution_note', note, 'resolved_from', m.state),
         updated_at = now_ts
     WHERE k.id = m.id

@@ -8,7 +8,8 @@
 -- run share metadata {"run_id": ...}, and the checkpoint rows (step 0 = "the whole migration") link them.
 --
 -- The procedure itself carries no SET clause, because PostgreSQL forbids COMMIT in a procedure that has one; it only
--- loops and commits, and all of its queries run in the helpers below, which pin search_path.
+-- loops and commits, calls the helpers below schema-qualified with arguments of their exact types, and uses no
+-- operator, so nothing on the caller's search_path can stand in for anything it calls.
 
 -- deploy.run_begin validates the arguments once and starts the run's state document.
 CREATE FUNCTION deploy.run_begin(target text, app_version text)
@@ -34,106 +35,13 @@ BEGIN
 END
 $fn$;
 
--- deploy.run_step applies the next pending migration (up to target) through deploy.up() and records its checkpoint.
--- It returns the run's state with "continue" telling the procedure whether to go on after committing.
+-- deploy.run_step applies the next pending migration (up to target) through deploy.up() and records its checkpoint
+-- (extension/src/pg/run.cpp: up() runs as the caller, the checkpoint is written as the extension's owner). It returns
+-- the run's state with "continue" telling the procedure whether to go on after committing.
 CREATE FUNCTION deploy.run_step(state jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql
--- No SET search_path: this function runs user SQL (migration, down or verify scripts), which must see the
--- caller's search_path. Its own references are schema-qualified; it is SECURITY INVOKER, so a caller's path can only
--- mislead the caller.
-AS $fn$
-DECLARE
-    target        text := state->>'target';
-    target_key    text;
-    current_key   text;
-    out_of_order  boolean := coalesce(nullif(current_setting('pg_deploy.allow_out_of_order', true), ''),
-                                      'off')::boolean;
-    next_row      record;
-    step_no       integer := (state->>'steps')::integer + 1;
-    started       timestamptz := clock_timestamp();
-    outcome       jsonb;
-    new_checkpoint bigint;
-BEGIN
-    IF target IS NOT NULL THEN
-        SELECT m.sort_key INTO target_key FROM deploy.migrations m WHERE m.version = target;
-    END IF;
-    SELECT a.sort_key INTO current_key FROM deploy.applied a ORDER BY a.sort_key DESC LIMIT 1;
-
-    SELECT m.version, m.name, m.transactional INTO next_row
-    FROM deploy.migrations m
-    WHERE (current_key IS NULL OR m.sort_key > current_key OR out_of_order)
-      AND (target_key IS NULL OR m.sort_key <= target_key)
-      AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
-    ORDER BY m.sort_key
-    LIMIT 1;
-
-    IF NOT FOUND THEN
-        RETURN state || jsonb_build_object('continue', false);
-    END IF;
-    IF next_row.version = state->>'last_version' THEN
-        -- deploy.up() returned success without applying it: stop rather than loop.
-        RETURN state || jsonb_build_object('continue', false, 'ok', false,
-                                           'failed', jsonb_build_object('version', next_row.version,
-                                               'name', next_row.name, 'sqlstate', '55000',
-                                               'message', 'deploy.up() did not apply this migration'));
-    END IF;
-    IF NOT next_row.transactional THEN
-        RETURN state || jsonb_build_object('continue', false,
-            'awaiting_nontransactional', jsonb_build_object('version', next_row.version, 'name', next_row.name,
-                'hint', 'non-transactional migrations run at top level: pgdeploy up (or deploy.next_step() '
-                        'from psql), then CALL deploy.run() again'));
-    END IF;
-
-    outcome := deploy.up(target => next_row.version, app_version => state->>'app_version',
-                         metadata => jsonb_build_object('run_id', state->>'run_id', 'run_step', step_no));
-
-    IF coalesce((outcome->>'ok')::boolean, false)
-       AND NOT coalesce(jsonb_path_exists(outcome, '$.applied[*] ? (@.version == $v)',
-                                          jsonb_build_object('v', next_row.version)), false) THEN
-        -- up() succeeded without applying it (nothing pending in its view: someone else applied it meanwhile, or
-        -- it is waiting for non-transactional steps): the run is over; say what up() said.
-        RETURN state || jsonb_build_object('continue', false,
-                                           'awaiting_nontransactional', outcome->'awaiting_nontransactional');
-    END IF;
-    IF coalesce((outcome->>'ok')::boolean, false) THEN
-        INSERT INTO deploy.checkpoints (deployment_id, version, step, statement, state, holder, started_at,
-                                        finished_at, attempts)
-        VALUES ((outcome->>'deployment_id')::bigint, next_row.version, 0,
-                format('deploy.up(target => %L)', next_row.version), 'done', state->>'run_id', started,
-                clock_timestamp(), 1)
-        RETURNING id INTO new_checkpoint;
-        PERFORM deploy.log_event('checkpoint_done', (outcome->>'deployment_id')::bigint, next_row.version, NULL,
-                                 jsonb_build_object('run_id', state->>'run_id', 'run_step', step_no,
-                                                    'checkpoint_id', new_checkpoint));
-        RETURN state || jsonb_build_object(
-            'steps', step_no, 'last_version', next_row.version,
-            'applied', (state->'applied') || jsonb_build_array(jsonb_build_object(
-                'version', next_row.version, 'name', next_row.name,
-                'deployment_id', outcome->'deployment_id',
-                'duration_ms', round((extract(epoch FROM clock_timestamp() - started) * 1000)::numeric, 3))));
-    END IF;
-
-    -- deploy.up() recorded the failed deployment (and warned); add the failed checkpoint so the run's trail is whole.
-    IF jsonb_typeof(outcome->'deployment_id') = 'number' THEN
-        INSERT INTO deploy.checkpoints (deployment_id, version, step, statement, state, holder, started_at,
-                                        finished_at, attempts, error)
-        VALUES ((outcome->>'deployment_id')::bigint, next_row.version, 0,
-                format('deploy.up(target => %L)', next_row.version), 'failed', state->>'run_id', started,
-                clock_timestamp(), 1, outcome->'failed')
-        RETURNING id INTO new_checkpoint;
-        PERFORM deploy.log_event('checkpoint_failed', (outcome->>'deployment_id')::bigint, next_row.version, NULL,
-                                 jsonb_build_object('run_id', state->>'run_id', 'run_step', step_no,
-                                                    'checkpoint_id', new_checkpoint,
-                                                    'sqlstate', outcome->'failed'->'sqlstate'));
-    END IF;
-    RETURN state || jsonb_build_object('continue', false, 'ok', false, 'steps', step_no,
-                                       'last_version', next_row.version,
-                                       'failed', coalesce(outcome->'failed', jsonb_build_object(
-                                           'version', next_row.version, 'message', 'deploy.up() failed')),
-                                       'failed_deployment_id', outcome->'deployment_id');
-END
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_run_step';
 
 -- deploy.run_finish turns the run's state into the result document.
 CREATE FUNCTION deploy.run_finish(state jsonb)

@@ -10,6 +10,7 @@ namespace pgdeploy {
 
 // SQLSTATEs used by pg_deploy (docs/architecture.md, "SQLSTATEs").
 namespace sqlstate {
+inline constexpr const char* string_too_long = "22001";
 inline constexpr const char* null_value = "22004";
 inline constexpr const char* invalid_parameter = "22023";
 inline constexpr const char* syntax_error = "42601";

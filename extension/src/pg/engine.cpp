@@ -2,12 +2,14 @@
 #include "pg_deploy/pg/engine.hpp"
 
 #include <cmath>
+#include <exception>
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/settings.hpp"
 
 extern "C" {
 #include "catalog/pg_type_d.h"
+#include "common/sha2.h"
 }
 
 namespace pgdeploy {
@@ -66,6 +68,70 @@ void EventLog::log(const char* kind, std::optional<int64_t> deployment_id, const
                p_jsonb(details.dump())});
 }
 
+void EventLog::log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
+                           const Json& failure) {
+    if (!failure_plan_.prepared()) {
+        failure_plan_ = Plan(
+            "SELECT deploy.log_event($1, $2, $3, NULL, deploy.public_error($4), deploy.private_error($4))",
+            {TEXTOID, INT8OID, TEXTOID, JSONBOID});
+    }
+    failure_plan_.run({p_text(std::string(kind)), p_int8(deployment_id), p_text(version), p_jsonb(failure.dump())});
+}
+
+std::string sha256_hex(const std::string& data) {
+    uint8 digest[PG_SHA256_DIGEST_LENGTH];
+    int rc = 0;
+    const char* error = nullptr;
+    const uint8* bytes = reinterpret_cast<const uint8*>(data.data());
+    size_t len = data.size();
+    pg_guard([&] {
+        pg_cryptohash_ctx* ctx = pg_cryptohash_create(PG_SHA256);
+        if (pg_cryptohash_init(ctx) < 0 || pg_cryptohash_update(ctx, bytes, len) < 0 ||
+            pg_cryptohash_final(ctx, digest, sizeof digest) < 0) {
+            rc = -1;
+            error = pg_cryptohash_error(ctx);
+        }
+        pg_cryptohash_free(ctx);
+    });
+    if (rc < 0)
+        throw DeployError(sqlstate::internal_error, std::string("sha256 failed: ") + (error ? error : "?"));
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    out.reserve(64);
+    for (uint8 b : digest) {
+        out += hex[b >> 4];
+        out += hex[b & 0xf];
+    }
+    return out;
+}
+
+bool intact(const Cell& body, const Cell& checksum) {
+    if (!body || !checksum)
+        return !body && !checksum;
+    return sha256_hex(*body) == *checksum;
+}
+
+SqlFailure drift_failure(const std::string& part, const std::string& version) {
+    SqlFailure f;
+    f.sqlstate = sqlstate::checksum_drift;
+    f.message = "stored " + part + " of migration " + version +
+                " does not match its checksum: it was changed outside pg_deploy and is not run";
+    f.hint = "Compare it with the migration's files; re-register the migration (deploy.register(..., replace => "
+             "true)) or restore the ledger from a backup. deploy.validate() lists every drifted body.";
+    return f;
+}
+
+namespace {
+
+/*
+ * checksum_impl: deploy.checksum(text), the checksum of stored SQL for SQL callers (deploy.validate()).
+ */
+Datum checksum_impl(FunctionCallInfo fcinfo) {
+    return PointerGetDatum(make_text(sha256_hex(text_arg(fcinfo, 0))));
+}
+
+}  // namespace
+
 int64_t now_us() {
     return static_cast<int64_t>(GetCurrentTimestamp());
 }
@@ -112,10 +178,18 @@ SqlFailure failure_from(const DeployError& e) {
     return f;
 }
 
-bool is_user_cancel(const PgError& e) {
-    ErrorData* d = e.data();
-    return d->sqlerrcode == ERRCODE_QUERY_CANCELED && d->message != nullptr &&
-           strstr(d->message, "statement timeout") == nullptr;
+namespace {
+
+// Set by a MigrationTimer that is unwound by an error after its own deadline passed: the cancel that error carries
+// is pg_deploy.statement_timeout's. Read (and cleared) by aborts_whole_call().
+bool migration_timeout_fired = false;
+
+}  // namespace
+
+bool aborts_whole_call(const PgError& e) {
+    bool ours = migration_timeout_fired;
+    migration_timeout_fired = false;
+    return e.data()->sqlerrcode == ERRCODE_QUERY_CANCELED && !ours;
 }
 
 MigrationTimer::MigrationTimer() {
@@ -123,6 +197,7 @@ MigrationTimer::MigrationTimer() {
         return;
     bool outer = false;
     TimestampTz outer_fin = 0;
+    TimestampTz own = 0;
     int ms = statement_timeout_ms;
     pg_guard([&] {
         outer = get_timeout_active(STATEMENT_TIMEOUT);
@@ -131,7 +206,12 @@ MigrationTimer::MigrationTimer() {
         TimestampTz fin = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
         if (!outer || fin < outer_fin)
             enable_timeout_at(STATEMENT_TIMEOUT, fin);
+        else
+            fin = 0;
+        own = fin;
     });
+    migration_timeout_fired = false;
+    own_finish_ = own;
     armed_ = true;
     outer_active_ = outer;
     outer_finish_ = outer_fin;
@@ -140,6 +220,8 @@ MigrationTimer::MigrationTimer() {
 MigrationTimer::~MigrationTimer() {
     if (!armed_)
         return;
+    if (own_finish_ != 0 && std::uncaught_exceptions() > 0 && GetCurrentTimestamp() >= own_finish_)
+        migration_timeout_fired = true;
     // disable/enable_timeout only touch the timer and signal state; they do not raise in practice, but the guard
     // keeps a surprise from longjmp'ing out of a destructor.
     bool outer = outer_active_;
@@ -156,3 +238,5 @@ MigrationTimer::~MigrationTimer() {
 }
 
 }  // namespace pgdeploy
+
+PGDEPLOY_SQL_FUNCTION(pgdeploy_checksum, pgdeploy::checksum_impl)

@@ -3,6 +3,7 @@
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/engine.hpp"
+#include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
 #include "pg_deploy/version.hpp"
@@ -24,34 +25,6 @@ Datum version_key_impl(FunctionCallInfo fcinfo) {
     std::string v = text_arg(fcinfo, 0);
     check_version(v);
     return PointerGetDatum(make_text(version_key(v)));
-}
-
-// sha256_hex: the checksum of up_sql, with PostgreSQL's own cryptohash (OpenSSL or the built-in fallback).
-std::string sha256_hex(const std::string& data) {
-    uint8 digest[PG_SHA256_DIGEST_LENGTH];
-    int rc = 0;
-    const char* error = nullptr;
-    const uint8* bytes = reinterpret_cast<const uint8*>(data.data());
-    size_t len = data.size();
-    pg_guard([&] {
-        pg_cryptohash_ctx* ctx = pg_cryptohash_create(PG_SHA256);
-        if (pg_cryptohash_init(ctx) < 0 || pg_cryptohash_update(ctx, bytes, len) < 0 ||
-            pg_cryptohash_final(ctx, digest, sizeof digest) < 0) {
-            rc = -1;
-            error = pg_cryptohash_error(ctx);
-        }
-        pg_cryptohash_free(ctx);
-    });
-    if (rc < 0)
-        throw DeployError(sqlstate::internal_error, std::string("sha256 failed: ") + (error ? error : "?"));
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    out.reserve(64);
-    for (uint8 b : digest) {
-        out += hex[b >> 4];
-        out += hex[b & 0xf];
-    }
-    return out;
 }
 
 bool blank(const std::string& s) {
@@ -106,6 +79,7 @@ Datum register_impl(FunctionCallInfo fcinfo) {
     check_version(version);
     if (blank(name))
         throw DeployError(sqlstate::invalid_parameter, "name of migration " + version + " is empty");
+    check_input_length("name", name);
     if (blank(up_sql))
         throw DeployError(sqlstate::invalid_parameter, "up_sql of migration " + version + " is empty");
     if (down_sql && blank(*down_sql)) {
@@ -156,6 +130,8 @@ Datum register_impl(FunctionCallInfo fcinfo) {
 
     std::string key = version_key(version);
     std::string checksum = sha256_hex(up_sql);
+    Cell down_checksum = down_sql ? Cell(sha256_hex(*down_sql)) : Cell();
+    Cell verify_checksum = verify_sql ? Cell(sha256_hex(*verify_sql)) : Cell();
     std::string outcome;
     {
         SpiSession spi;
@@ -192,10 +168,12 @@ Datum register_impl(FunctionCallInfo fcinfo) {
         if (existing.empty()) {
             run_query(
                 "INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
-                "checksum, transactional, reversibility) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                "checksum, transactional, reversibility, down_checksum, verify_checksum) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
                 {p_text(version), p_text(key), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
-                 p_text(checksum), p_bool(transactional), p_text(reversibility)});
+                 p_text(checksum), p_bool(transactional), p_text(reversibility), p_text(down_checksum),
+                 p_text(verify_checksum)});
             events.log("migration_registered", std::nullopt, version, std::nullopt, details);
             outcome = "registered";
         } else {
@@ -215,12 +193,13 @@ Datum register_impl(FunctionCallInfo fcinfo) {
             } else {
                 run_query(
                     "UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
-                    "checksum = $6, transactional = $7, reversibility = $8, "
-                    "registered_at = pg_catalog.clock_timestamp(), registered_by = CURRENT_USER "
-                    "WHERE version = $1",
-                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID},
+                    "checksum = $6, transactional = $7, reversibility = $8, down_checksum = $9, "
+                    "verify_checksum = $10, registered_at = pg_catalog.clock_timestamp(), "
+                    "registered_by = deploy.acting_role() WHERE version = $1",
+                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
                     {p_text(version), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
-                     p_text(checksum), p_bool(transactional), p_text(reversibility)});
+                     p_text(checksum), p_bool(transactional), p_text(reversibility), p_text(down_checksum),
+                     p_text(verify_checksum)});
                 details["previous_checksum"] = r[1].value_or("");
                 events.log("migration_updated", std::nullopt, version, std::nullopt, details);
                 outcome = "updated";

@@ -6,6 +6,7 @@
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/ledger.hpp"
+#include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
 #include "pg_deploy/version.hpp"
@@ -22,7 +23,7 @@ struct BatchRollback {};
 
 struct RevertRow {
     std::string version, sort_key, name, checksum, reversibility;
-    Cell down_sql;
+    Cell down_sql, down_checksum;
     int64_t deployment_id = 0;
 };
 
@@ -43,7 +44,8 @@ Json cell_json(const Cell& c) {
 std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> types,
                                  const std::vector<Param>& params) {
     std::string sql = std::string(
-                          "SELECT version, sort_key, name, checksum, reversibility, down_sql, deployment_id "
+                          "SELECT version, sort_key, name, checksum, reversibility, down_sql, deployment_id, "
+                          "down_checksum "
                           "FROM deploy.applied ") +
                       where_and_order;
     Rows rows = run_query(sql.c_str(), std::move(types), params);
@@ -57,6 +59,7 @@ std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> t
         row.reversibility = *r[4];
         row.down_sql = r[5];
         row.deployment_id = cell_int8(r[6]);
+        row.down_checksum = r[7];
         out.push_back(std::move(row));
     }
     return out;
@@ -325,9 +328,18 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             write_removed();
     };
 
-    if (req.dry_run) {
+    // Stored down SQL that no longer matches its checksum is never run, and nothing else runs either: the whole
+    // revert is refused before the first statement.
+    for (const RevertRow& r : req.rows) {
+        if (!intact(r.down_sql, r.down_checksum)) {
+            failure = drift_failure("down_sql", r.version);
+            failed_row = &r;
+            break;
+        }
+    }
+    if (!failure && req.dry_run) {
         in_rolled_back_subtransaction(batch);
-    } else {
+    } else if (!failure) {
         try {
             in_subtransaction(batch);
         } catch (const BatchRollback&) {
@@ -376,7 +388,11 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
         result["state"] = "failed";
         result["version_after"] = cell_json(version_before);
         finish_deployment(*dep, "failed", version_before, result["failed"]);
-        events.log("migration_failed", dep, failed_row->version, std::nullopt, result["failed"]);
+        events.log_failure("migration_failed", dep, failed_row->version, result["failed"]);
+        if (failure->sqlstate == sqlstate::checksum_drift) {
+            events.log("stored_sql_drift", dep, failed_row->version, std::nullopt,
+                       Json{{"operation", req.kind}, {"message", failure->message}});
+        }
         events.log("deployment_failed", dep, version_before, std::nullopt,
                    Json{{"kind", req.kind}, {"failed_version", failed_row->version}, {"sqlstate", failure->sqlstate}});
     } else {
@@ -452,6 +468,7 @@ Datum down_impl(FunctionCallInfo fcinfo) {
     bool force = bool_arg(fcinfo, 2, "force");
     bool dry_run = bool_arg(fcinfo, 3, "dry_run");
     std::optional<std::string> app_version = opt_text_arg(fcinfo, 4);
+    check_input_length("app_version", app_version);
     if (to_version)
         check_version(*to_version, "to_version");
     if (!to_version && steps < 1) {
@@ -504,6 +521,7 @@ Datum rollback_impl(FunctionCallInfo fcinfo) {
     bool force = bool_arg(fcinfo, 1, "force");
     std::optional<std::string> reason = opt_text_arg(fcinfo, 2);
     bool dry_run = bool_arg(fcinfo, 3, "dry_run");
+    check_input_length("reason", reason);
     std::optional<std::string> ws, wm, wd;
     Json result;
     {

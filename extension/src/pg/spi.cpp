@@ -10,7 +10,9 @@
 extern "C" {
 #include "catalog/pg_type_d.h"
 #include "utils/array.h"
+#include "catalog/pg_namespace.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 }
 
 namespace pgdeploy {
@@ -116,24 +118,52 @@ void SpiSession::finish() {
 namespace {
 
 /*
- * with_pinned_search_path runs body with search_path = pg_catalog, pg_temp in a GUC nest level of its own, the way
- * a function's SET clause does, and restores the caller's value afterwards.
+ * extension_owner is the role that owns schema deploy, i.e. the role that ran CREATE EXTENSION. The engine's own
+ * queries run as this role: the ledger tables are written only through the extension's functions, never by their
+ * callers directly (docs/security.md).
+ */
+Oid extension_owner() {
+    Oid owner = InvalidOid;
+    pg_guard([&] {
+        Oid nsp = get_namespace_oid("deploy", false);
+        HeapTuple tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+        if (!HeapTupleIsValid(tup))
+            elog(ERROR, "cache lookup failed for schema deploy");
+        owner = ((Form_pg_namespace)GETSTRUCT(tup))->nspowner;
+        ReleaseSysCache(tup);
+    });
+    return owner;
+}
+
+/*
+ * as_engine runs body (PostgreSQL code that may raise; no C++ objects, no throw) the way a SECURITY DEFINER function
+ * with SET search_path would, but for one statement: as the extension's owner, with name resolution pinned to
+ * pg_catalog alone. It is an override search path (namespace.c), not the search_path GUC: parse analysis and the
+ * plancache's revalidation both see it, so a kept plan is never re-planned under the caller's path and no operator
+ * or function the caller can create is ever chosen (the caller's path is only in effect for migration SQL, which
+ * runs through run_user_sql). Both are restored on the error path too.
  */
 template <typename F>
-void with_pinned_search_path(F&& body) {
-    int nest = 0;
+void as_engine(Oid owner, F&& body) {
     pg_guard([&] {
-        nest = NewGUCNestLevel();
-        (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-                                0, false);
+        Oid saved_user = InvalidOid;
+        int saved_context = 0;
+        GetUserIdAndSecContext(&saved_user, &saved_context);
+        OverrideSearchPath path{};
+        path.schemas = NIL;
+        path.addCatalog = true;
+        path.addTemp = false;
+        PushOverrideSearchPath(&path);
+        SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+        PG_TRY();
+        { body(); }
+        PG_FINALLY();
+        {
+            SetUserIdAndSecContext(saved_user, saved_context);
+            PopOverrideSearchPath();
+        }
+        PG_END_TRY();
     });
-    try {
-        body();
-    } catch (...) {
-        pg_guard([&] { AtEOXact_GUC(false, nest); });
-        throw;
-    }
-    pg_guard([&] { AtEOXact_GUC(true, nest); });
 }
 
 Rows collect_rows(uint64_t processed) {
@@ -181,9 +211,8 @@ namespace {
  * Invalidation is PostgreSQL's plancache: a kept plan records the relations and functions it depends on, and DDL on
  * them (DROP EXTENSION + CREATE EXTENSION in the same session, ALTER EXTENSION UPDATE, ALTER TABLE) marks it invalid;
  * the next execution parses the stored query text again, and every text names deploy.* fully qualified, so it
- * resolves to the new objects (tested by sql/plan_cache.sql). The plancache also re-analyses a plan whose
- * search_path differs from the current one, under the current one; that already happened on every call before
- * (SPI_prepare under the pinned path, SPI_execute_plan under the caller's), so name resolution is unchanged. The
+ * resolves to the new objects (tested by sql/plan_cache.sql). Plans are prepared and executed under the same pinned
+ * path (as_engine), so the plancache never re-analyses one under the caller's search_path. The
  * cache is bounded; beyond the bound a statement is prepared per call as before, so a caller building texts
  * dynamically cannot grow it without limit.
  */
@@ -220,7 +249,7 @@ Plan::Plan(const char* sql, std::vector<Oid> types) : types_(std::move(types)), 
     int nargs = static_cast<int>(types_.size());
     Oid* argtypes = types_.data();
     const char* query = sql_.c_str();
-    with_pinned_search_path([&] { pg_guard([&] { plan = SPI_prepare(query, nargs, argtypes); }); });
+    as_engine(extension_owner(), [&] { plan = SPI_prepare(query, nargs, argtypes); });
     if (plan == nullptr) {
         throw DeployError(sqlstate::internal_error,
                           std::string("SPI_prepare failed: ") + SPI_result_code_string(SPI_result));
@@ -294,6 +323,49 @@ Datum array_datum(const Param& p) {
 
 }  // namespace
 
+namespace {
+
+// to_datums converts params into values/nulls (both sized params.size()). It pallocs: call it inside pg_guard only.
+void to_datums(const std::vector<Param>& params, Datum* vals, char* nl) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const Param& p = params[i];
+        nl[i] = ' ';
+        switch (p.kind) {
+            case Param::Kind::Null:
+                nl[i] = 'n';
+                vals[i] = (Datum)0;
+                break;
+            case Param::Kind::Text:
+                vals[i] = PointerGetDatum(cstring_to_text_with_len(p.text.data(), (int)p.text.size()));
+                break;
+            case Param::Kind::Int8:
+                vals[i] = Int64GetDatum(p.integer);
+                break;
+            case Param::Kind::Int4:
+                vals[i] = Int32GetDatum((int32)p.integer);
+                break;
+            case Param::Kind::Bool:
+                vals[i] = BoolGetDatum(p.boolean);
+                break;
+            case Param::Kind::Float8:
+                vals[i] = Float8GetDatum(p.real);
+                break;
+            case Param::Kind::Jsonb:
+                vals[i] = DirectFunctionCall1(jsonb_in, CStringGetDatum(p.text.c_str()));
+                break;
+            case Param::Kind::TextArray:
+            case Param::Kind::BoolArray:
+            case Param::Kind::Int8Array:
+            case Param::Kind::Float8Array:
+            case Param::Kind::TimestampArray:
+                vals[i] = array_datum(p);
+                break;
+        }
+    }
+}
+
+}  // namespace
+
 Rows Plan::run(const std::vector<Param>& params, long limit) const {
     std::size_t n = params.size();
     if (n != types_.size())
@@ -302,45 +374,12 @@ Rows Plan::run(const std::vector<Param>& params, long limit) const {
     std::vector<char> nulls(n + 1, ' ');
     Datum* vals = values.data();
     char* nl = nulls.data();
-    const Param* ps = params.data();
     SPIPlanPtr plan = plan_;
     int rc = 0;
     uint64 processed = 0;
-    pg_guard([&] {
-        for (std::size_t i = 0; i < n; ++i) {
-            const Param& p = ps[i];
-            switch (p.kind) {
-                case Param::Kind::Null:
-                    nl[i] = 'n';
-                    vals[i] = (Datum)0;
-                    break;
-                case Param::Kind::Text:
-                    vals[i] = PointerGetDatum(cstring_to_text_with_len(p.text.data(), (int)p.text.size()));
-                    break;
-                case Param::Kind::Int8:
-                    vals[i] = Int64GetDatum(p.integer);
-                    break;
-                case Param::Kind::Int4:
-                    vals[i] = Int32GetDatum((int32)p.integer);
-                    break;
-                case Param::Kind::Bool:
-                    vals[i] = BoolGetDatum(p.boolean);
-                    break;
-                case Param::Kind::Float8:
-                    vals[i] = Float8GetDatum(p.real);
-                    break;
-                case Param::Kind::Jsonb:
-                    vals[i] = DirectFunctionCall1(jsonb_in, CStringGetDatum(p.text.c_str()));
-                    break;
-                case Param::Kind::TextArray:
-                case Param::Kind::BoolArray:
-                case Param::Kind::Int8Array:
-                case Param::Kind::Float8Array:
-                case Param::Kind::TimestampArray:
-                    vals[i] = array_datum(p);
-                    break;
-            }
-        }
+    Oid owner = extension_owner();
+    pg_guard([&] { to_datums(params, vals, nl); });
+    as_engine(owner, [&] {
         rc = SPI_execute_plan(plan, vals, nl, false, limit);
         processed = SPI_processed;
     });
@@ -348,6 +387,28 @@ Rows Plan::run(const std::vector<Param>& params, long limit) const {
         throw DeployError(sqlstate::internal_error,
                           std::string("pg_deploy ledger query failed: ") + SPI_result_code_string(rc), sql_);
     }
+    return collect_rows(processed);
+}
+
+Rows run_query_as_caller(const char* sql, const std::vector<Oid>& types, const std::vector<Param>& params) {
+    std::size_t n = params.size();
+    if (n != types.size())
+        throw DeployError(sqlstate::internal_error, std::string("wrong number of parameters for ") + sql);
+    std::vector<Datum> values(n + 1);
+    std::vector<char> nulls(n + 1, ' ');
+    std::vector<Oid> argtypes(types);
+    Datum* vals = values.data();
+    char* nl = nulls.data();
+    Oid* tps = argtypes.data();
+    int rc = 0;
+    uint64 processed = 0;
+    pg_guard([&] {
+        to_datums(params, vals, nl);
+        rc = SPI_execute_with_args(sql, static_cast<int>(n), tps, vals, nl, false, 0);
+        processed = SPI_processed;
+    });
+    if (rc < 0)
+        throw DeployError(sqlstate::internal_error, std::string("SPI_execute_with_args failed: ") + sql);
     return collect_rows(processed);
 }
 

@@ -4,6 +4,7 @@
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/ledger.hpp"
+#include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
 #include "pg_deploy/version.hpp"
@@ -31,7 +32,8 @@ struct BatchRollback {};
  */
 std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
-        "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, m.reversibility "
+        "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, m.reversibility, "
+        "m.down_checksum "
         "FROM deploy.migrations m "
         "WHERE ($1::text IS NULL OR m.sort_key >= $1) AND ($2::text IS NULL OR m.sort_key <= $2) "
         "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key",
@@ -48,6 +50,7 @@ std::vector<Migration> load_pending(const std::string& from_key, const std::opti
         m.checksum = std::move(*r[5]);
         m.transactional = cell_bool(r[6]);
         m.reversibility = std::move(*r[7]);
+        m.down_checksum = std::move(r[8]);
         out.push_back(std::move(m));
     }
     return out;
@@ -121,6 +124,16 @@ Json cell_json(const Cell& c) {
     return c ? Json(*c) : Json(nullptr);
 }
 
+// stored_sql_drift refuses a migration whose stored up or down SQL no longer matches its checksum (changed by a
+// superuser or a tampered restore after registration): it is never run, and its down SQL is never copied.
+std::optional<SqlFailure> stored_sql_drift(const Migration& m) {
+    if (!intact(Cell(m.up_sql), Cell(m.checksum)))
+        return drift_failure("up_sql", m.version);
+    if (!intact(m.down_sql, m.down_checksum))
+        return drift_failure("down_sql", m.version);
+    return std::nullopt;
+}
+
 /*
  * up_impl: deploy.up(target, dry_run, app_version, atomic, metadata).
  *
@@ -145,6 +158,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
     if (!Json::parse(metadata).is_object()) {
         throw DeployError(sqlstate::invalid_parameter, "metadata must be a JSON object");
     }
+    check_input_length("app_version", app_version);
+    check_input_length("metadata", metadata);
 
     int64_t started = now_us();
     Json result = base_result(dry_run, atomic);
@@ -292,11 +307,16 @@ Datum up_impl(FunctionCallInfo fcinfo) {
         const bool per_migration_subtransactions = !atomic && !dry_run;
         auto run_batch = [&] {
             for (const Migration& m : pending) {
+                int64_t t0 = now_us();
+                failure = stored_sql_drift(m);
+                if (failure) {
+                    failed_migration = &m;
+                    break;
+                }
                 if (!m.transactional) {
                     awaiting = &m;
                     break;
                 }
-                int64_t t0 = now_us();
                 auto run_one = [&] {
                     MigrationTimer timer;
                     run_user_sql(m.up_sql);
@@ -373,7 +393,11 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                 result["applied"] = applied;
             }
             finish_deployment(*deployment_id, "failed", now_version, failed_json);
-            events.log("migration_failed", deployment_id, failed_migration->version, std::nullopt, failed_json);
+            events.log_failure("migration_failed", deployment_id, failed_migration->version, failed_json);
+            if (failure->sqlstate == sqlstate::checksum_drift) {
+                events.log("stored_sql_drift", deployment_id, failed_migration->version, std::nullopt,
+                           Json{{"operation", "up"}, {"message", failure->message}});
+            }
             events.log("deployment_failed", deployment_id, now_version, std::nullopt,
                        Json{{"kind", "up"},
                             {"atomic", atomic},
@@ -384,14 +408,16 @@ Datum up_impl(FunctionCallInfo fcinfo) {
                 Rows kept = run_query("SELECT count(*) FROM deploy.applied WHERE deployment_id = $1", {INT8OID},
                                       {p_int8(*deployment_id)});
                 if (cell_int8(kept.front()[0]) > 0) {
-                    std::string reason = "deploy.up(atomic => false) failed at migration " + failed_migration->version +
-                                         ": " + failure->message;
+                    std::string reason = clip_to_limit("reason", "deploy.up(atomic => false) failed at migration " +
+                                                                     failed_migration->version + ": " +
+                                                                     failure->message);
                     Rows mk = run_query(
                         "INSERT INTO deploy.rollback_markers (deployment_id, target_version, reason, details) "
-                        "VALUES ($1, $2, $3, $4) RETURNING id",
+                        "VALUES ($1, $2, $3, pg_catalog.jsonb_build_object('source', 'up', 'failed', "
+                        "deploy.public_error($4))) RETURNING id",
                         {INT8OID, TEXTOID, TEXTOID, JSONBOID},
                         {p_int8(*deployment_id), p_text(version_before), p_text(reason),
-                         p_jsonb(Json{{"source", "up"}, {"failed", failed_json}}.dump())});
+                         p_jsonb(failed_json.dump())});
                     int64_t marker = cell_int8(mk.front()[0]);
                     result["marker_id"] = marker;
                     events.log("marker_requested", deployment_id, version_before, marker,
@@ -523,7 +549,7 @@ Json complete_step(const StepRow& s, const Json& details) {
         Rows m = run_query(
             "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, "
             "m.reversibility, (SELECT coalesce(sum(EXTRACT(EPOCH FROM c.finished_at - c.started_at)) * 1000, 0) "
-            "FROM deploy.checkpoints c WHERE c.deployment_id = $2 AND c.version = m.version) "
+            "FROM deploy.checkpoints c WHERE c.deployment_id = $2 AND c.version = m.version), m.down_checksum "
             "FROM deploy.migrations m WHERE m.version = $1",
             {TEXTOID, INT8OID}, {p_text(s.version), p_int8(s.deployment_id)});
         if (m.empty()) {
@@ -531,7 +557,9 @@ Json complete_step(const StepRow& s, const Json& details) {
                               "migration " + s.version + " was unregistered while its steps ran");
         }
         const Row& r = m.front();
-        Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], cell_bool(r[6])};
+        Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], r[9], cell_bool(r[6])};
+        if (std::optional<SqlFailure> drift = stored_sql_drift(mig))
+            throw DeployError(drift->sqlstate, drift->message, {}, drift->hint);
         AppliedWriter writer;
         writer.add(mig, cell_float8(r[8]));
         writer.flush(s.deployment_id);

@@ -27,10 +27,16 @@ class EventLog {
 public:
     void log(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
              std::optional<int64_t> marker_id, const Json& details);
+    // log_failure records an error (SqlFailure::to_json() plus context keys): what readers may see goes into
+    // details, the rest into private_details (deploy.public_error / deploy.private_error decide which is which).
+    void log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
+                     const Json& failure);
 
 private:
     Plan plan_;
+    Plan failure_plan_;
 };
+
 
 // Monotonic-enough wall clock for durations (GetCurrentTimestamp, microseconds).
 int64_t now_us();
@@ -46,8 +52,11 @@ struct SqlFailure {
 };
 SqlFailure failure_from(const PgError& e);
 SqlFailure failure_from(const DeployError& e);
-// is_user_cancel: a cancel request (not a timeout) must abort the whole call, not be recorded as a failed migration.
-bool is_user_cancel(const PgError& e);
+// aborts_whole_call: a cancel request, or the caller's own statement_timeout, aborts the whole call instead of being
+// recorded as a failed migration. Only a cancel that pg_deploy's own per-migration timer caused (MigrationTimer, which
+// knows when it fired) is a failure of that migration. Decided from what the code knows, never from the message
+// text, which lc_messages translates.
+bool aborts_whole_call(const PgError& e);
 
 // failure_of runs the user SQL of one migration (body) and returns its error as a SqlFailure, or nothing when it
 // succeeded. A cancel request is rethrown: it aborts the whole call.
@@ -56,7 +65,7 @@ std::optional<SqlFailure> failure_of(F&& body) {
     try {
         body();
     } catch (const PgError& e) {
-        if (is_user_cancel(e))
+        if (aborts_whole_call(e))
             throw;
         return failure_from(e);
     } catch (const DeployError& e) {
@@ -64,6 +73,14 @@ std::optional<SqlFailure> failure_of(F&& body) {
     }
     return std::nullopt;
 }
+
+// sha256_hex is the checksum of stored SQL (up, down and verify alike): hex SHA-256 of its bytes. The one definition;
+// SQL reaches it as deploy.checksum(text).
+std::string sha256_hex(const std::string& data);
+// intact: the stored body still matches the checksum taken when it was registered (a NULL body matches a NULL one).
+bool intact(const Cell& body, const Cell& checksum);
+// drift_failure is the refusal to run stored SQL that no longer matches its checksum (PD001).
+SqlFailure drift_failure(const std::string& part, const std::string& version);
 
 // MigrationTimer arms the statement timeout for one migration (pg_deploy.statement_timeout) and restores the
 // caller's statement timeout afterwards. SPI statements do not arm statement_timeout themselves (only top-level
@@ -79,6 +96,7 @@ private:
     bool armed_ = false;
     bool outer_active_ = false;
     int64_t outer_finish_ = 0;
+    int64_t own_finish_ = 0;  // when pg_deploy.statement_timeout fires (armed only when before the caller's)
 };
 
 }  // namespace pgdeploy

@@ -12,7 +12,7 @@ namespace pgdeploy {
 // A registered migration as up() needs it.
 struct Migration {
     std::string version, sort_key, name, up_sql, checksum, reversibility;
-    Cell down_sql;
+    Cell down_sql, down_checksum;
     bool transactional = true;
 };
 
@@ -30,7 +30,7 @@ public:
     void flush(int64_t deployment_id);
 
 private:
-    std::vector<Cell> version_, sort_key_, name_, checksum_, down_sql_, reversibility_;
+    std::vector<Cell> version_, sort_key_, name_, checksum_, down_sql_, down_checksum_, reversibility_;
     std::vector<bool> transactional_;
     std::vector<double> duration_ms_;
     std::vector<int64_t> at_;
@@ -46,7 +46,8 @@ OrderState order_state();
 // mark_order_checked records that the full check found nothing at `generation` (a no-op if it moved meanwhile).
 void mark_order_checked(int64_t generation);
 
-// finish_deployment sets a deployment's final (or still running) state.
+// finish_deployment sets a deployment's final (or still running) state. error is a failure document: readers see its
+// public part (deployments.error), admins also the private part (error_private), split by deploy.public_error().
 void finish_deployment(int64_t id, const char* state, const Cell& version_after, const std::optional<Json>& error);
 
 }  // namespace pgdeploy

@@ -65,8 +65,10 @@ private:
     bool connected_ = false;
 };
 
-// Plan is a statement prepared with search_path pinned to pg_catalog, pg_temp: the extension's own queries never
-// resolve names through the caller's search_path, while migration SQL keeps it. The prepared plan is kept for the
+// Plan is one of the extension's own statements. It is prepared and run as the extension's owner with name resolution
+// pinned to pg_catalog (spi.cpp, as_engine): the extension's own queries never resolve an operator or function
+// through the caller's search_path and write the ledger with rights the caller lacks, while migration SQL
+// (run_user_sql) keeps the caller's path and rights. The prepared plan is kept for the
 // backend's life in a cache keyed by query text and parameter types (spi.cpp); PostgreSQL's plancache revalidates it.
 class Plan {
 public:
@@ -81,8 +83,13 @@ private:
     std::string sql_;
 };
 
-// run_query runs a statement through its kept plan (prepared on first use, pinned search_path).
+// run_query runs a statement through its kept plan (prepared on first use; as the owner, pinned path).
 Rows run_query(const char* sql, std::vector<Oid> types = {}, const std::vector<Param>& params = {});
+
+// run_query_as_caller runs one of the extension's own SQL-callable functions that runs migration SQL (deploy.up,
+// deploy.rollback) with the caller's rights and search_path, as if the caller had typed it. The text must name the
+// function schema-qualified and pass only typed parameters, so nothing on the caller's path can stand in for it.
+Rows run_query_as_caller(const char* sql, const std::vector<Oid>& types, const std::vector<Param>& params);
 
 // run_user_sql executes migration SQL (possibly several statements) with the caller's search_path and rights.
 // Transaction control (COMMIT, ROLLBACK, ...) comes back from SPI as a return code: thrown as PD009.

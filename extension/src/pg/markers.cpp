@@ -1,0 +1,74 @@
+// pg_deploy: deploy.execute_rollback() — perform a rollback marker (extension/sql/50_markers.sql has the marker's
+// life cycle; this file only joins its two recorded steps to the revert, which must run as the caller).
+#include <string>
+
+#include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/engine.hpp"
+
+extern "C" {
+#include "catalog/pg_type_d.h"
+}
+
+namespace pgdeploy {
+
+namespace {
+
+Json jsonb_cell(const Cell& c) {
+    return c ? Json::parse(*c) : Json(nullptr);
+}
+
+/*
+ * revert_as_caller runs deploy.rollback() for the marker's deployment with the caller's rights and search_path, in a
+ * subtransaction: its outcome document, or the error it raised (a cancel request aborts the whole call instead).
+ */
+void revert_as_caller(const Json& plan, Cell& outcome, Cell& raised) {
+    Cell reason = plan["reason"].is_string() ? Cell(plan["reason"].get<std::string>()) : Cell();
+    std::optional<SqlFailure> failure = failure_of([&] {
+        in_subtransaction([&] {
+            Rows r = run_query_as_caller("SELECT deploy.rollback(deployment_id => $1, force => $2, reason => $3)",
+                                         {INT8OID, BOOLOID, TEXTOID},
+                                         {p_int8(plan["deployment_id"].get<int64_t>()),
+                                          p_bool(plan["force"].get<bool>()), p_text(reason)});
+            outcome = r.front()[0];
+        });
+    });
+    if (failure)
+        raised = failure->to_json().dump();
+}
+
+/*
+ * execute_rollback_impl: deploy.execute_rollback(marker_id, holder, force). The marker is checked, locked and
+ * claimed by deploy.execute_rollback_begin and its outcome recorded by deploy.execute_rollback_end, both run as the
+ * extension's owner (the caller cannot write markers); the revert between them runs as the caller.
+ */
+Datum execute_rollback_impl(FunctionCallInfo fcinfo) {
+    std::optional<int64_t> marker_id = opt_int8_arg(fcinfo, 0);
+    std::optional<std::string> holder = opt_text_arg(fcinfo, 1);
+    std::optional<bool> force = opt_bool_arg(fcinfo, 2);
+    Json result;
+    {
+        SpiSession spi;
+        Rows begun = run_query("SELECT deploy.execute_rollback_begin($1, $2, $3)", {INT8OID, TEXTOID, BOOLOID},
+                               {p_int8(marker_id), p_text(holder), force ? p_bool(*force) : p_null()});
+        Json plan = jsonb_cell(begun.front()[0]);
+        if (plan.contains("result")) {
+            result = plan["result"];
+        } else {
+            Cell outcome;
+            Cell raised;
+            if (plan["refusal"].is_null())
+                revert_as_caller(plan, outcome, raised);
+            Rows ended = run_query("SELECT deploy.execute_rollback_end($1, $2, $3)", {JSONBOID, JSONBOID, JSONBOID},
+                                   {p_jsonb(plan.dump()), p_jsonb(outcome), p_jsonb(raised)});
+            result = jsonb_cell(ended.front()[0]);
+        }
+        spi.finish();
+    }
+    return json_result(result);
+}
+
+}  // namespace
+
+}  // namespace pgdeploy
+
+PGDEPLOY_SQL_FUNCTION(pgdeploy_execute_rollback, pgdeploy::execute_rollback_impl)
