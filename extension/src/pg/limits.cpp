@@ -33,7 +33,8 @@ int limit_of(const std::string& argument) {
         if (argument == l.argument)
             return l.max_chars;
     }
-    throw DeployError(sqlstate::internal_error, "no length limit is defined for argument \"" + argument + "\"");
+    throw DeployError(sqlstate::invalid_parameter, "no length limit is defined for argument \"" + argument + "\"", {},
+                      "The arguments with limits are listed in docs/sql-reference.md, \"Limits\".");
 }
 
 }  // namespace

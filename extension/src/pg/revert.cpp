@@ -12,7 +12,9 @@
 #include "pg_deploy/version.hpp"
 
 extern "C" {
+#include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
+#include "nodes/makefuncs.h"
 }
 
 namespace pgdeploy {
@@ -101,13 +103,15 @@ public:
 
 private:
     void archive(const DropTarget& d) {
-        std::string name = d.schema.empty() ? quoted(d.table) : quoted(d.schema) + "." + quoted(d.table);
+        Oid relid = relation_on_callers_path(d);
+        if (relid == InvalidOid)
+            return;
         Rows rel = run_query(
             "SELECT c.oid::bigint, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
             "n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.oid = pg_catalog.to_regclass($1) AND c.relkind IN ('r', 'p')",
-            {TEXTOID}, {p_text(name)});
+            "WHERE c.oid = $1::oid AND c.relkind IN ('r', 'p')",
+            {INT8OID}, {p_int8(static_cast<int64_t>(relid))});
         if (rel.empty())
             return;  // DROP ... IF EXISTS of a missing table, or not a table
         int64_t oid = cell_int8(rel.front()[0]);
@@ -156,6 +160,19 @@ private:
                    {"row_count", rows}};
         events_.log("data_archived", deployment_id_, version_, std::nullopt, entry);
         archived_.push_back(entry);
+    }
+
+    // relation_on_callers_path resolves the table a down statement drops the way that statement will: under the
+    // caller's search_path (the engine's own queries run with name resolution pinned to pg_catalog).
+    static Oid relation_on_callers_path(const DropTarget& d) {
+        const char* schema = d.schema.empty() ? nullptr : d.schema.c_str();
+        const char* table = d.table.c_str();
+        Oid relid = InvalidOid;
+        pg_guard([&] {
+            RangeVar* rv = makeRangeVar(schema ? pstrdup(schema) : nullptr, pstrdup(table), -1);
+            relid = RangeVarGetRelid(rv, NoLock, true);
+        });
+        return relid;
     }
 
     bool taken(const std::string& table) {
