@@ -636,17 +636,19 @@ def fill_ledger(conn, applied, events):
         cur.execute("SELECT min(id) FROM deploy.deployments")
         first_id = cur.fetchone()[0]
         cur.execute("""
-            INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, checksum, registered_at)
-            SELECT v, deploy.version_key(v), 'migration_' || i, u, 'DROP TABLE IF EXISTS old_' || i,
-                   encode(sha256(convert_to(u, 'UTF8')), 'hex'), now() - interval '400 days'
+            INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, checksum, down_checksum,
+                                           registered_at)
+            SELECT v, deploy.version_key(v), 'migration_' || i, u, d, deploy.checksum(u), deploy.checksum(d),
+                   now() - interval '400 days'
             FROM generate_series(1, %(applied)s) i,
                  LATERAL (SELECT lpad(i::text, 6, '0') AS v,
-                                 'CREATE TABLE IF NOT EXISTS old_' || i || ' (id int)' AS u) x""",
+                                 'CREATE TABLE IF NOT EXISTS old_' || i || ' (id int)' AS u,
+                                 'DROP TABLE IF EXISTS old_' || i AS d) x""",
                     dict(applied=applied))
         cur.execute("""
-            INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, transactional,
-                                        deployment_id, applied_at, duration_ms)
-            SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, 'reversible', true,
+            INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, down_checksum, reversibility,
+                                        transactional, deployment_id, applied_at, duration_ms)
+            SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, m.down_checksum, 'reversible', true,
                    %(first)s + (substr(m.version, 1, 6)::int - 1) / %(per)s, m.registered_at, 0.2
             FROM deploy.migrations m""", dict(first=first_id, per=per_deployment))
         cur.execute("""

@@ -10,6 +10,7 @@
 extern "C" {
 #include "catalog/pg_type_d.h"
 #include "common/sha2.h"
+#include "nodes/makefuncs.h"
 }
 
 namespace pgdeploy {
@@ -103,6 +104,17 @@ std::string sha256_hex(const std::string& data) {
         out += hex[b & 0xf];
     }
     return out;
+}
+
+Oid relation_on_callers_path(const std::string& schema, const std::string& table) {
+    const char* nsp = schema.empty() ? nullptr : schema.c_str();
+    const char* rel = table.c_str();
+    Oid relid = InvalidOid;
+    pg_guard([&] {
+        RangeVar* rv = makeRangeVar(nsp ? pstrdup(nsp) : nullptr, pstrdup(rel), -1);
+        relid = RangeVarGetRelid(rv, NoLock, true);
+    });
+    return relid;
 }
 
 bool intact(const Cell& body, const Cell& checksum) {

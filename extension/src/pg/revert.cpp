@@ -12,9 +12,7 @@
 #include "pg_deploy/version.hpp"
 
 extern "C" {
-#include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
-#include "nodes/makefuncs.h"
 }
 
 namespace pgdeploy {
@@ -103,7 +101,7 @@ public:
 
 private:
     void archive(const DropTarget& d) {
-        Oid relid = relation_on_callers_path(d);
+        Oid relid = relation_on_callers_path(d.schema, d.table);
         if (relid == InvalidOid)
             return;
         Rows rel = run_query(
@@ -160,19 +158,6 @@ private:
                    {"row_count", rows}};
         events_.log("data_archived", deployment_id_, version_, std::nullopt, entry);
         archived_.push_back(entry);
-    }
-
-    // relation_on_callers_path resolves the table a down statement drops the way that statement will: under the
-    // caller's search_path (the engine's own queries run with name resolution pinned to pg_catalog).
-    static Oid relation_on_callers_path(const DropTarget& d) {
-        const char* schema = d.schema.empty() ? nullptr : d.schema.c_str();
-        const char* table = d.table.c_str();
-        Oid relid = InvalidOid;
-        pg_guard([&] {
-            RangeVar* rv = makeRangeVar(schema ? pstrdup(schema) : nullptr, pstrdup(table), -1);
-            relid = RangeVarGetRelid(rv, NoLock, true);
-        });
-        return relid;
     }
 
     bool taken(const std::string& table) {

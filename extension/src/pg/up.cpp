@@ -610,11 +610,10 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
                     " WHERE p.index_relid = c.oid LIMIT 1), i.indisvalid "
                     "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
                     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE c.relname = $1 AND i.indrelid = pg_catalog.to_regclass("
-                    "CASE WHEN $2 = '' THEN '' ELSE pg_catalog.quote_ident($2) || '.' END || "
-                    "pg_catalog.quote_ident($3))",
-                    {TEXTOID, TEXTOID, TEXTOID},
-                    {p_text(ci.index_name), p_text(ci.table_schema), p_text(ci.table_name)});
+                    "WHERE c.relname = $1 AND i.indrelid = $2::oid",
+                    {TEXTOID, INT8OID},
+                    {p_text(ci.index_name),
+                     p_int8(static_cast<int64_t>(relation_on_callers_path(ci.table_schema, ci.table_name)))});
                 for (const Row& r : found.rows) {
                     if (cell_bool(r[2])) {
                         // A VALID index by that name on that table, for a step a client claimed before: that

@@ -74,6 +74,11 @@ std::optional<SqlFailure> failure_of(F&& body) {
     return std::nullopt;
 }
 
+// relation_on_callers_path resolves a table that user SQL names (schema may be empty) the way that SQL will: under
+// the caller's search_path, since the engine's own statements resolve names in pg_catalog only. InvalidOid when
+// there is none.
+Oid relation_on_callers_path(const std::string& schema, const std::string& table);
+
 // sha256_hex is the checksum of stored SQL (up, down and verify alike): hex SHA-256 of its bytes. The one definition;
 // SQL reaches it as deploy.checksum(text).
 std::string sha256_hex(const std::string& data);
