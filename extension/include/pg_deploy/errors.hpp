@@ -3,6 +3,7 @@
 // boundary wrapper (pg/boundary.hpp) once every C++ object has gone out of scope.
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -11,14 +12,19 @@ namespace pgdeploy {
 // SQLSTATEs used by pg_deploy (docs/architecture.md, "SQLSTATEs").
 namespace sqlstate {
 inline constexpr const char* string_too_long = "22001";
+inline constexpr const char* numeric_out_of_range = "22003";
 inline constexpr const char* null_value = "22004";
+inline constexpr const char* character_not_in_repertoire = "22021";
 inline constexpr const char* invalid_parameter = "22023";
+inline constexpr const char* invalid_text_representation = "22P02";
 inline constexpr const char* syntax_error = "42601";
 inline constexpr const char* insufficient_privilege = "42501";
 inline constexpr const char* lock_not_available = "55P03";
+inline constexpr const char* out_of_memory = "53200";
+inline constexpr const char* program_limit_exceeded = "54000";
 inline constexpr const char* object_not_in_prerequisite_state = "55000";
 inline constexpr const char* no_data_found = "P0002";
-inline constexpr const char* internal_error = "XX000";
+inline constexpr const char* internal_error = "XX000";  // a PostgreSQL API call failed (SPI_connect, ...)
 inline constexpr const char* checksum_drift = "PD001";
 inline constexpr const char* irreversible = "PD002";
 inline constexpr const char* migration_failed = "PD003";
@@ -28,6 +34,7 @@ inline constexpr const char* outside_rollback_window = "PD006";
 inline constexpr const char* state_conflict = "PD007";
 inline constexpr const char* ambiguous_version = "PD008";
 inline constexpr const char* transaction_control = "PD009";
+inline constexpr const char* unexpected_exception = "PD010";
 }  // namespace sqlstate
 
 // DeployError is what the engine throws for every refusal it decides itself.
@@ -45,5 +52,14 @@ private:
     std::string detail_;
     std::string hint_;
 };
+
+// What to do when pg_deploy runs out of memory (53200); static, so that reporting it allocates nothing.
+inline constexpr const char* out_of_memory_hint =
+    "Retry with fewer migrations per call, or give the server more memory.";
+
+// as_deploy_error gives any other exception that escapes the engine (nlohmann::json, std::stoll, the standard
+// library) a defined SQLSTATE, a message saying what happened and a hint saying what to do, so that no C++ exception
+// reaches a user as a bare XX000. A DeployError keeps its own code. Used by the boundary and by failure_of().
+DeployError as_deploy_error(const std::exception& e);
 
 }  // namespace pgdeploy

@@ -57,51 +57,77 @@ int sqlstate_code(const char* s) {
     return MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
 }
 
+// Report is an ERROR to raise, in PostgreSQL memory (or static strings), once every C++ object is gone.
+struct Report {
+    int code = ERRCODE_INTERNAL_ERROR;
+    char* message = nullptr;
+    char* detail = nullptr;
+    char* hint = nullptr;
+};
+
+Report out_of_memory_report() {
+    Report r;
+    r.code = ERRCODE_OUT_OF_MEMORY;
+    r.message = const_cast<char*>("out of memory in pg_deploy");
+    r.hint = const_cast<char*>(out_of_memory_hint);
+    return r;
+}
+
+// report_of describes any exception with a defined SQLSTATE (as_deploy_error). It never throws: we are inside a catch.
+Report report_of(const std::exception& e) noexcept {
+    try {
+        DeployError d = as_deploy_error(e);
+        Report r;
+        r.code = sqlstate_code(d.code().c_str());
+        r.message = copy_for_report(d.what(), "pg_deploy error (message lost: out of memory)");
+        if (!d.detail().empty())
+            r.detail = copy_for_report(d.detail().c_str(), nullptr);
+        if (!d.hint().empty())
+            r.hint = copy_for_report(d.hint().c_str(), nullptr);
+        return r;
+    } catch (...) {
+        return out_of_memory_report();  // describing it needed memory that is not there
+    }
+}
+
 }  // namespace
 
 /*
  * call_sql_function runs impl and converts whatever escapes it. Everything needed for the report is copied into
  * PostgreSQL memory inside the catch blocks; the ERROR is raised after them, when the exception objects and every
- * C++ frame of impl are gone, so the longjmp skips no destructor.
+ * C++ frame of impl are gone, so the longjmp skips no destructor. Every C++ exception gets a defined SQLSTATE
+ * (report_of); XX000 is left to PostgreSQL's own internal errors.
  */
 Datum call_sql_function(FunctionCallInfo fcinfo, Datum (*impl)(FunctionCallInfo)) {
     ErrorData* pg_error = nullptr;
     bool failed = false;
-    int code = ERRCODE_INTERNAL_ERROR;
-    char* message = nullptr;
-    char* detail = nullptr;
-    char* hint = nullptr;
+    Report report;
     Datum result = (Datum)0;
 
     try {
         result = impl(fcinfo);
     } catch (const PgError& e) {
         pg_error = e.data();
-    } catch (const DeployError& e) {
-        failed = true;
-        code = sqlstate_code(e.code().c_str());
-        message = copy_for_report(e.what(), "pg_deploy error (message lost: out of memory)");
-        if (!e.detail().empty())
-            detail = copy_for_report(e.detail().c_str(), nullptr);
-        if (!e.hint().empty())
-            hint = copy_for_report(e.hint().c_str(), nullptr);
     } catch (const std::bad_alloc&) {
         failed = true;
-        code = ERRCODE_OUT_OF_MEMORY;
-        message = const_cast<char*>("out of memory in pg_deploy");
+        report = out_of_memory_report();
     } catch (const std::exception& e) {
         failed = true;
-        message = copy_for_report(e.what(), "internal error in pg_deploy");
+        report = report_of(e);
     } catch (...) {
         failed = true;
-        message = const_cast<char*>("unknown C++ exception in pg_deploy");
+        report.code = sqlstate_code(sqlstate::unexpected_exception);
+        report.message = const_cast<char*>("internal error in pg_deploy: an exception of unknown type");
+        report.hint = const_cast<char*>("This is a bug in pg_deploy; report it with the call that failed.");
     }
 
     if (pg_error != nullptr)
         ReThrowError(pg_error);
     if (failed) {
-        ereport(ERROR, (errcode(code), errmsg_internal("%s", message ? message : "pg_deploy error"),
-                        detail ? errdetail_internal("%s", detail) : 0, hint ? errhint("%s", hint) : 0));
+        ereport(ERROR,
+                (errcode(report.code), errmsg_internal("%s", report.message ? report.message : "pg_deploy error"),
+                 report.detail ? errdetail_internal("%s", report.detail) : 0,
+                 report.hint ? errhint("%s", report.hint) : 0));
     }
     return result;
 }

@@ -66,7 +66,7 @@ void EventLog::log(const char* kind, std::optional<int64_t> deployment_id, const
         plan_ = Plan("SELECT deploy.log_event($1, $2, $3, $4, $5)", {TEXTOID, INT8OID, TEXTOID, INT8OID, JSONBOID});
     }
     plan_.run({p_text(std::string(kind)), p_int8(deployment_id), p_text(version), p_int8(marker_id),
-               p_jsonb(details.dump())});
+               p_jsonb(json_text(details))});
 }
 
 void EventLog::log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
@@ -153,8 +153,16 @@ double ms_since(int64_t start_us) {
     return std::round(ms * 1000.0) / 1000.0;
 }
 
+std::string json_text(const Json& j) {
+    return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+std::string as_valid_utf8(const std::string& s) {
+    return Json::parse(json_text(Json(s))).get<std::string>();
+}
+
 Datum json_result(const Json& j) {
-    return make_jsonb(j.dump());
+    return make_jsonb(json_text(j));
 }
 
 Json SqlFailure::to_json() const {
@@ -170,10 +178,10 @@ SqlFailure failure_from(const PgError& e) {
     SqlFailure f;
     ErrorData* d = e.data();
     f.sqlstate = e.sqlstate();
-    f.message = d->message ? d->message : "";
-    f.detail = d->detail ? d->detail : "";
-    f.hint = d->hint ? d->hint : "";
-    f.context = d->context ? d->context : "";
+    f.message = as_valid_utf8(d->message ? d->message : "");
+    f.detail = as_valid_utf8(d->detail ? d->detail : "");
+    f.hint = as_valid_utf8(d->hint ? d->hint : "");
+    f.context = as_valid_utf8(d->context ? d->context : "");
     if (d->internalquery && d->internalpos > 0) {
         std::string where = "at character " + std::to_string(d->internalpos) + " of the migration SQL";
         f.context = f.context.empty() ? where : where + "\n" + f.context;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/archive_name.hpp"
 #include "pg_deploy/pg/ledger.hpp"
 #include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/settings.hpp"
@@ -81,7 +82,8 @@ void refuse_if_running(const char* operation) {
  * Archiver copies what a lossy down script is about to drop into schema deploy_archive: a dropped table entirely,
  * a dropped column together with the table's primary key (or the whole row when there is none). It reads the
  * statements with the raw parser and archives just before each statement runs, so renames earlier in the same
- * script are seen. It cannot see drops hidden in DO blocks or functions, nor objects removed by CASCADE.
+ * script are seen. It cannot see drops hidden in DO blocks or functions, nor objects removed by CASCADE. Each copy
+ * is recorded in deploy.archived under the object's quoted name (schema.table[.column], each part quoted).
  */
 class Archiver {
 public:
@@ -106,7 +108,7 @@ private:
             return;
         Rows rel = run_query(
             "SELECT c.oid::bigint, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
-            "n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
+            "c.relname FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.oid = $1::oid AND c.relkind IN ('r', 'p')",
             {INT8OID}, {p_int8(static_cast<int64_t>(relid))});
@@ -114,7 +116,8 @@ private:
             return;  // DROP ... IF EXISTS of a missing table, or not a table
         int64_t oid = cell_int8(rel.front()[0]);
         std::string qualified = *rel.front()[1];
-        std::string object_name = *rel.front()[2];
+        std::string relname = *rel.front()[2];
+        std::string object_name = qualified;  // each part quoted: "a.b"."c" and a."b.c" stay apart
         std::string select;
         if (d.is_column) {
             Rows col = run_query(
@@ -132,14 +135,11 @@ private:
             std::string keys = pk.front()[0].value_or("");
             select = keys.empty() ? "SELECT * FROM " + qualified
                                   : "SELECT " + keys + ", " + *col.front()[0] + " FROM " + qualified;
-            object_name += "." + d.column;
+            object_name += "." + *col.front()[0];
         } else {
             select = "SELECT * FROM " + qualified;
         }
-        std::string base = std::to_string(deployment_id_) + "_" + d.table + (d.is_column ? "_" + d.column : "");
-        std::string table = base.substr(0, 55);
-        for (int n = 2; taken(table); ++n)
-            table = base.substr(0, 55) + "_" + std::to_string(n);
+        std::string table = free_archive_table(deployment_id_, relname, d.is_column ? d.column : "");
         std::string archive_table = "deploy_archive." + quoted(table);
         run_user_sql("CREATE TABLE " + archive_table + " AS " + select);
         Rows count = run_query(("SELECT count(*) FROM " + archive_table).c_str());
@@ -158,14 +158,6 @@ private:
                    {"row_count", rows}};
         events_.log("data_archived", deployment_id_, version_, std::nullopt, entry);
         archived_.push_back(entry);
-    }
-
-    bool taken(const std::string& table) {
-        Rows r = run_query(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = 'deploy_archive' AND c.relname = $1",
-            {TEXTOID}, {p_text(table)});
-        return !r.empty();
     }
 
     static std::string quoted(const std::string& ident) {

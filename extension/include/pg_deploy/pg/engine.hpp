@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -42,6 +43,12 @@ private:
 int64_t now_us();
 double ms_since(int64_t start_us);
 
+// json_text is JSON text for the database. Bytes that are not UTF-8 (text from a SQL_ASCII or LATIN1 database, where
+// nlohmann's plain dump() would throw) become U+FFFD instead of failing the call; UTF-8 text is kept as it is.
+std::string json_text(const Json& j);
+// as_valid_utf8 is s with the same replacement, for text that other code will dump() (migration errors).
+std::string as_valid_utf8(const std::string& s);
+
 // SQL-callable result: jsonb built from JSON text in the caller's memory context.
 Datum json_result(const Json& j);
 
@@ -59,7 +66,9 @@ SqlFailure failure_from(const DeployError& e);
 bool aborts_whole_call(const PgError& e);
 
 // failure_of runs the user SQL of one migration (body) and returns its error as a SqlFailure, or nothing when it
-// succeeded. A cancel request is rethrown: it aborts the whole call.
+// succeeded. A cancel request is rethrown: it aborts the whole call, and so does running out of memory. Any other
+// C++ exception (the engine's own work around the SQL, e.g. archiving) is that migration's failure with a defined
+// SQLSTATE (as_deploy_error), so up/down/rollback still record it and return ok:false as documented.
 template <typename F>
 std::optional<SqlFailure> failure_of(F&& body) {
     try {
@@ -70,6 +79,10 @@ std::optional<SqlFailure> failure_of(F&& body) {
         return failure_from(e);
     } catch (const DeployError& e) {
         return failure_from(e);
+    } catch (const std::bad_alloc&) {
+        throw;
+    } catch (const std::exception& e) {
+        return failure_from(as_deploy_error(e));
     }
     return std::nullopt;
 }
