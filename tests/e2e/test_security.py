@@ -1,0 +1,403 @@
+"""Security end to end (docs/security.md): the attacks, performed against the entry points that people, CI and the
+watcher run, with the real binary on a real cluster, as a superuser and as the least-privilege deployer of
+docs/operations.md ("Least privilege").
+
+a. search_path: an attacker role with no grants in pg_deploy owns schema ``evil``, which is on the deployer's
+   search_path (PGOPTIONS or the DSN's ``options``), in front of pg_catalog. It plants an exact-match twin of every
+   pg_catalog operator and function (and domains named like the types pgdeploy casts to) that records the role that
+   ran it, bumps a sequence (not undone by a rollback) and, run by a superuser, makes the attacker one. Then every
+   command runs: load, up (with a non-transactional step), status, validate, verify, markers, rollback, down,
+   baseline, ``once`` executing a marker whose lossy revert archives data, and a ``watch`` that rolls an unhealthy
+   release back. Nothing of the attacker's runs, and the migrations still see the caller's path and rights.
+b. A deploy_admin member cannot write the ledger, the audit log or the counters, nor call the internal steps: 42501,
+   nothing stored changes.
+c. Down SQL changed behind its checksum by the table owner is not run by ``once``: the marker needs attention with
+   PD001, a stored_sql_drift event is written, ``validate`` exits 1 naming it, ``rollback`` exits 6.
+d. A deploy_reader reads status and history, never error detail: a failed migration's secret literal is in nothing
+   it can select.
+e. A 200 kB reason is refused and no marker is created.
+f. Least privilege: what fails, and how, when the deployer lacks a right.
+
+Roles are cluster-wide, so each test creates its own with unique names and drops them at the end.
+"""
+import json
+import os
+import uuid
+
+import psycopg2
+import pytest
+
+from conftest import conninfo, run_pgdeploy
+from watch_helpers import (Watcher, events, hook_entries, wait_for, watch_config, write_hook,  # noqa: F401
+                           health, watchers)  # health, watchers: fixtures
+
+# The deployer's path in the attacks: the attacker's schema in front of pg_catalog. ATTACK_PATH comes through
+# PGOPTIONS, APP_ATTACK_PATH (app first, so unqualified table names in migrations land in app) through the DSN.
+ATTACK_PATH = "evil,pg_catalog"
+APP_ATTACK_PATH = "app,evil,pg_catalog"
+SECRET = "s3cr3t-9f2c1e"
+
+# The trap, planted by the attacker. pwn() records the role that ran it (a row, undone if that transaction rolls
+# back, and a sequence value, which is not), and makes the attacker a superuser when it runs as one.
+TRAP_SQL = r"""
+CREATE TABLE evil.pwned (who name, what text);
+CREATE SEQUENCE evil.hits;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+GRANT INSERT, SELECT ON evil.pwned TO PUBLIC;
+GRANT USAGE, SELECT ON SEQUENCE evil.hits TO PUBLIC;
+CREATE FUNCTION evil.pwn(what text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
+BEGIN
+    PERFORM pg_catalog.nextval('evil.hits');
+    INSERT INTO evil.pwned VALUES (current_user, what);
+    RAISE WARNING 'PWNED by % as %', what, current_user;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+               WHERE r.rolname OPERATOR(pg_catalog.=) current_user AND r.rolsuper) THEN
+        EXECUTE pg_catalog.format('ALTER ROLE %I SUPERUSER', '@ATTACKER@');
+    END IF;
+    RETURN true;
+END
+$fn$;
+SET client_min_messages = error;
+DO $plant$
+DECLARE
+    o      record;
+    n      integer := 0;
+    twin   text;
+    made   integer := 0;
+BEGIN
+    FOR o IN
+        SELECT op.oprname, op.oprkind, op.oprleft::regtype AS l, op.oprright::regtype AS r,
+               op.oprresult::regtype AS res, p.proname
+        FROM pg_catalog.pg_operator op JOIN pg_catalog.pg_proc p ON p.oid = op.oprcode
+        WHERE op.oprnamespace = 'pg_catalog'::regnamespace
+          AND (op.oprleft = 0 OR (SELECT typtype FROM pg_type WHERE oid = op.oprleft) NOT IN ('p'))
+          AND (SELECT typtype FROM pg_type WHERE oid = op.oprright) NOT IN ('p')
+          AND (SELECT typtype FROM pg_type WHERE oid = op.oprresult) NOT IN ('p')
+          AND op.oprleft <> 'internal'::regtype
+    LOOP
+        n := n + 1;
+        twin := format('evil.op_twin_%s', n);
+        BEGIN
+            IF o.oprkind = 'b' THEN
+                EXECUTE format('CREATE FUNCTION %s(%s, %s) RETURNS %s LANGUAGE sql AS %L', twin, o.l, o.r, o.res,
+                               format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I($1, $2) END',
+                                      format('operator %s(%s, %s)', o.oprname, o.l, o.r), o.proname));
+                EXECUTE format('CREATE OPERATOR evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = %s)',
+                               o.oprname, o.l, o.r, twin);
+            ELSE
+                EXECUTE format('CREATE FUNCTION %s(%s) RETURNS %s LANGUAGE sql AS %L', twin, o.r, o.res,
+                               format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I($1) END',
+                                      format('operator %s(%s)', o.oprname, o.r), o.proname));
+                EXECUTE format('CREATE OPERATOR evil.%s (RIGHTARG = %s, FUNCTION = %s)', o.oprname, o.r, twin);
+            END IF;
+            made := made + 1;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+    FOR o IN
+        SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
+               p.prorettype::regtype AS res, p.pronargs, p.proretset
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f' AND p.provariadic = 0
+          AND (SELECT typtype FROM pg_type WHERE oid = p.prorettype) NOT IN ('p')
+          AND NOT EXISTS (SELECT 1 FROM unnest(p.proargtypes::oid[]) t(oid)
+                          JOIN pg_type ty ON ty.oid = t.oid WHERE ty.typtype = 'p')
+          AND p.pronargs <= 4
+    LOOP
+        BEGIN
+            EXECUTE format('CREATE FUNCTION evil.%I(%s) RETURNS %s%s LANGUAGE sql AS %L', o.proname, o.args,
+                           CASE WHEN o.proretset THEN 'SETOF ' ELSE '' END, o.res,
+                           format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I(%s) END',
+                                  format('function %s(%s)', o.proname, o.args), o.proname,
+                                  (SELECT coalesce(string_agg('$' || i, ', '), '')
+                                   FROM generate_series(1, o.pronargs) i)));
+            made := made + 1;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+    -- Aggregates a client query would call unqualified.
+    CREATE FUNCTION evil.count_step(bigint) RETURNS bigint LANGUAGE sql
+        AS $f$ SELECT CASE WHEN evil.pwn('aggregate count(*)') THEN $1 OPERATOR(pg_catalog.+) 1 END $f$;
+    CREATE AGGREGATE evil.count(*) (SFUNC = evil.count_step, STYPE = bigint, INITCOND = '0');
+    -- Argument pairs that pg_catalog matches only through a cast: an exact match wins even behind pg_catalog.
+    CREATE FUNCTION evil.cat_names(name, name) RETURNS text LANGUAGE sql
+        AS $f$ SELECT CASE WHEN evil.pwn('operator ||(name, name)') THEN $1::pg_catalog.text OPERATOR(pg_catalog.||) $2::pg_catalog.text END $f$;
+    CREATE OPERATOR evil.|| (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.cat_names);
+    CREATE FUNCTION evil.oid_is_class(oid, regclass) RETURNS boolean LANGUAGE sql
+        AS $f$ SELECT CASE WHEN evil.pwn('operator =(oid, regclass)') THEN $1 OPERATOR(pg_catalog.=) $2::pg_catalog.oid END $f$;
+    CREATE OPERATOR evil.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = evil.oid_is_class);
+    -- Type names that are not SQL keywords resolve on the path too: a cast to "jsonb" would be a cast to this
+    -- domain, whose check runs the trap.
+    CREATE DOMAIN evil.jsonb AS pg_catalog.jsonb CHECK (evil.pwn('type jsonb'));
+    CREATE DOMAIN evil.json AS pg_catalog.json CHECK (evil.pwn('type json'));
+    CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.pwn('type text'));
+    CREATE DOMAIN evil.name AS pg_catalog.name CHECK (evil.pwn('type name'));
+    CREATE DOMAIN evil.regclass AS pg_catalog.regclass CHECK (evil.pwn('type regclass'));
+    IF made < 2000 THEN
+        RAISE EXCEPTION 'the trap is too small: % twins', made;
+    END IF;
+END
+$plant$;
+"""
+
+
+class Sec:
+    """One test's cast: the database (pg), an attacker, the least-privilege deployer, a reader, all login roles."""
+
+    def __init__(self, pg):
+        suffix = uuid.uuid4().hex[:8]
+        self.pg = pg
+        self.attacker = f"sec_attacker_{suffix}"
+        self.deployer = f"sec_deployer_{suffix}"
+        self.reader = f"sec_reader_{suffix}"
+        self.password = f"pw-{uuid.uuid4().hex}"
+        self.superuser = pg.scalar("SELECT current_user")
+
+    def create_roles(self):
+        pw = self.password
+        self.pg.sql(f"CREATE ROLE {self.attacker} LOGIN PASSWORD %s", (pw,))
+        # docs/operations.md, "Least privilege": deploy_admin, the app schema's owner, nothing else.
+        self.pg.sql(f"CREATE ROLE {self.deployer} LOGIN PASSWORD %s IN ROLE deploy_admin", (pw,))
+        self.pg.sql(f"CREATE ROLE {self.reader} LOGIN PASSWORD %s IN ROLE deploy_reader", (pw,))
+        self.pg.sql(f"CREATE SCHEMA app AUTHORIZATION {self.deployer}")
+
+    def plant_trap(self):
+        self.pg.sql(f"CREATE SCHEMA evil AUTHORIZATION {self.attacker}")
+        conn = psycopg2.connect(self.dsn(self.attacker))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(TRAP_SQL.replace("@ATTACKER@", self.attacker))
+                # The trap is armed: an unqualified operator under the attack path runs it (as the attacker here).
+                cur.execute(f"SET search_path = {ATTACK_PATH}")
+                cur.execute("SELECT 1 = 1")
+                cur.execute("RESET search_path")
+            assert self.pg.scalar("SELECT count(*) FROM evil.pwned") == 1
+            self.pg.sql("TRUNCATE evil.pwned")
+            self.pg.sql("SELECT setval('evil.hits', 1, false)")
+        finally:
+            conn.close()
+
+    def drop_roles(self):
+        for role in (self.attacker, self.deployer, self.reader):
+            self.pg.sql(f"DROP OWNED BY {role} CASCADE") if self.role_exists(role) else None
+            self.pg.sql(f"DROP ROLE IF EXISTS {role}")
+
+    def role_exists(self, role):
+        return bool(self.pg.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)))
+
+    def dsn(self, role=None, path=None):
+        """A conninfo for role (None: the superuser of the PG* environment), with path as its search_path."""
+        extra = {}
+        if role is not None:
+            extra.update(user=role, password=self.password)
+        if path is not None:
+            extra["options"] = f"-c search_path={path}"
+        return conninfo(self.pg.name, **extra)
+
+    def connect(self, role):
+        conn = psycopg2.connect(self.dsn(role))
+        conn.autocommit = True
+        self.pg._extra.append(conn)
+        return conn
+
+    def trap_runs(self):
+        """What the trap recorded: rows (who, what), whether its sequence moved, whether the attacker is superuser."""
+        return (self.pg.sql("SELECT who, what FROM evil.pwned"),
+                self.pg.scalar("SELECT is_called FROM evil.hits"),
+                self.pg.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (self.attacker,)))
+
+    def assert_trap_untouched(self, *outputs):
+        ran = self.pg.sql("SELECT what, who, count(*) FROM evil.pwned GROUP BY 1, 2 ORDER BY 1, 2")
+        assert ran == [], f"the attacker's code ran: {ran}"
+        assert self.trap_runs() == ([], False, False)
+        for out in outputs:
+            assert "PWNED" not in out, out
+
+
+@pytest.fixture
+def sec(pg):
+    s = Sec(pg)
+    s.create_roles()
+    try:
+        yield s
+    finally:
+        s.drop_roles()
+
+
+@pytest.fixture
+def trapped(sec):
+    sec.plant_trap()
+    return sec
+
+
+def as_role(sec, who, path=None):
+    """(DSN, environment) for running pgdeploy as `who` ('superuser' or 'deployer') with `path` (None: the server's
+    default). PGOPTIONS carries the path for the superuser; the deployer's DSN carries it in its options."""
+    if who == "superuser":
+        env = {"PGOPTIONS": f"-c search_path={path}"} if path else {}
+        return sec.dsn(), env
+    return sec.dsn(sec.deployer, path), {"PGOPTIONS": None}
+
+
+def pgdeploy_json(*args, expect=0):
+    code, out, err = run_pgdeploy(*args, "--json")
+    assert code == expect, f"pgdeploy {' '.join(map(str, args[:2]))}: exit {code}\n{out}\n{err}"
+    return json.loads(out), err
+
+
+# Migrations that use no operator or function of their own (so whatever the trap records came from pg_deploy) and
+# write down what they saw: the search_path and the role they ran under.
+MIGRATIONS = {
+    "0001_users.up.sql": "CREATE TABLE app.users (id int);\n"
+                         "CREATE TABLE app.seen AS SELECT pg_catalog.current_setting('search_path') AS path,\n"
+                         "                                CURRENT_USER AS who;\n",
+    "0001_users.down.sql": "DROP TABLE app.seen;\nDROP TABLE app.users;\n",
+    "0001_users.verify.sql": "SELECT id FROM app.users;\n",
+    "0002_scores.up.sql": "-- pg_deploy: reversible=lossy\nCREATE TABLE app.scores (id int);\n"
+                          "INSERT INTO app.scores VALUES (7);\n",
+    "0002_scores.down.sql": "DROP TABLE app.scores;\n",
+    "0003_users_idx.up.sql": "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY users_id_idx ON app.users (id);\n",
+    "0003_users_idx.down.sql": "DROP INDEX app.users_id_idx;\n",
+}
+
+
+# ---- a. search_path ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("who", ["superuser", "deployer"])
+def test_cli_commands_run_nothing_of_the_attackers(trapped, write_migrations, who):
+    sec = trapped
+    dsn, env = as_role(sec, who, ATTACK_PATH)
+    mig = write_migrations(MIGRATIONS)
+    outputs = []
+
+    def cli(*args, expect=0):
+        code, out, err = run_pgdeploy(*args, "--dsn", dsn, "--json", env=env)
+        outputs.extend([out, err])
+        assert code == expect, f"pgdeploy {args[0]}: exit {code}\n{out}\n{err}"
+        return json.loads(out)
+
+    assert cli("load", mig)["ok"]
+    up = cli("up", "--dir", mig, "--app-version", "r1")
+    assert up["ok"] and up["version_after"] == "0003", up
+    assert cli("status")["current_version"] == "0003"
+    assert cli("validate")["ok"]
+    assert cli("verify")["ok"]
+    assert cli("markers", "list")["markers"] == []
+    # Migration SQL ran with the caller's path and rights.
+    role = sec.superuser if who == "superuser" else sec.deployer
+    assert sec.pg.sql("SELECT path, who FROM app.seen") == [(ATTACK_PATH, role)]
+
+    rb = cli("rollback", "--reason", "bad release")
+    assert rb["ok"] and [r["version"] for r in rb["reverted"]] == ["0003", "0002", "0001"], rb
+    assert sec.pg.sql("SELECT object_name, row_count FROM deploy.archived") == [("app.scores", 1)]
+
+    assert cli("up", "--app-version", "r2")["ok"]
+    assert cli("down", "--steps", "1")["ok"]
+    marker = cli("markers", "request", "--reason", "by hand")["marker_id"]
+    done = cli("markers", "execute", str(marker))
+    assert done["ok"] and done["state"] == "done", done
+    assert sec.pg.scalar("SELECT count(*) FROM deploy.applied") == 0
+
+    sec.assert_trap_untouched(*outputs)
+
+
+# Two releases whose migrations name their tables unqualified: they land in app because app is first on the
+# caller's path, and the lossy down script's unqualified DROP TABLE is archived as app.scores.
+RELEASE_1 = {"0001_users.up.sql": "CREATE TABLE users (id int);\n", "0001_users.down.sql": "DROP TABLE users;\n"}
+RELEASE_2 = dict(RELEASE_1, **{
+    "0002_scores.up.sql": "-- pg_deploy: reversible=lossy\nCREATE TABLE scores (id int);\nINSERT INTO scores VALUES (7);\n",
+    "0002_scores.down.sql": "DROP TABLE scores;\n"})
+
+
+def ship_two_releases(sec, write_migrations, dsn, env):
+    """Deploys RELEASE_1 as v1 and RELEASE_2 as v2 with pgdeploy up; returns the id of v2's deployment."""
+    for app_version, files in (("v1", RELEASE_1), ("v2", RELEASE_2)):
+        code, out, err = run_pgdeploy("up", "--dir", write_migrations(files), "--app-version", app_version,
+                                      "--dsn", dsn, "--json", env=env)
+        assert code == 0, out + err
+        assert "PWNED" not in err
+    return json.loads(out)["deployment_id"]
+
+
+def once_config(tmp_path, dsn, hook):
+    cfg = {"watcher_id": "sec-once", "database": {"dsn": dsn},
+           "rollback": {"command": [hook], "timeout": "30s", "lease": "30s"}, "logging": {"level": "debug"}}
+    path = tmp_path / "once.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize("who", ["superuser", "deployer"])
+def test_once_executes_a_lossy_revert_without_running_the_attackers_code(trapped, write_migrations, tmp_path, who):
+    sec = trapped
+    dsn, env = as_role(sec, who, APP_ATTACK_PATH)
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    assert sec.pg.sql("SELECT id FROM app.scores") == [(7,)]
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('release v2 is bad', %s)", (d2,))
+    hook, hook_log, _ = write_hook(tmp_path, tmp_path / "bad")
+
+    code, out, err = run_pgdeploy("once", "--config", once_config(tmp_path, dsn, hook), "--json", env=env)
+    assert code == 0, out + err
+    assert [(m["marker_id"], m["result"]) for m in json.loads(out)["markers"]] == [(marker, "done")]
+    assert [e["phase"] for e in hook_entries(hook_log)] == ["start", "done"]
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "rolled_back"
+    # The down script's unqualified name was resolved on the caller's path, and its data archived first.
+    assert sec.pg.scalar("SELECT to_regclass('app.scores')") is None
+    archived = sec.pg.sql("SELECT object_name, row_count, archive_table FROM deploy.archived")
+    assert [(a[0], a[1]) for a in archived] == [("app.scores", 1)]
+    assert sec.pg.sql(f"SELECT id FROM {archived[0][2]}") == [(7,)]
+    owner = sec.superuser if who == "superuser" else sec.deployer
+    assert sec.pg.scalar("SELECT requested_by FROM deploy.rollback_markers WHERE id = %s", (marker,)) == sec.superuser
+    assert sec.pg.scalar("SELECT actor FROM deploy.events WHERE kind = 'marker_done'") == owner
+    sec.assert_trap_untouched(out, err)
+
+
+@pytest.mark.parametrize("who", ["superuser", "deployer"])
+def test_watch_rolls_back_an_unhealthy_release_without_running_the_attackers_code(trapped, write_migrations,
+                                                                                  tmp_path, health, watchers, who):
+    sec = trapped
+    # The attacker's schema is on the watcher's path through its DSN's options, for both roles.
+    dsn = sec.dsn(None if who == "superuser" else sec.deployer, APP_ATTACK_PATH)
+    d2 = ship_two_releases(sec, write_migrations, dsn, {"PGOPTIONS": None})
+    hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
+    cfg = watch_config(sec.pg, health, hook, tmp_path / "state.json")
+    cfg["database"]["dsn"] = dsn
+    w = Watcher(tmp_path, cfg)
+    watchers.append(w)
+    w.wait_ready(leader=True)
+
+    health.make_unhealthy()
+    wait_for(lambda: sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "rolled_back",
+             timeout=20, what="deployment v2 rolled back")
+    wait_for(lambda: events(sec.pg, "watcher_rollback_done"), timeout=20, what="health recovered")
+    assert [e["phase"] for e in hook_entries(hook_log)] == ["start", "done"]
+    assert sec.pg.sql("SELECT object_name, row_count FROM deploy.archived") == [("app.scores", 1)]
+    assert w.stop() == 0
+    sec.assert_trap_untouched(w.log_text())
+
+
+def test_a_failing_hook_is_recorded_for_the_least_privilege_deployer(trapped, write_migrations, tmp_path):
+    """The watcher records a failed hook as a failed attempt (deploy.fail_marker_attempt): the deployer may."""
+    sec = trapped
+    dsn, env = as_role(sec, "deployer", APP_ATTACK_PATH)
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('release v2 is bad', %s)", (d2,))
+    hook, hook_log, fail_file = write_hook(tmp_path, tmp_path / "bad")
+    open(fail_file, "w").close()
+    path = once_config(tmp_path, dsn, hook)
+    results = []
+    for _ in range(3):   # pg_deploy.max_rollback_attempts
+        code, out, err = run_pgdeploy("once", "--config", path, "--json", env=env)
+        results.append((code, json.loads(out)["markers"][0]["result"]))
+        assert "PWNED" not in err
+    assert results == [(1, "failed"), (1, "failed"), (10, "needs_attention")], results
+    assert sec.pg.sql("SELECT state, attempts, holder, lease_until FROM deploy.rollback_markers WHERE id = %s",
+                      (marker,)) == [("needs_attention", 3, "sec-once", None)]
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
+    assert [r[0] for r in sec.pg.sql("SELECT actor FROM deploy.events WHERE kind = 'marker_failed'")] == \
+        [sec.deployer, sec.deployer]
+    sec.assert_trap_untouched()
