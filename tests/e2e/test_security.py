@@ -301,6 +301,8 @@ def test_cli_commands_run_nothing_of_the_attackers(trapped, write_migrations, wh
     done = cli("markers", "execute", str(marker))
     assert done["ok"] and done["state"] == "done", done
     assert sec.pg.scalar("SELECT count(*) FROM deploy.applied") == 0
+    assert cli("baseline", "--through", "0001", "--app-version", "adopted")["ok"]
+    assert sec.pg.sql("SELECT version, baseline, applied_by FROM deploy.applied") == [("0001", True, role)]
 
     sec.assert_trap_untouched(*outputs)
 
@@ -401,3 +403,246 @@ def test_a_failing_hook_is_recorded_for_the_least_privilege_deployer(trapped, wr
     assert [r[0] for r in sec.pg.sql("SELECT actor FROM deploy.events WHERE kind = 'marker_failed'")] == \
         [sec.deployer, sec.deployer]
     sec.assert_trap_untouched()
+
+
+# ---- b. deploy_admin writes only through the functions -------------------------------------------------------------
+
+def full_snapshot(pg):
+    """pg.snapshot() plus what a forger would touch: stored bodies and checksums, the counters, every event."""
+    snap = pg.snapshot()
+    snap["bodies"] = pg.sql("SELECT version, down_sql, down_checksum FROM deploy.applied ORDER BY version")
+    snap["catalog_sums"] = pg.sql("SELECT version, down_checksum, verify_checksum FROM deploy.migrations "
+                                  "ORDER BY version")
+    snap["ledger_stats"] = pg.sql("SELECT * FROM deploy.ledger_stats")
+    snap["event_rows"] = pg.sql("SELECT id, at, kind, actor, details FROM deploy.events ORDER BY id")
+    snap["marker_rows"] = pg.sql("SELECT id, state, holder, lease_until, attempts, last_error, updated_at "
+                                 "FROM deploy.rollback_markers ORDER BY id")
+    return snap
+
+
+FORGERIES = [
+    ("update-applied-down-sql", "UPDATE deploy.applied SET down_sql = 'ALTER ROLE {me} SUPERUSER'"),
+    ("update-migrations-down-sql", "UPDATE deploy.migrations SET down_sql = 'SELECT 1', "
+                                   "down_checksum = deploy.checksum('SELECT 1')"),
+    ("update-migrations-verify-sql", "UPDATE deploy.migrations SET verify_sql = 'ALTER ROLE {me} SUPERUSER'"),
+    ("insert-forged-event", "INSERT INTO deploy.events (kind, actor, at) "
+                            "VALUES ('deployment_succeeded', 'postgres', '2020-01-01')"),
+    ("update-ledger-stats", "UPDATE deploy.ledger_stats SET applied_count = 0"),
+    ("delete-deployments", "DELETE FROM deploy.deployments"),
+    ("insert-marker", "INSERT INTO deploy.rollback_markers (deployment_id, reason) VALUES (1, 'forged')"),
+    ("truncate-events", "TRUNCATE deploy.events"),
+    ("log-events", "SELECT deploy.log_events('deployment_succeeded', NULL, ARRAY['0001'], "
+                   "ARRAY['2020-01-01'::timestamptz], ARRAY['{{}}'::jsonb])"),
+    ("execute-rollback-end", "SELECT deploy.execute_rollback_end('{{\"marker_id\": {marker}}}', '{{\"ok\": true}}', NULL)"),
+    ("execute-rollback-begin", "SELECT deploy.execute_rollback_begin({marker}, 'x', false)"),
+    ("finish-marker-attempt", "SELECT deploy.finish_marker_attempt(k, '{{}}', false) FROM deploy.rollback_markers k"),
+    ("wait-for-deploy-lock", "SELECT deploy.wait_for_deploy_lock('forgery')"),
+]
+
+
+@pytest.fixture
+def ledger(sec, write_migrations):
+    """A ledger with a deployment, stored down and verify SQL, and a claimed marker (held by the superuser's
+    watcher "w-super")."""
+    dsn, env = as_role(sec, "deployer", "app")
+    ship_two_releases(sec, write_migrations, dsn, env)
+    sec.pg.sql("SELECT deploy.register('0009', 'later', 'SELECT 1', 'SELECT 2', 'SELECT 3')")
+    sec.marker = sec.pg.scalar("SELECT deploy.request_rollback('bad')")
+    assert sec.pg.sql("SELECT id FROM deploy.claim_marker('w-super', '1 hour', %s)", (sec.marker,)) == [(sec.marker,)]
+    return sec
+
+
+@pytest.mark.parametrize("case,query", FORGERIES, ids=[c[0] for c in FORGERIES])
+def test_deploy_admin_cannot_write_the_ledger_directly(ledger, case, query):
+    sec = ledger
+    before = full_snapshot(sec.pg)
+    conn = sec.connect(sec.deployer)
+    with pytest.raises(psycopg2.Error) as err, conn.cursor() as cur:
+        cur.execute(query.format(me=sec.deployer, marker=sec.marker))
+    assert err.value.pgcode == "42501", f"{case}: {err.value.pgcode} {err.value}"
+    assert full_snapshot(sec.pg) == before
+    assert not sec.pg.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (sec.deployer,))
+
+
+def test_the_functions_choose_actor_and_time_not_the_caller(ledger):
+    sec = ledger
+    cur = sec.connect(sec.deployer).cursor()
+    cur.execute("SELECT deploy.log_event('sec_note', details => '{\"actor\": \"postgres\"}')")
+    event = cur.fetchone()[0]
+    assert sec.pg.sql("SELECT actor, at > now() - interval '1 minute', details->>'actor' FROM deploy.events "
+                      "WHERE id = %s", (event,)) == [(sec.deployer, True, "postgres")]
+    # Only the marker's holder ends its attempt through the door the watcher uses; anyone else changes nothing.
+    before = full_snapshot(sec.pg)
+    cur.execute("SELECT deploy.fail_marker_attempt(%s, 'intruder', '{\"message\": \"forged\"}')", (sec.marker,))
+    assert cur.fetchone()[0] is None
+    assert full_snapshot(sec.pg) == before
+    for args, sqlstate in (("NULL, 'w-super', '{}'", "22004"), ("%(m)s, 'w-super', '[1]'", "22023"),
+                           ("%(m)s, repeat('h', 201), '{}'", "22001"),
+                           ("%(m)s, 'w-super', jsonb_build_object('m', repeat('x', 70000))", "22001")):
+        with pytest.raises(psycopg2.Error) as err:
+            cur.execute(f"SELECT deploy.fail_marker_attempt({args})", {"m": sec.marker})
+        assert err.value.pgcode == sqlstate, (args, err.value)
+    assert full_snapshot(sec.pg) == before
+    cur.execute("SELECT deploy.fail_marker_attempt(%s, 'w-super', '{\"message\": \"hook failed\"}')",
+                (sec.marker,))
+    assert cur.fetchone()[0] == "failed"
+    assert sec.pg.sql("SELECT state, holder, lease_until, last_error->>'message' FROM deploy.rollback_markers "
+                      "WHERE id = %s", (sec.marker,)) == [("failed", "w-super", None, "hook failed")]
+
+
+# ---- c. stored SQL changed behind its checksum -------------------------------------------------------------------
+
+def test_tampered_down_sql_is_never_run(sec, write_migrations, tmp_path):
+    dsn, env = as_role(sec, "deployer", "app")
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    # The table owner (a superuser here; a tampered restore would do the same) rewrites the stored down SQL.
+    sec.pg.sql("UPDATE deploy.applied SET down_sql = 'CREATE TABLE app.tampered (id int); DROP TABLE app.users' "
+               "WHERE version = '0002'")
+    code, out, err = run_pgdeploy("validate", "--dsn", dsn, "--json", env=env)
+    assert code == 1, out + err
+    assert {"kind": "stored_sql_drift", "version": "0002", "name": "scores", "part": "down_sql",
+            "stored_in": "applied"} in json.loads(out)["problems"]
+
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('release v2 is bad', %s)", (d2,))
+    cfg = {"watcher_id": "sec-once", "database": {"dsn": dsn}, "logging": {"level": "info"}}
+    path = tmp_path / "once.json"
+    path.write_text(json.dumps(cfg))
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", env=env)
+    assert code == 10, out + err                                  # needs attention at once: retrying cannot help
+    assert [m["result"] for m in json.loads(out)["markers"]] == ["needs_attention"]
+    assert sec.pg.sql("SELECT state, attempts, last_error->>'sqlstate' FROM deploy.rollback_markers WHERE id = %s",
+                      (marker,)) == [("needs_attention", 1, "PD001")]
+    # Nothing of the tampered body ran, nothing was reverted.
+    assert sec.pg.scalar("SELECT to_regclass('app.tampered')") is None
+    assert sec.pg.sql("SELECT id FROM app.scores") == [(7,)] and sec.pg.scalar("SELECT to_regclass('app.users')")
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
+    assert sec.pg.sql("SELECT version, details->>'operation' FROM deploy.events "
+                      "WHERE kind = 'stored_sql_drift'") == [("0002", "rollback")]
+    # A person running the rollback by hand is refused the same way: exit 6 (drift).
+    code, out, err = run_pgdeploy("rollback", "--dsn", dsn, "--json", env=env)
+    assert code == 6, out + err
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["failed"]["sqlstate"] == "PD001", doc
+    assert sec.pg.scalar("SELECT to_regclass('app.tampered')") is None
+
+
+# ---- d. readers never see error detail ---------------------------------------------------------------------------
+
+def test_reader_sees_status_and_history_but_no_secret(sec, write_migrations, tmp_path):
+    dsn, env = as_role(sec, "deployer", "app")
+    vault = {"0001_vault.up.sql": f"CREATE TABLE vault (token text PRIMARY KEY);\n"
+                                  f"INSERT INTO vault VALUES ('{SECRET}');\n",
+             "0001_vault.down.sql": f"INSERT INTO vault VALUES ('{SECRET}');\nDROP TABLE vault;\n"}
+    code, out, err = run_pgdeploy("up", "--dir", write_migrations(vault), "--app-version", "v1", "--dsn", dsn,
+                                  "--json", env=env)
+    assert code == 0, out + err
+    # A failed migration whose INSERT quotes the secret (duplicate key: the detail names the value) ...
+    leaky = dict(vault, **{"0002_leak.up.sql": f"INSERT INTO vault VALUES ('{SECRET}');\n",
+                           "0002_leak.down.sql": "SELECT 1;\n"})
+    code, out, err = run_pgdeploy("up", "--dir", write_migrations(leaky), "--app-version", "v2", "--dsn", dsn,
+                                  "--json", env=env)
+    assert code == 1, out + err
+    assert SECRET in json.loads(out)["failed"]["detail"]          # the deployer sees it: the detail is real
+    # ... and a failed revert whose down script does the same (the marker's last error).
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('v1 is bad', 1)")
+    code, out, err = run_pgdeploy("markers", "execute", str(marker), "--dsn", dsn, "--json", env=env)
+    assert json.loads(out)["ok"] is False, out + err
+    assert SECRET in sec.pg.scalar("SELECT last_error_private::text FROM deploy.rollback_markers")
+    assert SECRET in sec.pg.scalar("SELECT string_agg(error_private::text, ' ') FROM deploy.deployments")
+    assert SECRET in sec.pg.scalar("SELECT string_agg(private_details::text, ' ') FROM deploy.events")
+
+    reader = sec.connect(sec.reader).cursor()
+    for query in ("SELECT error_private FROM deploy.deployments",
+                  "SELECT private_details FROM deploy.events",
+                  "SELECT last_error_private FROM deploy.rollback_markers",
+                  "SELECT * FROM deploy.deployments",
+                  "SELECT down_sql FROM deploy.applied",
+                  "SELECT up_sql FROM deploy.migrations"):
+        with pytest.raises(psycopg2.Error) as err:
+            reader.execute(query)
+        assert err.value.pgcode == "42501", query
+    readable = []
+    for query in ("SELECT to_jsonb(d)::text FROM (SELECT id, kind, app_version, state, error, metadata "
+                  "FROM deploy.deployments) d",
+                  "SELECT to_jsonb(h)::text FROM deploy.deployment_history h",
+                  "SELECT to_jsonb(e)::text FROM deploy.recent_events e",
+                  "SELECT to_jsonb(e)::text FROM (SELECT id, kind, version, actor, details FROM deploy.events) e",
+                  "SELECT to_jsonb(m)::text FROM (SELECT id, reason, state, details, last_error "
+                  "FROM deploy.rollback_markers) m",
+                  "SELECT to_jsonb(s)::text FROM deploy.migration_state s",
+                  "SELECT deploy.status()::text", "SELECT deploy.validate()::text"):
+        reader.execute(query)
+        readable.extend(r[0] for r in reader.fetchall())
+    assert any("23505" in r for r in readable)                    # the reader does see that and how it failed
+    assert not [r for r in readable if SECRET in r]
+    for command in (("status",), ("validate",), ("markers", "list")):
+        code, out, err = run_pgdeploy(*command, "--dsn", sec.dsn(sec.reader), "--json")
+        assert code == 0, out + err
+        assert SECRET not in out + err
+    assert json.loads(run_pgdeploy("status", "--dsn", sec.dsn(sec.reader), "--json")[1])["last_deployment"][
+        "state"] == "failed"
+
+
+# ---- e. input limits ---------------------------------------------------------------------------------------------
+
+def test_an_oversized_reason_is_refused_and_no_marker_is_created(sec, write_migrations):
+    dsn, env = as_role(sec, "deployer", "app")
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    before = full_snapshot(sec.pg)
+    cur = sec.connect(sec.deployer).cursor()
+    with pytest.raises(psycopg2.Error) as err:
+        cur.execute("SELECT deploy.request_rollback(repeat('x', 200000))")
+    assert err.value.pgcode == "22001" and "1000" in str(err.value)
+    # One argv string may hold at most 128 KiB (Linux's MAX_ARG_STRLEN): 100 kB is what a command line can carry.
+    long_reason = "r" * 100_000
+    for command in (("rollback", "--reason", long_reason), ("markers", "request", "--reason", long_reason)):
+        code, out, err = run_pgdeploy(*command, "--dsn", dsn, "--json", env=env)
+        doc = json.loads(out)
+        assert doc["ok"] is False and "1000" in doc["error"]["message"], out + err
+        # Refused by the server (22001: "the operation failed", exit 1), or, by a pgdeploy that checks the length
+        # itself first, as a usage error (exit 2) before anything is sent.
+        assert doc["error"]["sqlstate"] in ("22001", None), doc
+        assert code == (1 if doc["error"]["sqlstate"] == "22001" else 2), (code, doc)
+    assert full_snapshot(sec.pg) == before
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
+
+
+# ---- f. least privilege: what fails when a right is missing ------------------------------------------------------
+
+def test_without_deploy_admin_nothing_runs(sec, write_migrations, tmp_path):
+    dsn, env = as_role(sec, "deployer", "app")
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    sec.pg.sql("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    sec.pg.sql(f"REVOKE deploy_admin FROM {sec.deployer}")
+    before = full_snapshot(sec.pg)
+    code, out, err = run_pgdeploy("load", write_migrations(RELEASE_2), "--dsn", dsn, "--json", env=env)
+    assert code == 1, out + err
+    assert {m["sqlstate"] for m in json.loads(out)["migrations"]} == {"42501"}
+    for command in (("up",), ("rollback",), ("status",)):
+        code, out, err = run_pgdeploy(*command, "--dsn", dsn, "--json", env=env)
+        assert code == 1 and json.loads(out)["error"]["sqlstate"] == "42501", out + err
+    path = once_config(tmp_path, dsn, "/bin/true")
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", env=env)
+    assert code == 1 and "permission denied" in out + err, out + err
+    assert full_snapshot(sec.pg) == before
+
+
+def test_without_the_rights_the_down_script_needs_the_marker_fails_then_needs_attention(sec, write_migrations,
+                                                                                        tmp_path):
+    dsn, env = as_role(sec, "deployer", "app")
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    # Someone else owns the table the lossy down script drops (created by hand, or by a superuser's deploy): the
+    # archiver cannot read it (the DROP would need ownership too).
+    sec.pg.sql("ALTER TABLE app.scores OWNER TO CURRENT_USER")
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    path = once_config(tmp_path, dsn, "/bin/true")
+    results = []
+    for _ in range(3):
+        sec.pg.sql("UPDATE deploy.rollback_markers SET updated_at = updated_at - interval '1 hour'")  # no backoff
+        code, out, err = run_pgdeploy("once", "--config", path, "--json", env=env)
+        results.append((code, json.loads(out)["markers"][0]["result"]))
+    assert results == [(1, "failed"), (1, "failed"), (10, "needs_attention")], results
+    assert sec.pg.sql("SELECT state, last_error->>'sqlstate', last_error->>'message' FROM deploy.rollback_markers "
+                      "WHERE id = %s", (marker,)) == [("needs_attention", "42501", "permission denied for table scores")]
+    assert sec.pg.sql("SELECT id FROM app.scores") == [(7,)]       # the revert was undone as a whole
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
