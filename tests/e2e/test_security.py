@@ -164,22 +164,26 @@ class Sec:
         self.pg.sql(f"CREATE ROLE {self.reader} LOGIN PASSWORD %s IN ROLE deploy_reader", (pw,))
         self.pg.sql(f"CREATE SCHEMA app AUTHORIZATION {self.deployer}")
 
-    def plant_trap(self):
-        self.pg.sql(f"CREATE SCHEMA evil AUTHORIZATION {self.attacker}")
+    def plant_trap(self, schema="evil"):
+        """Plants the trap in schema (created for the attacker unless it exists: public, before PostgreSQL 15)."""
+        if schema == "evil":
+            self.pg.sql(f"CREATE SCHEMA evil AUTHORIZATION {self.attacker}")
         conn = psycopg2.connect(self.dsn(self.attacker))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(TRAP_SQL.replace("@ATTACKER@", self.attacker))
+                cur.execute(TRAP_SQL.replace("@ATTACKER@", self.attacker).replace("evil.", schema + ".")
+                            .replace("SCHEMA evil", "SCHEMA " + schema))
                 # The trap is armed: an unqualified operator under the attack path runs it (as the attacker here).
-                cur.execute(f"SET search_path = {ATTACK_PATH}")
+                cur.execute(f"SET search_path = {schema}, pg_catalog")
                 cur.execute("SELECT 1 = 1")
                 cur.execute("RESET search_path")
-            assert self.pg.scalar("SELECT count(*) FROM evil.pwned") == 1
-            self.pg.sql("TRUNCATE evil.pwned")
-            self.pg.sql("SELECT setval('evil.hits', 1, false)")
+            assert self.pg.scalar(f"SELECT count(*) FROM {schema}.pwned") == 1
+            self.pg.sql(f"TRUNCATE {schema}.pwned")
+            self.pg.sql(f"SELECT setval('{schema}.hits', 1, false)")
         finally:
             conn.close()
+        self.trap = schema
 
     def drop_roles(self):
         for role in (self.attacker, self.deployer, self.reader):
@@ -206,12 +210,18 @@ class Sec:
 
     def trap_runs(self):
         """What the trap recorded: rows (who, what), whether its sequence moved, whether the attacker is superuser."""
-        return (self.pg.sql("SELECT who, what FROM evil.pwned"),
-                self.pg.scalar("SELECT is_called FROM evil.hits"),
+        return (self.pg.sql(f"SELECT who, what FROM {self.trap}.pwned"),
+                self.pg.scalar(f"SELECT is_called FROM {self.trap}.hits"),
                 self.pg.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (self.attacker,)))
 
+    def assert_no_password(self, *outputs):
+        """The roles' password is in no output, log line or event (the DSNs carry it, logging is at debug)."""
+        events = self.pg.scalar("SELECT coalesce(string_agg(to_jsonb(e)::text, ' '), '') FROM deploy.events e")
+        for text in (*outputs, events):
+            assert self.password not in text
+
     def assert_trap_untouched(self, *outputs):
-        ran = self.pg.sql("SELECT what, who, count(*) FROM evil.pwned GROUP BY 1, 2 ORDER BY 1, 2")
+        ran = self.pg.sql(f"SELECT what, who, count(*) FROM {self.trap}.pwned GROUP BY 1, 2 ORDER BY 1, 2")
         assert ran == [], f"the attacker's code ran: {ran}"
         assert self.trap_runs() == ([], False, False)
         for out in outputs:
@@ -356,6 +366,7 @@ def test_once_executes_a_lossy_revert_without_running_the_attackers_code(trapped
     assert sec.pg.scalar("SELECT requested_by FROM deploy.rollback_markers WHERE id = %s", (marker,)) == sec.superuser
     assert sec.pg.scalar("SELECT actor FROM deploy.events WHERE kind = 'marker_done'") == owner
     sec.assert_trap_untouched(out, err)
+    sec.assert_no_password(out, err)
 
 
 @pytest.mark.parametrize("who", ["superuser", "deployer"])
@@ -380,6 +391,7 @@ def test_watch_rolls_back_an_unhealthy_release_without_running_the_attackers_cod
     assert sec.pg.sql("SELECT object_name, row_count FROM deploy.archived") == [("app.scores", 1)]
     assert w.stop() == 0
     sec.assert_trap_untouched(w.log_text())
+    sec.assert_no_password(w.log_text())
 
 
 def test_a_failing_hook_is_recorded_for_the_least_privilege_deployer(trapped, write_migrations, tmp_path):
@@ -646,3 +658,85 @@ def test_without_the_rights_the_down_script_needs_the_marker_fails_then_needs_at
                       "WHERE id = %s", (marker,)) == [("needs_attention", "42501", "permission denied for table scores")]
     assert sec.pg.sql("SELECT id FROM app.scores") == [(7,)]       # the revert was undone as a whole
     assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "succeeded"
+
+
+def test_pre_15_public_schema_does_not_reach_pgdeploy(sec, write_migrations, tmp_path):
+    """Before PostgreSQL 15 every role may create in public, which is on everybody's default path (behind the
+    implicit pg_catalog). The attacker plants the trap there; the deployer runs with the server's default path."""
+    sec.pg.sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    sec.plant_trap("public")
+    dsn, env = as_role(sec, "deployer")
+    d2 = ship_two_releases(sec, write_migrations, dsn, {"PGOPTIONS": "-c search_path=app,public"})
+    outputs = []
+    for command in (("status",), ("validate",), ("verify",), ("markers", "list")):
+        code, out, err = run_pgdeploy(*command, "--dsn", dsn, "--json", env=env)
+        assert code == 0, out + err
+        outputs += [out, err]
+    sec.pg.sql("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    code, out, err = run_pgdeploy("once", "--config", once_config(tmp_path, sec.dsn(sec.deployer, "app,public"),
+                                                                 "/bin/true"), "--json", env=env)
+    assert code == 0, out + err
+    assert sec.pg.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (d2,)) == "rolled_back"
+    sec.assert_trap_untouched(*outputs, out, err)
+
+
+def test_migration_sql_runs_with_the_callers_path_and_rights(sec, write_migrations):
+    """What docs/security.md warns about, shown: (1) down SQL that a deploy_admin member registered runs with the
+    rights of whoever reverts it, a superuser included; (2) migration SQL resolves names on the caller's path, so an
+    attacker's better-matching function in a schema on that path runs, as the deployer, unless the name is
+    qualified. pg_deploy's own statements are immune to both (the tests above)."""
+    dsn, env = as_role(sec, "deployer", "app")
+    sec.pg.sql(f"CREATE TABLE app.revert_log (who name, superuser boolean)")
+    sec.pg.sql(f"ALTER TABLE app.revert_log OWNER TO {sec.deployer}")
+    record = ("INSERT INTO app.revert_log SELECT CURRENT_USER, r.rolsuper FROM pg_catalog.pg_roles r "
+              "WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER;\n")
+    files = {"0001_t.up.sql": "CREATE TABLE app.t (id int);\n", "0001_t.down.sql": record + "DROP TABLE app.t;\n"}
+    for reverter in ("deployer", "superuser"):
+        code, out, err = run_pgdeploy("up", "--dir", write_migrations(files), "--app-version", "v1", "--dsn", dsn,
+                                      "--json", env=env)
+        assert code == 0, out + err
+        rdsn, renv = as_role(sec, reverter, "app")
+        code, out, err = run_pgdeploy("rollback", "--dsn", rdsn, "--json", env=renv)
+        assert code == 0, out + err
+    assert sec.pg.sql("SELECT who, superuser FROM app.revert_log") == [(sec.deployer, False), (sec.superuser, True)]
+
+    # (2) A pre-15 public schema: the attacker's lower(varchar) is a better match than pg_catalog.lower(text).
+    sec.pg.sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    conn = sec.connect(sec.attacker)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.caught (who name)")
+        cur.execute("GRANT INSERT ON public.caught TO PUBLIC")
+        cur.execute("CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql "
+                    "AS 'INSERT INTO public.caught SELECT CURRENT_USER RETURNING $1::text'")
+    files = {"0002_names.up.sql": "CREATE TABLE app.names (name varchar(40));\n"
+                                  "INSERT INTO app.names VALUES ('Ada');\n"
+                                  "CREATE TABLE app.lowered AS SELECT pg_catalog.lower(name) AS q FROM app.names;\n"
+                                  "CREATE TABLE app.lowered2 AS SELECT lower(name) AS u FROM app.names;\n",
+             "0002_names.down.sql": "DROP TABLE app.lowered2, app.lowered, app.names;\n"}
+    code, out, err = run_pgdeploy("up", "--dir", write_migrations(files), "--dsn", sec.dsn(sec.deployer, "app,public"),
+                                  "--json", env={"PGOPTIONS": None})
+    assert code == 0, out + err
+    assert sec.pg.sql("SELECT q FROM app.lowered") == [("ada",)]                 # qualified: pg_catalog's
+    assert sec.pg.sql("SELECT who FROM public.caught") == [(sec.deployer,)]     # unqualified: the attacker's
+
+
+def test_a_role_with_no_grants_reads_nothing_but_notify_wake_ups(sec, write_migrations):
+    """LISTEN needs no privilege: any role that can connect hears `pg_deploy` notifications. They carry ids, kinds
+    and versions only; the rows behind them are refused."""
+    conn = sec.connect(sec.attacker)
+    with conn.cursor() as cur:
+        cur.execute("LISTEN pg_deploy")
+    dsn, env = as_role(sec, "deployer", "app")
+    ship_two_releases(sec, write_migrations, dsn, env)
+    payloads = wait_for(lambda: conn.poll() or conn.notifies, what="notifications")
+    keys = set()
+    for note in payloads:
+        keys |= set(json.loads(note.payload))
+        assert "CREATE" not in note.payload and "INSERT" not in note.payload
+    assert keys <= {"id", "kind", "deployment_id", "version", "marker_id", "count"}, keys
+    with conn.cursor() as cur:
+        for query in ("SELECT kind FROM deploy.events", "SELECT deploy.status()", "SELECT deploy.current_version()",
+                      "SELECT * FROM deploy.recent_events", "SELECT count(*) FROM deploy_archive.x"):
+            with pytest.raises(psycopg2.Error) as err:
+                cur.execute(query)
+            assert err.value.pgcode == "42501", query
