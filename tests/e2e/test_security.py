@@ -159,10 +159,16 @@ class Sec:
     def create_roles(self):
         pw = self.password
         self.pg.sql(f"CREATE ROLE {self.attacker} LOGIN PASSWORD %s", (pw,))
-        # docs/operations.md, "Least privilege": deploy_admin, the app schema's owner, nothing else.
-        self.pg.sql(f"CREATE ROLE {self.deployer} LOGIN PASSWORD %s IN ROLE deploy_admin", (pw,))
-        self.pg.sql(f"CREATE ROLE {self.reader} LOGIN PASSWORD %s IN ROLE deploy_reader", (pw,))
+        # docs/operations.md, "Least privilege", as written there: deploy_admin, the app schema's owner, its path.
+        self.pg.sql(f"CREATE ROLE {self.deployer} LOGIN PASSWORD %s", (pw,))
+        self.pg.sql(f"GRANT deploy_admin TO {self.deployer}")
         self.pg.sql(f"CREATE SCHEMA app AUTHORIZATION {self.deployer}")
+        self.pg.sql(f'ALTER ROLE {self.deployer} IN DATABASE "{self.pg.name}" SET search_path = app')
+        # The application's role: deploy_reader, and rights on the deployer's tables without owning them.
+        self.pg.sql(f"CREATE ROLE {self.reader} LOGIN PASSWORD %s IN ROLE deploy_reader", (pw,))
+        self.pg.sql(f"GRANT USAGE ON SCHEMA app TO {self.reader}")
+        self.pg.sql(f"ALTER DEFAULT PRIVILEGES FOR ROLE {self.deployer} IN SCHEMA app "
+                    f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {self.reader}")
 
     def plant_trap(self, schema="evil"):
         """Plants the trap in schema (created for the attacker unless it exists: public, before PostgreSQL 15)."""
@@ -456,7 +462,7 @@ FORGERIES = [
 def ledger(sec, write_migrations):
     """A ledger with a deployment, stored down and verify SQL, and a claimed marker (held by the superuser's
     watcher "w-super")."""
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     ship_two_releases(sec, write_migrations, dsn, env)
     sec.pg.sql("SELECT deploy.register('0009', 'later', 'SELECT 1', 'SELECT 2', 'SELECT 3')")
     sec.marker = sec.pg.scalar("SELECT deploy.request_rollback('bad')")
@@ -505,7 +511,7 @@ def test_the_functions_choose_actor_and_time_not_the_caller(ledger):
 # ---- c. stored SQL changed behind its checksum -------------------------------------------------------------------
 
 def test_tampered_down_sql_is_never_run(sec, write_migrations, tmp_path):
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     d2 = ship_two_releases(sec, write_migrations, dsn, env)
     # The table owner (a superuser here; a tampered restore would do the same) rewrites the stored down SQL.
     sec.pg.sql("UPDATE deploy.applied SET down_sql = 'CREATE TABLE app.tampered (id int); DROP TABLE app.users' "
@@ -541,7 +547,7 @@ def test_tampered_down_sql_is_never_run(sec, write_migrations, tmp_path):
 # ---- d. readers never see error detail ---------------------------------------------------------------------------
 
 def test_reader_sees_status_and_history_but_no_secret(sec, write_migrations, tmp_path):
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     vault = {"0001_vault.up.sql": f"CREATE TABLE vault (token text PRIMARY KEY);\n"
                                   f"INSERT INTO vault VALUES ('{SECRET}');\n",
              "0001_vault.down.sql": f"INSERT INTO vault VALUES ('{SECRET}');\nDROP TABLE vault;\n"}
@@ -598,7 +604,7 @@ def test_reader_sees_status_and_history_but_no_secret(sec, write_migrations, tmp
 # ---- e. input limits ---------------------------------------------------------------------------------------------
 
 def test_an_oversized_reason_is_refused_and_no_marker_is_created(sec, write_migrations):
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     d2 = ship_two_releases(sec, write_migrations, dsn, env)
     before = full_snapshot(sec.pg)
     cur = sec.connect(sec.deployer).cursor()
@@ -622,7 +628,7 @@ def test_an_oversized_reason_is_refused_and_no_marker_is_created(sec, write_migr
 # ---- f. least privilege: what fails when a right is missing ------------------------------------------------------
 
 def test_without_deploy_admin_nothing_runs(sec, write_migrations, tmp_path):
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     d2 = ship_two_releases(sec, write_migrations, dsn, env)
     sec.pg.sql("SELECT deploy.request_rollback('bad', %s)", (d2,))
     sec.pg.sql(f"REVOKE deploy_admin FROM {sec.deployer}")
@@ -641,7 +647,7 @@ def test_without_deploy_admin_nothing_runs(sec, write_migrations, tmp_path):
 
 def test_without_the_rights_the_down_script_needs_the_marker_fails_then_needs_attention(sec, write_migrations,
                                                                                         tmp_path):
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     d2 = ship_two_releases(sec, write_migrations, dsn, env)
     # Someone else owns the table the lossy down script drops (created by hand, or by a superuser's deploy): the
     # archiver cannot read it (the DROP would need ownership too).
@@ -662,10 +668,10 @@ def test_without_the_rights_the_down_script_needs_the_marker_fails_then_needs_at
 
 def test_pre_15_public_schema_does_not_reach_pgdeploy(sec, write_migrations, tmp_path):
     """Before PostgreSQL 15 every role may create in public, which is on everybody's default path (behind the
-    implicit pg_catalog). The attacker plants the trap there; the deployer runs with the server's default path."""
+    implicit pg_catalog). The attacker plants the trap there; the deployer runs with `app, public`."""
     sec.pg.sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
     sec.plant_trap("public")
-    dsn, env = as_role(sec, "deployer")
+    dsn, env = as_role(sec, "deployer", "app,public")
     d2 = ship_two_releases(sec, write_migrations, dsn, {"PGOPTIONS": "-c search_path=app,public"})
     outputs = []
     for command in (("status",), ("validate",), ("verify",), ("markers", "list")):
@@ -685,20 +691,30 @@ def test_migration_sql_runs_with_the_callers_path_and_rights(sec, write_migratio
     rights of whoever reverts it, a superuser included; (2) migration SQL resolves names on the caller's path, so an
     attacker's better-matching function in a schema on that path runs, as the deployer, unless the name is
     qualified. pg_deploy's own statements are immune to both (the tests above)."""
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     sec.pg.sql(f"CREATE TABLE app.revert_log (who name, superuser boolean)")
     sec.pg.sql(f"ALTER TABLE app.revert_log OWNER TO {sec.deployer}")
     record = ("INSERT INTO app.revert_log SELECT CURRENT_USER, r.rolsuper FROM pg_catalog.pg_roles r "
               "WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER;\n")
     files = {"0001_t.up.sql": "CREATE TABLE app.t (id int);\n", "0001_t.down.sql": record + "DROP TABLE app.t;\n"}
-    for reverter in ("deployer", "superuser"):
+    for reverter in ("deployer", "superuser", "superuser as deployer"):
         code, out, err = run_pgdeploy("up", "--dir", write_migrations(files), "--app-version", "v1", "--dsn", dsn,
                                       "--json", env=env)
         assert code == 0, out + err
+        if reverter == "superuser as deployer":      # docs/operations.md: a superuser switches role first
+            sec.pg.sql(f"SET ROLE {sec.deployer}")
+            try:
+                assert sec.pg.scalar("SELECT deploy.rollback()")["ok"]
+            finally:
+                sec.pg.sql("RESET ROLE")
+            continue
         rdsn, renv = as_role(sec, reverter, "app")
         code, out, err = run_pgdeploy("rollback", "--dsn", rdsn, "--json", env=renv)
         assert code == 0, out + err
-    assert sec.pg.sql("SELECT who, superuser FROM app.revert_log") == [(sec.deployer, False), (sec.superuser, True)]
+    assert sec.pg.sql("SELECT who, superuser FROM app.revert_log") == [
+        (sec.deployer, False), (sec.superuser, True), (sec.deployer, False)]
+    assert [r[0] for r in sec.pg.sql("SELECT started_by FROM deploy.deployments WHERE kind = 'rollback' "
+                                     "ORDER BY id")] == [sec.deployer, sec.superuser, sec.deployer]
 
     # (2) A pre-15 public schema: the attacker's lower(varchar) is a better match than pg_catalog.lower(text).
     sec.pg.sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
@@ -726,7 +742,7 @@ def test_a_role_with_no_grants_reads_nothing_but_notify_wake_ups(sec, write_migr
     conn = sec.connect(sec.attacker)
     with conn.cursor() as cur:
         cur.execute("LISTEN pg_deploy")
-    dsn, env = as_role(sec, "deployer", "app")
+    dsn, env = as_role(sec, "deployer")
     ship_two_releases(sec, write_migrations, dsn, env)
     payloads = wait_for(lambda: conn.poll() or conn.notifies, what="notifications")
     keys = set()
@@ -740,3 +756,42 @@ def test_a_role_with_no_grants_reads_nothing_but_notify_wake_ups(sec, write_migr
             with pytest.raises(psycopg2.Error) as err:
                 cur.execute(query)
             assert err.value.pgcode == "42501", query
+
+
+def test_without_the_deployers_search_path_unqualified_names_fail(sec, write_migrations, tmp_path):
+    """The migrations name their tables unqualified and were applied with the deployer's path (app): a watcher
+    connected with another path cannot revert them (42P01), and the marker keeps the failure."""
+    dsn, env = as_role(sec, "deployer")
+    d2 = ship_two_releases(sec, write_migrations, dsn, env)
+    marker = sec.pg.scalar("SELECT deploy.request_rollback('bad', %s)", (d2,))
+    path = once_config(tmp_path, sec.dsn(sec.deployer, "public"), "/bin/true")
+    code, out, err = run_pgdeploy("once", "--config", path, "--json", env=env)
+    assert code == 1 and json.loads(out)["markers"][0]["result"] == "failed", out + err
+    assert sec.pg.sql("SELECT state, last_error->>'sqlstate' FROM deploy.rollback_markers WHERE id = %s",
+                      (marker,)) == [("failed", "42P01")]
+    assert sec.pg.sql("SELECT id FROM app.scores") == [(7,)]
+
+
+def test_least_privilege_recipe_as_documented(sec, write_migrations):
+    """docs/operations.md, "Least privilege": the role the fixture creates is exactly the recipe (not a superuser,
+    deploy_admin, owns app, search_path app in this database); the application's role uses the tables the
+    deployer's migrations create, without owning (or being able to drop) them."""
+    assert sec.pg.sql("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+                      (sec.deployer,)) == [(False, False, False)]
+    assert sec.pg.sql("SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                      "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s", (sec.deployer,)) == \
+        [("deploy_admin",)]
+    assert sec.pg.scalar("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'app'") == sec.deployer
+    dsn, env = as_role(sec, "deployer")
+    ship_two_releases(sec, write_migrations, dsn, env)     # unqualified names: the role's path put them in app
+    assert sec.pg.scalar("SELECT tableowner FROM pg_tables WHERE schemaname = 'app' AND tablename = 'users'") == \
+        sec.deployer
+    app = sec.connect(sec.reader).cursor()
+    app.execute("INSERT INTO app.users VALUES (1)")
+    app.execute("SELECT id FROM app.users")
+    assert app.fetchall() == [(1,)]
+    app.execute("SELECT deploy.require_version('0002')")
+    assert app.fetchone() == ("0002",)
+    with pytest.raises(psycopg2.Error) as err:
+        app.execute("DROP TABLE app.users")
+    assert err.value.pgcode == "42501"
