@@ -334,6 +334,39 @@ BEGIN
 END
 $fn$;
 
+-- deploy.fail_marker_attempt(marker_id, holder, failure) is how a watcher records an attempt that failed outside the
+-- database (its app hook failed, or the revert was refused before it could record anything): the same ending as a
+-- failed revert, through finish_marker_attempt. Only the marker's current holder may end its attempt; for anybody
+-- else, or a marker that is no longer in progress, nothing is recorded and the result is NULL. SECURITY DEFINER for
+-- deploy_admin, which cannot write the markers itself; the failure is the caller's report (its "detail", "context"
+-- and "output" are kept where readers cannot see them).
+CREATE FUNCTION deploy.fail_marker_attempt(marker_id bigint, holder text, failure jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    m  deploy.rollback_markers;
+BEGIN
+    IF fail_marker_attempt.marker_id IS NULL OR holder IS NULL OR failure IS NULL THEN
+        RAISE EXCEPTION 'marker_id, holder and failure must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF jsonb_typeof(failure) <> 'object' THEN
+        RAISE EXCEPTION 'failure must be a JSON object, not %', jsonb_typeof(failure) USING ERRCODE = '22023';
+    END IF;
+    PERFORM deploy.check_input_length('holder', holder);
+    PERFORM deploy.check_input_length('details', failure::text);
+    SELECT * INTO m FROM deploy.rollback_markers k
+    WHERE k.id = fail_marker_attempt.marker_id AND k.state = 'in_progress' AND k.holder = fail_marker_attempt.holder
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN deploy.finish_marker_attempt(m, failure, true);
+END
+$fn$;
+
 -- deploy.execute_rollback(marker_id, holder, force) performs a marker: it reverts the marker's deployment through
 -- deploy.rollback() (the same revert code as a manual rollback) and records the outcome on the marker. It is
 -- idempotent: a done marker is a no-op, a marker whose deployment is already rolled back is closed as done, and a

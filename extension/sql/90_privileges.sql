@@ -71,6 +71,7 @@ GRANT EXECUTE ON FUNCTION
     deploy.request_rollback(text, bigint, jsonb),
     deploy.claim_marker(text, interval, bigint),
     deploy.renew_lease(bigint, text, interval),
+    deploy.fail_marker_attempt(bigint, text, jsonb),
     deploy.execute_rollback(bigint, text, boolean),
     deploy.resolve_marker(bigint, text, text),
     deploy.run_begin(text, text),

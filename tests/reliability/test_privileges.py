@@ -3,6 +3,10 @@
 - A role with no grants and a member of deploy_reader cannot apply, revert, register, claim or execute markers,
   write events, or read the SQL bodies (up/down/verify SQL, checkpoint statements): 42501, and nothing changes.
   The reader can read what it is meant to (status, current version, validate, the ledger without SQL bodies).
+- A member of deploy_admin reads every table but writes none directly (the functions write, as the extension's
+  owner or SECURITY DEFINER), and cannot call the internal steps that trust their arguments: 42501, nothing changes.
+  The SECURITY DEFINER functions are exactly the ones that write for deploy_admin and run no user SQL, each with
+  search_path pinned. (tests/e2e/test_security.py performs the attacks with the real binary.)
   The roles are login roles created for the test (cluster-wide, so with unique names, dropped at the end); the
   session switches to them with SET ROLE, which checks privileges exactly as a login would.
 - SQL in names, versions, app versions, reasons and holders is inert: a version such as `1; DROP TABLE x` is refused,
@@ -23,6 +27,7 @@ from conftest import ledger_state, run_pgdeploy, sqlstate_of, stats
 SUFFIX = uuid.uuid4().hex[:8]
 NOBODY = f"rel_nobody_{SUFFIX}"
 READER = f"rel_reader_{SUFFIX}"
+ADMIN = f"rel_admin_{SUFFIX}"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +35,7 @@ def roles(module_db):
     db = module_db
     db.sql(f"CREATE ROLE {NOBODY} LOGIN")
     db.sql(f"CREATE ROLE {READER} LOGIN IN ROLE deploy_reader")
+    db.sql(f"CREATE ROLE {ADMIN} LOGIN IN ROLE deploy_admin")
     db.sql("CREATE SCHEMA app")
     db.sql(f"GRANT USAGE, CREATE ON SCHEMA app TO {NOBODY}, {READER}")
     db.sql("SELECT deploy.register('0001', 'a', 'CREATE TABLE app.a (id int)', 'DROP TABLE app.a', 'SELECT 1')")
@@ -39,7 +45,7 @@ def roles(module_db):
     try:
         yield db
     finally:
-        for r in (NOBODY, READER):
+        for r in (NOBODY, READER, ADMIN):
             db.sql(f"DROP OWNED BY {r}")
             db.sql(f"DROP ROLE IF EXISTS {r}")
 
@@ -87,6 +93,36 @@ def test_unprivileged_roles_are_refused(roles, role, case, query):
     assert roles.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'") == 1
 
 
+# What deploy_admin could do before the functions became the only writers (3636afe): each must now fail.
+ADMIN_FORBIDDEN = [c for c in FORBIDDEN if c[0].split("-")[0] in ("insert", "update", "delete")] + [
+    ("update-applied-down-sql", "UPDATE deploy.applied SET down_sql = 'DROP TABLE app.a'"),
+    ("update-down-sql-and-checksum", "UPDATE deploy.migrations SET down_sql = 'SELECT 1', "
+                                     "down_checksum = deploy.checksum('SELECT 1') WHERE version = '0002'"),
+    ("update-verify-sql", "UPDATE deploy.migrations SET verify_sql = 'DROP TABLE app.a'"),
+    ("insert-event-forged-actor", "INSERT INTO deploy.events (kind, actor, at) "
+                                  "VALUES ('deployment_succeeded', 'postgres', '2020-01-01')"),
+    ("update-ledger-stats", "UPDATE deploy.ledger_stats SET applied_count = 0"),
+    ("insert-checkpoint", "INSERT INTO deploy.checkpoints (deployment_id, version, step, statement, state) "
+                          "VALUES (1, '0001', 1, 'SELECT 1', 'done')"),
+    ("delete-archived", "DELETE FROM deploy.archived"),
+    ("log-events", "SELECT deploy.log_events('forged', NULL, ARRAY['0001'], ARRAY[now()], ARRAY['{}'::jsonb])"),
+    ("finish-marker-attempt", "SELECT deploy.finish_marker_attempt(k, '{}', false) FROM deploy.rollback_markers k"),
+    ("execute-rollback-begin", "SELECT deploy.execute_rollback_begin(%(m)s, 'x', false)"),
+    ("execute-rollback-end", "SELECT deploy.execute_rollback_end('{\"marker_id\": %(m)s}', '{\"ok\": true}', NULL)"),
+    ("wait-for-deploy-lock", "SELECT deploy.wait_for_deploy_lock('x')"),
+]
+
+
+@pytest.mark.parametrize("case,query", ADMIN_FORBIDDEN, ids=[c[0] for c in ADMIN_FORBIDDEN])
+def test_admin_writes_only_through_the_functions(roles, case, query):
+    before = ledger_state(roles)
+    got = sqlstate_of(roles, query.replace("%(m)s", str(roles.marker)), setup=[f"SET ROLE {ADMIN}"])
+    stats.add("privileges.refusals")
+    assert got == "42501", f"admin {case}: expected 42501, got {got}"
+    assert ledger_state(roles) == before
+    assert roles.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'") == 1
+
+
 READER_ALLOWED = [
     "SELECT deploy.status()",
     "SELECT deploy.current_version()",
@@ -117,8 +153,13 @@ def test_nothing_granted_to_public(roles):
                aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
         WHERE n.nspname = 'deploy' AND a.grantee = 0""")
     assert rows == []
-    assert roles.scalar("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                        "WHERE n.nspname = 'deploy' AND p.prosecdef") == 0
+    # SECURITY DEFINER only where deploy_admin must write and no user SQL runs; each pins search_path.
+    definers = roles.sql("SELECT p.proname, coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) "
+                         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                         "WHERE n.nspname = 'deploy' AND p.prosecdef ORDER BY 1")
+    assert definers == [(name, True) for name in sorted([
+        "baseline", "claim_marker", "fail_marker_attempt", "log_event", "renew_lease", "request_rollback",
+        "resolve_marker", "validate"])]
 
 
 def test_sql_in_names_and_versions_is_inert(pg):

@@ -86,7 +86,9 @@ std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
         common::Result r = conn.exec(
             "SELECT deploy.register(version => r.v, name => r.n, up_sql => r.u, down_sql => r.d, verify_sql => r.vf, "
             "transactional => r.t, reversibility => r.rv, replace => true) "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::text[]) "
+            "FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[], "
+            "                       $4::pg_catalog.text[], $5::pg_catalog.text[], $6::boolean[], "
+            "$7::pg_catalog.text[]) "
             "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, ord) ORDER BY r.ord",
             {array_literal(versions), array_literal(names), array_literal(ups), array_literal(downs),
              array_literal(verifies), array_literal(transactional), array_literal(reversibility)});

@@ -52,8 +52,9 @@ class SessionDeployLock {
 public:
     explicit SessionDeployLock(common::Connection& conn) : conn_(conn) {
         double wait_s = std::stod(
-            conn.query_value("SELECT extract(epoch FROM coalesce(nullif(current_setting('pg_deploy.lock_wait', true), "
-                             "''), '10s')::interval)")
+            conn.query_value("SELECT extract(epoch FROM CASE WHEN pg_catalog.length(s.v) OPERATOR(pg_catalog.>) 0 "
+                             "THEN s.v ELSE '10s' END::interval) "
+                             "FROM (SELECT pg_catalog.current_setting('pg_deploy.lock_wait', true) AS v) s")
                 .value_or("10"));
         auto deadline =
             std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long long>(wait_s * 1000));
@@ -267,9 +268,11 @@ int cmd_up(const std::vector<std::string>& args) {
         size_t counter = 0;
         // The number of migrations this run will apply, for the [k/N] progress lines.
         size_t total = static_cast<size_t>(
-            std::stoll(conn.query_value("SELECT count(*) FROM deploy.migrations m "
-                                        "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) "
-                                        "AND ($1::text IS NULL OR m.sort_key <= deploy.version_key($1))",
+            std::stoll(conn.query_value("SELECT pg_catalog.count(*) FROM deploy.migrations m "
+                                        "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a "
+                                        "                  WHERE a.version OPERATOR(pg_catalog.=) m.version) "
+                                        "AND ($1::pg_catalog.text IS NULL "
+                                        "     OR m.sort_key OPERATOR(pg_catalog.<=) deploy.version_key($1))",
                                         {opt(ctx.args.get("target"))})
                            .value_or("0")));
         std::string last_awaiting;

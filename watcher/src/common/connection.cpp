@@ -199,7 +199,8 @@ nlohmann::json Connection::query_json(const std::string& sql, const std::vector<
 }
 
 std::string Connection::require_extension() {
-    auto version = query_value("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_deploy'");
+    auto version =
+        query_value("SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_deploy'");
     if (!version)
         throw Failure(kExitExtension, "the pg_deploy extension is not installed in database \"" +
                                           std::string(PQdb(conn_.get())) +

@@ -5,6 +5,12 @@
 // - exec() uses PQexecParams with text parameters (never string concatenation of user values) and throws DbError
 //   carrying the SQLSTATE, message, detail, hint and context; a lost connection throws a Failure with exit code 3.
 // - Every message that leaves this file has its passwords scrubbed.
+// - The session keeps the user's search_path, because migration SQL (and the non-transactional statements that
+//   `pgdeploy up` sends) must resolve names on it. So every SQL text of pgdeploy's own names what it calls in
+//   pg_catalog or deploy: functions (pg_catalog.count), operators (OPERATOR(pg_catalog.=), also inside IN and
+//   NULLIF, which use "="), and types that are not SQL keywords ($1::pg_catalog.jsonb, pg_catalog.text[]).
+//   Otherwise a schema on the user's path could stand in for them (docs/security.md; tests/e2e/test_security.py
+//   plants such twins of everything in pg_catalog and runs every command).
 #pragma once
 #include <libpq-fe.h>
 

@@ -33,11 +33,14 @@ Millis retry_delay(const RollbackConfig& rb, int attempts) {
 std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
                                             const RollbackConfig& rb, bool honour_backoff) {
     auto r = conn.exec(R"SQL(
-SELECT k.id, k.state, k.attempts, (extract(epoch FROM (clock_timestamp() - k.updated_at)) * 1000)::bigint,
-       k.state = 'in_progress' AND k.holder = $1
+SELECT k.id, k.state, k.attempts,
+       (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) k.updated_at))
+        OPERATOR(pg_catalog.*) 1000)::bigint,
+       k.state OPERATOR(pg_catalog.=) 'in_progress' AND k.holder OPERATOR(pg_catalog.=) $1
 FROM deploy.rollback_markers k
-WHERE k.state IN ('pending', 'failed')
-   OR (k.state = 'in_progress' AND (k.lease_until < clock_timestamp() OR k.holder = $1))
+WHERE k.state OPERATOR(pg_catalog.=) ANY ('{pending,failed}')
+   OR (k.state OPERATOR(pg_catalog.=) 'in_progress'
+       AND (k.lease_until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp() OR k.holder OPERATOR(pg_catalog.=) $1))
 ORDER BY k.id)SQL",
                        {holder});
     std::vector<ClaimableMarker> out;

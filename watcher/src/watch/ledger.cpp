@@ -23,30 +23,41 @@ std::string text_or_empty(const common::Result& r, int row, int col) {
 
 // The current deployment, the release before it, and what the rules need about both, in one round trip.
 // "Failing" for the target: any deployment of the same release (same app_version, or the same row) that a watcher
-// saw unhealthy or that got a rollback marker.
+// saw unhealthy or that got a rollback marker. Like every query of pgdeploy's own, it names its functions,
+// operators and types in pg_catalog or deploy (common/connection.hpp).
 constexpr const char* kViewSql = R"SQL(
 WITH cur AS (
-    SELECT d.* FROM deploy.deployments d WHERE d.kind = 'up' ORDER BY d.id DESC LIMIT 1
+    SELECT d.* FROM deploy.deployments d WHERE d.kind OPERATOR(pg_catalog.=) 'up' ORDER BY d.id DESC LIMIT 1
 ), tgt AS (
     SELECT t.* FROM deploy.deployments t, cur
-    WHERE t.id < cur.id AND t.kind IN ('up', 'baseline') AND t.state = 'succeeded'
+    WHERE t.id OPERATOR(pg_catalog.<) cur.id AND t.kind OPERATOR(pg_catalog.=) ANY ('{up,baseline}')
+      AND t.state OPERATOR(pg_catalog.=) 'succeeded'
     ORDER BY t.id DESC LIMIT 1
 )
 SELECT cur.id, cur.state, cur.app_version, cur.version_before, cur.version_after,
-       (extract(epoch FROM (clock_timestamp() - coalesce(cur.finished_at, cur.started_at))) * 1000)::bigint,
-       (SELECT coalesce(string_agg(a.version, ',' ORDER BY a.sort_key), '') FROM deploy.applied a
-         WHERE a.deployment_id = cur.id AND a.reversibility = 'irreversible'),
-       EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = cur.id)
-       OR EXISTS (SELECT 1 FROM deploy.events e WHERE e.deployment_id = cur.id AND e.kind = 'watcher_decision'
-                  AND e.details->>'kind' IN ('rollback', 'freeze', 'would_rollback')),
+       (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
+                            coalesce(cur.finished_at, cur.started_at))) OPERATOR(pg_catalog.*) 1000)::bigint,
+       (SELECT coalesce(pg_catalog.string_agg(a.version, ',' ORDER BY a.sort_key), '') FROM deploy.applied a
+         WHERE a.deployment_id OPERATOR(pg_catalog.=) cur.id
+           AND a.reversibility OPERATOR(pg_catalog.=) 'irreversible'),
+       EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id OPERATOR(pg_catalog.=) cur.id)
+       OR EXISTS (SELECT 1 FROM deploy.events e
+                  WHERE e.deployment_id OPERATOR(pg_catalog.=) cur.id
+                    AND e.kind OPERATOR(pg_catalog.=) 'watcher_decision'
+                    AND (e.details OPERATOR(pg_catalog.->>) 'kind')
+                        OPERATOR(pg_catalog.=) ANY ('{rollback,freeze,would_rollback}')),
        tgt.id, tgt.app_version, tgt.version_after,
        (tgt.id IS NOT NULL AND EXISTS (
             SELECT 1 FROM deploy.deployments x
-            WHERE (x.id = tgt.id OR (tgt.app_version IS NOT NULL AND x.app_version = tgt.app_version))
-              AND (EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = x.id)
+            WHERE (x.id OPERATOR(pg_catalog.=) tgt.id
+                   OR (tgt.app_version IS NOT NULL AND x.app_version OPERATOR(pg_catalog.=) tgt.app_version))
+              AND (EXISTS (SELECT 1 FROM deploy.rollback_markers m
+                           WHERE m.deployment_id OPERATOR(pg_catalog.=) x.id)
                    OR EXISTS (SELECT 1 FROM deploy.events e
-                              WHERE e.deployment_id = x.id AND e.kind = 'watcher_unhealthy')))),
-       (SELECT (extract(epoch FROM (clock_timestamp() - max(m.requested_at))) * 1000)::bigint
+                              WHERE e.deployment_id OPERATOR(pg_catalog.=) x.id
+                                AND e.kind OPERATOR(pg_catalog.=) 'watcher_unhealthy')))),
+       (SELECT (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
+                                    pg_catalog.max(m.requested_at))) OPERATOR(pg_catalog.*) 1000)::bigint
           FROM deploy.rollback_markers m)
 FROM (SELECT 1) one LEFT JOIN cur ON true LEFT JOIN tgt ON true
 )SQL";
@@ -91,7 +102,7 @@ DeploymentView Ledger::read_view(Millis now) {
 }
 
 bool Ledger::try_lead() {
-    auto v = conn_.query_value("SELECT pg_try_advisory_lock($1::int, $2::int)",
+    auto v = conn_.query_value("SELECT pg_catalog.pg_try_advisory_lock($1::int, $2::int)",
                                {std::to_string(kLockClass), std::to_string(kLeaderLockKey)});
     return v && *v == "t";
 }
@@ -116,7 +127,7 @@ int Ledger::drain_notifications() {
 
 std::int64_t Ledger::request_rollback(const std::string& reason, std::int64_t deployment_id, const json& details) {
     auto v = conn_.query_value(
-        "SELECT deploy.request_rollback($1, $2::bigint, $3::jsonb)",
+        "SELECT deploy.request_rollback($1, $2::bigint, $3::pg_catalog.jsonb)",
         {reason, id_param(deployment_id), details.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v ? std::stoll(*v) : 0;
 }
@@ -131,7 +142,9 @@ std::optional<std::int64_t> Ledger::claim(const std::string& holder, Millis leas
 
 std::vector<std::int64_t> Ledger::own_in_progress(const std::string& holder) {
     auto r = conn_.exec(
-        "SELECT id FROM deploy.rollback_markers WHERE state = 'in_progress' AND holder = $1 ORDER BY id", {holder});
+        "SELECT id FROM deploy.rollback_markers "
+        "WHERE state OPERATOR(pg_catalog.=) 'in_progress' AND holder OPERATOR(pg_catalog.=) $1 ORDER BY id",
+        {holder});
     std::vector<std::int64_t> ids;
     for (int i = 0; i < r.rows(); ++i)
         ids.push_back(std::stoll(r.value(i, 0)));
@@ -148,14 +161,17 @@ MarkerInfo Ledger::marker_info(std::int64_t marker_id) {
 SELECT m.id, m.deployment_id, m.state, m.holder, m.attempts, m.reason,
        d.app_version,
        (SELECT t.app_version FROM deploy.deployments t
-         WHERE t.id < d.id AND t.kind IN ('up', 'baseline') AND t.state = 'succeeded'
+         WHERE t.id OPERATOR(pg_catalog.<) d.id AND t.kind OPERATOR(pg_catalog.=) ANY ('{up,baseline}')
+           AND t.state OPERATOR(pg_catalog.=) 'succeeded'
          ORDER BY t.id DESC LIMIT 1),
        coalesce(d.version_after, deploy.current_version()),
        coalesce(m.target_version, d.version_before),
-       (SELECT count(*) FROM deploy.events e WHERE e.marker_id = m.id AND e.kind = 'watcher_hook_started'),
-       EXISTS (SELECT 1 FROM deploy.events e WHERE e.marker_id = m.id AND e.kind = 'watcher_hook_done')
-FROM deploy.rollback_markers m JOIN deploy.deployments d ON d.id = m.deployment_id
-WHERE m.id = $1::bigint)SQL",
+       (SELECT pg_catalog.count(*) FROM deploy.events e
+         WHERE e.marker_id OPERATOR(pg_catalog.=) m.id AND e.kind OPERATOR(pg_catalog.=) 'watcher_hook_started'),
+       EXISTS (SELECT 1 FROM deploy.events e
+               WHERE e.marker_id OPERATOR(pg_catalog.=) m.id AND e.kind OPERATOR(pg_catalog.=) 'watcher_hook_done')
+FROM deploy.rollback_markers m JOIN deploy.deployments d ON d.id OPERATOR(pg_catalog.=) m.deployment_id
+WHERE m.id OPERATOR(pg_catalog.=) $1::bigint)SQL",
                         {std::to_string(marker_id)});
     MarkerInfo m;
     if (r.rows() == 0)
@@ -184,20 +200,20 @@ json Ledger::execute_rollback(std::int64_t marker_id, const std::string& holder,
  * Ledger::fail_attempt
  *
  * A failed app hook is a failed attempt of the marker just like a failed revert: the extension's
- * finish_marker_attempt keeps the error, releases the lease and decides failed (claimable again) or
- * needs_attention after pg_deploy.max_rollback_attempts, so the watcher and `pgdeploy once` share one retry budget.
+ * fail_marker_attempt (finish_marker_attempt, for the marker's holder) keeps the error, releases the lease and decides
+ * failed (claimable again) or needs_attention after pg_deploy.max_rollback_attempts, so the watcher and `pgdeploy once`
+ * share one retry budget.
  */
 std::string Ledger::fail_attempt(std::int64_t marker_id, const std::string& holder, const json& failure) {
     auto v = conn_.query_value(
-        "SELECT deploy.finish_marker_attempt(k, $3::jsonb, true) FROM deploy.rollback_markers k "
-        "WHERE k.id = $1::bigint AND k.state = 'in_progress' AND k.holder = $2",
+        "SELECT deploy.fail_marker_attempt($1::bigint, $2, $3::pg_catalog.jsonb)",
         {std::to_string(marker_id), holder, failure.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v.value_or("");
 }
 
 std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
                                const json& details) {
-    auto v = conn_.query_value("SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::jsonb)",
+    auto v = conn_.query_value("SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::pg_catalog.jsonb)",
                                {kind, id_param(deployment_id), id_param(marker_id),
                                 details.dump(-1, ' ', false, json::error_handler_t::replace)});
     return v ? std::stoll(*v) : 0;
@@ -205,8 +221,8 @@ std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_
 
 int Ledger::pending_migrations() {
     auto v = conn_.query_value(
-        "SELECT count(*) FROM deploy.migrations m WHERE NOT EXISTS "
-        "(SELECT 1 FROM deploy.applied a WHERE a.version = m.version)");
+        "SELECT pg_catalog.count(*) FROM deploy.migrations m WHERE NOT EXISTS "
+        "(SELECT 1 FROM deploy.applied a WHERE a.version OPERATOR(pg_catalog.=) m.version)");
     return v ? std::stoi(*v) : 0;
 }
 
