@@ -2,6 +2,9 @@
 
 #include <libpq-fe.h>
 
+#include "common/conninfo.hpp"
+#include "common/limits.hpp"
+
 namespace pgdeploy::watch {
 
 using common::Param;
@@ -15,6 +18,18 @@ Param id_param(std::int64_t v) {
 
 std::string interval_param(Millis ms) {
     return std::to_string(ms) + " milliseconds";
+}
+
+/*
+ * json_param
+ *		Everything the watcher writes into the ledger as JSON passes here: scrubbed (a check's detail or a
+ *server message may carry a DSN) and cut to the extension's limit, so that a decision over thousands of checks is still
+ *recorded.
+ */
+std::string json_param(json doc) {
+    common::scrub_json(doc);
+    common::fit_json(doc);
+    return doc.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string text_or_empty(const common::Result& r, int row, int col) {
@@ -103,7 +118,7 @@ void Ledger::listen() {
 int Ledger::drain_notifications() {
     PGconn* c = conn_.raw();
     if (!PQconsumeInput(c))
-        throw Failure(kExitConnect, std::string("lost the database connection: ") + PQerrorMessage(c));
+        throw Failure(kExitConnect, "lost the database connection: " + common::scrub(PQerrorMessage(c)));
     int n = 0;
     while (PGnotify* note = PQnotifies(c)) {
         ++n;
@@ -115,9 +130,9 @@ int Ledger::drain_notifications() {
 }
 
 std::int64_t Ledger::request_rollback(const std::string& reason, std::int64_t deployment_id, const json& details) {
-    auto v = conn_.query_value(
-        "SELECT deploy.request_rollback($1, $2::bigint, $3::jsonb)",
-        {reason, id_param(deployment_id), details.dump(-1, ' ', false, json::error_handler_t::replace)});
+    auto v = conn_.query_value("SELECT deploy.request_rollback($1, $2::bigint, $3::jsonb)",
+                               {common::truncate_chars(common::scrub(reason), common::kMaxReasonChars),
+                                id_param(deployment_id), json_param(details)});
     return v ? std::stoll(*v) : 0;
 }
 
@@ -191,16 +206,34 @@ std::string Ledger::fail_attempt(std::int64_t marker_id, const std::string& hold
     auto v = conn_.query_value(
         "SELECT deploy.finish_marker_attempt(k, $3::jsonb, true) FROM deploy.rollback_markers k "
         "WHERE k.id = $1::bigint AND k.state = 'in_progress' AND k.holder = $2",
-        {std::to_string(marker_id), holder, failure.dump(-1, ' ', false, json::error_handler_t::replace)});
+        {std::to_string(marker_id), holder, json_param(failure)});
     return v.value_or("");
 }
 
 std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
-                               const json& details) {
-    auto v = conn_.query_value("SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::jsonb)",
-                               {kind, id_param(deployment_id), id_param(marker_id),
-                                details.dump(-1, ' ', false, json::error_handler_t::replace)});
+                               const json& details, const json& private_details) {
+    std::vector<common::Param> params = {kind, id_param(deployment_id), id_param(marker_id), json_param(details)};
+    std::string sql = "SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::jsonb)";
+    if (!private_details.is_null() && has_private_details()) {
+        sql = "SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::jsonb, $5::jsonb)";
+        params.push_back(json_param(private_details));
+    }
+    auto v = conn_.query_value(sql, params);
     return v ? std::stoll(*v) : 0;
+}
+
+/*
+ * Ledger::has_private_details
+ *		Whether this database's extension has deploy.log_event(..., private_details jsonb), the column that
+ *		deploy_reader cannot read. Asked once per Ledger: an older extension keeps working, without storing the
+ *		private part.
+ */
+bool Ledger::has_private_details() {
+    if (!has_private_details_)
+        has_private_details_ = conn_.query_value(
+                                   "SELECT pg_catalog.to_regprocedure("
+                                   "'deploy.log_event(text, bigint, text, bigint, jsonb, jsonb)') IS NOT NULL") == "t";
+    return *has_private_details_;
 }
 
 int Ledger::pending_migrations() {

@@ -57,12 +57,18 @@ public:
     // fail_attempt: the app hook failed: keep the marker (failed, claimable again) or needs_attention after the
     // last attempt. Returns the marker's new state.
     std::string fail_attempt(std::int64_t marker_id, const std::string& holder, const nlohmann::json& failure);
+    // log_event: deploy.log_event with the details scrubbed and cut to fit (common/limits.hpp). private_details
+    // (not null: a hook's output) is what only administrators may read; it goes to the extension's private column
+    // when the extension has one, and is otherwise not stored (the caller logs it).
     std::int64_t log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
-                           const nlohmann::json& details);
+                           const nlohmann::json& details, const nlohmann::json& private_details = nullptr);
     int pending_migrations();
 
 private:
+    bool has_private_details();
+
     common::Connection& conn_;
+    std::optional<bool> has_private_details_;
 };
 
 }  // namespace pgdeploy::watch
