@@ -57,7 +57,7 @@ AtomicFile::AtomicFile(std::string path, mode_t mode) : path_(std::move(path)) {
         temp_ = temp_name_for(path_);
         fd_ = create_exclusive(temp_, mode);
         if (fd_ < 0 && errno != EEXIST)
-            fail("cannot create", temp_);
+            fail("cannot create a temporary file for", path_);
     }
     if (fd_ < 0)
         fail("cannot create a temporary file for", path_);

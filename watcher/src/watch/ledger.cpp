@@ -22,9 +22,9 @@ std::string interval_param(Millis ms) {
 
 /*
  * json_param
- *		Everything the watcher writes into the ledger as JSON passes here: scrubbed (a check's detail or a
- *server message may carry a DSN) and cut to the extension's limit, so that a decision over thousands of checks is still
- *recorded.
+ *		Everything the watcher writes into the ledger as JSON passes here: scrubbed (a check's
+ *		detail or a server message may carry a DSN) and cut to the extension's limit, so that a
+ *		decision over thousands of checks is still recorded.
  */
 std::string json_param(json doc) {
     common::scrub_json(doc);
