@@ -19,7 +19,8 @@ using Environment = std::map<std::string, std::string>;
 inline constexpr const char* kDefaultHookPath = "/usr/bin:/bin";
 
 // A PGDEPLOY_* value longer than this is cut (common::truncate_chars): however long a reason or a message in the
-// ledger is, exec never fails with E2BIG (the kernel refuses one string over 128 KiB).
+// ledger is, exec never fails with E2BIG (the kernel refuses one string over 128 KiB). The contract's values take at
+// most 10 x 16 KiB, set's at most 64 x 4 KiB, and pass copies values the watcher's own exec accepted.
 inline constexpr std::size_t kMaxHookValueChars = 4096;
 
 // Bounds of hook_environment, checked by the configuration reader.
