@@ -93,3 +93,21 @@ TEST_CASE("missing positional, conflicts, numbers and durations", "[cli][args]")
     CHECK_THROWS_AS(parse_duration_ms("lock-wait", "soon"), ArgumentError);
     CHECK_THROWS_AS(parse_duration_ms("lock-wait", "10 s"), ArgumentError);
 }
+
+TEST_CASE("over-long text options are usage errors naming the limit", "[cli][args]") {
+    static const CommandSpec s{"rollback", "", "test", {{"reason", 0, true, "TEXT", ""}}, 0, 0, ""};
+    auto args = parse_args(s, {"--reason", std::string(1000, 'r')});
+    CHECK_NOTHROW(check_length_arg(args, "reason", 1000));
+    CHECK_NOTHROW(check_length_arg(parse_args(s, {}), "reason", 1000));
+    std::string euros;
+    for (int i = 0; i < 1000; ++i)
+        euros += "\xE2\x82\xAC";  // 1000 characters, 3000 bytes: within the limit
+    CHECK_NOTHROW(check_length_arg(parse_args(s, {"--reason", euros}), "reason", 1000));
+    try {
+        check_length_arg(parse_args(s, {"--reason", std::string(200 * 1024, 'r')}), "reason", 1000);
+        FAIL("expected an ArgumentError");
+    } catch (const ArgumentError& e) {
+        CHECK(e.exit_code() == 2);
+        CHECK(std::string(e.what()) == "--reason is 204800 characters long; at most 1000 are allowed");
+    }
+}

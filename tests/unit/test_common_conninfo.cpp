@@ -1,6 +1,8 @@
 // Password scrubbing (common/conninfo) and the SQLSTATE → exit code map (common/exit_codes): no server needed.
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "common/conninfo.hpp"
 #include "common/exit_codes.hpp"
 #include "common/output.hpp"
@@ -11,9 +13,10 @@ using pgdeploy::common::scrub_secrets;
 TEST_CASE("scrub_conninfo hides key=value passwords", "[common][conninfo]") {
     CHECK(scrub_conninfo("host=db password=s3cret dbname=app") == "host=db password=*** dbname=app");
     CHECK(scrub_conninfo("password=s3cret") == "password=***");
-    CHECK(scrub_conninfo("host=db password = s3cret port=5") == "host=db password=*** port=5");
-    CHECK(scrub_conninfo("host=db password='a b\\' c' port=5") == "host=db password=*** port=5");
-    CHECK(scrub_conninfo("host=db PASSWORD=s3cret") == "host=db password=***");
+    CHECK(scrub_conninfo("host=db password = s3cret port=5") == "host=db password = *** port=5");
+    CHECK(scrub_conninfo("host=db password='a b\\' c' port=5") == "host=db password='***' port=5");
+    CHECK(scrub_conninfo("host=db PASSWORD=s3cret") == "host=db PASSWORD=***");
+    CHECK(scrub_conninfo("host=db sslpassword=keypass sslkey=/k") == "host=db sslpassword=*** sslkey=/k");
     CHECK(scrub_conninfo("host=db dbname=app") == "host=db dbname=app");
 }
 
@@ -26,6 +29,8 @@ TEST_CASE("scrub_conninfo hides URI passwords", "[common][conninfo]") {
     CHECK(scrub_conninfo("postgresql://db/app?password=s3cret&sslmode=require") ==
           "postgresql://db/app?password=***&sslmode=require");
     CHECK(scrub_conninfo("postgresql://alice:p@ss@db/app") == "postgresql://alice:***@db/app");
+    CHECK(scrub_conninfo("postgresql://:s3cret@db/app") == "postgresql://:***@db/app");
+    CHECK(scrub_conninfo("postgresql://db:5432/app") == "postgresql://db:5432/app");
 }
 
 TEST_CASE("scrub_secrets works inside free text and removes known secrets", "[common][conninfo]") {
@@ -33,7 +38,55 @@ TEST_CASE("scrub_secrets works inside free text and removes known secrets", "[co
     CHECK(scrub_secrets("dsn \"host=h password=pw1234\" failed") == "dsn \"host=h password=***\" failed");
     CHECK(scrub_secrets("auth failed for hunter22 today", "hunter22") == "auth failed for *** today");
     CHECK(scrub_secrets("passwords are fine here", "") == "passwords are fine here");
+    CHECK(scrub_secrets("password authentication failed for user \"x\"") ==
+          "password authentication failed for user \"x\"");
     CHECK(scrub_secrets("ab", "ab") == "ab");  // too short to search for
+}
+
+TEST_CASE("scrub_secrets covers URLs of any scheme, env dumps and JSON", "[common][conninfo]") {
+    // A check URL or a hook's output.
+    CHECK(scrub_secrets("GET https://svc:tok3n@api.example/health failed") ==
+          "GET https://svc:***@api.example/health failed");
+    CHECK(scrub_secrets("redis://:r3dis@cache:6379/0") == "redis://:***@cache:6379/0");
+    CHECK(scrub_secrets("\"http://u:pw99@h\" and user@example.com") == "\"http://u:***@h\" and user@example.com");
+    // An environment dump (`env`) and shell assignments.
+    CHECK(scrub_secrets("PGPASSWORD=env-secret\nPATH=/usr/bin") == "PGPASSWORD=***\nPATH=/usr/bin");
+    CHECK(scrub_secrets("export DB_PASSWORD='x y z'; run") == "export DB_PASSWORD='***'; run");
+    // JSON and YAML-ish.
+    CHECK(scrub_secrets(R"({"user": "app", "password": "js0n-secret", "port": 5})") ==
+          R"({"user": "app", "password": "***", "port": 5})");
+    CHECK(scrub_secrets("password: yaml-secret\nuser: app") == "password: ***\nuser: app");
+    // Words that merely contain the keyword stay.
+    CHECK(scrub_secrets("passwordless=true password_file=/p") == "passwordless=true password_file=/p");
+}
+
+TEST_CASE("scrub() removes every registered secret; DSN passwords register themselves", "[common][conninfo]") {
+    using namespace pgdeploy::common;
+    CHECK(scrub("token reg-secret-1 here") == "token reg-secret-1 here");
+    register_secret("reg-secret-1");
+    register_secret("x");  // too short: ignored, or every x would go
+    CHECK(scrub("token reg-secret-1 here, x") == "token *** here, x");
+    CHECK(register_dsn_secrets("host=db password='dsn secret 2' sslpassword=ssl-secret-3"));
+    CHECK(register_dsn_secrets("postgresql://u:uri-secret-4@h/db"));
+    CHECK_FALSE(register_dsn_secrets("host=db password='unterminated"));
+    CHECK(scrub("a dsn secret 2 b ssl-secret-3 c uri-secret-4") == "a *** b *** c ***");
+    nlohmann::json doc = {{"error", "server said reg-secret-1"}, {"list", {"postgresql://u:pw7@h"}}, {"n", 3}};
+    scrub_json(doc);
+    CHECK(doc["error"] == "server said ***");
+    CHECK(doc["list"][0] == "postgresql://u:***@h");
+    CHECK(doc["n"] == 3);
+}
+
+TEST_CASE("libpq's message about an unparsable DSN loses every quoted piece but keywords", "[common][conninfo]") {
+    using pgdeploy::common::scrub_unparsable_dsn_error;
+    CHECK(scrub_unparsable_dsn_error("missing \"=\" after \"ss\" in connection info string", "host=h password=pa ss") ==
+          "missing \"=\" after \"***\" in connection info string");
+    CHECK(scrub_unparsable_dsn_error("unexpected spaces found in \"postgresql://u:pa ss@h/db\", use percent-encoded "
+                                     "spaces (%20) instead",
+                                     "postgresql://u:pa ss@h/db") ==
+          "unexpected spaces found in \"***\", use percent-encoded spaces (%20) instead");
+    CHECK(scrub_unparsable_dsn_error("invalid connection option \"hots\"", "hots=db password=zz") ==
+          "invalid connection option \"hots\"");
 }
 
 TEST_CASE("exit codes follow the frozen SQLSTATE map", "[common][exit]") {
@@ -116,7 +169,7 @@ TEST_CASE("log lines never carry a password, in plain and JSON format", "[common
     opts.format = LogFormat::kJson;
     opts.verbose = true;
     setup_logging(opts);
-    add_log_secret("later-secret");
+    pgdeploy::common::register_secret("later-secret");
     std::string json_lines = capture_stderr([] {
         spdlog::debug("dsn \"host=x password='a b c'\" and later-secret");
         spdlog::error("quote \" and newline \n inside");

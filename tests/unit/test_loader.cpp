@@ -363,3 +363,69 @@ TEST_CASE("strip_sqitch_transaction only strips a matching pair", "[loader][sqit
     CHECK(strip_sqitch_transaction("SELECT 1;\nCOMMIT;\n") == "SELECT 1;\nCOMMIT;\n");
     CHECK(strip_sqitch_transaction("BEGIN;\nSELECT 1;\n") == "BEGIN;\nSELECT 1;\n");
 }
+
+TEST_CASE("a symlink out of the migration directory is refused unless asked for", "[loader][symlinks]") {
+    TempDir outside;
+    outside.write("secret.sql", "SELECT 'not a migration';");
+    outside.write("deploy/init.sql", "SELECT 1;");
+
+    SECTION("a native file") {
+        TempDir d;
+        d.write("0001_init.up.sql", "SELECT 1;");
+        fs::create_symlink(outside.path / "secret.sql", d.path / "0002_leak.up.sql");
+        std::string err = load_error(d.str());
+        CHECK_THAT(err, Catch::Matchers::StartsWith(d.str() + "/0002_leak.up.sql: is a symlink to " +
+                                                    fs::canonical(outside.path / "secret.sql").string() +
+                                                    ", outside the migration directory"));
+        CHECK_THAT(err, Catch::Matchers::Contains("--follow-symlinks"));
+        LoadOptions follow;
+        follow.follow_symlinks = true;
+        auto loaded = load_directory(d.str(), follow);
+        REQUIRE(loaded.migrations.size() == 2);
+        CHECK(loaded.migrations[1].up_sql == "SELECT 'not a migration';");
+    }
+    SECTION("a relative link that climbs out") {
+        TempDir d;
+        fs::create_symlink(fs::relative(outside.path / "secret.sql", d.path), d.path / "0001_up.up.sql");
+        CHECK_THAT(load_error(d.str()), Catch::Matchers::Contains("outside the migration directory"));
+    }
+    SECTION("a symlinked sub-directory (Sqitch's deploy/)") {
+        TempDir d;
+        d.write("sqitch.plan", "%project=p\ninit 2020-01-01T00:00:00Z A <a@b>\n");
+        fs::create_symlink(outside.path / "deploy", d.path / "deploy");
+        CHECK_THAT(load_error(d.str()), Catch::Matchers::Contains("/deploy/init.sql: is a symlink to "));
+        LoadOptions follow;
+        follow.follow_symlinks = true;
+        CHECK(load_directory(d.str(), follow).migrations.at(0).up_sql == "SELECT 1;");
+    }
+    SECTION("a dangling revert script in Sqitch is refused, not skipped") {
+        TempDir d;
+        d.write("sqitch.plan", "%project=p\ninit 2020-01-01T00:00:00Z A <a@b>\n");
+        d.write("deploy/init.sql", "SELECT 1;");
+        fs::create_directories(d.path / "revert");
+        fs::create_symlink(d.path / "gone.sql", d.path / "revert/init.sql");
+        CHECK_THAT(load_error(d.str()), Catch::Matchers::Contains("/revert/init.sql: cannot read"));
+    }
+    SECTION("the directory itself may be reached through a symlink") {
+        TempDir d;
+        d.write("m/0001_init.up.sql", "SELECT 1;");
+        fs::create_symlink(d.path / "m", d.path / "current");
+        CHECK(load_directory((d.path / "current").string()).migrations.size() == 1);
+    }
+}
+
+TEST_CASE("a migration name longer than the extension stores is refused", "[loader]") {
+    TempDir d;
+    d.write("0001_" + std::string(200, 'n') + ".up.sql", "SELECT 1;");
+    CHECK(load_directory(d.str()).migrations.at(0).name.size() == 200);
+    TempDir e;
+    std::string name = std::string(100, 'n') + std::string(101, 'x');
+    e.write("0001_" + name + ".up.sql", "SELECT 1;");
+    CHECK(load_error(e.str()) ==
+          e.str() + "/0001_" + name + ".up.sql: the migration name is 201 characters long; at most 200 are allowed");
+    TempDir s;
+    std::string change(201, 'c');
+    s.write("sqitch.plan", "%project=p\n" + change + " 2020-01-01T00:00:00Z A <a@b>\n");
+    s.write("deploy/" + change + ".sql", "SELECT 1;");
+    CHECK_THAT(load_error(s.str()), Catch::Matchers::Contains("the migration name is 201 characters long"));
+}

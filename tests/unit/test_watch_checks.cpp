@@ -119,7 +119,7 @@ TEST_CASE("the hook's environment names both releases, the marker and the attemp
     m.to_app_version = "v2";
     m.from_schema_version = "0003";
     m.to_schema_version = "0002";
-    auto env = hook_environment(m, 2);
+    auto env = hook_variables(m, 2, "web-1");
     CHECK(env.at("PGDEPLOY_FROM_APP_VERSION") == "v3");
     CHECK(env.at("PGDEPLOY_TO_APP_VERSION") == "v2");
     CHECK(env.at("PGDEPLOY_FROM_SCHEMA_VERSION") == "0003");
@@ -127,6 +127,7 @@ TEST_CASE("the hook's environment names both releases, the marker and the attemp
     CHECK(env.at("PGDEPLOY_DEPLOYMENT_ID") == "3");
     CHECK(env.at("PGDEPLOY_MARKER_ID") == "7");
     CHECK(env.at("PGDEPLOY_ATTEMPT") == "2");
+    CHECK(env.at("PGDEPLOY_WATCHER_ID") == "web-1");
 }
 
 TEST_CASE("tcp and http checks against closed ports fail fast and critically", "[watch][checks]") {

@@ -140,8 +140,8 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
     };
     std::vector<Case> cases = {
         {"", "not valid JSON"},
-        {"{\"a\": 1110E1110}", "not valid JSON"},   // number overflow: found by the fuzzer
-        {"{\"a\": \"\xff\"}", "not valid JSON"},     // not UTF-8
+        {"{\"a\": 1110E1110}", "not valid JSON"},  // number overflow: found by the fuzzer
+        {"{\"a\": \"\xff\"}", "not valid JSON"},   // not UTF-8
         {"[1]", "(top level): must be an object"},
         {R"({"chekcs": []})", "chekcs: unknown key"},
         {R"({"checks": {}})", "checks: must be an array"},
@@ -221,12 +221,50 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
         {R"({"leader": {"enabled": "no"}})", "leader.enabled: must be true or false"},
         {R"({"state_file": "relative/path.json"})", "state_file: must be an absolute path"},
         {R"({"watcher_id": 7})", "watcher_id: must be a string"},
+        {R"({"hook_environment": {"pass": ["HOME"], "sett": {}}})", "hook_environment.sett: unknown key"},
+        {R"({"hook_environment": ["HOME"]})", "hook_environment: must be an object"},
+        {R"({"hook_environment": {"pass": "HOME"}})", "hook_environment.pass: must be an array of variable names"},
+        {R"({"hook_environment": {"pass": [1]}})", "hook_environment.pass[0]: must be a string"},
+        {R"({"hook_environment": {"pass": ["HOME", "PGPASSWORD"]}})",
+         "hook_environment.pass[1]: \"PGPASSWORD\" the database password is never handed to a program"},
+        {R"({"hook_environment": {"set": {"PGPASSWORD": "x"}}})", "hook_environment.set.PGPASSWORD: \"PGPASSWORD\""},
+        {R"({"hook_environment": {"pass": ["PGDEPLOY_REASON"]}})", "PGDEPLOY_* variables are set by the watcher"},
+        {R"({"hook_environment": {"pass": ["NOTIFY_SOCKET"]}})", "belongs to the service manager"},
+        {R"({"hook_environment": {"pass": ["A-B"]}})", "may contain only letters, digits and '_'"},
+        {R"({"hook_environment": {"pass": ["1A"]}})", "must not start with a digit"},
+        {R"({"hook_environment": {"pass": [""]}})", "must be 1 to 128 characters long"},
+        {R"({"hook_environment": {"set": {"A": 1}}})", "hook_environment.set.A: must be a string"},
+        {R"({"hook_environment": {"set": []}})", "hook_environment.set: must be an object"},
+        {R"({"hook_environment": {"pass": ["A"], "set": {"A": "x"}}})", "is in hook_environment.pass too"},
     };
     for (const auto& c : cases) {
         INFO("config: " << c.text);
         std::string err = error_of(c.text);
         CHECK_THAT(err, Catch::Matchers::Contains(c.expected));
     }
+}
+
+TEST_CASE("hook_environment: pass and set are read; long values and argv are bounded", "[watch][config]") {
+    WatchConfig cfg = parse_config(
+        R"({"hook_environment": {"pass": ["KUBECONFIG", "HOME"], "set": {"PATH": "/opt/bin:/usr/bin", "ENV": "prod"}}})");
+    CHECK(cfg.hook_environment.pass == std::vector<std::string>{"KUBECONFIG", "HOME"});
+    CHECK(cfg.hook_environment.set.at("PATH") == "/opt/bin:/usr/bin");
+    CHECK(cfg.hook_environment.set.at("ENV") == "prod");
+    CHECK(parse_config("{}").hook_environment.pass.empty());
+
+    std::string long_value(4097, 'x');
+    CHECK_THAT(error_of(R"({"hook_environment": {"set": {"A": ")" + long_value + R"("}}})"),
+               Catch::Matchers::Contains("hook_environment.set.A: must be at most 4096 bytes"));
+    std::string names;
+    for (int i = 0; i < 65; ++i)
+        names += std::string(i ? "," : "") + "\"N" + std::to_string(i) + "\"";
+    CHECK_THAT(error_of(R"({"hook_environment": {"pass": [)" + names + "]}}"),
+               Catch::Matchers::Contains("hook_environment.pass: must name at most 64"));
+    // argv: at most 64 KiB in all, so that exec never fails with E2BIG on it.
+    std::string arg(40000, 'a');
+    CHECK_THAT(error_of(R"({"rollback": {"command": ["/bin/true", ")" + arg + R"(", ")" + arg + R"("]}})"),
+               Catch::Matchers::Contains("rollback.command: is longer than 65536 bytes in all"));
+    CHECK_NOTHROW(parse_config(R"({"rollback": {"command": ["/bin/true", ")" + arg + R"("]}})"));
 }
 
 TEST_CASE("loopback metrics addresses are accepted", "[watch][config]") {

@@ -7,6 +7,7 @@
 #include <climits>
 
 #include "common/exit_codes.hpp"
+#include "common/limits.hpp"
 #include "loader/version.hpp"
 
 namespace pgdeploy::cli {
@@ -200,6 +201,16 @@ void check_version_arg(const std::string& option, const std::optional<std::strin
         throw ArgumentError(option + " \"" + *value +
                             "\" is not a valid version (1-64 characters from A-Z a-z 0-9 . _ -, starting with a "
                             "letter or digit)");
+}
+
+void check_length_arg(const ParsedArgs& args, const std::string& option, std::size_t max_chars) {
+    auto value = args.get(option);
+    if (!value)
+        return;
+    std::size_t chars = common::utf8_chars(*value);
+    if (chars > max_chars)
+        throw ArgumentError("--" + option + " is " + std::to_string(chars) + " characters long; at most " +
+                            std::to_string(max_chars) + " are allowed");
 }
 
 long long parse_duration_ms(const std::string& option, const std::string& value) {

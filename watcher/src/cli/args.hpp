@@ -71,6 +71,10 @@ long parse_positive_int(const std::string& option, const std::string& value, lon
 // otherwise, so a typo is a usage error (2) before anything is sent.
 void check_version_arg(const std::string& option, const std::optional<std::string>& value);
 
+// check_length_arg: an option's value must have at most max_chars characters (common/limits.hpp: the extension's own
+// limits); ArgumentError (exit 2) naming the option and the limit otherwise, before anything is sent.
+void check_length_arg(const ParsedArgs& args, const std::string& option, std::size_t max_chars);
+
 // parse_duration_ms: "10s", "500ms", "2min", "1h", or bare seconds "10"; UsageError otherwise.
 long long parse_duration_ms(const std::string& option, const std::string& value);
 

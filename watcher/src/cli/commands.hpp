@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli/args.hpp"
+#include "loader/loader.hpp"
 
 namespace pgdeploy::common {
 class Connection;
@@ -29,6 +30,9 @@ int cmd_markers(const std::vector<std::string>& args);
 // The specs, for --help and the reference docs.
 const CommandSpec& load_spec();
 const CommandSpec& up_spec();
+
+// load_options: --follow-symlinks of `load` and `up --dir`.
+loader::LoadOptions load_options(const Context& ctx);
 
 // apply_lock_wait: --lock-wait DURATION → SET pg_deploy.lock_wait for this session.
 void apply_lock_wait(const Context& ctx, common::Connection& conn);

@@ -194,14 +194,21 @@ void print_register_report(const RegisterReport& report, bool dry_run) {
 const CommandSpec& load_spec() {
     static const CommandSpec spec{
         "load",
-        "DIR [--dry-run] [--lock-wait DURATION]",
+        "DIR [--dry-run] [--follow-symlinks] [--lock-wait DURATION]",
         "register migration files (native, Sqitch or Flyway layout) in one transaction",
         {{"dry-run", 0, false, "", "validate and register, then roll back: shows what would change"},
+         {"follow-symlinks", 0, false, "", "read migration files that are symlinks to outside DIR (refused otherwise)"},
          {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (e.g. 10s)"}},
         1,
         1,
         "DIR"};
     return spec;
+}
+
+loader::LoadOptions load_options(const Context& ctx) {
+    loader::LoadOptions options;
+    options.follow_symlinks = ctx.args.has("follow-symlinks");
+    return options;
 }
 
 void apply_lock_wait(const Context& ctx, common::Connection& conn) {
@@ -221,7 +228,7 @@ int cmd_load(const std::vector<std::string>& args) {
         bool dry_run = ctx.args.has("dry-run");
         if (auto lw = ctx.args.get("lock-wait"))
             parse_duration_ms("lock-wait", *lw);
-        loader::LoadedDirectory loaded = loader::load_directory(dir);
+        loader::LoadedDirectory loaded = loader::load_directory(dir, load_options(ctx));
         spdlog::debug("{}: {} migrations ({} layout)", dir, loaded.migrations.size(), loaded.layout);
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);

@@ -4,6 +4,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
+#include "common/limits.hpp"
 #include "common/output.hpp"
 
 namespace pgdeploy::cli {
@@ -95,6 +96,7 @@ int cmd_markers(const std::vector<std::string>& args) {
                 throw ArgumentError("markers request takes no ID (use --deployment)");
             if (!ctx.args.has("reason"))
                 throw ArgumentError("markers request needs --reason TEXT");
+            check_length_arg(ctx.args, "reason", common::kMaxReasonChars);
             common::Param deployment;
             if (auto d = ctx.args.get("deployment"))
                 deployment = std::to_string(parse_positive_int("deployment", *d, 999999999));

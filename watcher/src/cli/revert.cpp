@@ -4,6 +4,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
+#include "common/limits.hpp"
 #include "common/output.hpp"
 
 namespace pgdeploy::cli {
@@ -88,6 +89,7 @@ int cmd_down(const std::vector<std::string>& args) {
     return run_command(spec, args, [](Context& ctx) {
         reject_together(ctx.args, "steps", "to");
         check_version_arg("--to", ctx.args.get("to"));
+        check_length_arg(ctx.args, "app-version", common::kMaxAppVersionChars);
         std::optional<std::string> steps;
         if (auto s = ctx.args.get("steps"))
             steps = std::to_string(parse_positive_int("steps", *s));
@@ -124,6 +126,7 @@ int cmd_rollback(const std::vector<std::string>& args) {
         std::optional<std::string> deployment;
         if (auto d = ctx.args.get("deployment"))
             deployment = std::to_string(parse_positive_int("deployment", *d, 999999999));
+        check_length_arg(ctx.args, "reason", common::kMaxReasonChars);
         if (auto lw = ctx.args.get("lock-wait"))
             parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();
@@ -152,6 +155,7 @@ int cmd_baseline(const std::vector<std::string>& args) {
         if (!ctx.args.has("through"))
             throw ArgumentError("--through V is required");
         check_version_arg("--through", ctx.args.get("through"));
+        check_length_arg(ctx.args, "app-version", common::kMaxAppVersionChars);
         if (auto lw = ctx.args.get("lock-wait"))
             parse_duration_ms("lock-wait", *lw);
         auto conn = ctx.connect();

@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
 #include "cli/load.hpp"
+#include "common/limits.hpp"
 #include "common/output.hpp"
 
 namespace pgdeploy::cli {
@@ -204,9 +205,11 @@ void print_up_human(const json& doc, int exit_code) {
 const CommandSpec& up_spec() {
     static const CommandSpec spec{
         "up",
-        "[--dir DIR] [--target V] [--dry-run] [--app-version X] [--no-atomic] [--lock-wait DURATION]",
+        "[--dir DIR [--follow-symlinks]] [--target V] [--dry-run] [--app-version X] [--no-atomic] "
+        "[--lock-wait DURATION]",
         "apply pending migrations (loading DIR first), driving non-transactional ones at top level",
         {{"dir", 0, true, "DIR", "load this directory first (as pgdeploy load)"},
+         {"follow-symlinks", 0, false, "", "with --dir: read migration files that are symlinks to outside DIR"},
          {"target", 0, true, "V", "apply up to and including version V"},
          {"dry-run", 0, false, "", "rehearse: run everything inside a transaction that is rolled back"},
          {"app-version", 0, true, "X", "the release being deployed (commit, image tag); recorded on the deployment"},
@@ -231,10 +234,13 @@ int cmd_up(const std::vector<std::string>& args) {
         if (auto lw = ctx.args.get("lock-wait"))
             parse_duration_ms("lock-wait", *lw);
         check_version_arg("--target", ctx.args.get("target"));
+        check_length_arg(ctx.args, "app-version", common::kMaxAppVersionChars);
         std::optional<loader::LoadedDirectory> loaded;
         auto dir = ctx.args.get("dir");
+        if (ctx.args.has("follow-symlinks") && !dir)
+            throw ArgumentError("--follow-symlinks needs --dir");
         if (dir)
-            loaded = loader::load_directory(*dir);
+            loaded = loader::load_directory(*dir, load_options(ctx));
         auto conn = ctx.connect();
         apply_lock_wait(ctx, conn);
 

@@ -7,7 +7,6 @@
 #include <cstdlib>
 
 #include "common/conninfo.hpp"
-#include "common/logging.hpp"
 
 namespace pgdeploy::common {
 
@@ -109,19 +108,13 @@ nlohmann::json DbError::to_json() const {
  */
 Connection Connection::connect(const ConnectOptions& options) {
     // A password given in the DSN must never be logged, even verbatim inside a libpq message.
-    if (!options.dsn.empty()) {
+    if (!register_dsn_secrets(options.dsn)) {
         char* err = nullptr;
         PQconninfoOption* parsed = PQconninfoParse(options.dsn.c_str(), &err);
-        if (parsed) {
-            for (PQconninfoOption* o = parsed; o->keyword; ++o)
-                if (std::string(o->keyword) == "password" && o->val)
-                    add_log_secret(o->val);
-            PQconninfoFree(parsed);
-        } else {
-            std::string msg = err ? one_line(err) : "invalid connection string";
-            PQfreemem(err);
-            throw Failure(kExitConnect, "invalid connection string: " + scrub_secrets(msg));
-        }
+        PQconninfoFree(parsed);
+        std::string msg = err ? one_line(err) : "invalid connection string";
+        PQfreemem(err);
+        throw Failure(kExitConnect, "invalid connection string: " + scrub_unparsable_dsn_error(msg, options.dsn));
     }
     std::vector<const char*> keys, values;
     std::string timeout = std::to_string(options.connect_timeout_s);
@@ -141,12 +134,12 @@ Connection Connection::connect(const ConnectOptions& options) {
         throw Failure(kExitConnect, "cannot connect: out of memory");
     Connection conn(raw);
     if (PQstatus(raw) != CONNECTION_OK) {
-        const char* pw = PQpass(raw);
-        std::string msg = scrub_secrets(one_line(PQerrorMessage(raw)), pw ? pw : "");
-        throw Failure(kExitConnect, "cannot connect to the database: " + msg);
+        if (const char* pw = PQpass(raw))
+            register_secret(pw);
+        throw Failure(kExitConnect, "cannot connect to the database: " + scrub(one_line(PQerrorMessage(raw))));
     }
-    if (const char* pw = PQpass(raw); pw && *pw)
-        add_log_secret(pw);
+    if (const char* pw = PQpass(raw))
+        register_secret(pw);  // from .pgpass or PGPASSWORD: never logged either
     PQsetNoticeReceiver(raw, &log_notice, nullptr);
     spdlog::debug("connected to {}", conn.describe());
     return conn;
@@ -156,14 +149,15 @@ void Connection::throw_error(PGresult* res) {
     Result owned(res);
     if (!ok()) {
         std::string msg = one_line(PQerrorMessage(conn_.get()));
-        throw Failure(kExitConnect, "lost the database connection: " + scrub_secrets(msg));
+        throw Failure(kExitConnect, "lost the database connection: " + scrub(msg));
     }
     std::string sqlstate = res ? field(res, PG_DIAG_SQLSTATE) : "";
     std::string message = res ? trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY)) : "";
     if (message.empty())
         message = trim_trailing_newlines(PQerrorMessage(conn_.get()));
-    throw DbError(sqlstate, scrub_secrets(message), res ? field(res, PG_DIAG_MESSAGE_DETAIL) : "",
-                  res ? field(res, PG_DIAG_MESSAGE_HINT) : "", res ? field(res, PG_DIAG_CONTEXT) : "");
+    // Detail and context may quote SQL that carries a conninfo (dblink, a migration's CREATE SUBSCRIPTION).
+    throw DbError(sqlstate, scrub(message), scrub(res ? field(res, PG_DIAG_MESSAGE_DETAIL) : ""),
+                  scrub(res ? field(res, PG_DIAG_MESSAGE_HINT) : ""), scrub(res ? field(res, PG_DIAG_CONTEXT) : ""));
 }
 
 Result Connection::exec(const std::string& sql, const std::vector<Param>& params) {

@@ -9,7 +9,6 @@
 #include <ctime>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <vector>
 
 #include "common/conninfo.hpp"
 #include "common/exit_codes.hpp"
@@ -30,17 +29,6 @@ std::string iso_utc(std::chrono::system_clock::time_point tp) {
 
 namespace {
 
-std::mutex g_secrets_mutex;
-std::vector<std::string> g_secrets;
-
-std::string scrub_all(const std::string& text) {
-    std::lock_guard<std::mutex> guard(g_secrets_mutex);
-    std::string out = scrub_secrets(text);
-    for (const auto& s : g_secrets)
-        out = scrub_secrets(out, s);
-    return out;
-}
-
 /*
  * ScrubbingStderrSink
  *		The only sink pgdeploy logs to. Formatting happens here rather than in a pattern so that JSON lines are
@@ -52,7 +40,7 @@ public:
 
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
-        std::string text = scrub_all(std::string(msg.payload.data(), msg.payload.size()));
+        std::string text = scrub(std::string(msg.payload.data(), msg.payload.size()));
         std::string level(spdlog::level::to_string_view(msg.level).data(),
                           spdlog::level::to_string_view(msg.level).size());
         std::string line;
@@ -83,15 +71,9 @@ LogFormat parse_log_format(const std::string& value) {
     throw UsageError("--log-format must be plain or json, not \"" + value + "\"");
 }
 
-void add_log_secret(const std::string& secret) {
-    if (secret.empty())
-        return;
-    std::lock_guard<std::mutex> guard(g_secrets_mutex);
-    g_secrets.push_back(secret);
-}
-
 void setup_logging(const LogOptions& options) {
-    add_log_secret(options.secret);
+    register_environment_secrets();
+    register_secret(options.secret);
     auto sink = std::make_shared<ScrubbingStderrSink>(options.format);
     auto logger = std::make_shared<spdlog::logger>("pgdeploy", sink);
     logger->set_level(options.verbose ? spdlog::level::debug

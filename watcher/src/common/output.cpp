@@ -5,11 +5,14 @@
 #include <iostream>
 
 #include "common/connection.hpp"
+#include "common/conninfo.hpp"
 
 namespace pgdeploy::common {
 
 void print_json(const nlohmann::json& doc) {
-    std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+    nlohmann::json scrubbed = doc;
+    scrub_json(scrubbed);
+    std::cout << scrubbed.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 
 nlohmann::json error_document(const std::string& command, const Failure& failure) {
@@ -33,10 +36,10 @@ std::string cell(const nlohmann::json& value) {
     if (value.is_null())
         return "-";
     if (value.is_string())
-        return value.get<std::string>();
+        return scrub(value.get<std::string>());
     if (value.is_boolean())
         return value.get<bool>() ? "yes" : "no";
-    return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return scrub(value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 namespace {

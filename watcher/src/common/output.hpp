@@ -13,14 +13,18 @@ namespace pgdeploy::common {
 
 inline constexpr int kJsonSchemaVersion = 1;
 
-// print_json: writes the document (pretty-printed, one trailing newline) to stdout and flushes.
+// Data printed on stdout passes common::scrub here: a failed migration's message or a marker's reason may quote a
+// DSN or the password itself.
+
+// print_json: writes the document (pretty-printed, one trailing newline, scrubbed) to stdout and flushes.
 void print_json(const nlohmann::json& doc);
 
 // error_document: {"schema_version":1,"ok":false,"command":...,"error":{"sqlstate","message",...},"exit_code":N}
 // for a failure; DbError details (detail, hint, context) are included when present.
 nlohmann::json error_document(const std::string& command, const Failure& failure);
 
-// cell: a JSON value shown in a table cell: null → "-", strings bare, numbers as printed, others compact JSON.
+// cell: a JSON value shown in a table cell or a human line (scrubbed): null → "-", strings bare, numbers as printed,
+// others compact JSON.
 std::string cell(const nlohmann::json& value);
 
 // render_table: left-aligned columns separated by two spaces, a header line and a dashed rule; widths count

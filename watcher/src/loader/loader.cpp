@@ -1,17 +1,23 @@
 // Migration file loader: native, Sqitch and Flyway layouts (see loader.hpp).
 #include "loader/loader.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
 #include "common/exit_codes.hpp"
+#include "common/limits.hpp"
 #include "loader/directives.hpp"
 #include "loader/version.hpp"
 
@@ -30,23 +36,78 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 /*
- * read_file
- *		Whole file as bytes. Unreadable files are a usage error naming the file and the OS reason, never a crash
- *		or a silently skipped migration.
+ * FileReader
+ *		Reads the files of one migration directory. Unreadable files are a usage error naming the file and the
+ *OS reason, never a crash or a silently skipped migration. Unless symlinks may be followed, a file must resolve inside
+ *the directory: the check looks at the file actually opened (/proc/self/fd), not at its name, so a symlink swapped in
+ *between a check and the open is caught too.
  */
-std::string read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    if (!in)
-        fail(p.string() + ": cannot read: " + std::strerror(errno));
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad())
-        fail(p.string() + ": cannot read: " + std::strerror(errno));
-    return ss.str();
-}
+class FileReader {
+public:
+    FileReader(const fs::path& dir, const LoadOptions& options) : follow_(options.follow_symlinks) {
+        std::error_code ec;
+        fs::path root = fs::canonical(dir, ec);
+        if (ec)
+            fail(dir.string() + ": cannot resolve: " + ec.message());
+        root_ = root.string();
+        if (root_.empty() || root_.back() != '/')
+            root_ += '/';
+    }
 
-std::string read_sql(const fs::path& p) {
-    return check_sql_text(read_file(p), p.string());
+    std::string read(const fs::path& p) const {
+        int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+            fail(p.string() + ": cannot read: " + std::strerror(errno));
+        std::unique_ptr<int, void (*)(int*)> closer(&fd, [](int* f) { ::close(*f); });
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+            fail(p.string() + ": not a readable regular file (broken symlink, FIFO or device?)");
+        if (!follow_)
+            check_inside(fd, p);
+        std::string out;
+        char buf[65536];
+        for (;;) {
+            ssize_t n = ::read(fd, buf, sizeof buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                fail(p.string() + ": cannot read: " + std::strerror(errno));
+            if (n == 0)
+                break;
+            out.append(buf, static_cast<size_t>(n));
+        }
+        return out;
+    }
+
+    std::string read_sql(const fs::path& p) const { return check_sql_text(read(p), p.string()); }
+
+private:
+    void check_inside(int fd, const fs::path& p) const {
+        std::string real;
+        char buf[PATH_MAX];
+        std::string proc = "/proc/self/fd/" + std::to_string(fd);
+        ssize_t n = ::readlink(proc.c_str(), buf, sizeof buf);
+        if (n > 0 && static_cast<size_t>(n) < sizeof buf) {
+            real.assign(buf, static_cast<size_t>(n));
+        } else {
+            std::error_code ec;  // no /proc (a chroot): resolve the name instead
+            real = fs::canonical(p, ec).string();
+            if (ec)
+                fail(p.string() + ": cannot resolve: " + ec.message());
+        }
+        if (real.compare(0, root_.size(), root_) != 0)
+            fail(p.string() + ": is a symlink to " + real + ", outside the migration directory " +
+                 root_.substr(0, root_.size() - 1) + "; refused (pgdeploy load --follow-symlinks reads it)");
+    }
+
+    std::string root_;  // the directory, resolved, with a trailing '/'
+    bool follow_;
+};
+
+// present: something is at p, even a dangling symlink (which the reader then refuses instead of skipping it).
+bool present(const fs::path& p) {
+    std::error_code ec;
+    return fs::exists(fs::symlink_status(p, ec));
 }
 
 // sort_and_check_versions: natural order, and two spellings of one version ("1", "01") are refused (PD008 later).
@@ -114,7 +175,7 @@ std::vector<fs::path> list_files(const fs::path& dir) {
 
 // ---- native ----------------------------------------------------------------------------------------------------
 
-LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& files) {
+LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& files, const FileReader& reader) {
     struct Parts {
         std::optional<fs::path> up, down, verify;
         std::string name;
@@ -154,14 +215,14 @@ LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& fi
         m.version = version;
         m.name = parts.name;
         m.up_path = parts.up->string();
-        m.up_sql = read_sql(*parts.up);
+        m.up_sql = reader.read_sql(*parts.up);
         if (parts.down) {
             m.down_path = parts.down->string();
-            m.down_sql = read_sql(*parts.down);
+            m.down_sql = reader.read_sql(*parts.down);
         }
         if (parts.verify) {
             m.verify_path = parts.verify->string();
-            m.verify_sql = read_sql(*parts.verify);
+            m.verify_sql = reader.read_sql(*parts.verify);
         }
         apply_up_directives(m);
         out.migrations.push_back(std::move(m));
@@ -172,7 +233,7 @@ LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& fi
 
 // ---- flyway ----------------------------------------------------------------------------------------------------
 
-LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& files) {
+LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& files, const FileReader& reader) {
     struct Parts {
         std::optional<fs::path> up, undo;
         std::string name;
@@ -204,10 +265,10 @@ LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& fi
         m.version = version;
         m.name = parts.name;
         m.up_path = parts.up->string();
-        m.up_sql = read_sql(*parts.up);
+        m.up_sql = reader.read_sql(*parts.up);
         if (parts.undo) {
             m.down_path = parts.undo->string();
-            m.down_sql = read_sql(*parts.undo);
+            m.down_sql = reader.read_sql(*parts.undo);
         }
         apply_up_directives(m);
         out.migrations.push_back(std::move(m));
@@ -218,9 +279,9 @@ LoadedDirectory load_flyway(const fs::path& dir, const std::vector<fs::path>& fi
 
 // ---- sqitch ----------------------------------------------------------------------------------------------------
 
-LoadedDirectory load_sqitch(const fs::path& dir) {
+LoadedDirectory load_sqitch(const fs::path& dir, const FileReader& reader) {
     fs::path plan_path = dir / "sqitch.plan";
-    SqitchPlan plan = parse_sqitch_plan(check_sql_text(read_file(plan_path), plan_path.string()), plan_path.string());
+    SqitchPlan plan = parse_sqitch_plan(reader.read_sql(plan_path), plan_path.string());
     if (plan.changes.empty())
         fail(plan_path.string() + ": the plan has no changes");
     size_t width = std::max<size_t>(4, std::to_string(plan.changes.size()).size());
@@ -234,19 +295,18 @@ LoadedDirectory load_sqitch(const fs::path& dir) {
         m.version = std::string(width - v.size(), '0') + v;
         m.name = c.name;
         fs::path up = dir / "deploy" / file, down = dir / "revert" / file, verify = dir / "verify" / file;
-        std::error_code ec;
-        if (!fs::is_regular_file(up, ec))
+        if (!present(up))
             fail(plan_path.string() + ":" + std::to_string(c.line) + ": change " + c.name + " has no deploy script " +
                  up.string());
         m.up_path = up.string();
-        m.up_sql = strip_sqitch_transaction(read_sql(up));
-        if (fs::is_regular_file(down, ec)) {
+        m.up_sql = strip_sqitch_transaction(reader.read_sql(up));
+        if (present(down)) {
             m.down_path = down.string();
-            m.down_sql = strip_sqitch_transaction(read_sql(down));
+            m.down_sql = strip_sqitch_transaction(reader.read_sql(down));
         }
-        if (fs::is_regular_file(verify, ec)) {
+        if (present(verify)) {
             m.verify_path = verify.string();
-            m.verify_sql = strip_sqitch_transaction(read_sql(verify));
+            m.verify_sql = strip_sqitch_transaction(reader.read_sql(verify));
         }
         apply_up_directives(m);
         out.migrations.push_back(std::move(m));
@@ -280,6 +340,15 @@ bool is_sqitch_name(const std::string& s) {
             c == '%' || static_cast<unsigned char>(c) < 0x20)
             return false;
     return s.find("..") == std::string::npos;
+}
+
+// check_names: the extension stores at most kMaxNameChars characters of a name (22001); say so before connecting.
+LoadedDirectory check_names(LoadedDirectory loaded) {
+    for (const auto& m : loaded.migrations)
+        if (common::utf8_chars(m.name) > common::kMaxNameChars)
+            fail(m.up_path + ": the migration name is " + std::to_string(common::utf8_chars(m.name)) +
+                 " characters long; at most " + std::to_string(common::kMaxNameChars) + " are allowed");
+    return loaded;
 }
 
 }  // namespace
@@ -520,15 +589,16 @@ std::string strip_sqitch_transaction(const std::string& sql) {
  *		Layout detection: sqitch.plan wins; otherwise the .sql names decide, and a directory that mixes native
  *		and Flyway names is refused rather than guessed at.
  */
-LoadedDirectory load_directory(const std::string& dir_arg) {
+LoadedDirectory load_directory(const std::string& dir_arg, const LoadOptions& options) {
     fs::path dir(dir_arg);
     std::error_code ec;
     if (!fs::exists(dir, ec))
         fail(dir_arg + ": no such directory");
     if (!fs::is_directory(dir, ec))
         fail(dir_arg + ": not a directory");
-    if (fs::exists(dir / "sqitch.plan", ec))
-        return load_sqitch(dir);
+    FileReader reader(dir, options);
+    if (present(dir / "sqitch.plan"))
+        return check_names(load_sqitch(dir, reader));
     std::vector<fs::path> files = list_files(dir);
     bool native = false, flyway = false;
     for (const auto& p : files) {
@@ -548,7 +618,7 @@ LoadedDirectory load_directory(const std::string& dir_arg) {
         fail(dir_arg + ": mixes native (<version>_<name>.up.sql) and Flyway (V<version>__<name>.sql) files");
     if (!native && !flyway)
         fail(dir_arg + ": no migration files found");
-    return flyway ? load_flyway(dir, files) : load_native(dir, files);
+    return check_names(flyway ? load_flyway(dir, files, reader) : load_native(dir, files, reader));
 }
 
 }  // namespace pgdeploy::loader

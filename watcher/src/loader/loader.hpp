@@ -10,6 +10,10 @@
 //   native  – <version>_<name>.up.sql, .down.sql, optional .verify.sql.
 //
 // Every error is a UsageError (exit 2) naming the file (and line where there is one).
+//
+// Files: every file read must resolve inside DIR (after DIR itself is resolved): a symlink, or a symlinked
+// sub-directory such as Sqitch's deploy/, that leads out of it is refused unless follow_symlinks is set
+// (`--follow-symlinks`). The check is made on the file actually opened, so a link swapped in meanwhile is caught too.
 #pragma once
 #include <optional>
 #include <string>
@@ -33,8 +37,12 @@ struct LoadedDirectory {
     std::vector<Migration> migrations;  // natural version order
 };
 
+struct LoadOptions {
+    bool follow_symlinks = false;  // read files that resolve outside DIR (symlinks to shared files)
+};
+
 // load_directory: reads and validates DIR; throws UsageError on the first problem.
-LoadedDirectory load_directory(const std::string& dir);
+LoadedDirectory load_directory(const std::string& dir, const LoadOptions& options = {});
 
 // ---- pieces, exposed for unit tests and fuzzing ----------------------------------------------------------------
 

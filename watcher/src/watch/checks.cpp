@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "common/conninfo.hpp"
+#include "watch/hook_env.hpp"
 
 namespace pgdeploy::watch {
 
@@ -55,7 +56,10 @@ Millis remaining_ms(Clock::time_point deadline) {
     return left < 0 ? 0 : left;
 }
 
+// first_line: a libpq or curl message as a check's detail: scrubbed before it is cut, so that no part of a password
+// survives the cut.
 std::string first_line(std::string s, std::size_t max = 200) {
+    s = common::scrub(s);
     auto nl = s.find('\n');
     if (nl != std::string::npos)
         s.resize(nl);
@@ -141,7 +145,7 @@ CheckResult run_postgres(const CheckConfig& c, const std::string& default_dsn) {
     PGconn* conn = PQconnectStartParams(keys, vals, 1);
     auto fail = [&](const std::string& why) {
         r.status = CheckStatus::critical;
-        r.detail = first_line(common::scrub_secrets(why));
+        r.detail = first_line(why);
         r.latency_ms = since_ms(start);
         if (conn)
             PQfinish(conn);
@@ -458,7 +462,7 @@ CheckResult classify_http(const CheckConfig& c, long status, const std::string& 
     r.name = c.name;
     if (!curl_error.empty()) {
         r.status = CheckStatus::critical;
-        r.detail = first_line(common::scrub_secrets(curl_error));
+        r.detail = first_line(curl_error);
         return r;
     }
     if (status != c.expect_status) {
@@ -501,7 +505,8 @@ void init_checks() {
  * http checks share one multi handle on the calling thread; every other check gets a thread of its own for the
  * cycle (they block in connect, poll or waitpid). The cycle lasts as long as its slowest check's timeout at most.
  */
-std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& checks, const std::string& default_dsn) {
+std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& checks, const std::string& default_dsn,
+                                    const HookEnvironmentConfig& environment) {
     init_checks();
     std::vector<const CheckConfig*> http;
     std::vector<std::size_t> http_at;  // index in checks of http[i]
@@ -528,7 +533,8 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
                         other_results[i] = run_postgres(c, default_dsn);
                         break;
                     case CheckType::command:
-                        other_results[i] = classify_command(c, run_process(c.argv, {}, c.timeout, c.max_output));
+                        other_results[i] = classify_command(
+                            c, run_process(c.argv, child_environment(environment), c.timeout, c.max_output));
                         break;
                     case CheckType::http:
                         break;
@@ -548,13 +554,16 @@ std::vector<CheckResult> run_checks(const std::vector<const CheckConfig*>& check
     std::vector<CheckResult> http_results = run_http(http);
     for (auto& t : threads)
         t.join();
-    if (others.empty())
-        return http_results;  // the checks' own order already
-    std::vector<CheckResult> results(checks.size());
-    for (std::size_t i = 0; i < http_results.size(); ++i)
-        results[http_at[i]] = std::move(http_results[i]);
-    for (std::size_t i = 0; i < other_results.size(); ++i)
-        results[others_at[i]] = std::move(other_results[i]);
+    std::vector<CheckResult> results;
+    if (others.empty()) {
+        results = std::move(http_results);  // the checks' own order already
+    } else {
+        results.resize(checks.size());
+        for (std::size_t i = 0; i < http_results.size(); ++i)
+            results[http_at[i]] = std::move(http_results[i]);
+        for (std::size_t i = 0; i < other_results.size(); ++i)
+            results[others_at[i]] = std::move(other_results[i]);
+    }
     return results;
 }
 

@@ -2,12 +2,16 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+
+#include "common/conninfo.hpp"
+#include "watch/hook_env.hpp"
 
 namespace pgdeploy::watch {
 
@@ -28,6 +32,8 @@ const char* to_string(CheckType t) {
 }
 
 namespace {
+
+constexpr std::size_t kMaxArgvBytes = 64 * 1024;
 
 /*
  * ObjectReader
@@ -131,6 +137,7 @@ public:
         if (v->empty())
             throw ConfigError(key_path(key), "must not be empty");
         std::vector<std::string> out;
+        std::size_t total = 0;
         for (std::size_t i = 0; i < v->size(); ++i) {
             const auto& e = (*v)[i];
             std::string p = key_path(key) + "[" + std::to_string(i) + "]";
@@ -141,8 +148,12 @@ public:
                 throw ConfigError(p, "must not contain NUL");
             if (i == 0 && s.empty())
                 throw ConfigError(p, "must name a program");
+            total += s.size() + 1;
             out.push_back(std::move(s));
         }
+        // Far below what exec accepts, so that the program always starts (its environment is bounded too).
+        if (total > kMaxArgvBytes)
+            throw ConfigError(key_path(key), "is longer than " + std::to_string(kMaxArgvBytes) + " bytes in all");
         return out;
     }
 
@@ -191,6 +202,58 @@ void parse_listen(MetricsConfig& m, const std::string& path) {
         throw ConfigError(path, "port must be a number between 0 and 65535");
     m.host = host == "localhost" ? "127.0.0.1" : host;
     m.port = p;
+}
+
+void check_hook_env_name(const std::string& name, const std::string& path) {
+    std::string problem = hook_env_name_problem(name);
+    if (!problem.empty())
+        throw ConfigError(path, "\"" + name + "\" " + problem);
+}
+
+/*
+ * parse_hook_environment
+ *		{"pass": ["NAME", ...], "set": {"NAME": "value"}}: what the programs the watcher starts get besides the
+ *		minimal set (watch/hook_env.hpp). A name in both lists would leave the reader guessing which wins.
+ */
+HookEnvironmentConfig parse_hook_environment(const json& j) {
+    ObjectReader r(j, "hook_environment");
+    HookEnvironmentConfig env;
+    if (const json* pass = r.get("pass")) {
+        if (!pass->is_array())
+            throw ConfigError("hook_environment.pass", "must be an array of variable names");
+        if (pass->size() > kMaxHookEnvNames)
+            throw ConfigError("hook_environment.pass", "must name at most " + std::to_string(kMaxHookEnvNames));
+        for (std::size_t i = 0; i < pass->size(); ++i) {
+            std::string path = "hook_environment.pass[" + std::to_string(i) + "]";
+            if (!(*pass)[i].is_string())
+                throw ConfigError(path, "must be a string");
+            std::string name = (*pass)[i].get<std::string>();
+            check_hook_env_name(name, path);
+            env.pass.push_back(name);
+        }
+    }
+    if (const json* set = r.get("set")) {
+        if (!set->is_object())
+            throw ConfigError("hook_environment.set", "must be an object of \"NAME\": \"value\"");
+        if (set->size() > kMaxHookEnvNames)
+            throw ConfigError("hook_environment.set", "must name at most " + std::to_string(kMaxHookEnvNames));
+        for (auto it = set->begin(); it != set->end(); ++it) {
+            std::string path = "hook_environment.set." + it.key();
+            check_hook_env_name(it.key(), path);
+            if (!it->is_string())
+                throw ConfigError(path, "must be a string");
+            std::string value = it->get<std::string>();
+            if (value.find('\0') != std::string::npos)
+                throw ConfigError(path, "must not contain NUL");
+            if (value.size() > kMaxHookEnvValueBytes)
+                throw ConfigError(path, "must be at most " + std::to_string(kMaxHookEnvValueBytes) + " bytes");
+            if (std::find(env.pass.begin(), env.pass.end(), it.key()) != env.pass.end())
+                throw ConfigError(path, "\"" + it.key() + "\" is in hook_environment.pass too: keep one");
+            env.set[it.key()] = value;
+        }
+    }
+    r.reject_unknown();
+    return env;
 }
 
 CheckConfig parse_check(const json& j, std::size_t index) {
@@ -373,6 +436,9 @@ WatchConfig parse_config(const std::string& text) {
         r.reject_unknown();
     }
 
+    if (const json* e = top.get("hook_environment"))
+        cfg.hook_environment = parse_hook_environment(*e);
+
     if (const json* l = top.get("logging")) {
         ObjectReader r(*l, "logging");
         cfg.logging.level = r.string("level", "info");
@@ -416,7 +482,12 @@ WatchConfig load_config(const std::string& file) {
     ss << in.rdbuf();
     if (ss.str().size() > (4u << 20))
         throw ConfigError("", "config file \"" + file + "\" is larger than 4 MB");
-    return parse_config(ss.str());
+    WatchConfig cfg = parse_config(ss.str());
+    // Passwords written in the file are scrubbed from everything the watcher logs or stores from now on.
+    common::register_dsn_secrets(cfg.database.dsn);
+    for (const auto& c : cfg.checks)
+        common::register_dsn_secrets(c.dsn);
+    return cfg;
 }
 
 Millis shortest_interval(const WatchConfig& cfg) {

@@ -1,6 +1,7 @@
 // The watcher's configuration file (JSON): what to check, when to decide, how to roll back.
 // Every key, its default and its meaning is documented in docs/pgdeploy.md (the watcher section); keep the two in step.
 #pragma once
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -78,6 +79,13 @@ struct AlertConfig {
     Millis timeout = 30 * 1000;
 };
 
+// The environment of the programs the watcher starts (rollback hook, alert command, command checks) is built from
+// scratch (docs/pgdeploy.md, "The hook's environment"); these add to the documented minimal set.
+struct HookEnvironmentConfig {
+    std::vector<std::string> pass;           // names copied from the watcher's own environment when set there
+    std::map<std::string, std::string> set;  // explicit values
+};
+
 struct DecisionConfig {
     Millis watch_window = 30 * 60 * 1000;    // roll back only this long after a deployment finished
     Millis cooldown = 10 * 60 * 1000;        // no second rollback this soon after one
@@ -110,6 +118,7 @@ struct WatchConfig {
     DecisionConfig decision;
     RollbackConfig rollback;
     AlertConfig alert;
+    HookEnvironmentConfig hook_environment;
     LoggingConfig logging;
     MetricsConfig metrics;
     bool leader_lock = true;  // false: never lead (a pure observer)
@@ -119,7 +128,8 @@ struct WatchConfig {
 // parse_config parses and validates a configuration document; throws ConfigError naming the key.
 WatchConfig parse_config(const std::string& text);
 
-// load_config reads FILE and parses it; unreadable files are ConfigError too (path "").
+// load_config reads FILE and parses it; unreadable files are ConfigError too (path ""). The passwords of its DSNs
+// are registered for scrubbing (common::register_dsn_secrets).
 WatchConfig load_config(const std::string& file);
 
 // Smallest interval of all checks (the main loop's natural tick); 1 s when there are no checks.

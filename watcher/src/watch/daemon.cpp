@@ -12,17 +12,18 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <string_view>
+#include <system_error>
 #include <unordered_map>
 
 #include "common/connection.hpp"
 #include "common/conninfo.hpp"
+#include "common/files.hpp"
 #include "common/logging.hpp"
 #include "watch/checks.hpp"
 #include "watch/decision.hpp"
@@ -40,6 +41,9 @@ Millis monotonic_ms() {
 }
 
 namespace {
+
+// The state file is for the watcher's user and group (`pgdeploy watch --status` run by an operator in the group).
+constexpr mode_t kStateFileMode = 0640;
 
 // Signal handlers only set these flags; the main loop does the work (pgbouncer, pg_auto_failover do the same).
 std::atomic<bool> g_stop{false};
@@ -167,7 +171,8 @@ private:
     int pending_migrations_ = -1;
     MetricsServer metrics_;
     bool metrics_on_ = false;
-    std::string state_text_;  // write_state_file()'s buffer, reused
+    std::string state_text_;        // write_state_file()'s buffer, reused
+    std::string state_file_error_;  // the last failure to write it ("" when the last write worked)
     Millis next_publish_ = 0;
 };
 
@@ -289,7 +294,7 @@ void Daemon::run_due_checks(Millis now) {
     if (due_.empty())
         return;
     Millis cycle_start = monotonic_ms();
-    std::vector<CheckResult> results = run_checks(due_, cfg_->database.dsn);
+    std::vector<CheckResult> results = run_checks(due_, cfg_->database.dsn, cfg_->hook_environment);
     Millis at = monotonic_ms();
     // Times the running daemon's cycle (bench/ and anyone debugging a slow interval read it).
     spdlog::debug("cycle: {} checks in {} ms", due_.size(), at - cycle_start);
@@ -551,25 +556,30 @@ void Daemon::status_document(Millis now, std::string& out, const std::function<v
 /*
  * Daemon::write_state_file
  *
- * For `watch --status`: written as often as the shortest interval (documented), atomically (write, rename), in
- * pieces (status_document with a flush).
+ * For `watch --status`: written as often as the shortest interval (documented), in pieces (status_document with a
+ * flush), through common::AtomicFile: a new file with an unpredictable name, mode kStateFileMode whatever the umask,
+ * never following a symlink, renamed over the old one. A failure is logged when it starts and when it ends, not
+ * four times a second.
  */
 void Daemon::write_state_file(Millis now) {
     if (cfg_->state_file.empty())
         return;
-    std::string tmp = cfg_->state_file + ".tmp." + std::to_string(getpid());
-    {
-        std::ofstream out(tmp, std::ios::trunc);
+    try {
+        common::AtomicFile out(cfg_->state_file, kStateFileMode);
         state_text_.clear();
         status_document(now, state_text_, [&out](std::string& part) {
-            out << part;
+            out.write(part);
             part.clear();
         });
-        out << state_text_;
-    }
-    if (std::rename(tmp.c_str(), cfg_->state_file.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        spdlog::debug("cannot write the state file {}", cfg_->state_file);
+        out.write(state_text_);
+        out.commit();
+        if (!state_file_error_.empty())
+            spdlog::info("state file {} written again", cfg_->state_file);
+        state_file_error_.clear();
+    } catch (const std::system_error& e) {
+        if (e.what() != state_file_error_)
+            spdlog::warn("cannot write the state file: {}", e.what());
+        state_file_error_ = e.what();
     }
 }
 

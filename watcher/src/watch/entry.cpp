@@ -225,7 +225,7 @@ int run_once_cycle(const Args& a) {
             std::vector<const CheckConfig*> all;
             for (const auto& c : cfg.checks)
                 all.push_back(&c);
-            for (const auto& r : run_checks(all, cfg.database.dsn)) {
+            for (const auto& r : run_checks(all, cfg.database.dsn, cfg.hook_environment)) {
                 spdlog::debug("check {}: {} {}", r.name, to_string(r.status), r.detail);
                 engine.record(r, monotonic_ms());
             }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "watch/hook_env.hpp"
 #include "watch/process.hpp"
 
 namespace pgdeploy::watch {
@@ -17,8 +18,18 @@ Millis mono_ms() {
         .count();
 }
 
-std::string tail(const std::string& s, std::size_t n = 1000) {
-    return s.size() <= n ? s : s.substr(s.size() - n);
+// The hook's output: at most kHookOutputMax bytes are read, the last kOutputTail are kept.
+constexpr std::size_t kHookOutputMax = 64 * 1024;
+constexpr std::size_t kOutputTail = 1000;
+
+std::string tail(const std::string& s, std::size_t n) {
+    return s.size() <= n ? s : sanitize_utf8(s.substr(s.size() - n));
+}
+
+// hook_output: what only administrators may read about a hook run (Ledger::log_event's private part).
+json hook_output(const ProcessResult& p) {
+    return {{"output", tail(p.output, kOutputTail)},
+            {"output_truncated", p.truncated || p.output.size() > kOutputTail}};
 }
 
 }  // namespace
@@ -58,7 +69,7 @@ ORDER BY k.id)SQL",
     return out;
 }
 
-std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt) {
+std::map<std::string, std::string> hook_variables(const MarkerInfo& m, int attempt, const std::string& watcher_id) {
     return {{"PGDEPLOY_FROM_APP_VERSION", m.from_app_version},
             {"PGDEPLOY_TO_APP_VERSION", m.to_app_version},
             {"PGDEPLOY_FROM_SCHEMA_VERSION", m.from_schema_version},
@@ -66,7 +77,8 @@ std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int att
             {"PGDEPLOY_DEPLOYMENT_ID", std::to_string(m.deployment_id)},
             {"PGDEPLOY_MARKER_ID", std::to_string(m.id)},
             {"PGDEPLOY_ATTEMPT", std::to_string(attempt)},
-            {"PGDEPLOY_REASON", m.reason}};
+            {"PGDEPLOY_REASON", m.reason},
+            {"PGDEPLOY_WATCHER_ID", watcher_id}};
 }
 
 bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::string& message, std::int64_t deployment_id,
@@ -74,13 +86,13 @@ bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::stri
     spdlog::critical("ALERT {}: {}", kind, message);
     if (cfg.alert.command.empty())
         return true;
-    ProcessResult p = run_process(cfg.alert.command,
-                                  {{"PGDEPLOY_ALERT_KIND", kind},
-                                   {"PGDEPLOY_ALERT_MESSAGE", message},
-                                   {"PGDEPLOY_DEPLOYMENT_ID", deployment_id ? std::to_string(deployment_id) : ""},
-                                   {"PGDEPLOY_MARKER_ID", marker_id ? std::to_string(marker_id) : ""},
-                                   {"PGDEPLOY_WATCHER_ID", cfg.watcher_id}},
-                                  cfg.alert.timeout, 4096, tick);
+    Environment env = child_environment(cfg.hook_environment,
+                                        {{"PGDEPLOY_ALERT_KIND", kind},
+                                         {"PGDEPLOY_ALERT_MESSAGE", message},
+                                         {"PGDEPLOY_DEPLOYMENT_ID", deployment_id ? std::to_string(deployment_id) : ""},
+                                         {"PGDEPLOY_MARKER_ID", marker_id ? std::to_string(marker_id) : ""},
+                                         {"PGDEPLOY_WATCHER_ID", cfg.watcher_id}});
+    ProcessResult p = run_process(cfg.alert.command, env, cfg.alert.timeout, 4096, tick);
     bool ok = p.started && !p.timed_out && p.signal == 0 && p.exit_code == 0 && p.error.empty();
     if (!ok)
         spdlog::error("alert command failed: {}", describe(p));
@@ -156,8 +168,9 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
         }
         return tick_ ? tick_() : true;
     };
-    ProcessResult p = run_process(cfg_.rollback.command, hook_environment(m, attempt), cfg_.rollback.timeout,
-                                  std::size_t{64} * 1024, tick);
+    ProcessResult p = run_process(cfg_.rollback.command,
+                                  child_environment(cfg_.hook_environment, hook_variables(m, attempt, cfg_.watcher_id)),
+                                  cfg_.rollback.timeout, kHookOutputMax, tick);
     if (p.error == "interrupted") {
         out.result = "interrupted";
         out.error = "stopped while the app hook was running";
@@ -166,16 +179,22 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
         return false;
     }
     bool ok = p.started && !p.timed_out && p.signal == 0 && p.exit_code == 0;
+    if (!p.output.empty())
+        spdlog::info("marker {}: app hook output (last {} bytes):\n{}", m.id, std::min(p.output.size(), kOutputTail),
+                     tail(p.output, kOutputTail));
     if (ok) {
         ledger_.log_event("watcher_hook_done", m.deployment_id, m.id,
-                          {{"attempt", attempt}, {"duration_ms", p.duration_ms}, {"output", tail(p.output)}});
+                          {{"attempt", attempt}, {"duration_ms", p.duration_ms}, {"output_bytes", p.output.size()}},
+                          hook_output(p));
         spdlog::info("marker {}: app hook done in {:.0f} ms", m.id, p.duration_ms);
         return true;
     }
-    out.error = "app rollback hook failed: " + describe(p);
+    // The error goes to the marker and the events, which deploy_reader reads: the hook's output stays out of it.
+    out.error = "app rollback hook failed: " + describe(p, false);
     ledger_.log_event(
         "watcher_hook_failed", m.deployment_id, m.id,
-        {{"attempt", attempt}, {"error", out.error}, {"output", tail(p.output)}, {"renew_failed", renew_failed}});
+        {{"attempt", attempt}, {"error", out.error}, {"output_bytes", p.output.size()}, {"renew_failed", renew_failed}},
+        hook_output(p));
     spdlog::error("marker {}: {}", m.id, out.error);
     return false;
 }

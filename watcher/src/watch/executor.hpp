@@ -29,12 +29,14 @@ Millis retry_delay(const RollbackConfig& rb, int attempts);
 std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
                                             const RollbackConfig& rb, bool honour_backoff);
 
-// The environment the app hook sees (docs/pgdeploy.md, "The hook's environment").
-std::map<std::string, std::string> hook_environment(const MarkerInfo& m, int attempt);
+// The PGDEPLOY_* variables the app hook gets (docs/pgdeploy.md, "The hook's environment"); child_environment()
+// (watch/hook_env.hpp) adds the rest.
+std::map<std::string, std::string> hook_variables(const MarkerInfo& m, int attempt, const std::string& watcher_id);
 
 // send_alert: the watcher needs a person. Always a critical log line; with alert.command configured, the command
 // runs (argv, no shell, alert.timeout) with PGDEPLOY_ALERT_KIND (frozen, not_rolled_back, needs_attention,
-// unrecovered), PGDEPLOY_ALERT_MESSAGE, PGDEPLOY_DEPLOYMENT_ID, PGDEPLOY_MARKER_ID and PGDEPLOY_WATCHER_ID.
+// unrecovered), PGDEPLOY_ALERT_MESSAGE, PGDEPLOY_DEPLOYMENT_ID, PGDEPLOY_MARKER_ID and PGDEPLOY_WATCHER_ID, in the
+// environment of child_environment().
 // Returns false when the alert command failed (logged; an alert never stops the watcher).
 bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::string& message, std::int64_t deployment_id,
                 std::int64_t marker_id, const std::function<bool()>& tick = {});

@@ -2,6 +2,9 @@
 
 #include <libpq-fe.h>
 
+#include "common/conninfo.hpp"
+#include "common/limits.hpp"
+
 namespace pgdeploy::watch {
 
 using common::Param;
@@ -15,6 +18,18 @@ Param id_param(std::int64_t v) {
 
 std::string interval_param(Millis ms) {
     return std::to_string(ms) + " milliseconds";
+}
+
+/*
+ * json_param
+ *		Everything the watcher writes into the ledger as JSON passes here: scrubbed (a check's
+ *		detail or a server message may carry a DSN) and cut to the extension's limit, so that a
+ *		decision over thousands of checks is still recorded.
+ */
+std::string json_param(json doc) {
+    common::scrub_json(doc);
+    common::fit_json(doc);
+    return doc.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string text_or_empty(const common::Result& r, int row, int col) {
@@ -114,7 +129,7 @@ void Ledger::listen() {
 int Ledger::drain_notifications() {
     PGconn* c = conn_.raw();
     if (!PQconsumeInput(c))
-        throw Failure(kExitConnect, std::string("lost the database connection: ") + PQerrorMessage(c));
+        throw Failure(kExitConnect, "lost the database connection: " + common::scrub(PQerrorMessage(c)));
     int n = 0;
     while (PGnotify* note = PQnotifies(c)) {
         ++n;
@@ -126,9 +141,9 @@ int Ledger::drain_notifications() {
 }
 
 std::int64_t Ledger::request_rollback(const std::string& reason, std::int64_t deployment_id, const json& details) {
-    auto v = conn_.query_value(
-        "SELECT deploy.request_rollback($1, $2::bigint, $3::pg_catalog.jsonb)",
-        {reason, id_param(deployment_id), details.dump(-1, ' ', false, json::error_handler_t::replace)});
+    auto v = conn_.query_value("SELECT deploy.request_rollback($1, $2::bigint, $3::pg_catalog.jsonb)",
+                               {common::truncate_chars(common::scrub(reason), common::kMaxReasonChars),
+                                id_param(deployment_id), json_param(details)});
     return v ? std::stoll(*v) : 0;
 }
 
@@ -207,15 +222,16 @@ json Ledger::execute_rollback(std::int64_t marker_id, const std::string& holder,
 std::string Ledger::fail_attempt(std::int64_t marker_id, const std::string& holder, const json& failure) {
     auto v = conn_.query_value(
         "SELECT deploy.fail_marker_attempt($1::bigint, $2, $3::pg_catalog.jsonb)",
-        {std::to_string(marker_id), holder, failure.dump(-1, ' ', false, json::error_handler_t::replace)});
+        {std::to_string(marker_id), holder, json_param(failure)});
     return v.value_or("");
 }
 
 std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
-                               const json& details) {
-    auto v = conn_.query_value("SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::pg_catalog.jsonb)",
-                               {kind, id_param(deployment_id), id_param(marker_id),
-                                details.dump(-1, ' ', false, json::error_handler_t::replace)});
+                               const json& details, const json& private_details) {
+    auto v = conn_.query_value(
+        "SELECT deploy.log_event($1, $2::bigint, NULL, $3::bigint, $4::pg_catalog.jsonb, $5::pg_catalog.jsonb)",
+        {kind, id_param(deployment_id), id_param(marker_id), json_param(details),
+         private_details.is_null() ? Param(std::nullopt) : Param(json_param(private_details))});
     return v ? std::stoll(*v) : 0;
 }
 

@@ -57,8 +57,10 @@ public:
     // fail_attempt: the app hook failed: keep the marker (failed, claimable again) or needs_attention after the
     // last attempt. Returns the marker's new state.
     std::string fail_attempt(std::int64_t marker_id, const std::string& holder, const nlohmann::json& failure);
+    // log_event: deploy.log_event with the details scrubbed and cut to fit (common/limits.hpp). private_details
+    // (not null: a hook's output) is what only administrators may read: deploy.events.private_details.
     std::int64_t log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
-                           const nlohmann::json& details);
+                           const nlohmann::json& details, const nlohmann::json& private_details = nullptr);
     int pending_migrations();
 
 private:

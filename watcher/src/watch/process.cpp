@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/conninfo.hpp"
+
 extern char** environ;
 
 namespace pgdeploy::watch {
@@ -43,16 +45,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
     cargv.push_back(nullptr);
 
     std::vector<std::string> envs;
-    for (char** e = environ; e && *e; ++e) {
-        std::string kv(*e);
-        auto eq = kv.find('=');
-        if (eq != std::string::npos && env.count(kv.substr(0, eq)))
-            continue;  // ours replace inherited ones
-        // The watchdog socket belongs to the watcher, not to its hooks.
-        if (kv.rfind("NOTIFY_SOCKET=", 0) == 0 || kv.rfind("WATCHDOG_", 0) == 0)
-            continue;
-        envs.push_back(std::move(kv));
-    }
+    envs.reserve(env.size());
     for (const auto& [k, v] : env)
         envs.push_back(k + "=" + v);
     std::vector<char*> cenv;
@@ -97,6 +90,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         signal(SIGHUP, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
+        // execvp searches the PATH of environ: the program is found where its own environment says.
         environ = cenv.data();
         execvp(cargv[0], cargv.data());
         int err = errno;
@@ -184,7 +178,8 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
     res.duration_ms = static_cast<double>(mono_ms() - start);
     if (interrupted)
         res.error = "interrupted";
-    res.output = sanitize_utf8(res.output);
+    // Scrubbed here, before anyone cuts it: the output reaches logs, check details and events.
+    res.output = common::scrub(sanitize_utf8(res.output));
     if (WIFEXITED(status))
         res.exit_code = WEXITSTATUS(status);
     else if (WIFSIGNALED(status))
@@ -221,7 +216,7 @@ std::string sanitize_utf8(const std::string& s) {
     return out;
 }
 
-std::string describe(const ProcessResult& r) {
+std::string describe(const ProcessResult& r, bool with_output) {
     if (!r.started)
         return r.error;
     std::string s;
@@ -233,6 +228,8 @@ std::string describe(const ProcessResult& r) {
         s = "killed by signal " + std::to_string(r.signal);
     else
         s = "exit " + std::to_string(r.exit_code);
+    if (!with_output)
+        return sanitize_utf8(s);
     std::string first = r.output.substr(0, r.output.find('\n'));
     if (first.size() > 200)
         first = first.substr(0, 200) + "...";
