@@ -29,13 +29,13 @@ WHERE p.pronamespace = 'deploy'::regnamespace
   AND p.proname IN ('status', 'current_version', 'require_version', 'validate', 'verify', 'baseline',
                     'request_rollback', 'claim_marker', 'renew_lease', 'execute_rollback', 'resolve_marker',
                     'rollback_eligibility', 'run')
-ORDER BY 1::text;
+ORDER BY p.oid::regprocedure::text;
 -- SECURITY DEFINER is kept to the functions that write the ledger for deploy_admin and run no user SQL (events,
 -- markers, baseline) and to validate (reads bodies to hash them, returns none); each pins search_path. Everything
 -- that runs migration, down or verify SQL is SECURITY INVOKER (the C engine), so that SQL keeps the caller's rights.
 SELECT p.oid::regprocedure AS security_definer, p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') AS is_c,
        coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) AS pinned
-FROM pg_proc p WHERE p.pronamespace = 'deploy'::regnamespace AND p.prosecdef ORDER BY 1::text;
+FROM pg_proc p WHERE p.pronamespace = 'deploy'::regnamespace AND p.prosecdef ORDER BY p.oid::regprocedure::text;
 -- Every SQL and PL/pgSQL routine pins search_path, except deploy.run (a procedure with a SET clause cannot COMMIT),
 -- which uses no operator and calls only schema-qualified functions with arguments of their exact types.
 SELECT p.oid::regprocedure AS without_pinned_search_path
@@ -43,7 +43,7 @@ FROM pg_proc p
 WHERE p.pronamespace = 'deploy'::regnamespace
   AND p.prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('sql', 'plpgsql'))
   AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
-ORDER BY 1::text;
+ORDER BY p.oid::regprocedure::text;
 
 -- A fresh ledger is empty and says so.
 SELECT deploy.current_version();

@@ -312,8 +312,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    max_attempts  integer := coalesce(nullif(current_setting('pg_deploy.max_rollback_attempts', true), ''),
-                                      '3')::integer;
+    max_attempts  integer := current_setting('pg_deploy.max_rollback_attempts')::integer;
     new_state     text;
 BEGIN
     new_state := CASE WHEN retryable AND marker.attempts < max_attempts THEN 'failed' ELSE 'needs_attention' END;
@@ -368,7 +367,7 @@ BEGIN
         RAISE EXCEPTION 'force must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM deploy.check_input_length('holder', holder);
-    PERFORM deploy.wait_for_deploy_lock('execute_rollback');
+    PERFORM deploy.wait_for_deploy_lock('deploy.execute_rollback()');
 
     SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = execute_rollback_begin.marker_id FOR UPDATE;
     IF NOT FOUND THEN
