@@ -131,7 +131,7 @@ BEGIN
                                                 'attempts', k.attempts, 'requested_at', k.requested_at,
                                                 'last_error', k.last_error) ORDER BY k.id)
             FROM deploy.rollback_markers k
-            WHERE k.state IN ('pending', 'in_progress', 'failed', 'needs_attention')), '[]'),
+            WHERE deploy.marker_is_open(k.state)), '[]'),
         'running_checkpoints', coalesce((
             SELECT jsonb_agg(jsonb_build_object('id', c.id, 'deployment_id', c.deployment_id,
                                                 'version', c.version, 'step', c.step, 'state', c.state,

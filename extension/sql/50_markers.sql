@@ -173,20 +173,20 @@ BEGIN
     -- The open marker, if any (checked first so a repeated request does not burn a marker id; the ON CONFLICT
     -- below covers two requests racing past this check).
     SELECT k.id INTO new_id FROM deploy.rollback_markers k
-    WHERE k.deployment_id = d.id AND k.state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+    WHERE k.deployment_id = d.id AND deploy.marker_is_open(k.state);
     IF FOUND THEN
         RETURN new_id;
     END IF;
 
     INSERT INTO deploy.rollback_markers AS k (deployment_id, target_version, reason, details)
     VALUES (d.id, d.version_before, reason, extra)
-    ON CONFLICT (deployment_id) WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention')
+    ON CONFLICT (deployment_id) WHERE deploy.marker_is_open(state)
     DO NOTHING
     RETURNING k.id INTO new_id;
 
     IF new_id IS NULL THEN
         SELECT k.id INTO new_id FROM deploy.rollback_markers k
-        WHERE k.deployment_id = d.id AND k.state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+        WHERE k.deployment_id = d.id AND deploy.marker_is_open(k.state);
         RETURN new_id;
     END IF;
 

@@ -22,7 +22,7 @@ Cell current_version() {
 void refuse_if_open_marker(const char* operation) {
     Rows m = run_query(
         "SELECT id, deployment_id, state, reason FROM deploy.rollback_markers "
-        "WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention') ORDER BY id LIMIT 1");
+        "WHERE deploy.marker_is_open(state) ORDER BY id LIMIT 1");
     if (m.empty())
         return;
     const Row& r = m.front();
@@ -105,7 +105,8 @@ Datum ledger_changed_impl(FunctionCallInfo fcinfo) {
     TriggerData* td = reinterpret_cast<TriggerData*>(fcinfo->context);
     TriggerEvent event = td->tg_event;
     if (!TRIGGER_FIRED_AFTER(event) || !TRIGGER_FIRED_FOR_STATEMENT(event))
-        throw DeployError(sqlstate::invalid_parameter, "deploy.ledger_changed() must fire AFTER ... FOR EACH STATEMENT");
+        throw DeployError(sqlstate::invalid_parameter,
+                          "deploy.ledger_changed() must fire AFTER ... FOR EACH STATEMENT");
     const bool on_applied = std::strcmp(RelationGetRelationName(td->tg_relation), "applied") == 0;
 
     int64_t delta = 0;

@@ -13,6 +13,20 @@ namespace pgdeploy {
 
 namespace {
 
+// The states of an open marker: requested and not yet finished (done is the only closed state). The one list; SQL
+// reaches it as deploy.marker_is_open(state), which the partial unique index rollback_markers_open_idx uses too.
+constexpr const char* kOpenMarkerStates[] = {"pending", "in_progress", "failed", "needs_attention"};
+
+// marker_is_open_impl: deploy.marker_is_open(state), IMMUTABLE STRICT.
+Datum marker_is_open_impl(FunctionCallInfo fcinfo) {
+    std::string state = text_arg(fcinfo, 0);
+    for (const char* open : kOpenMarkerStates) {
+        if (state == open)
+            PG_RETURN_BOOL(true);
+    }
+    PG_RETURN_BOOL(false);
+}
+
 Json jsonb_cell(const Cell& c) {
     return c ? Json::parse(*c) : Json(nullptr);
 }
@@ -25,10 +39,9 @@ void revert_as_caller(const Json& plan, Cell& outcome, Cell& raised) {
     Cell reason = plan["reason"].is_string() ? Cell(plan["reason"].get<std::string>()) : Cell();
     std::optional<SqlFailure> failure = failure_of([&] {
         in_subtransaction([&] {
-            Rows r = run_query_as_caller("SELECT deploy.rollback(deployment_id => $1, force => $2, reason => $3)",
-                                         {INT8OID, BOOLOID, TEXTOID},
-                                         {p_int8(plan["deployment_id"].get<int64_t>()),
-                                          p_bool(plan["force"].get<bool>()), p_text(reason)});
+            Rows r = run_query_as_caller(
+                "SELECT deploy.rollback(deployment_id => $1, force => $2, reason => $3)", {INT8OID, BOOLOID, TEXTOID},
+                {p_int8(plan["deployment_id"].get<int64_t>()), p_bool(plan["force"].get<bool>()), p_text(reason)});
             outcome = r.front()[0];
         });
     });
@@ -72,3 +85,4 @@ Datum execute_rollback_impl(FunctionCallInfo fcinfo) {
 }  // namespace pgdeploy
 
 PGDEPLOY_SQL_FUNCTION(pgdeploy_execute_rollback, pgdeploy::execute_rollback_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_marker_is_open, pgdeploy::marker_is_open_impl)
