@@ -112,7 +112,7 @@ CREATE TABLE deploy.checkpoints (
     UNIQUE (deployment_id, version, step)
 );
 
--- Rollback markers: a durable request to undo a deployment, executed by whoever claims it (seed 000).
+-- Rollback markers: a durable request to undo a deployment, executed by whoever claims it (50_markers.sql).
 CREATE TABLE deploy.rollback_markers (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     deployment_id   bigint      NOT NULL REFERENCES deploy.deployments (id),

@@ -1,6 +1,6 @@
 -- pg_deploy install script, part 50: rollback eligibility and rollback markers.
 --
--- A marker is a durable request to undo one deployment (seed 000): whoever notices a bad release records it, and
+-- A marker is a durable request to undo one deployment: whoever notices a bad release records it, and
 -- whoever runs rollbacks (a watcher, `pgdeploy once` from a timer, a DBA in psql) claims it with a lease and executes
 -- it. States: pending -> in_progress (claimed, lease) -> done | failed (claimable again) -> ... -> needs_attention
 -- (after pg_deploy.max_rollback_attempts, or at once when retrying cannot help); only deploy.resolve_marker closes a

@@ -27,8 +27,8 @@ struct BatchRollback {};
  * every pending row's SQL (older pending rows are refused by out_of_order_pending()). Every row
  * in the range is still probed against deploy.applied by version (a primary-key probe per row), so a row that manual
  * DML marked applied out of order is never applied twice. The range starts at the newest applied key inclusive: the
- * newest applied row itself is dropped by the probe, and the result equals the old whole-catalog query restricted to
- * keys >= it (the older part is what out_of_order_pending() checks).
+ * newest applied row itself is dropped by the probe, so the result is every pending migration with a key >= it (the
+ * older ones are what out_of_order_pending() checks).
  */
 std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
@@ -576,22 +576,21 @@ std::optional<int64_t> running_deployment(const std::optional<int64_t>& given) {
     return cell_int8(d.front()[0]);
 }
 
+// A step (checkpoint) of a non-transactional migration, as a client reports on it.
 struct StepRow {
     int64_t id, deployment_id, step;
-    std::string version, state, statement;
+    std::string version, state;
 };
 
 // load_step locks a checkpoint row and checks that it is the step being worked on (PD007 otherwise).
 StepRow load_step(int64_t step_id, const char* action) {
-    Rows r = run_query(
-        "SELECT id, deployment_id, version, step, state, statement FROM deploy.checkpoints "
-        "WHERE id = $1 FOR UPDATE",
-        {INT8OID}, {p_int8(step_id)});
+    Rows r =
+        run_query("SELECT id, deployment_id, version, step, state FROM deploy.checkpoints WHERE id = $1 FOR UPDATE",
+                  {INT8OID}, {p_int8(step_id)});
     if (r.empty())
         throw DeployError(sqlstate::no_data_found, "step " + std::to_string(step_id) + " does not exist");
     const Row& row = r.front();
-    StepRow s{cell_int8(row[0]),   cell_int8(row[1]),   cell_int8(row[3]),
-              row[2].value_or(""), row[4].value_or(""), row[5].value_or("")};
+    StepRow s{cell_int8(row[0]), cell_int8(row[1]), cell_int8(row[3]), row[2].value_or(""), row[4].value_or("")};
     std::string which =
         "step " + std::to_string(step_id) + " (migration " + s.version + ", step " + std::to_string(s.step) + ")";
     if (s.state == "done") {
@@ -729,7 +728,7 @@ std::optional<Json> claim_next_step(const std::optional<int64_t>& deployment_id,
             "WHERE id = $1",
             {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
         if (leftovers.already_built) {
-            StepRow done{step_id, *deployment_id, cell_int8(s[2]), s[1].value_or(""), "running", statement};
+            StepRow done{step_id, *deployment_id, cell_int8(s[2]), s[1].value_or(""), "running"};
             complete_step(done, Json{{"found_built", true}});
             continue;
         }
