@@ -298,7 +298,7 @@ BEGIN
 
     -- Not already ours: executing is claiming (one attempt), so a psql user need not claim first.
     IF NOT (m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder = holder) THEN
-        SELECT * INTO m FROM deploy.claim_marker(who, interval '5 min', m.id);
+        SELECT * INTO m FROM deploy.claim_marker(who, marker_id => m.id);  -- claim_marker's default lease
     END IF;
 
     SELECT dd.id, dd.state, dd.rolled_back_by INTO d FROM deploy.deployments dd WHERE dd.id = m.deployment_id;
