@@ -78,8 +78,13 @@ std::optional<LockHolder> lock_holder() {
     if (r.empty())
         return std::nullopt;
     const Row& h = r.front();
-    LockHolder holder{h[0], h[1], h[2], h[3], h[4] ? static_cast<Oid>(cell_int8(h[4])) : InvalidOid,
-                      Json::parse(h[5].value_or("{}"))};
+    LockHolder holder;
+    holder.pid = h[0];
+    holder.application_name = h[1];
+    holder.since = h[2];
+    holder.user = h[3];
+    holder.role = h[4] ? static_cast<Oid>(cell_int8(h[4])) : InvalidOid;
+    holder.document = Json::parse(h[5].value_or("{}"));
     return holder;
 }
 
