@@ -112,7 +112,7 @@ CREATE TABLE deploy.checkpoints (
     UNIQUE (deployment_id, version, step)
 );
 
--- Rollback markers: a durable request to undo a deployment, executed by whoever claims it (seed 000).
+-- Rollback markers: a durable request to undo a deployment, executed by whoever claims it (50_markers.sql).
 CREATE TABLE deploy.rollback_markers (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     deployment_id   bigint      NOT NULL REFERENCES deploy.deployments (id),
@@ -132,9 +132,17 @@ CREATE TABLE deploy.rollback_markers (
     resolved_by     name,
     resolution      text
 );
+-- deploy.marker_is_open says whether a marker in this state is still open (pending, in_progress, failed,
+-- needs_attention): the one list, kept by the engine (extension/src/pg/markers.cpp). Every query about open markers
+-- and the index below use it, so the index's predicate and ON CONFLICT's always agree.
+CREATE FUNCTION deploy.marker_is_open(state text)
+RETURNS boolean
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pgdeploy_marker_is_open';
+
 -- At most one open marker per deployment: requesting twice returns the open one.
 CREATE UNIQUE INDEX rollback_markers_open_idx ON deploy.rollback_markers (deployment_id)
-    WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+    WHERE deploy.marker_is_open(state);
 CREATE INDEX rollback_markers_state_idx ON deploy.rollback_markers (state, id);
 
 -- Data that a lossy down script dropped, kept for the rollback window.

@@ -1,77 +1,27 @@
--- pg_deploy install script, part 30: the read side (current version, status) and the deploy-lock helpers that the
--- operational functions share.
+-- pg_deploy install script, part 30: the read side (current version, status) and the deploy lock's SQL declarations.
 
 -- Checkpoints are kept forever (one per step of every resumable deployment), but status only wants the unfinished
 -- ones: a partial index keeps that lookup independent of the history's size.
 CREATE INDEX checkpoints_unfinished_idx ON deploy.checkpoints (deployment_id, version, step)
     WHERE state <> 'done';
 
--- deploy.deploy_lock_holder reports who holds the deploy lock (advisory lock 'PDEP', key 1), or NULL. status()
--- shows it and the lock wait error names it, because "lock held" alone sends an operator hunting through pg_locks.
--- "since" is the holder's transaction start (the lock is transaction-scoped, so it was taken at or after that), as
--- in the engine's lock error; it is NULL for callers that may not see other roles' activity (pg_stat_activity hides
--- it from them).
+-- The deploy lock (advisory, transaction-scoped, bounded wait) has one implementation, the engine's
+-- (extension/src/pg/lock.cpp); these declare it for the SQL side.
+-- deploy.deploy_lock_holder reports who holds it, {"pid", "application_name", "since"} or NULL: status() shows it, as
+-- the lock wait error does. "since" is NULL for callers that may not see other roles' activity (pg_stat_activity's
+-- rule).
 CREATE FUNCTION deploy.deploy_lock_holder()
 RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT jsonb_build_object('pid', l.pid,
-                              'application_name', a.application_name,
-                              'since', coalesce(a.xact_start, a.backend_start))
-    FROM pg_locks l
-    LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.classid = 1346651472 AND l.objid = 1 AND l.objsubid = 2
-      AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    ORDER BY l.pid
-    LIMIT 1
-$fn$;
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'pgdeploy_deploy_lock_holder';
 
--- deploy.wait_for_deploy_lock takes the transaction-scoped deploy lock for the operational functions (baseline,
--- execute_rollback), waiting at most pg_deploy.lock_wait, the same way as the engine's C++ (extension/src/pg/lock.cpp):
--- in the lock manager under a local lock_timeout, so the waiter shows in pg_locks and wakes the moment the holder
--- commits; the timeout is caught and turned into an error that names the holder. The lock is re-entrant within a
--- transaction, so calling deploy.rollback()/deploy.up() afterwards is fine.
+-- deploy.wait_for_deploy_lock takes the deploy lock for the PL/pgSQL operations (baseline, execute_rollback), as the
+-- engine's own functions do: READ COMMITTED only (25000), at most pg_deploy.lock_wait, then 55P03 naming the holder.
+-- The lock is re-entrant within a transaction, so calling deploy.rollback()/deploy.up() afterwards is fine.
 CREATE FUNCTION deploy.wait_for_deploy_lock(operation text)
 RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    wait_for      interval := coalesce(nullif(current_setting('pg_deploy.lock_wait', true), ''), '10s')::interval;
-    old_timeout   text := current_setting('lock_timeout');
-    holder        jsonb;
-BEGIN
-    -- Under REPEATABLE READ or SERIALIZABLE the snapshot predates the lock, so the ledger read after it could be
-    -- stale: refuse, as the engine does.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'deploy.% must run at READ COMMITTED isolation, not %', operation,
-                        upper(current_setting('transaction_isolation'))
-            USING ERRCODE = '25000',
-                  HINT = 'The ledger must be read after the deploy lock is taken; run it outside that transaction.';
-    END IF;
-    IF pg_try_advisory_xact_lock(1346651472, 1) THEN
-        RETURN;
-    END IF;
-    IF wait_for > interval '0' THEN
-        BEGIN
-            PERFORM set_config('lock_timeout', (extract(epoch FROM wait_for) * 1000)::bigint::text, true);
-            PERFORM pg_advisory_xact_lock(1346651472, 1);
-            PERFORM set_config('lock_timeout', old_timeout, true);
-            RETURN;
-        EXCEPTION WHEN lock_not_available THEN
-            NULL;   -- the subtransaction's rollback also restored lock_timeout
-        END;
-    END IF;
-    holder := deploy.deploy_lock_holder();
-    RAISE EXCEPTION 'deploy lock is held by another session (application_name "%"): % gave up after pg_deploy.lock_wait',
-                    coalesce(holder->>'application_name', ''), operation
-        USING ERRCODE = '55P03',
-              DETAIL = format('holder pid %s, since %s; waited %s', coalesce(holder->>'pid', '?'),
-                              coalesce(holder->>'since', 'unknown'), wait_for),
-              HINT = 'Wait for the other deploy operation to finish, or raise pg_deploy.lock_wait.';
-END
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_wait_for_deploy_lock';
 
 -- deploy.check_version_arg refuses a NULL or malformed version argument with the contract's SQLSTATEs before it
 -- reaches a query, so a typo reads "invalid version" rather than "unknown version".
@@ -181,7 +131,7 @@ BEGIN
                                                 'attempts', k.attempts, 'requested_at', k.requested_at,
                                                 'last_error', k.last_error) ORDER BY k.id)
             FROM deploy.rollback_markers k
-            WHERE k.state IN ('pending', 'in_progress', 'failed', 'needs_attention')), '[]'),
+            WHERE deploy.marker_is_open(k.state)), '[]'),
         'running_checkpoints', coalesce((
             SELECT jsonb_agg(jsonb_build_object('id', c.id, 'deployment_id', c.deployment_id,
                                                 'version', c.version, 'step', c.step, 'state', c.state,

@@ -20,7 +20,7 @@ DECLARE
 BEGIN
     PERFORM deploy.check_version_arg(through, 'through');
     PERFORM deploy.check_input_length('app_version', app_version);
-    PERFORM deploy.wait_for_deploy_lock('baseline');
+    PERFORM deploy.wait_for_deploy_lock('deploy.baseline()');
 
     SELECT m.sort_key INTO through_key FROM deploy.migrations m WHERE m.version = through;
     IF NOT FOUND THEN

@@ -1,124 +1,29 @@
 -- pg_deploy install script, part 50: rollback eligibility and rollback markers.
 --
--- A marker is a durable request to undo one deployment (seed 000): whoever notices a bad release records it, and
+-- A marker is a durable request to undo one deployment: whoever notices a bad release records it, and
 -- whoever runs rollbacks (a watcher, `pgdeploy once` from a timer, a DBA in psql) claims it with a lease and executes
 -- it. States: pending -> in_progress (claimed, lease) -> done | failed (claimable again) -> ... -> needs_attention
 -- (after pg_deploy.max_rollback_attempts, or at once when retrying cannot help); only deploy.resolve_marker closes a
 -- marker that needs attention. Every transition writes one event.
 
--- deploy.newest_revertible_deployment is the default target of request_rollback and rollback_eligibility, the same
--- rule as deploy.rollback(): the newest 'up' deployment that finished (succeeded or failed) and still has migrations
+-- Rollback eligibility has one implementation, the engine's (extension/src/pg/eligibility.cpp decides with
+-- extension/src/rollback_rules.cpp); deploy.rollback() refuses with it and deploy.execute_rollback() checks it.
+-- deploy.newest_revertible_deployment is the default target of deploy.rollback(), request_rollback and
+-- rollback_eligibility: the newest 'up' deployment that finished (succeeded or failed) and still has migrations
 -- applied.
 CREATE FUNCTION deploy.newest_revertible_deployment()
 RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT d.id FROM deploy.deployments d
-    WHERE d.kind = 'up' AND d.state IN ('succeeded', 'failed')
-      AND EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id)
-    ORDER BY d.id DESC
-    LIMIT 1
-$fn$;
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'pgdeploy_newest_revertible_deployment';
 
--- deploy.rollback_eligibility answers "may this deployment be rolled back now, and if not, why?" before anyone tries:
--- the watcher asks it before deciding, execute_rollback asks it before reverting. Reasons carry a code, a message
--- and whether force overrides them (the window and irreversible migrations can be forced; a later deployment that
--- builds on this one cannot: revert that one first).
+-- deploy.rollback_eligibility answers "may this deployment be rolled back now, and if not, why?" before anyone tries
+-- (the watcher asks it before deciding). Reasons carry a code, a message and whether force overrides them (the
+-- window and irreversible migrations can be forced; a later deployment that builds on this one cannot: revert that
+-- one first).
 CREATE FUNCTION deploy.rollback_eligibility(deployment_id bigint DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    target_id     bigint := deployment_id;
-    d             record;
-    window_text   text := coalesce(nullif(current_setting('pg_deploy.rollback_window', true), ''), '7d');
-    window_len    interval := window_text::interval;
-    window_end    timestamptz;
-    applied_now   integer;
-    irreversible  text[];
-    lossy         text[];
-    later         bigint[];
-    reasons       jsonb := '[]';
-BEGIN
-    IF target_id IS NULL THEN
-        target_id := deploy.newest_revertible_deployment();
-        IF target_id IS NULL THEN
-            RETURN jsonb_build_object('schema_version', 1, 'deployment_id', NULL, 'eligible', false,
-                                      'eligible_with_force', false,
-                                      'reasons', jsonb_build_array(jsonb_build_object(
-                                          'code', 'nothing_to_roll_back', 'forceable', false,
-                                          'message', 'no finished up deployment has migrations applied')),
-                                      'window_ends_at', NULL, 'rollback_window', window_text,
-                                      'irreversible', '[]'::jsonb, 'lossy', '[]'::jsonb,
-                                      'later_deployments', '[]'::jsonb);
-        END IF;
-    END IF;
-
-    SELECT dd.id, dd.kind, dd.state, dd.app_version, dd.started_at, dd.finished_at, dd.version_before,
-           dd.version_after, dd.rolled_back_by
-    INTO d FROM deploy.deployments dd WHERE dd.id = target_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown deployment %', target_id USING ERRCODE = 'P0002';
-    END IF;
-
-    window_end := coalesce(d.finished_at, d.started_at) + window_len;
-
-    SELECT count(*), array_agg(a.version ORDER BY a.sort_key) FILTER (WHERE a.reversibility = 'irreversible'),
-           array_agg(a.version ORDER BY a.sort_key) FILTER (WHERE a.reversibility = 'lossy')
-    INTO applied_now, irreversible, lossy
-    FROM deploy.applied a WHERE a.deployment_id = d.id;
-
-    SELECT array_agg(DISTINCT a.deployment_id ORDER BY a.deployment_id) INTO later
-    FROM deploy.applied a WHERE a.deployment_id > d.id;
-
-    IF d.kind <> 'up' THEN
-        reasons := reasons || jsonb_build_object('code', 'not_an_up_deployment', 'forceable', false,
-            'message', format('deployment %s is a %s, only up deployments are rolled back', d.id, d.kind));
-    END IF;
-    IF d.state = 'rolled_back' THEN
-        reasons := reasons || jsonb_build_object('code', 'already_rolled_back', 'forceable', false,
-            'message', format('deployment %s was already rolled back by deployment %s', d.id,
-                              coalesce(d.rolled_back_by::text, '?')));
-    ELSIF d.state = 'running' THEN
-        reasons := reasons || jsonb_build_object('code', 'still_running', 'forceable', false,
-            'message', format('deployment %s is still running', d.id));
-    ELSIF applied_now = 0 THEN
-        reasons := reasons || jsonb_build_object('code', 'nothing_applied', 'forceable', false,
-            'message', format('deployment %s has no migration applied any more', d.id));
-    END IF;
-    IF later IS NOT NULL THEN
-        reasons := reasons || jsonb_build_object('code', 'later_deployments', 'forceable', false,
-            'message', format('later deployments still applied build on it: %s; roll those back first',
-                              array_to_string(later, ', ')));
-    END IF;
-    IF irreversible IS NOT NULL THEN
-        reasons := reasons || jsonb_build_object('code', 'irreversible', 'forceable', true,
-            'message', format('irreversible migrations: %s', array_to_string(irreversible, ', ')));
-    END IF;
-    IF clock_timestamp() > window_end THEN
-        reasons := reasons || jsonb_build_object('code', 'outside_window', 'forceable', true,
-            'message', format('the rollback window (pg_deploy.rollback_window = %s) has passed', window_text));
-    END IF;
-
-    RETURN jsonb_build_object(
-        'schema_version', 1,
-        'deployment_id', d.id,
-        'app_version', d.app_version,
-        'state', d.state,
-        'version_before', d.version_before,
-        'version_after', d.version_after,
-        'eligible', jsonb_array_length(reasons) = 0,
-        'eligible_with_force', NOT jsonb_path_exists(reasons, '$[*] ? (@.forceable == false)'),
-        'reasons', reasons,
-        'window_ends_at', window_end,
-        'rollback_window', window_text,
-        'irreversible', coalesce(to_jsonb(irreversible), '[]'),
-        'lossy', coalesce(to_jsonb(lossy), '[]'),
-        'later_deployments', coalesce(to_jsonb(later), '[]'));
-END
-$fn$;
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'pgdeploy_rollback_eligibility';
 
 -- deploy.request_rollback records the wish to undo a deployment. Asking twice while a marker is open returns the
 -- open one (the partial unique index rollback_markers_open_idx makes that hold under concurrency too), so two
@@ -173,20 +78,20 @@ BEGIN
     -- The open marker, if any (checked first so a repeated request does not burn a marker id; the ON CONFLICT
     -- below covers two requests racing past this check).
     SELECT k.id INTO new_id FROM deploy.rollback_markers k
-    WHERE k.deployment_id = d.id AND k.state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+    WHERE k.deployment_id = d.id AND deploy.marker_is_open(k.state);
     IF FOUND THEN
         RETURN new_id;
     END IF;
 
     INSERT INTO deploy.rollback_markers AS k (deployment_id, target_version, reason, details)
     VALUES (d.id, d.version_before, reason, extra)
-    ON CONFLICT (deployment_id) WHERE state IN ('pending', 'in_progress', 'failed', 'needs_attention')
+    ON CONFLICT (deployment_id) WHERE deploy.marker_is_open(state)
     DO NOTHING
     RETURNING k.id INTO new_id;
 
     IF new_id IS NULL THEN
         SELECT k.id INTO new_id FROM deploy.rollback_markers k
-        WHERE k.deployment_id = d.id AND k.state IN ('pending', 'in_progress', 'failed', 'needs_attention');
+        WHERE k.deployment_id = d.id AND deploy.marker_is_open(k.state);
         RETURN new_id;
     END IF;
 
@@ -312,8 +217,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    max_attempts  integer := coalesce(nullif(current_setting('pg_deploy.max_rollback_attempts', true), ''),
-                                      '3')::integer;
+    max_attempts  integer := current_setting('pg_deploy.max_rollback_attempts')::integer;
     new_state     text;
 BEGIN
     new_state := CASE WHEN retryable AND marker.attempts < max_attempts THEN 'failed' ELSE 'needs_attention' END;
@@ -375,13 +279,14 @@ $fn$;
 -- WARNING tells psql users.
 --
 -- It is C (extension/src/pg/markers.cpp) so that the down SQL runs with the caller's rights and search_path while
--- every statement of its own runs pinned: it calls the two steps below as the extension's owner and deploy.rollback()
--- as the caller. The steps are granted to nobody.
+-- every statement of its own runs pinned: it calls the two steps below as the extension's owner, checks the
+-- deployment with the engine's rollback rule between them (a refusal is recorded, not reverted), and calls
+-- deploy.rollback() as the caller. The steps are granted to nobody.
 
--- deploy.execute_rollback_begin checks, locks and claims the marker, and decides what is left to do. It returns
--- {"result": ...} when the call is over (done already, deployment already rolled back), otherwise the plan:
--- {"marker_id", "deployment_id", "reason", "force"} and, when the deployment may not be rolled back, "refusal" (the
--- failure to record) with "retryable".
+-- deploy.execute_rollback_begin checks, locks and claims the marker, and decides whether anything is left to do. It
+-- returns {"result": ...} when the call is over (done already, deployment already rolled back), otherwise the plan:
+-- {"marker_id", "deployment_id", "reason", "force"}, to which the engine adds "refusal" (the failure to record) and
+-- "retryable" when the deployment may not be rolled back.
 CREATE FUNCTION deploy.execute_rollback_begin(marker_id bigint, holder text, force boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -391,7 +296,6 @@ DECLARE
     now_ts       timestamptz;
     m            deploy.rollback_markers;
     d            record;
-    eligibility  jsonb;
     who          text := coalesce(holder, session_user || '@pid' || pg_backend_pid());
 BEGIN
     IF execute_rollback_begin.marker_id IS NULL THEN
@@ -401,7 +305,7 @@ BEGIN
         RAISE EXCEPTION 'force must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM deploy.check_input_length('holder', holder);
-    PERFORM deploy.wait_for_deploy_lock('execute_rollback');
+    PERFORM deploy.wait_for_deploy_lock('deploy.execute_rollback()');
 
     SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = execute_rollback_begin.marker_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -427,7 +331,7 @@ BEGIN
 
     -- Not already ours: executing is claiming (one attempt), so a psql user need not claim first.
     IF NOT (m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder = holder) THEN
-        SELECT * INTO m FROM deploy.claim_marker(who, interval '5 min', m.id);
+        SELECT * INTO m FROM deploy.claim_marker(who, marker_id => m.id);  -- claim_marker's default lease
     END IF;
 
     SELECT dd.id, dd.state, dd.rolled_back_by INTO d FROM deploy.deployments dd WHERE dd.id = m.deployment_id;
@@ -456,24 +360,7 @@ BEGIN
             'attempts', m.attempts, 'rollback', NULL, 'error', NULL));
     END IF;
 
-    eligibility := deploy.rollback_eligibility(d.id);
-    IF NOT (eligibility->>'eligible')::boolean
-       AND NOT (force AND (eligibility->>'eligible_with_force')::boolean) THEN
-        -- Retrying cannot change a refusal (window, irreversible, later deployments), except a deployment that is
-        -- still running.
-        RETURN jsonb_build_object(
-            'marker_id', m.id, 'deployment_id', d.id, 'reason', m.reason, 'force', force,
-            'retryable', NOT jsonb_path_exists(eligibility, '$.reasons[*] ? (@.code != "still_running")'),
-            'refusal', jsonb_build_object(
-                'sqlstate', CASE WHEN eligibility->'reasons' @> '[{"code":"outside_window"}]' THEN 'PD006'
-                                 WHEN eligibility->'reasons' @> '[{"code":"irreversible"}]' THEN 'PD002'
-                                 ELSE '55000' END,
-                'message', 'rollback not eligible: ' ||
-                           (SELECT string_agg(r->>'message', '; ') FROM jsonb_array_elements(eligibility->'reasons') r),
-                'reasons', eligibility->'reasons', 'at', clock_timestamp()));
-    END IF;
-    RETURN jsonb_build_object('marker_id', m.id, 'deployment_id', d.id, 'reason', m.reason, 'force', force,
-                              'refusal', NULL);
+    RETURN jsonb_build_object('marker_id', m.id, 'deployment_id', d.id, 'reason', m.reason, 'force', force);
 END
 $fn$;
 
@@ -491,8 +378,8 @@ DECLARE
     final_state  text;
 BEGIN
     SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = (plan->>'marker_id')::bigint FOR UPDATE;
-    IF plan->'refusal' IS NOT NULL AND jsonb_typeof(plan->'refusal') = 'object' THEN
-        failure := plan->'refusal';
+    IF jsonb_typeof(plan->'refusal') = 'object' THEN
+        failure := plan->'refusal' || jsonb_build_object('at', clock_timestamp());
         retryable := (plan->>'retryable')::boolean;
     ELSIF raised IS NOT NULL THEN
         failure := raised || jsonb_build_object('at', clock_timestamp());

@@ -48,6 +48,7 @@ GRANT EXECUTE ON FUNCTION
     deploy.deploy_lock_holder(),
     deploy.check_version_arg(text, text),
     deploy.newest_revertible_deployment(),
+    deploy.marker_is_open(text),
     deploy.acting_role()
 TO deploy_reader;
 

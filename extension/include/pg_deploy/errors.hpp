@@ -17,6 +17,7 @@ inline constexpr const char* null_value = "22004";
 inline constexpr const char* character_not_in_repertoire = "22021";
 inline constexpr const char* invalid_parameter = "22023";
 inline constexpr const char* invalid_text_representation = "22P02";
+inline constexpr const char* invalid_transaction_state = "25000";
 inline constexpr const char* syntax_error = "42601";
 inline constexpr const char* insufficient_privilege = "42501";
 inline constexpr const char* lock_not_available = "55P03";

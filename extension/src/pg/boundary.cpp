@@ -13,7 +13,7 @@ const char* PgError::what() const noexcept {
 }
 
 std::string PgError::sqlstate() const {
-    return data_ ? std::string(unpack_sql_state(data_->sqlerrcode)) : std::string("XX000");
+    return data_ ? std::string(unpack_sql_state(data_->sqlerrcode)) : std::string(sqlstate::internal_error);
 }
 
 /*

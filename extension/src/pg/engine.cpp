@@ -72,9 +72,9 @@ void EventLog::log(const char* kind, std::optional<int64_t> deployment_id, const
 void EventLog::log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
                            const Json& failure) {
     if (!failure_plan_.prepared()) {
-        failure_plan_ = Plan(
-            "SELECT deploy.log_event($1, $2, $3, NULL, deploy.public_error($4), deploy.private_error($4))",
-            {TEXTOID, INT8OID, TEXTOID, JSONBOID});
+        failure_plan_ =
+            Plan("SELECT deploy.log_event($1, $2, $3, NULL, deploy.public_error($4), deploy.private_error($4))",
+                 {TEXTOID, INT8OID, TEXTOID, JSONBOID});
     }
     failure_plan_.run({p_text(std::string(kind)), p_int8(deployment_id), p_text(version), p_jsonb(failure.dump())});
 }
@@ -128,8 +128,9 @@ SqlFailure drift_failure(const std::string& part, const std::string& version) {
     f.sqlstate = sqlstate::checksum_drift;
     f.message = "stored " + part + " of migration " + version +
                 " does not match its checksum: it was changed outside pg_deploy and is not run";
-    f.hint = "Compare it with the migration's files; re-register the migration (deploy.register(..., replace => "
-             "true)) or restore the ledger from a backup. deploy.validate() lists every drifted body.";
+    f.hint =
+        "Compare it with the migration's files; re-register the migration (deploy.register(..., replace => "
+        "true)) or restore the ledger from a backup. deploy.validate() lists every drifted body.";
     return f;
 }
 
@@ -163,6 +164,16 @@ std::string as_valid_utf8(const std::string& s) {
 
 Datum json_result(const Json& j) {
     return make_jsonb(json_text(j));
+}
+
+Json cell_json(const Cell& c) {
+    return c ? Json(*c) : Json(nullptr);
+}
+
+Datum outcome_result(const CallOutcome& outcome) {
+    if (outcome.warning)
+        pg_warning(outcome.warning->sqlstate, outcome.warning->message, outcome.warning->detail);
+    return json_result(outcome.result);
 }
 
 Json SqlFailure::to_json() const {

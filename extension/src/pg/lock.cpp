@@ -1,13 +1,16 @@
-// pg_deploy: the deploy lock (advisory, transaction-scoped, bounded wait).
+// pg_deploy: the deploy lock — one deploy operation at a time per database (docs/architecture.md, "Locks"). The one
+// implementation: the engine's operations call acquire_deploy_lock(); deploy.baseline and deploy.execute_rollback take
+// it through deploy.wait_for_deploy_lock(), and deploy.status() names the holder through deploy.deploy_lock_holder().
 #include <string>
 
 #include "pg_deploy/errors.hpp"
-#include "pg_deploy/pg/boundary.hpp"
+#include "pg_deploy/pg/engine.hpp"
 #include "pg_deploy/pg/settings.hpp"
-#include "pg_deploy/pg/spi.hpp"
 
 extern "C" {
+#include "catalog/pg_authid_d.h"
 #include "catalog/pg_type_d.h"
+#include "utils/acl.h"
 }
 
 namespace pgdeploy {
@@ -46,10 +49,92 @@ bool wait_for_lock(int wait_ms) {
         });
         acquired = true;
     } catch (const PgError& e) {
-        if (e.sqlstate() != "55P03")
+        if (e.sqlstate() != sqlstate::lock_not_available)
             throw;  // a cancel or anything else is not ours to explain
     }
     return acquired;
+}
+
+// The session holding the deploy lock, as the engine sees it (pg_stat_activity read with the owner's rights).
+struct LockHolder {
+    Cell pid, application_name, since, user;
+    Oid role = InvalidOid;
+    Json document;  // {"pid", "application_name", "since"}: what deploy.status() shows
+};
+
+// lock_holder is the session that holds the deploy lock in this database, if any: pg_locks joined to
+// pg_stat_activity. "since" is the holder's transaction start (the lock is transaction-scoped, so it was taken at or
+// after that).
+std::optional<LockHolder> lock_holder() {
+    Rows r = run_query(
+        "SELECT l.pid, a.application_name, coalesce(a.xact_start, a.backend_start)::text, a.usename::text, "
+        "a.usesysid::bigint, pg_catalog.jsonb_build_object('pid', l.pid, 'application_name', a.application_name, "
+        "'since', coalesce(a.xact_start, a.backend_start))::text "
+        "FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
+        "AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database "
+        "WHERE datname = pg_catalog.current_database()) ORDER BY l.pid LIMIT 1",
+        {INT8OID, INT8OID}, {p_int8(kLockClassKey), p_int8(kDeployLockKey)});
+    if (r.empty())
+        return std::nullopt;
+    const Row& h = r.front();
+    LockHolder holder;
+    holder.pid = h[0];
+    holder.application_name = h[1];
+    holder.since = h[2];
+    holder.user = h[3];
+    holder.role = h[4] ? static_cast<Oid>(cell_int8(h[4])) : InvalidOid;
+    holder.document = Json::parse(h[5].value_or("{}"));
+    return holder;
+}
+
+/*
+ * caller_may_see_activity is PostgreSQL's own rule for pg_stat_activity (HAS_PGSTAT_PERMISSIONS): a role sees the
+ * details of sessions of roles whose privileges it has, or all of them with pg_read_all_stats. The engine reads the
+ * view as the extension's owner, so a reader's deploy.status() applies the rule itself and shows no more than the
+ * reader could see.
+ */
+bool caller_may_see_activity(Oid caller, Oid holder_role) {
+    bool may = false;
+    pg_guard([&] {
+        may = has_privs_of_role(caller, ROLE_PG_READ_ALL_STATS) ||
+              (OidIsValid(holder_role) && has_privs_of_role(caller, holder_role));
+    });
+    return may;
+}
+
+/*
+ * deploy_lock_holder_impl: deploy.deploy_lock_holder() → {"pid", "application_name", "since"}, or NULL when nobody
+ * holds the deploy lock. deploy.status() shows it, because "lock held" alone sends an operator hunting through
+ * pg_locks. "since" is NULL for a caller that may not see the holder's activity (caller_may_see_activity).
+ */
+Datum deploy_lock_holder_impl(FunctionCallInfo fcinfo) {
+    Oid caller = GetUserId();
+    std::optional<LockHolder> holder;
+    {
+        SpiSession spi;
+        holder = lock_holder();
+        spi.finish();
+    }
+    if (!holder) {
+        fcinfo->isnull = true;
+        return (Datum)0;
+    }
+    if (!caller_may_see_activity(caller, holder->role))
+        holder->document["since"] = nullptr;
+    return json_result(holder->document);
+}
+
+// wait_for_deploy_lock_impl: deploy.wait_for_deploy_lock(operation), the deploy lock for the PL/pgSQL operations
+// (deploy.baseline, deploy.execute_rollback's first step). Granted to nobody: they call it as the owner.
+Datum wait_for_deploy_lock_impl(FunctionCallInfo fcinfo) {
+    std::string operation = required_text_arg(fcinfo, 0, "operation");
+    {
+        SpiSession spi;
+        acquire_deploy_lock(operation.c_str());
+        spi.finish();
+    }
+    PG_RETURN_VOID();
 }
 
 }  // namespace
@@ -58,7 +143,8 @@ void acquire_deploy_lock(const char* operation) {
     // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates
     // the lock, so a deploy committed meanwhile would be invisible and could be applied twice: refuse.
     if (IsolationUsesXactSnapshot()) {
-        throw DeployError("25000", std::string(operation) + " must run at READ COMMITTED isolation",
+        throw DeployError(sqlstate::invalid_transaction_state,
+                          std::string(operation) + " must run at READ COMMITTED isolation",
                           "A transaction snapshot taken before the deploy lock would not see a deploy that committed "
                           "while this one waited.",
                           "Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.");
@@ -68,28 +154,24 @@ void acquire_deploy_lock(const char* operation) {
     if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms))
         return;
 
-    Rows holder = run_query(
-        "SELECT l.pid, a.application_name, coalesce(a.xact_start, a.backend_start)::text, a.usename::text "
-        "FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
-        "AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database "
-        "WHERE datname = pg_catalog.current_database()) LIMIT 1",
-        {INT8OID, INT8OID}, {p_int8(kLockClassKey), p_int8(kDeployLockKey)});
+    std::optional<LockHolder> holder = lock_holder();
     std::string waited = std::to_string(lock_wait_ms) + " ms";
-    if (holder.empty()) {
+    if (!holder) {
         throw DeployError(sqlstate::lock_not_available,
                           std::string("could not take the deploy lock for ") + operation +
                               " within pg_deploy.lock_wait (" + waited + "); it has just been released",
                           {}, "Retry the operation.");
     }
-    const Row& h = holder.front();
-    std::string app = h[1].value_or("");
     throw DeployError(sqlstate::lock_not_available,
-                      std::string("deploy lock is held by another session (application_name \"") + app +
-                          "\"): " + operation + " gave up after pg_deploy.lock_wait",
-                      "holder pid " + h[0].value_or("?") + ", user " + h[3].value_or("?") + ", since " +
-                          h[2].value_or("?") + "; waited " + waited,
+                      std::string("deploy lock is held by another session (application_name \"") +
+                          holder->application_name.value_or("") + "\"): " + operation +
+                          " gave up after pg_deploy.lock_wait",
+                      "holder pid " + holder->pid.value_or("?") + ", user " + holder->user.value_or("?") + ", since " +
+                          holder->since.value_or("?") + "; waited " + waited,
                       "Wait for the other deploy operation to finish, or raise pg_deploy.lock_wait.");
 }
 
 }  // namespace pgdeploy
+
+PGDEPLOY_SQL_FUNCTION(pgdeploy_deploy_lock_holder, pgdeploy::deploy_lock_holder_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_wait_for_deploy_lock, pgdeploy::wait_for_deploy_lock_impl)

@@ -1,8 +1,10 @@
 // pg_deploy: deploy.execute_rollback() — perform a rollback marker (extension/sql/50_markers.sql has the marker's
-// life cycle; this file only joins its two recorded steps to the revert, which must run as the caller).
+// life cycle; this file joins its two recorded steps to the rollback rule and the revert, which runs as the caller)
+// — and the list of open marker states.
 #include <string>
 
 #include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/eligibility.hpp"
 #include "pg_deploy/pg/engine.hpp"
 
 extern "C" {
@@ -13,27 +15,66 @@ namespace pgdeploy {
 
 namespace {
 
+// The states of an open marker: requested and not yet finished (done is the only closed state). The one list; SQL
+// reaches it as deploy.marker_is_open(state), which the partial unique index rollback_markers_open_idx uses too.
+constexpr const char* kOpenMarkerStates[] = {"pending", "in_progress", "failed", "needs_attention"};
+
+// marker_is_open_impl: deploy.marker_is_open(state), IMMUTABLE STRICT.
+Datum marker_is_open_impl(FunctionCallInfo fcinfo) {
+    std::string state = text_arg(fcinfo, 0);
+    for (const char* open : kOpenMarkerStates) {
+        if (state == open)
+            PG_RETURN_BOOL(true);
+    }
+    PG_RETURN_BOOL(false);
+}
+
 Json jsonb_cell(const Cell& c) {
     return c ? Json::parse(*c) : Json(nullptr);
 }
 
+// What one attempt at a marker's revert gave: deploy.rollback()'s result document, or the error it raised.
+struct Attempt {
+    Cell outcome;
+    Cell raised;
+};
+
 /*
  * revert_as_caller runs deploy.rollback() for the marker's deployment with the caller's rights and search_path, in a
- * subtransaction: its outcome document, or the error it raised (a cancel request aborts the whole call instead).
+ * subtransaction (a cancel request aborts the whole call instead).
  */
-void revert_as_caller(const Json& plan, Cell& outcome, Cell& raised) {
+Attempt revert_as_caller(const Json& plan) {
     Cell reason = plan["reason"].is_string() ? Cell(plan["reason"].get<std::string>()) : Cell();
+    Attempt attempt;
     std::optional<SqlFailure> failure = failure_of([&] {
         in_subtransaction([&] {
-            Rows r = run_query_as_caller("SELECT deploy.rollback(deployment_id => $1, force => $2, reason => $3)",
-                                         {INT8OID, BOOLOID, TEXTOID},
-                                         {p_int8(plan["deployment_id"].get<int64_t>()),
-                                          p_bool(plan["force"].get<bool>()), p_text(reason)});
-            outcome = r.front()[0];
+            Rows r = run_query_as_caller(
+                "SELECT deploy.rollback(deployment_id => $1, force => $2, reason => $3)", {INT8OID, BOOLOID, TEXTOID},
+                {p_int8(plan["deployment_id"].get<int64_t>()), p_bool(plan["force"].get<bool>()), p_text(reason)});
+            attempt.outcome = r.front()[0];
         });
     });
     if (failure)
-        raised = failure->to_json().dump();
+        attempt.raised = failure->to_json().dump();
+    return attempt;
+}
+
+/*
+ * refuse_if_not_eligible adds to the plan the refusal the rollback rule gives for the marker's deployment
+ * (marker_refusal), to be recorded on the marker instead of reverting. Read after execute_rollback_begin took the
+ * deploy lock and claimed the marker.
+ */
+bool refuse_if_not_eligible(Json& plan) {
+    int64_t deployment_id = plan["deployment_id"].get<int64_t>();
+    std::optional<RollbackFacts> facts = rollback_facts(deployment_id);
+    if (!facts)
+        throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(deployment_id) + " does not exist");
+    std::optional<MarkerRefusal> refusal = marker_refusal(*facts, plan["force"].get<bool>());
+    if (!refusal)
+        return false;
+    plan["refusal"] = refusal->failure;
+    plan["retryable"] = refusal->retryable;
+    return true;
 }
 
 /*
@@ -54,12 +95,11 @@ Datum execute_rollback_impl(FunctionCallInfo fcinfo) {
         if (plan.contains("result")) {
             result = plan["result"];
         } else {
-            Cell outcome;
-            Cell raised;
-            if (plan["refusal"].is_null())
-                revert_as_caller(plan, outcome, raised);
+            Attempt attempt;
+            if (!refuse_if_not_eligible(plan))
+                attempt = revert_as_caller(plan);
             Rows ended = run_query("SELECT deploy.execute_rollback_end($1, $2, $3)", {JSONBOID, JSONBOID, JSONBOID},
-                                   {p_jsonb(plan.dump()), p_jsonb(outcome), p_jsonb(raised)});
+                                   {p_jsonb(plan.dump()), p_jsonb(attempt.outcome), p_jsonb(attempt.raised)});
             result = jsonb_cell(ended.front()[0]);
         }
         spi.finish();
@@ -72,3 +112,4 @@ Datum execute_rollback_impl(FunctionCallInfo fcinfo) {
 }  // namespace pgdeploy
 
 PGDEPLOY_SQL_FUNCTION(pgdeploy_execute_rollback, pgdeploy::execute_rollback_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_marker_is_open, pgdeploy::marker_is_open_impl)

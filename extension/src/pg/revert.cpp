@@ -1,15 +1,16 @@
-// pg_deploy: deploy.down() and deploy.rollback() — reverting applied migrations from their stored down SQL — and the
-// archive that keeps what a lossy revert drops.
+// pg_deploy: deploy.down() and deploy.rollback() — reverting applied migrations from their stored down SQL. Whether
+// a deployment may be rolled back is decided by the rollback rule (pg_deploy/rollback_rules.hpp); what a lossy revert
+// drops is archived first (pg/archiver.cpp).
 #include <set>
 #include <string>
 #include <vector>
 
 #include "pg_deploy/errors.hpp"
-#include "pg_deploy/pg/archive_name.hpp"
+#include "pg_deploy/pg/archiver.hpp"
+#include "pg_deploy/pg/eligibility.hpp"
 #include "pg_deploy/pg/ledger.hpp"
 #include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/settings.hpp"
-#include "pg_deploy/pg/sqltext.hpp"
 #include "pg_deploy/version.hpp"
 
 extern "C" {
@@ -20,10 +21,11 @@ namespace pgdeploy {
 
 namespace {
 
+// Thrown out of the batch subtransaction to roll it back after a down script failed.
 struct BatchRollback {};
 
 struct RevertRow {
-    std::string version, sort_key, name, checksum, reversibility;
+    std::string version, name, reversibility;
     Cell down_sql, down_checksum;
     int64_t deployment_id = 0;
 };
@@ -38,29 +40,23 @@ struct RevertRequest {
     Cell reason;
 };
 
-Json cell_json(const Cell& c) {
-    return c ? Json(*c) : Json(nullptr);
-}
-
 std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> types,
                                  const std::vector<Param>& params) {
-    std::string sql = std::string(
-                          "SELECT version, sort_key, name, checksum, reversibility, down_sql, deployment_id, "
-                          "down_checksum "
-                          "FROM deploy.applied ") +
-                      where_and_order;
+    std::string sql =
+        std::string(
+            "SELECT version, name, reversibility, down_sql, deployment_id, down_checksum FROM deploy.applied ") +
+        where_and_order;
     Rows rows = run_query(sql.c_str(), std::move(types), params);
     std::vector<RevertRow> out;
+    out.reserve(rows.rows.size());
     for (Row& r : rows.rows) {
         RevertRow row;
-        row.version = *r[0];
-        row.sort_key = *r[1];
-        row.name = *r[2];
-        row.checksum = *r[3];
-        row.reversibility = *r[4];
-        row.down_sql = r[5];
-        row.deployment_id = cell_int8(r[6]);
-        row.down_checksum = r[7];
+        row.version = std::move(*r[0]);
+        row.name = std::move(*r[1]);
+        row.reversibility = std::move(*r[2]);
+        row.down_sql = std::move(r[3]);
+        row.deployment_id = cell_int8(r[4]);
+        row.down_checksum = std::move(r[5]);
         out.push_back(std::move(row));
     }
     return out;
@@ -78,184 +74,196 @@ void refuse_if_running(const char* operation) {
     }
 }
 
-/*
- * Archiver copies what a lossy down script is about to drop into schema deploy_archive: a dropped table entirely,
- * a dropped column together with the table's primary key (or the whole row when there is none). It reads the
- * statements with the raw parser and archives just before each statement runs, so renames earlier in the same
- * script are seen. It cannot see drops hidden in DO blocks or functions, nor objects removed by CASCADE. Each copy
- * is recorded in deploy.archived under the object's quoted name (schema.table[.column], each part quoted).
- */
-class Archiver {
-public:
-    Archiver(int64_t deployment_id, const std::string& version, EventLog& events)
-        : deployment_id_(deployment_id), version_(version), events_(events) {}
+// One migration the batch reverted (or, forced, removed from the ledger without running anything).
+struct Reverted {
+    const RevertRow* row;
+    double duration_ms;
+    int64_t at;     // now_us() when it was done
+    Json archived;  // the archive's entries for what its down SQL dropped
+};
 
-    void run_statement_by_statement(const std::string& down_sql) {
-        std::vector<SqlStatement> stmts = parse_sql(down_sql, "down_sql of migration " + version_);
-        for (const SqlStatement& st : stmts) {
-            for (const DropTarget& d : st.drops)
-                archive(d);
-            run_user_sql(st.text);
-        }
-    }
-
-    const Json& archived() const { return archived_; }
-
-private:
-    void archive(const DropTarget& d) {
-        Oid relid = relation_on_callers_path(d.schema, d.table);
-        if (relid == InvalidOid)
-            return;
-        Rows rel = run_query(
-            "SELECT c.oid::bigint, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
-            "c.relname FROM pg_catalog.pg_class c "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.oid = $1::oid AND c.relkind IN ('r', 'p')",
-            {INT8OID}, {p_int8(static_cast<int64_t>(relid))});
-        if (rel.empty())
-            return;  // DROP ... IF EXISTS of a missing table, or not a table
-        int64_t oid = cell_int8(rel.front()[0]);
-        std::string qualified = *rel.front()[1];
-        std::string relname = *rel.front()[2];
-        std::string object_name = qualified;  // each part quoted: "a.b"."c" and a."b.c" stay apart
-        std::string select;
-        if (d.is_column) {
-            Rows col = run_query(
-                "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute "
-                "WHERE attrelid = $1::oid AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                {INT8OID, TEXTOID}, {p_int8(oid), p_text(d.column)});
-            if (col.empty())
-                return;
-            Rows pk = run_query(
-                "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) "
-                "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
-                "ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) "
-                "WHERE i.indrelid = $1::oid AND i.indisprimary AND a.attname <> $2",
-                {INT8OID, TEXTOID}, {p_int8(oid), p_text(d.column)});
-            std::string keys = pk.front()[0].value_or("");
-            select = keys.empty() ? "SELECT * FROM " + qualified
-                                  : "SELECT " + keys + ", " + *col.front()[0] + " FROM " + qualified;
-            object_name += "." + *col.front()[0];
-        } else {
-            select = "SELECT * FROM " + qualified;
-        }
-        std::string table = free_archive_table(deployment_id_, relname, d.is_column ? d.column : "");
-        std::string archive_table = "deploy_archive." + quoted(table);
-        run_user_sql("CREATE TABLE " + archive_table + " AS " + select);
-        Rows count = run_query(("SELECT count(*) FROM " + archive_table).c_str());
-        int64_t rows = cell_int8(count.front()[0]);
-        run_query(
-            "INSERT INTO deploy.archived (deployment_id, version, object_type, object_name, archive_table, "
-            "row_count, expires_at) VALUES ($1, $2, $3, $4, $5, $6, "
-            "pg_catalog.now() + pg_catalog.make_interval(secs => $7))",
-            {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, FLOAT8OID},
-            {p_int8(deployment_id_), p_text(version_), p_text(std::string(d.is_column ? "column" : "table")),
-             p_text(object_name), p_text(archive_table), p_int8(rows),
-             p_float8(static_cast<double>(rollback_window_s))});
-        Json entry{{"object_type", d.is_column ? "column" : "table"},
-                   {"object_name", object_name},
-                   {"archive_table", archive_table},
-                   {"row_count", rows}};
-        events_.log("data_archived", deployment_id_, version_, std::nullopt, entry);
-        archived_.push_back(entry);
-    }
-
-    static std::string quoted(const std::string& ident) {
-        const char* in = ident.c_str();
-        const char* out = nullptr;
-        pg_guard([&] { out = quote_identifier(in); });
-        return std::string(out);
-    }
-
-    int64_t deployment_id_;
-    std::string version_;
-    EventLog& events_;
-    Json archived_ = Json::array();
+// What the batch did: the migrations reverted, in order, up to the failure (if any) that rolled the batch back.
+struct RevertBatch {
+    std::vector<Reverted> reverted;
+    std::optional<SqlFailure> failure;
+    const RevertRow* failed_row = nullptr;
 };
 
 /*
- * revert runs a list of applied migrations' down SQL, newest first, atomically: every migration in its own
- * subtransaction inside one batch subtransaction. A failing down script rolls the whole batch back; the failed
- * down/rollback deployment and its error are then recorded in the outer transaction (they persist), a WARNING is
- * raised and ok:false returned — never an ERROR, so deploy.execute_rollback() can read the outcome.
+ * Revert runs a list of applied migrations' down SQL, newest first, atomically: the whole list in one batch
+ * subtransaction. A failing down script rolls the whole batch back; the failed down/rollback deployment and its error
+ * are then recorded in the outer transaction (they persist), a WARNING is raised and ok:false returned — never an
+ * ERROR, so deploy.execute_rollback() can read the outcome. It owns the revert's deployment record and its result.
  */
-Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, std::optional<std::string>& warn_msg,
-            std::optional<std::string>& warn_detail) {
-    int64_t started = now_us();
-    Json result{{"schema_version", 1},
-                {"operation", req.kind},
-                {"ok", true},
-                {"dry_run", req.dry_run},
-                {"deployment_id", nullptr},
-                {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
-                {"app_version", cell_json(req.app_version)},
-                {"state", nullptr},
-                {"version_before", nullptr},
-                {"version_after", nullptr},
-                {"reverted", Json::array()},
-                {"failed", nullptr},
-                {"archived", Json::array()},
-                {"forced", Json::array()},
-                {"duration_ms", 0}};
+class Revert {
+public:
+    explicit Revert(const RevertRequest& req) : req_(req), started_(now_us()), result_(base_result()) {}
 
-    std::string irreversible;
-    for (const RevertRow& r : req.rows) {
-        if (!r.down_sql)
-            irreversible += (irreversible.empty() ? "" : ", ") + r.version + " (" + r.name + ")";
-    }
-    if (!irreversible.empty() && !req.force) {
-        throw DeployError(sqlstate::irreversible, "irreversible migration(s) refused: " + irreversible,
-                          "They have no down SQL.",
-                          "Pass force => true to remove them from the ledger without running anything: their schema "
-                          "changes stay in place.");
+    // run reads as its list of steps.
+    CallOutcome run() {
+        refuse_irreversible();
+        version_before_ = current_version();
+        result_["version_before"] = cell_json(version_before_);
+        if (req_.rows.empty())
+            return nothing_to_do();
+        if (!req_.dry_run)
+            start_deployment();
+        RevertBatch batch = run_batch();
+        CallOutcome out;
+        if (batch.failure)
+            out.warning = report_failure(batch);
+        if (req_.dry_run)
+            finish_dry_run(batch);
+        else if (batch.failure)
+            record_failure(batch);
+        else
+            record_success(batch);
+        result_["duration_ms"] = ms_since(started_);
+        out.result = std::move(result_);
+        return out;
     }
 
-    Cell version_before = current_version();
-    result["version_before"] = cell_json(version_before);
-    if (req.rows.empty()) {
-        result["state"] = req.dry_run ? "dry_run" : "nothing_to_do";
-        result["version_after"] = cell_json(version_before);
-        result["duration_ms"] = ms_since(started);
-        return result;
+private:
+    Json base_result() const {
+        return Json{{"schema_version", 1},
+                    {"operation", req_.kind},
+                    {"ok", true},
+                    {"dry_run", req_.dry_run},
+                    {"deployment_id", nullptr},
+                    {"reverts", req_.reverts ? Json(*req_.reverts) : Json(nullptr)},
+                    {"app_version", cell_json(req_.app_version)},
+                    {"state", nullptr},
+                    {"version_before", nullptr},
+                    {"version_after", nullptr},
+                    {"reverted", Json::array()},
+                    {"failed", nullptr},
+                    {"archived", Json::array()},
+                    {"forced", Json::array()},
+                    {"duration_ms", 0}};
     }
 
-    EventLog events;
-    std::optional<int64_t> dep;
-    if (!req.dry_run) {
-        Json metadata{{"reason", cell_json(req.reason)}};
+    void refuse_irreversible() const {
+        std::vector<std::string> without_down_sql;
+        for (const RevertRow& r : req_.rows) {
+            if (!r.down_sql)
+                without_down_sql.push_back(r.version + " (" + r.name + ")");
+        }
+        if (std::optional<DeployError> refusal = irreversible_refusal(without_down_sql, req_.force))
+            throw *refusal;
+    }
+
+    CallOutcome nothing_to_do() {
+        result_["state"] = req_.dry_run ? "dry_run" : "nothing_to_do";
+        result_["version_after"] = cell_json(version_before_);
+        result_["duration_ms"] = ms_since(started_);
+        return CallOutcome{std::move(result_), std::nullopt};
+    }
+
+    void start_deployment() {
+        Json metadata{{"reason", cell_json(req_.reason)}};
         Rows d = run_query(
             "INSERT INTO deploy.deployments (kind, app_version, state, version_before, reverts, metadata) "
             "VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
             {TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID},
-            {p_text(std::string(req.kind)), p_text(req.app_version), p_text(version_before), p_int8(req.reverts),
+            {p_text(std::string(req_.kind)), p_text(req_.app_version), p_text(version_before_), p_int8(req_.reverts),
              p_jsonb(metadata.dump())});
-        dep = cell_int8(d.front()[0]);
-        result["deployment_id"] = *dep;
-        events.log("deployment_started", dep, version_before, std::nullopt,
-                   Json{{"kind", req.kind},
-                        {"reverts", req.reverts ? Json(*req.reverts) : Json(nullptr)},
-                        {"migrations", req.rows.size()},
-                        {"reason", cell_json(req.reason)},
-                        {"force", req.force}});
+        deployment_id_ = cell_int8(d.front()[0]);
+        result_["deployment_id"] = *deployment_id_;
+        events_.log("deployment_started", deployment_id_, version_before_, std::nullopt,
+                    Json{{"kind", req_.kind},
+                         {"reverts", req_.reverts ? Json(*req_.reverts) : Json(nullptr)},
+                         {"migrations", req_.rows.size()},
+                         {"reason", cell_json(req_.reason)},
+                         {"force", req_.force}});
     }
 
-    Json reverted = Json::array();
-    Json archived = Json::array();
-    Json forced = Json::array();
-    std::optional<SqlFailure> failure;
-    const RevertRow* failed_row = nullptr;
-    std::set<int64_t> touched;
-    // The applied rows of the reverted migrations are deleted, and their migration_reverted events written, in one
-    // statement after the loop (applied_count is kept by the trigger on deploy.applied).
-    struct Removed {
+    // run_batch reverts the rows in one subtransaction: rolled back on a failure, and always in a dry run. Stored
+    // down SQL that no longer matches its checksum is never run, and nothing else runs either: the whole revert is
+    // refused before the first statement.
+    RevertBatch run_batch() {
+        RevertBatch batch = refuse_drifted();
+        if (batch.failure)
+            return batch;
+        auto body = [&] {
+            batch = revert_rows();
+            if (batch.failure && !req_.dry_run)
+                throw BatchRollback{};
+            if (!req_.dry_run)
+                remove_from_ledger(batch);
+        };
+        if (req_.dry_run) {
+            in_rolled_back_subtransaction(body);
+        } else {
+            try {
+                in_subtransaction(body);
+            } catch (const BatchRollback&) {
+            }
+        }
+        return batch;
+    }
+
+    RevertBatch refuse_drifted() const {
+        RevertBatch batch;
+        for (const RevertRow& r : req_.rows) {
+            if (!intact(r.down_sql, r.down_checksum)) {
+                batch.failure = drift_failure("down_sql", r.version);
+                batch.failed_row = &r;
+                break;
+            }
+        }
+        return batch;
+    }
+
+    RevertBatch revert_rows() {
+        RevertBatch batch;
+        for (const RevertRow& r : req_.rows) {
+            int64_t t0 = now_us();
+            Json archived = Json::array();
+            if (r.down_sql) {
+                batch.failure = failure_of([&] { archived = run_down_sql(r); });
+                if (batch.failure) {
+                    batch.failed_row = &r;
+                    break;
+                }
+            }
+            batch.reverted.push_back(Reverted{&r, ms_since(t0), now_us(), std::move(archived)});
+        }
+        return batch;
+    }
+
+    // run_down_sql runs one down script and returns what it archived. No subtransaction per migration: a revert is
+    // all or nothing, so the batch subtransaction is rolled back on any failure (see up.cpp for why per-migration
+    // subtransactions cost too much). A dry run archives nothing (there is no deployment to file it under).
+    Json run_down_sql(const RevertRow& r) {
+        MigrationTimer timer;
+        if (r.reversibility == "lossy" && deployment_id_) {
+            Archiver archiver(*deployment_id_, r.version, events_);
+            archiver.run_statement_by_statement(*r.down_sql);
+            return archiver.archived();
+        }
+        run_user_sql(*r.down_sql);
+        return Json::array();
+    }
+
+    // remove_from_ledger deletes the reverted migrations' applied rows and writes their migration_reverted events in
+    // one statement (applied_count is kept by the trigger on deploy.applied).
+    void remove_from_ledger(const RevertBatch& batch) {
+        if (batch.reverted.empty())
+            return;
         std::vector<Cell> version, name, reversibility;
         std::vector<int64_t> at, from_deployment, archived;
         std::vector<double> duration_ms;
         std::vector<bool> sql_run;
-    } removed;
-    auto write_removed = [&] {
-        if (removed.version.empty())
-            return;
+        for (const Reverted& r : batch.reverted) {
+            version.emplace_back(r.row->version);
+            at.push_back(r.at);
+            name.emplace_back(r.row->name);
+            duration_ms.push_back(r.duration_ms);
+            reversibility.emplace_back(r.row->reversibility);
+            sql_run.push_back(r.row->down_sql.has_value());
+            from_deployment.push_back(r.row->deployment_id);
+            archived.push_back(static_cast<int64_t>(r.archived.size()));
+        }
         run_query(
             "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]), "
             "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::float8[]), pg_catalog.unnest($6::text[]), "
@@ -269,104 +277,41 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             "ORDER BY r.ord)) FROM r",
             {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
              INT8ARRAYOID, INT8ARRAYOID},
-            {p_int8(dep), p_text_array(std::move(removed.version)), p_timestamptz_array(std::move(removed.at)),
-             p_text_array(std::move(removed.name)), p_float8_array(std::move(removed.duration_ms)),
-             p_text_array(std::move(removed.reversibility)), p_bool_array(removed.sql_run),
-             p_int8_array(std::move(removed.from_deployment)), p_int8_array(std::move(removed.archived))});
-    };
-
-    auto batch = [&] {
-        for (const RevertRow& r : req.rows) {
-            int64_t t0 = now_us();
-            Json row_archive = Json::array();
-            if (r.down_sql) {
-                // No subtransaction per migration: a revert is all or nothing, so the batch subtransaction is
-                // rolled back on any failure (see up.cpp for why per-migration subtransactions cost too much).
-                failure = failure_of([&] {
-                    MigrationTimer timer;
-                    if (r.reversibility == "lossy" && dep) {
-                        Archiver archiver(*dep, r.version, events);
-                        archiver.run_statement_by_statement(*r.down_sql);
-                        row_archive = archiver.archived();
-                    } else {
-                        run_user_sql(*r.down_sql);
-                    }
-                });
-                if (failure) {
-                    failed_row = &r;
-                    break;
-                }
-            } else {
-                forced.push_back(r.version);
-            }
-            double ms = ms_since(t0);
-            if (!req.dry_run) {
-                removed.version.emplace_back(r.version);
-                removed.at.push_back(now_us());
-                removed.name.emplace_back(r.name);
-                removed.duration_ms.push_back(ms);
-                removed.reversibility.emplace_back(r.reversibility);
-                removed.sql_run.push_back(r.down_sql.has_value());
-                removed.from_deployment.push_back(r.deployment_id);
-                removed.archived.push_back(static_cast<int64_t>(row_archive.size()));
-            }
-            touched.insert(r.deployment_id);
-            for (auto& a : row_archive)
-                archived.push_back(a);
-            reverted.push_back(Json{
-                {"version", r.version}, {"name", r.name}, {"duration_ms", ms}, {"sql_run", r.down_sql.has_value()}});
-        }
-        if (failure && !req.dry_run)
-            throw BatchRollback{};
-        if (!req.dry_run)
-            write_removed();
-    };
-
-    // Stored down SQL that no longer matches its checksum is never run, and nothing else runs either: the whole
-    // revert is refused before the first statement.
-    for (const RevertRow& r : req.rows) {
-        if (!intact(r.down_sql, r.down_checksum)) {
-            failure = drift_failure("down_sql", r.version);
-            failed_row = &r;
-            break;
-        }
-    }
-    if (!failure && req.dry_run) {
-        in_rolled_back_subtransaction(batch);
-    } else if (!failure) {
-        try {
-            in_subtransaction(batch);
-        } catch (const BatchRollback&) {
-        }
+            {p_int8(deployment_id_), p_text_array(std::move(version)), p_timestamptz_array(std::move(at)),
+             p_text_array(std::move(name)), p_float8_array(std::move(duration_ms)),
+             p_text_array(std::move(reversibility)), p_bool_array(sql_run), p_int8_array(std::move(from_deployment)),
+             p_int8_array(std::move(archived))});
     }
 
-    if (failure) {
-        Json failed = failure->to_json();
-        failed["version"] = failed_row->version;
-        failed["name"] = failed_row->name;
-        result["ok"] = false;
-        result["failed"] = failed;
-        warn_state = failure->sqlstate;
-        warn_msg = std::string(req.dry_run ? "dry run: " : "") + "down SQL of migration " + failed_row->version + " (" +
-                   failed_row->name + ") failed: " + failure->message;
-        if (req.dry_run) {
-            warn_detail = "nothing was changed (dry run)";
-        } else {
-            warn_detail = std::string(req.kind) + " deployment " + std::to_string(*dep) +
-                          " failed; nothing was reverted (the batch was rolled back)";
-        }
+    // report_failure puts the failure into the result and returns the WARNING that tells a psql user.
+    Warning report_failure(const RevertBatch& batch) {
+        const SqlFailure& failure = *batch.failure;
+        Json failed = failure.to_json();
+        failed["version"] = batch.failed_row->version;
+        failed["name"] = batch.failed_row->name;
+        result_["ok"] = false;
+        result_["failed"] = failed;
+        std::string message = std::string(req_.dry_run ? "dry run: " : "") + "down SQL of migration " +
+                              batch.failed_row->version + " (" + batch.failed_row->name +
+                              ") failed: " + failure.message;
+        std::string detail = req_.dry_run ? "nothing was changed (dry run)"
+                                          : std::string(req_.kind) + " deployment " + std::to_string(*deployment_id_) +
+                                                " failed; nothing was reverted (the batch was rolled back)";
+        return Warning{failure.sqlstate, message, detail};
     }
 
-    if (req.dry_run) {
-        result["state"] = "dry_run";
-        result["reverted"] = reverted;
-        result["forced"] = forced;
-        Cell after;
-        if (!failure) {
-            // what the current version would become: the newest applied row not in the list
+    // finish_dry_run reports what the revert would have done, and the version it would have left current.
+    void finish_dry_run(const RevertBatch& batch) {
+        result_["state"] = "dry_run";
+        result_["reverted"] = reverted_json(batch);
+        result_["forced"] = forced_json(batch);
+        Cell after = version_before_;
+        if (!batch.failure) {
+            // the newest applied row not in the list
             std::set<std::string> gone;
-            for (const RevertRow& r : req.rows)
+            for (const RevertRow& r : req_.rows)
                 gone.insert(r.version);
+            after = std::nullopt;
             Rows all = run_query("SELECT version FROM deploy.applied ORDER BY sort_key DESC");
             for (const Row& a : all.rows) {
                 if (!gone.count(*a[0])) {
@@ -374,34 +319,46 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
                     break;
                 }
             }
-        } else {
-            after = version_before;
         }
-        result["version_after"] = cell_json(after);
-    } else if (failure) {
-        result["state"] = "failed";
-        result["version_after"] = cell_json(version_before);
-        finish_deployment(*dep, "failed", version_before, result["failed"]);
-        events.log_failure("migration_failed", dep, failed_row->version, result["failed"]);
-        if (failure->sqlstate == sqlstate::checksum_drift) {
-            events.log("stored_sql_drift", dep, failed_row->version, std::nullopt,
-                       Json{{"operation", req.kind}, {"message", failure->message}});
+        result_["version_after"] = cell_json(after);
+    }
+
+    void record_failure(const RevertBatch& batch) {
+        const std::string& version = batch.failed_row->version;
+        result_["state"] = "failed";
+        result_["version_after"] = cell_json(version_before_);
+        finish_deployment(*deployment_id_, "failed", version_before_, result_["failed"]);
+        events_.log_failure("migration_failed", deployment_id_, version, result_["failed"]);
+        if (batch.failure->sqlstate == sqlstate::checksum_drift) {
+            events_.log("stored_sql_drift", deployment_id_, version, std::nullopt,
+                        Json{{"operation", req_.kind}, {"message", batch.failure->message}});
         }
-        events.log("deployment_failed", dep, version_before, std::nullopt,
-                   Json{{"kind", req.kind}, {"failed_version", failed_row->version}, {"sqlstate", failure->sqlstate}});
-    } else {
+        events_.log("deployment_failed", deployment_id_, version_before_, std::nullopt,
+                    Json{{"kind", req_.kind}, {"failed_version", version}, {"sqlstate", batch.failure->sqlstate}});
+    }
+
+    void record_success(const RevertBatch& batch) {
         Cell after = current_version();
-        result["state"] = "succeeded";
-        result["reverted"] = reverted;
-        result["archived"] = archived;
-        result["forced"] = forced;
-        result["version_after"] = cell_json(after);
-        finish_deployment(*dep, "succeeded", after, std::nullopt);
-        // Deployments left with nothing applied are rolled back: the target of a rollback, and any deployment a
-        // down() emptied.
-        std::set<int64_t> targets = touched;
-        if (req.reverts)
-            targets.insert(*req.reverts);
+        Json forced = forced_json(batch);
+        result_["state"] = "succeeded";
+        result_["reverted"] = reverted_json(batch);
+        result_["archived"] = archived_json(batch);
+        result_["forced"] = forced;
+        result_["version_after"] = cell_json(after);
+        finish_deployment(*deployment_id_, "succeeded", after, std::nullopt);
+        mark_rolled_back(batch, after);
+        events_.log("deployment_succeeded", deployment_id_, after, std::nullopt,
+                    Json{{"kind", req_.kind}, {"reverted", batch.reverted.size()}, {"forced", forced}});
+    }
+
+    // mark_rolled_back marks the up deployments left with nothing applied rolled back: the target of a rollback, and
+    // any deployment a down() emptied. Their unfinished steps are abandoned.
+    void mark_rolled_back(const RevertBatch& batch, const Cell& after) {
+        std::set<int64_t> targets;
+        for (const Reverted& r : batch.reverted)
+            targets.insert(r.row->deployment_id);
+        if (req_.reverts)
+            targets.insert(*req_.reverts);
         Plan mark(
             "UPDATE deploy.deployments d SET state = 'rolled_back', rolled_back_by = $2 "
             "WHERE d.id = $1 AND d.kind = 'up' AND d.state IN ('succeeded', 'failed', 'running') "
@@ -412,35 +369,53 @@ Json revert(const RevertRequest& req, std::optional<std::string>& warn_state, st
             "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
             {INT8OID, JSONBOID});
         for (int64_t t : targets) {
-            Rows m = mark.run({p_int8(t), p_int8(*dep)});
+            Rows m = mark.run({p_int8(t), p_int8(deployment_id_)});
             if (m.empty())
                 continue;
-            abandon.run(
-                {p_int8(t),
-                 p_jsonb(Json{{"message", "abandoned: deployment rolled back by " + std::to_string(*dep)}}.dump())});
-            events.log("deployment_rolled_back", t, after, std::nullopt,
-                       Json{{"by", *dep}, {"kind", req.kind}, {"reason", cell_json(req.reason)}});
+            abandon.run({p_int8(t), p_jsonb(Json{{"message", "abandoned: deployment rolled back by " +
+                                                                 std::to_string(*deployment_id_)}}
+                                                .dump())});
+            events_.log("deployment_rolled_back", t, after, std::nullopt,
+                        Json{{"by", *deployment_id_}, {"kind", req_.kind}, {"reason", cell_json(req_.reason)}});
         }
-        events.log("deployment_succeeded", dep, after, std::nullopt,
-                   Json{{"kind", req.kind}, {"reverted", reverted.size()}, {"forced", forced}});
     }
-    result["duration_ms"] = ms_since(started);
-    return result;
-}
 
-// human_age formats seconds for messages: "8.0 days", "3.5 hours", "12 minutes", "40 seconds".
-std::string human_age(double seconds) {
-    char buf[64];
-    if (seconds >= 86400)
-        snprintf(buf, sizeof buf, "%.1f days", seconds / 86400);
-    else if (seconds >= 3600)
-        snprintf(buf, sizeof buf, "%.1f hours", seconds / 3600);
-    else if (seconds >= 60)
-        snprintf(buf, sizeof buf, "%.0f minutes", seconds / 60);
-    else
-        snprintf(buf, sizeof buf, "%.0f seconds", seconds);
-    return buf;
-}
+    static Json reverted_json(const RevertBatch& batch) {
+        Json out = Json::array();
+        for (const Reverted& r : batch.reverted) {
+            out.push_back(Json{{"version", r.row->version},
+                               {"name", r.row->name},
+                               {"duration_ms", r.duration_ms},
+                               {"sql_run", r.row->down_sql.has_value()}});
+        }
+        return out;
+    }
+
+    static Json forced_json(const RevertBatch& batch) {
+        Json out = Json::array();
+        for (const Reverted& r : batch.reverted) {
+            if (!r.row->down_sql)
+                out.push_back(r.row->version);
+        }
+        return out;
+    }
+
+    static Json archived_json(const RevertBatch& batch) {
+        Json out = Json::array();
+        for (const Reverted& r : batch.reverted) {
+            for (const Json& a : r.archived)
+                out.push_back(a);
+        }
+        return out;
+    }
+
+    const RevertRequest& req_;
+    int64_t started_;
+    Json result_;
+    Cell version_before_;
+    std::optional<int64_t> deployment_id_;  // none in a dry run
+    EventLog events_;
+};
 
 Cell previous_release(int64_t before_id) {
     Rows r = run_query(
@@ -450,167 +425,165 @@ Cell previous_release(int64_t before_id) {
     return r.empty() ? Cell() : r.front()[0];
 }
 
+struct DownArgs {
+    int32 steps = 1;
+    std::optional<std::string> to_version;
+    bool force = false;
+    bool dry_run = false;
+    std::optional<std::string> app_version;
+};
+
+DownArgs down_args(FunctionCallInfo fcinfo) {
+    if (PG_ARGISNULL(0))
+        throw DeployError(sqlstate::null_value, "steps must not be NULL");
+    DownArgs a;
+    a.steps = PG_GETARG_INT32(0);
+    a.to_version = opt_text_arg(fcinfo, 1);
+    a.force = bool_arg(fcinfo, 2, "force");
+    a.dry_run = bool_arg(fcinfo, 3, "dry_run");
+    a.app_version = opt_text_arg(fcinfo, 4);
+    check_input_length("app_version", a.app_version);
+    if (a.to_version)
+        check_version(*a.to_version, "to_version");
+    if (!a.to_version && a.steps < 1) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          "steps must be at least 1 (got " + std::to_string(a.steps) + ")");
+    }
+    return a;
+}
+
+// rows_to_revert: every applied migration above to_version, or the newest `steps` of them (to_version wins).
+std::vector<RevertRow> rows_to_revert(const DownArgs& a) {
+    if (a.to_version) {
+        Rows t =
+            run_query("SELECT sort_key FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(*a.to_version)});
+        if (t.empty()) {
+            throw DeployError(sqlstate::no_data_found, "to_version " + *a.to_version + " is not applied", {},
+                              "to_version names the applied version to return to; see deploy.status().");
+        }
+        return load_rows("WHERE sort_key > $1 ORDER BY sort_key DESC", {TEXTOID},
+                         {t.front()[0] ? p_text(*t.front()[0]) : p_null()});
+    }
+    std::vector<RevertRow> rows = load_rows("ORDER BY sort_key DESC LIMIT $1", {INT4OID}, {p_int4(a.steps)});
+    if (!rows.empty() && static_cast<int32>(rows.size()) < a.steps) {
+        throw DeployError(sqlstate::invalid_parameter, "steps => " + std::to_string(a.steps) + " but only " +
+                                                           std::to_string(rows.size()) + " migration(s) are applied");
+    }
+    return rows;
+}
+
 /*
  * down_impl: deploy.down(steps, to_version, force, dry_run, app_version) reverts the newest `steps` migrations, or
  * every migration above to_version (to_version wins when both are given).
  */
 Datum down_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0))
-        throw DeployError(sqlstate::null_value, "steps must not be NULL");
-    int32 steps = PG_GETARG_INT32(0);
-    std::optional<std::string> to_version = opt_text_arg(fcinfo, 1);
-    bool force = bool_arg(fcinfo, 2, "force");
-    bool dry_run = bool_arg(fcinfo, 3, "dry_run");
-    std::optional<std::string> app_version = opt_text_arg(fcinfo, 4);
-    check_input_length("app_version", app_version);
-    if (to_version)
-        check_version(*to_version, "to_version");
-    if (!to_version && steps < 1) {
-        throw DeployError(sqlstate::invalid_parameter, "steps must be at least 1 (got " + std::to_string(steps) + ")");
-    }
-    std::optional<std::string> ws, wm, wd;
-    Json result;
+    DownArgs args = down_args(fcinfo);
+    CallOutcome out;
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.down()");
-        if (!dry_run)
+        if (!args.dry_run)
             refuse_if_running("deploy.down()");
         RevertRequest req;
         req.kind = "down";
-        req.force = force;
-        req.dry_run = dry_run;
-        req.app_version = app_version;
-        if (to_version) {
-            Rows t =
-                run_query("SELECT sort_key FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(*to_version)});
-            if (t.empty()) {
-                throw DeployError(sqlstate::no_data_found, "to_version " + *to_version + " is not applied", {},
-                                  "to_version names the applied version to return to; see deploy.status().");
-            }
-            req.rows = load_rows("WHERE sort_key > $1 ORDER BY sort_key DESC", {TEXTOID},
-                                 {t.front()[0] ? p_text(*t.front()[0]) : p_null()});
-        } else {
-            req.rows = load_rows("ORDER BY sort_key DESC LIMIT $1", {INT4OID}, {p_int4(steps)});
-            if (!req.rows.empty() && static_cast<int32>(req.rows.size()) < steps) {
-                throw DeployError(sqlstate::invalid_parameter, "steps => " + std::to_string(steps) + " but only " +
-                                                                   std::to_string(req.rows.size()) +
-                                                                   " migration(s) are applied");
-            }
-        }
-        result = revert(req, ws, wm, wd);
+        req.force = args.force;
+        req.dry_run = args.dry_run;
+        req.app_version = args.app_version;
+        req.rows = rows_to_revert(args);
+        out = Revert(req).run();
         spi.finish();
     }
-    if (wm)
-        pg_warning(*ws, *wm, wd.value_or(""));
-    return json_result(result);
+    return outcome_result(out);
+}
+
+struct RollbackArgs {
+    std::optional<int64_t> deployment_id;
+    bool force = false;
+    std::optional<std::string> reason;
+    bool dry_run = false;
+};
+
+RollbackArgs rollback_args(FunctionCallInfo fcinfo) {
+    RollbackArgs a;
+    a.deployment_id = opt_int8_arg(fcinfo, 0);
+    a.force = bool_arg(fcinfo, 1, "force");
+    a.reason = opt_text_arg(fcinfo, 2);
+    a.dry_run = bool_arg(fcinfo, 3, "dry_run");
+    check_input_length("reason", a.reason);
+    return a;
+}
+
+int64_t rollback_target(const RollbackArgs& a) {
+    if (a.deployment_id)
+        return *a.deployment_id;
+    std::optional<int64_t> newest = newest_revertible_deployment();
+    if (!newest) {
+        throw DeployError(sqlstate::no_data_found, "there is no deployment to roll back", {},
+                          "Only up deployments that still have applied migrations can be rolled back.");
+    }
+    return *newest;
+}
+
+// refuse_rollback raises what the rollback rule refuses (rollback_refusal) for the target.
+void refuse_rollback(int64_t target, bool force) {
+    std::optional<RollbackFacts> facts = rollback_facts(target);
+    if (!facts)
+        throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(target) + " does not exist");
+    if (std::optional<DeployError> refusal = rollback_refusal(*facts, force))
+        throw *refusal;
+}
+
+// record_nothing_left marks a target with nothing left to revert (a down() took it already, or nothing was applied)
+// rolled back, so that executing a rollback twice is a no-op.
+void record_nothing_left(int64_t target, const std::optional<std::string>& reason) {
+    run_query("UPDATE deploy.deployments SET state = 'rolled_back' WHERE id = $1 AND state <> 'rolled_back'", {INT8OID},
+              {p_int8(target)});
+    run_query(
+        "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+        "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
+        {INT8OID, JSONBOID}, {p_int8(target), p_jsonb(Json{{"message", "abandoned: deployment rolled back"}}.dump())});
+    EventLog events;
+    events.log("deployment_rolled_back", target, current_version(), std::nullopt,
+               Json{{"by", nullptr},
+                    {"kind", "rollback"},
+                    {"reason", cell_json(reason)},
+                    {"note", "nothing was applied any more"}});
 }
 
 /*
- * rollback_impl: deploy.rollback(deployment_id, force, reason, dry_run) reverts what one up deployment applied.
- * Refusals (argument errors, window, a later deployment building on it, irreversible) raise; a failing down script
- * returns ok:false with the failed rollback deployment recorded.
+ * rollback: deploy.rollback()'s steps, under the deploy lock. Refusals (the target, the rollback rule, irreversible
+ * migrations) raise; a failing down script returns ok:false with the failed rollback deployment recorded.
  */
+CallOutcome rollback(const RollbackArgs& a) {
+    int64_t target = rollback_target(a);
+    refuse_rollback(target, a.force);
+    RevertRequest req;
+    req.kind = "rollback";
+    req.force = a.force;
+    req.dry_run = a.dry_run;
+    req.reverts = target;
+    req.reason = a.reason;
+    req.app_version = previous_release(target);
+    req.rows = load_rows("WHERE deployment_id = $1 ORDER BY sort_key DESC", {INT8OID}, {p_int8(target)});
+    CallOutcome out = Revert(req).run();
+    if (req.rows.empty() && !a.dry_run) {
+        record_nothing_left(target, a.reason);
+        out.result["state"] = "succeeded";
+    }
+    return out;
+}
+
+// rollback_impl: deploy.rollback(deployment_id, force, reason, dry_run) reverts what one up deployment applied.
 Datum rollback_impl(FunctionCallInfo fcinfo) {
-    std::optional<int64_t> given = opt_int8_arg(fcinfo, 0);
-    bool force = bool_arg(fcinfo, 1, "force");
-    std::optional<std::string> reason = opt_text_arg(fcinfo, 2);
-    bool dry_run = bool_arg(fcinfo, 3, "dry_run");
-    check_input_length("reason", reason);
-    std::optional<std::string> ws, wm, wd;
-    Json result;
+    RollbackArgs args = rollback_args(fcinfo);
+    CallOutcome out;
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.rollback()");
-        int64_t target;
-        if (given) {
-            target = *given;
-        } else {
-            Rows d = run_query(
-                "SELECT d.id FROM deploy.deployments d WHERE d.kind = 'up' AND d.state IN ('succeeded', 'failed') "
-                "AND EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id) ORDER BY d.id DESC LIMIT 1");
-            if (d.empty()) {
-                throw DeployError(sqlstate::no_data_found, "there is no deployment to roll back", {},
-                                  "Only up deployments that still have applied migrations can be rolled back.");
-            }
-            target = cell_int8(d.front()[0]);
-        }
-        Rows d = run_query(
-            "SELECT kind, state, rolled_back_by, "
-            "EXTRACT(EPOCH FROM pg_catalog.now() - coalesce(finished_at, started_at))::float8, "
-            "to_char(coalesce(finished_at, started_at), 'YYYY-MM-DD HH24:MI:SSOF') "
-            "FROM deploy.deployments WHERE id = $1",
-            {INT8OID}, {p_int8(target)});
-        std::string which = "deployment " + std::to_string(target);
-        if (d.empty())
-            throw DeployError(sqlstate::no_data_found, which + " does not exist");
-        const Row& row = d.front();
-        if (row[0] != Cell("up")) {
-            throw DeployError(sqlstate::invalid_parameter,
-                              which + " is a " + row[0].value_or("?") +
-                                  " deployment; only up deployments can be "
-                                  "rolled back",
-                              {}, "Use deploy.up() to re-apply what a down or rollback reverted.");
-        }
-        if (row[1] == Cell("rolled_back")) {
-            throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                              which + " is already rolled back (by deployment " + row[2].value_or("?") + ")");
-        }
-        if (row[1] == Cell("running") && !force) {
-            throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                              which + " is still running (it waits for non-transactional steps or was interrupted)", {},
-                              "Finish it with `pgdeploy up`, or pass force => true to revert what it applied and "
-                              "abandon its remaining steps.");
-        }
-        double age = cell_float8(row[3]);
-        if (age > static_cast<double>(rollback_window_s) && !force) {
-            throw DeployError(sqlstate::outside_rollback_window,
-                              which + " is outside pg_deploy.rollback_window: it finished " + human_age(age) +
-                                  " ago, the window is " + human_age(rollback_window_s),
-                              "finished at " + row[4].value_or("?"),
-                              "Pass force => true to roll it back anyway, or raise pg_deploy.rollback_window.");
-        }
-        Rows later = run_query(
-            "SELECT deployment_id FROM deploy.applied WHERE deployment_id > $1 "
-            "ORDER BY deployment_id LIMIT 1",
-            {INT8OID}, {p_int8(target)});
-        if (!later.empty()) {
-            throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                              which + " cannot be rolled back: deployment " + later.front()[0].value_or("?") +
-                                  " applied migrations after it and builds on it",
-                              {}, "Roll back deployment " + later.front()[0].value_or("?") + " first.");
-        }
-        RevertRequest req;
-        req.kind = "rollback";
-        req.force = force;
-        req.dry_run = dry_run;
-        req.reverts = target;
-        req.reason = reason;
-        req.app_version = previous_release(target);
-        req.rows = load_rows("WHERE deployment_id = $1 ORDER BY sort_key DESC", {INT8OID}, {p_int8(target)});
-        result = revert(req, ws, wm, wd);
-        if (req.rows.empty() && !dry_run) {
-            // Nothing left to revert (a down() took it already, or nothing was applied): record the outcome so that
-            // executing a rollback twice is a no-op.
-            run_query("UPDATE deploy.deployments SET state = 'rolled_back' WHERE id = $1 AND state <> 'rolled_back'",
-                      {INT8OID}, {p_int8(target)});
-            run_query(
-                "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-                "error = $2 WHERE deployment_id = $1 AND state <> 'done'",
-                {INT8OID, JSONBOID},
-                {p_int8(target), p_jsonb(Json{{"message", "abandoned: deployment rolled back"}}.dump())});
-            EventLog events;
-            events.log("deployment_rolled_back", target, current_version(), std::nullopt,
-                       Json{{"by", nullptr},
-                            {"kind", "rollback"},
-                            {"reason", cell_json(reason)},
-                            {"note", "nothing was applied any more"}});
-            result["state"] = "succeeded";
-        }
+        out = rollback(args);
         spi.finish();
     }
-    if (wm)
-        pg_warning(*ws, *wm, wd.value_or(""));
-    return json_result(result);
+    return outcome_result(out);
 }
 
 }  // namespace

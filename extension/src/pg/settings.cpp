@@ -10,11 +10,23 @@ void _PG_init(void);
 }
 
 namespace pgdeploy {
-int lock_wait_ms = 10000;
-int statement_timeout_ms = 0;
-bool allow_out_of_order = false;
-int rollback_window_s = 7 * 24 * 3600;
-int max_rollback_attempts = 3;
+
+namespace {
+// The defaults, defined here only: the SQL functions read the settings themselves (the module is loaded whenever
+// they run, through the engine), never a fallback of their own.
+constexpr int kDefaultLockWaitMs = 10 * 1000;  // 10s
+constexpr int kDefaultStatementTimeoutMs = 0;  // off
+constexpr bool kDefaultAllowOutOfOrder = false;
+constexpr int kDefaultRollbackWindowS = 7 * 24 * 3600;  // 7d
+constexpr int kDefaultMaxRollbackAttempts = 3;
+}  // namespace
+
+int lock_wait_ms = kDefaultLockWaitMs;
+int statement_timeout_ms = kDefaultStatementTimeoutMs;
+bool allow_out_of_order = kDefaultAllowOutOfOrder;
+int rollback_window_s = kDefaultRollbackWindowS;
+int max_rollback_attempts = kDefaultMaxRollbackAttempts;
+
 }  // namespace pgdeploy
 
 /*
@@ -22,20 +34,21 @@ int max_rollback_attempts = 3;
  * and a DBA pins defaults with ALTER DATABASE / ALTER ROLE. The prefix is reserved so a typo is refused.
  */
 extern "C" void _PG_init(void) {
+    using namespace pgdeploy;
     DefineCustomIntVariable("pg_deploy.lock_wait", "How long a deploy operation waits for the deploy lock.",
-                            "0 fails at once when another session holds it.", &pgdeploy::lock_wait_ms, 10000, 0,
+                            "0 fails at once when another session holds it.", &lock_wait_ms, kDefaultLockWaitMs, 0,
                             INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
     DefineCustomIntVariable("pg_deploy.statement_timeout", "Time limit for the SQL of one migration (0 = no limit).",
-                            NULL, &pgdeploy::statement_timeout_ms, 0, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL,
-                            NULL);
+                            NULL, &statement_timeout_ms, kDefaultStatementTimeoutMs, 0, INT_MAX, PGC_USERSET,
+                            GUC_UNIT_MS, NULL, NULL, NULL);
     DefineCustomBoolVariable("pg_deploy.allow_out_of_order",
-                             "Apply pending migrations older than the newest applied one.", NULL,
-                             &pgdeploy::allow_out_of_order, false, PGC_USERSET, 0, NULL, NULL, NULL);
+                             "Apply pending migrations older than the newest applied one.", NULL, &allow_out_of_order,
+                             kDefaultAllowOutOfOrder, PGC_USERSET, 0, NULL, NULL, NULL);
     DefineCustomIntVariable(
         "pg_deploy.rollback_window", "How long after a deployment it may be rolled back without force.", NULL,
-        &pgdeploy::rollback_window_s, 7 * 24 * 3600, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
-    DefineCustomIntVariable("pg_deploy.max_rollback_attempts",
-                            "Attempts at executing a rollback marker before it needs attention.", NULL,
-                            &pgdeploy::max_rollback_attempts, 3, 1, 1000, PGC_USERSET, 0, NULL, NULL, NULL);
+        &rollback_window_s, kDefaultRollbackWindowS, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+    DefineCustomIntVariable(
+        "pg_deploy.max_rollback_attempts", "Attempts at executing a rollback marker before it needs attention.", NULL,
+        &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, NULL, NULL, NULL);
     MarkGUCPrefixReserved("pg_deploy");
 }

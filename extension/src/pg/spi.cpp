@@ -206,7 +206,7 @@ namespace {
 /*
  * The engine's statements are a fixed set of string literals, so their prepared plans are kept for the life of the
  * backend (SPI_keepplan), keyed by the query text and the parameter types, as PL/pgSQL keeps its plans. Preparing
- * every statement again on every call was 21 % of deploy.register() (issue 7, docs/benchmarks.md section 4).
+ * every statement again on every call was 21 % of deploy.register() (docs/benchmarks.md, §4).
  *
  * Invalidation is PostgreSQL's plancache: a kept plan records the relations and functions it depends on, and DDL on
  * them (DROP EXTENSION + CREATE EXTENSION in the same session, ALTER EXTENSION UPDATE, ALTER TABLE) marks it invalid;

@@ -27,8 +27,8 @@ struct BatchRollback {};
  * every pending row's SQL (older pending rows are refused by out_of_order_pending()). Every row
  * in the range is still probed against deploy.applied by version (a primary-key probe per row), so a row that manual
  * DML marked applied out of order is never applied twice. The range starts at the newest applied key inclusive: the
- * newest applied row itself is dropped by the probe, and the result equals the old whole-catalog query restricted to
- * keys >= it (the older part is what out_of_order_pending() checks).
+ * newest applied row itself is dropped by the probe, so the result is every pending migration with a key >= it (the
+ * older ones are what out_of_order_pending() checks).
  */
 std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
@@ -102,26 +102,8 @@ void notice_awaiting(const std::string& version, std::size_t steps, int64_t depl
               "SELECT deploy.step_done(<step_id>); then SELECT deploy.up() to continue.");
 }
 
-Json base_result(bool dry_run, bool atomic) {
-    return Json{{"schema_version", 1},
-                {"operation", "up"},
-                {"ok", true},
-                {"dry_run", dry_run},
-                {"atomic", atomic},
-                {"deployment_id", nullptr},
-                {"app_version", nullptr},
-                {"state", nullptr},
-                {"version_before", nullptr},
-                {"version_after", nullptr},
-                {"applied", Json::array()},
-                {"failed", nullptr},
-                {"awaiting_nontransactional", nullptr},
-                {"marker_id", nullptr},
-                {"duration_ms", 0}};
-}
-
-Json cell_json(const Cell& c) {
-    return c ? Json(*c) : Json(nullptr);
+Json awaiting_json(const Migration& m, const Rows& steps) {
+    return Json{{"version", m.version}, {"name", m.name}, {"steps", steps_json(steps)}};
 }
 
 // stored_sql_drift refuses a migration whose stored up or down SQL no longer matches its checksum (changed by a
@@ -134,341 +116,447 @@ std::optional<SqlFailure> stored_sql_drift(const Migration& m) {
     return std::nullopt;
 }
 
-/*
- * up_impl: deploy.up(target, dry_run, app_version, atomic, metadata).
- *
- * Atomic mode runs the batch in one subtransaction; atomic => false runs each migration in its own subtransaction
- * so that a failure keeps the ones before it. A failure rolls the subtransaction back and is then recorded in the
- * outer transaction, so the failed deployment row, its error and
- * the events persist when the function returns normally with ok:false (and a WARNING for psql users). A dry run
- * runs the same code inside a subtransaction that is always rolled back and writes no row.
- */
-Datum up_impl(FunctionCallInfo fcinfo) {
-    std::optional<std::string> target = opt_text_arg(fcinfo, 0);
-    bool dry_run = bool_arg(fcinfo, 1, "dry_run");
-    std::optional<std::string> app_version = opt_text_arg(fcinfo, 2);
-    bool atomic = bool_arg(fcinfo, 3, "atomic");
-    std::string metadata = opt_jsonb_arg(fcinfo, 4).value_or("{}");
-    if (target)
-        check_version(*target, "target");
-    if (app_version && app_version->find_first_not_of(" \t\r\n") == std::string::npos) {
+struct UpArgs {
+    std::optional<std::string> target;
+    bool dry_run = false;
+    std::optional<std::string> app_version;
+    bool atomic = true;
+    std::string metadata;  // a JSON object
+};
+
+UpArgs up_args(FunctionCallInfo fcinfo) {
+    UpArgs a;
+    a.target = opt_text_arg(fcinfo, 0);
+    a.dry_run = bool_arg(fcinfo, 1, "dry_run");
+    a.app_version = opt_text_arg(fcinfo, 2);
+    a.atomic = bool_arg(fcinfo, 3, "atomic");
+    a.metadata = opt_jsonb_arg(fcinfo, 4).value_or("{}");
+    if (a.target)
+        check_version(*a.target, "target");
+    if (a.app_version && a.app_version->find_first_not_of(" \t\r\n") == std::string::npos) {
         throw DeployError(sqlstate::invalid_parameter, "app_version must not be empty", {},
                           "Pass NULL when there is no application release to record.");
     }
-    if (!Json::parse(metadata).is_object()) {
+    if (!Json::parse(a.metadata).is_object())
         throw DeployError(sqlstate::invalid_parameter, "metadata must be a JSON object");
-    }
-    check_input_length("app_version", app_version);
-    check_input_length("metadata", metadata);
+    check_input_length("app_version", a.app_version);
+    check_input_length("metadata", a.metadata);
+    return a;
+}
 
-    int64_t started = now_us();
-    Json result = base_result(dry_run, atomic);
-    result["app_version"] = app_version ? Json(*app_version) : Json(nullptr);
-    std::optional<std::string> warning_state, warning_message, warning_detail;
-    {
-        SpiSession spi;
+// One migration the batch applied.
+struct Applied {
+    const Migration* migration;
+    double duration_ms;
+};
+
+// What the batch did: the migrations applied, in order, up to the failure or the non-transactional migration that
+// stopped it (if any).
+struct UpBatch {
+    std::vector<Applied> applied;
+    std::optional<SqlFailure> failure;
+    const Migration* failed = nullptr;
+    double failed_ms = 0;
+    const Migration* awaiting = nullptr;  // non-transactional: its statements run at top level, one step each
+};
+
+/*
+ * Up is one call of deploy.up(target, dry_run, app_version, atomic, metadata); it owns the deployment record and the
+ * result document. Atomic mode runs the batch in one subtransaction; atomic => false runs each migration in its own
+ * subtransaction so that a failure keeps the ones before it. A failure rolls the subtransaction back and is then
+ * recorded in the outer transaction, so the failed deployment row, its error and the events persist when the
+ * function returns normally with ok:false (and a WARNING for psql users). A dry run runs the same code inside a
+ * subtransaction that is always rolled back and writes no row.
+ */
+class Up {
+public:
+    explicit Up(const UpArgs& args) : args_(args), started_(now_us()), result_(base_result()) {}
+
+    // run reads as its list of steps.
+    CallOutcome run() {
         acquire_deploy_lock("deploy.up()");
-        if (!dry_run)
+        if (!args_.dry_run)
             refuse_if_open_marker("deploy.up()");
-
-        Cell version_before = current_version();
-        std::string newest_key;
-        if (version_before)
-            newest_key = version_key(*version_before);
-
-        // A running deployment is resumed: it waits for non-transactional steps, or was interrupted.
-        std::optional<int64_t> deployment_id;
-        if (!dry_run) {
-            Rows running = run_query(
-                "SELECT id, app_version, version_before FROM deploy.deployments "
-                "WHERE kind = 'up' AND state = 'running' ORDER BY id DESC LIMIT 1");
-            if (!running.empty()) {
-                deployment_id = cell_int8(running.front()[0]);
-                result["deployment_id"] = *deployment_id;
-                result["app_version"] = cell_json(running.front()[1]);
-                version_before = running.front()[2];
-                Rows steps = unfinished_steps(*deployment_id);
-                if (!steps.empty()) {
-                    std::string v = steps.front()[1].value_or("");
-                    result["state"] = "running";
-                    result["version_before"] = cell_json(version_before);
-                    result["version_after"] = cell_json(current_version());
-                    result["awaiting_nontransactional"] =
-                        Json{{"version", v}, {"name", steps.front()[5].value_or("")}, {"steps", steps_json(steps)}};
-                    notice_awaiting(v, steps.rows.size(), *deployment_id);
-                    result["duration_ms"] = ms_since(started);
-                    spi.finish();
-                    return json_result(result);
-                }
-            }
-        }
-        result["version_before"] = cell_json(version_before);
-
-        // Out-of-order pending migrations (older than the newest applied one) are refused unless allowed; with
-        // pg_deploy.allow_out_of_order they are applied in order with the rest, so the whole catalog is read. The
-        // exact check compares the whole catalog with the whole ledger, so it runs only when a change since the last
-        // clean check may have left such a migration (deploy.ledger_stats.order_generation, kept by triggers).
-        if (!allow_out_of_order && !newest_key.empty()) {
-            OrderState order = order_state();
-            std::vector<std::string> older_versions;
-            if (!order.proven) {
-                older_versions = out_of_order_pending(newest_key);
-                if (older_versions.empty() && !dry_run)
-                    mark_order_checked(order.generation);
-            }
-            if (!older_versions.empty()) {
-                std::string older;
-                std::size_t n = older_versions.size();
-                for (std::size_t i = 0; i < n && i < 10; ++i)
-                    older += (i == 0 ? "" : ", ") + older_versions[i];
-                throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                                  "pending migration(s) older than the newest applied one (" +
-                                      current_version().value_or("") + "): " + older + (n > 10 ? ", ..." : ""),
-                                  std::to_string(n) + " out-of-order migration(s)",
-                                  "Renumber them after the newest applied version, or SET pg_deploy.allow_out_of_order "
-                                  "= on to apply them anyway.");
-            }
-        }
-        std::optional<std::string> target_key;
-        if (target) {
-            Rows t = run_query(
-                "SELECT sort_key FROM deploy.migrations WHERE version = $1 "
-                "UNION ALL SELECT sort_key FROM deploy.applied WHERE version = $1 LIMIT 1",
-                {TEXTOID}, {p_text(*target)});
-            if (t.empty()) {
-                throw DeployError(sqlstate::no_data_found, "target version " + *target + " is not registered", {},
-                                  "Register it first (pgdeploy load, or deploy.register()).");
-            }
-            target_key = t.front()[0].value_or("");
-        }
+        version_before_ = current_version();
+        std::string newest_key = version_before_ ? version_key(*version_before_) : std::string();
+        if (!args_.dry_run && resume_running_deployment())
+            return done();
+        result_["version_before"] = cell_json(version_before_);
+        if (!allow_out_of_order && !newest_key.empty())
+            refuse_out_of_order(newest_key);
         // Only the migrations this call may run are read, up SQL included: the range [newest applied, target].
-        std::vector<Migration> pending = load_pending(allow_out_of_order ? std::string() : newest_key, target_key);
-
-        EventLog events;
+        std::vector<Migration> pending = load_pending(allow_out_of_order ? std::string() : newest_key, target_key());
         if (pending.empty()) {
-            Cell now_version = current_version();
-            result["version_after"] = cell_json(now_version);
-            if (deployment_id) {
-                finish_deployment(*deployment_id, "succeeded", now_version, std::nullopt);
-                events.log("deployment_succeeded", deployment_id, now_version, std::nullopt,
-                           Json{{"kind", "up"}, {"resumed", true}});
-                result["state"] = "succeeded";
-            } else if (app_version && !dry_run) {
-                // A release without schema changes is still a deployment: the app version is recorded.
-                Rows d = run_query(
-                    "INSERT INTO deploy.deployments (kind, app_version, state, version_before, version_after, "
-                    "metadata, finished_at) VALUES ('up', $1, 'succeeded', $2, $2, $3, pg_catalog.clock_timestamp()) "
-                    "RETURNING id",
-                    {TEXTOID, TEXTOID, JSONBOID}, {p_text(app_version), p_text(now_version), p_jsonb(metadata)});
-                deployment_id = cell_int8(d.front()[0]);
-                events.log("deployment_started", deployment_id, now_version, std::nullopt,
-                           Json{{"kind", "up"}, {"app_version", *app_version}, {"pending", 0}});
-                events.log("deployment_succeeded", deployment_id, now_version, std::nullopt,
-                           Json{{"kind", "up"}, {"applied", 0}});
-                result["deployment_id"] = *deployment_id;
-                result["state"] = "succeeded";
-            } else {
-                result["state"] = dry_run ? "dry_run" : "nothing_to_do";
-            }
-            result["duration_ms"] = ms_since(started);
-            spi.finish();
-            return json_result(result);
+            finish_without_migrations();
+            return done();
         }
+        if (!args_.dry_run && !deployment_id_)
+            start_deployment(pending.size());
+        UpBatch batch = run_batch(pending);
+        if (batch.failure)
+            report_failure(batch);
+        if (args_.dry_run)
+            return done(finish_dry_run(batch));
+        if (batch.failure)
+            return done(record_failure(batch));
+        if (batch.awaiting)
+            wait_for_steps(batch);
+        else
+            record_success(batch);
+        return done();
+    }
 
-        if (!dry_run && !deployment_id) {
+private:
+    Json base_result() const {
+        return Json{{"schema_version", 1},
+                    {"operation", "up"},
+                    {"ok", true},
+                    {"dry_run", args_.dry_run},
+                    {"atomic", args_.atomic},
+                    {"deployment_id", nullptr},
+                    {"app_version", cell_json(args_.app_version)},
+                    {"state", nullptr},
+                    {"version_before", nullptr},
+                    {"version_after", nullptr},
+                    {"applied", Json::array()},
+                    {"failed", nullptr},
+                    {"awaiting_nontransactional", nullptr},
+                    {"marker_id", nullptr},
+                    {"duration_ms", 0}};
+    }
+
+    CallOutcome done(std::optional<Warning> warning = std::nullopt) {
+        result_["duration_ms"] = ms_since(started_);
+        return CallOutcome{std::move(result_), std::move(warning)};
+    }
+
+    // resume_running_deployment continues a running deployment: it waits for non-transactional steps, or was
+    // interrupted. True when it still waits for steps (the result says which; nothing else to do).
+    bool resume_running_deployment() {
+        Rows running = run_query(
+            "SELECT id, app_version, version_before FROM deploy.deployments "
+            "WHERE kind = 'up' AND state = 'running' ORDER BY id DESC LIMIT 1");
+        if (running.empty())
+            return false;
+        deployment_id_ = cell_int8(running.front()[0]);
+        result_["deployment_id"] = *deployment_id_;
+        result_["app_version"] = cell_json(running.front()[1]);
+        version_before_ = running.front()[2];
+        Rows steps = unfinished_steps(*deployment_id_);
+        if (steps.empty())
+            return false;
+        std::string version = steps.front()[1].value_or("");
+        result_["state"] = "running";
+        result_["version_before"] = cell_json(version_before_);
+        result_["version_after"] = cell_json(current_version());
+        result_["awaiting_nontransactional"] =
+            Json{{"version", version}, {"name", steps.front()[5].value_or("")}, {"steps", steps_json(steps)}};
+        notice_awaiting(version, steps.rows.size(), *deployment_id_);
+        return true;
+    }
+
+    /*
+     * refuse_out_of_order refuses pending migrations older than the newest applied one (with
+     * pg_deploy.allow_out_of_order they are applied in order with the rest instead). The exact check compares the
+     * whole catalog with the whole ledger, so it runs only when a change since the last clean check may have left
+     * such a migration (deploy.ledger_stats.order_generation, kept by triggers).
+     */
+    void refuse_out_of_order(const std::string& newest_key) {
+        OrderState order = order_state();
+        if (order.proven)
+            return;
+        std::vector<std::string> older = out_of_order_pending(newest_key);
+        if (older.empty()) {
+            if (!args_.dry_run)
+                mark_order_checked(order.generation);
+            return;
+        }
+        std::string listed;
+        std::size_t n = older.size();
+        for (std::size_t i = 0; i < n && i < 10; ++i)
+            listed += (i == 0 ? "" : ", ") + older[i];
+        throw DeployError(sqlstate::object_not_in_prerequisite_state,
+                          "pending migration(s) older than the newest applied one (" + current_version().value_or("") +
+                              "): " + listed + (n > 10 ? ", ..." : ""),
+                          std::to_string(n) + " out-of-order migration(s)",
+                          "Renumber them after the newest applied version, or SET pg_deploy.allow_out_of_order "
+                          "= on to apply them anyway.");
+    }
+
+    std::optional<std::string> target_key() const {
+        if (!args_.target)
+            return std::nullopt;
+        Rows t = run_query(
+            "SELECT sort_key FROM deploy.migrations WHERE version = $1 "
+            "UNION ALL SELECT sort_key FROM deploy.applied WHERE version = $1 LIMIT 1",
+            {TEXTOID}, {p_text(*args_.target)});
+        if (t.empty()) {
+            throw DeployError(sqlstate::no_data_found, "target version " + *args_.target + " is not registered", {},
+                              "Register it first (pgdeploy load, or deploy.register()).");
+        }
+        return t.front()[0].value_or("");
+    }
+
+    // finish_without_migrations ends a call with nothing pending: a resumed deployment succeeds, a release without
+    // schema changes is still recorded as a deployment (its app version), anything else has nothing to do.
+    void finish_without_migrations() {
+        Cell now_version = current_version();
+        result_["version_after"] = cell_json(now_version);
+        if (deployment_id_) {
+            finish_deployment(*deployment_id_, "succeeded", now_version, std::nullopt);
+            events_.log("deployment_succeeded", deployment_id_, now_version, std::nullopt,
+                        Json{{"kind", "up"}, {"resumed", true}});
+            result_["state"] = "succeeded";
+        } else if (args_.app_version && !args_.dry_run) {
             Rows d = run_query(
-                "INSERT INTO deploy.deployments (kind, app_version, state, version_before, metadata) "
-                "VALUES ('up', $1, 'running', $2, $3) RETURNING id",
-                {TEXTOID, TEXTOID, JSONBOID}, {p_text(app_version), p_text(version_before), p_jsonb(metadata)});
-            deployment_id = cell_int8(d.front()[0]);
-            result["deployment_id"] = *deployment_id;
-            events.log("deployment_started", deployment_id, version_before, std::nullopt,
-                       Json{{"kind", "up"},
-                            {"app_version", app_version ? Json(*app_version) : Json(nullptr)},
-                            {"pending", pending.size()},
-                            {"atomic", atomic},
-                            {"target", target ? Json(*target) : Json(nullptr)}});
+                "INSERT INTO deploy.deployments (kind, app_version, state, version_before, version_after, "
+                "metadata, finished_at) VALUES ('up', $1, 'succeeded', $2, $2, $3, pg_catalog.clock_timestamp()) "
+                "RETURNING id",
+                {TEXTOID, TEXTOID, JSONBOID},
+                {p_text(args_.app_version), p_text(now_version), p_jsonb(args_.metadata)});
+            deployment_id_ = cell_int8(d.front()[0]);
+            events_.log("deployment_started", deployment_id_, now_version, std::nullopt,
+                        Json{{"kind", "up"}, {"app_version", *args_.app_version}, {"pending", 0}});
+            events_.log("deployment_succeeded", deployment_id_, now_version, std::nullopt,
+                        Json{{"kind", "up"}, {"applied", 0}});
+            result_["deployment_id"] = *deployment_id_;
+            result_["state"] = "succeeded";
+        } else {
+            result_["state"] = args_.dry_run ? "dry_run" : "nothing_to_do";
         }
+    }
 
-        Json applied = Json::array();
-        std::optional<SqlFailure> failure;
-        const Migration* failed_migration = nullptr;
-        double failed_ms = 0;
-        const Migration* awaiting = nullptr;
-        Cell last_applied;
-        AppliedWriter writer;
+    void start_deployment(std::size_t pending) {
+        Rows d = run_query(
+            "INSERT INTO deploy.deployments (kind, app_version, state, version_before, metadata) "
+            "VALUES ('up', $1, 'running', $2, $3) RETURNING id",
+            {TEXTOID, TEXTOID, JSONBOID},
+            {p_text(args_.app_version), p_text(version_before_), p_jsonb(args_.metadata)});
+        deployment_id_ = cell_int8(d.front()[0]);
+        result_["deployment_id"] = *deployment_id_;
+        events_.log("deployment_started", deployment_id_, version_before_, std::nullopt,
+                    Json{{"kind", "up"},
+                         {"app_version", cell_json(args_.app_version)},
+                         {"pending", pending},
+                         {"atomic", args_.atomic},
+                         {"target", cell_json(args_.target)}});
+    }
 
-        // A subtransaction per migration is needed only when a failure must keep the migrations before it
-        // (atomic => false). In atomic mode and in dry runs the batch subtransaction is rolled back on any failure
-        // and the loop knows which migration failed, so the error is still named; nothing touches PostgreSQL between
-        // the caught error and that rollback. Per-migration subtransactions would cost ~0.4 ms each once a transaction
-        // has created many relations (every subtransaction end then scans the relation cache): +50 % on 1,000 trivial
-        // CREATE TABLEs, against a goal of +5 %.
-        const bool per_migration_subtransactions = !atomic && !dry_run;
-        auto run_batch = [&] {
-            for (const Migration& m : pending) {
-                int64_t t0 = now_us();
-                failure = stored_sql_drift(m);
-                if (failure) {
-                    failed_migration = &m;
-                    break;
-                }
-                if (!m.transactional) {
-                    awaiting = &m;
-                    break;
-                }
-                auto run_one = [&] {
-                    MigrationTimer timer;
-                    run_user_sql(m.up_sql);
-                };
-                failure = failure_of([&] {
-                    if (per_migration_subtransactions)
-                        in_subtransaction(run_one);
-                    else
-                        run_one();
-                });
-                double ms = ms_since(t0);
-                if (failure) {
-                    failed_migration = &m;
-                    failed_ms = ms;
-                    break;
-                }
-                if (!dry_run)
-                    writer.add(m, ms);
-                applied.push_back(Json{{"version", m.version}, {"name", m.name}, {"duration_ms", ms}});
-                last_applied = m.version;
-            }
-            if (failure && atomic && !dry_run)
+    /*
+     * run_batch applies the pending migrations: in atomic mode in one subtransaction (rolled back on a failure), in
+     * a dry run in one that is always rolled back, otherwise each in its own (apply_one). The applied rows and their
+     * events are written in one statement at the end (AppliedWriter).
+     *
+     * A subtransaction per migration is needed only when a failure must keep the migrations before it
+     * (atomic => false). In atomic mode and in dry runs the batch subtransaction is rolled back on any failure and
+     * the loop knows which migration failed, so the error is still named; nothing touches PostgreSQL between the
+     * caught error and that rollback. Per-migration subtransactions would cost ~0.4 ms each once a transaction has
+     * created many relations (every subtransaction end then scans the relation cache): +50 % on 1,000 trivial
+     * CREATE TABLEs, against a goal of +5 %.
+     */
+    UpBatch run_batch(const std::vector<Migration>& pending) {
+        UpBatch batch;
+        auto body = [&] {
+            AppliedWriter writer;
+            batch = apply_migrations(pending, args_.dry_run ? nullptr : &writer);
+            if (batch.failure && args_.atomic && !args_.dry_run)
                 throw BatchRollback{};
-            if (!dry_run)
-                writer.flush(*deployment_id);
+            if (!args_.dry_run)
+                writer.flush(*deployment_id_);
         };
-
-        if (dry_run) {
-            in_rolled_back_subtransaction(run_batch);
-        } else if (atomic) {
+        if (args_.dry_run) {
+            in_rolled_back_subtransaction(body);
+        } else if (args_.atomic) {
             try {
-                in_subtransaction(run_batch);
+                in_subtransaction(body);
             } catch (const BatchRollback&) {
             }
         } else {
-            run_batch();
+            body();
         }
+        return batch;
+    }
 
-        Json failed_json;
-        if (failure) {
-            failed_json = failure->to_json();
-            failed_json["version"] = failed_migration->version;
-            failed_json["name"] = failed_migration->name;
-            failed_json["duration_ms"] = failed_ms;
-            result["ok"] = false;
-            result["failed"] = failed_json;
+    // apply_migrations runs the pending migrations in order until one fails or one is non-transactional.
+    UpBatch apply_migrations(const std::vector<Migration>& pending, AppliedWriter* writer) const {
+        const bool own_subtransactions = !args_.atomic && !args_.dry_run;
+        UpBatch batch;
+        for (const Migration& m : pending) {
+            int64_t t0 = now_us();
+            batch.failure = stored_sql_drift(m);
+            if (batch.failure) {
+                batch.failed = &m;
+                break;
+            }
+            if (!m.transactional) {
+                batch.awaiting = &m;
+                break;
+            }
+            batch.failure = failure_of([&] { apply_one(m, own_subtransactions); });
+            double ms = ms_since(t0);
+            if (batch.failure) {
+                batch.failed = &m;
+                batch.failed_ms = ms;
+                break;
+            }
+            if (writer)
+                writer->add(m, ms);
+            batch.applied.push_back(Applied{&m, ms});
         }
+        return batch;
+    }
 
-        if (dry_run) {
-            result["state"] = "dry_run";
-            result["applied"] = applied;
-            result["version_after"] = last_applied ? Json(*last_applied) : cell_json(version_before);
-            if (awaiting) {
-                result["awaiting_nontransactional"] =
-                    Json{{"version", awaiting->version},
-                         {"name", awaiting->name},
-                         {"steps", nullptr},
-                         {"note", "not rehearsed: non-transactional statements cannot run inside a transaction"}};
-            }
-            if (failure) {
-                warning_state = failure->sqlstate;
-                warning_message = "dry run: migration " + failed_migration->version + " (" + failed_migration->name +
-                                  ") failed: " + failure->message;
-                warning_detail = "nothing was changed (dry run)";
-            }
-        } else if (failure) {
-            Cell now_version = current_version();
-            result["state"] = "failed";
-            result["version_after"] = cell_json(now_version);
-            if (atomic) {
-                result["undone"] = applied;
-                result["applied"] = Json::array();
-            } else {
-                result["applied"] = applied;
-            }
-            finish_deployment(*deployment_id, "failed", now_version, failed_json);
-            events.log_failure("migration_failed", deployment_id, failed_migration->version, failed_json);
-            if (failure->sqlstate == sqlstate::checksum_drift) {
-                events.log("stored_sql_drift", deployment_id, failed_migration->version, std::nullopt,
-                           Json{{"operation", "up"}, {"message", failure->message}});
-            }
-            events.log("deployment_failed", deployment_id, now_version, std::nullopt,
-                       Json{{"kind", "up"},
-                            {"atomic", atomic},
-                            {"failed_version", failed_migration->version},
-                            {"sqlstate", failure->sqlstate}});
-            std::string detail;
-            if (!atomic) {
-                Rows kept = run_query("SELECT count(*) FROM deploy.applied WHERE deployment_id = $1", {INT8OID},
-                                      {p_int8(*deployment_id)});
-                if (cell_int8(kept.front()[0]) > 0) {
-                    std::string reason = clip_to_limit("reason", "deploy.up(atomic => false) failed at migration " +
-                                                                     failed_migration->version + ": " +
-                                                                     failure->message);
-                    Rows mk = run_query(
-                        "INSERT INTO deploy.rollback_markers (deployment_id, target_version, reason, details) "
-                        "VALUES ($1, $2, $3, pg_catalog.jsonb_build_object('source', 'up', 'failed', "
-                        "deploy.public_error($4))) RETURNING id",
-                        {INT8OID, TEXTOID, TEXTOID, JSONBOID},
-                        {p_int8(*deployment_id), p_text(version_before), p_text(reason),
-                         p_jsonb(failed_json.dump())});
-                    int64_t marker = cell_int8(mk.front()[0]);
-                    result["marker_id"] = marker;
-                    events.log("marker_requested", deployment_id, version_before, marker,
-                               Json{{"reason", reason}, {"target_version", cell_json(version_before)}});
-                    detail = "deployment " + std::to_string(*deployment_id) + " failed; " +
-                             std::to_string(applied.size()) + " migration(s) stay applied; rollback marker " +
-                             std::to_string(marker) + " targets version " + version_before.value_or("(none)");
-                } else {
-                    detail = "deployment " + std::to_string(*deployment_id) + " failed; nothing was applied";
-                }
-            } else {
-                detail = "deployment " + std::to_string(*deployment_id) + " failed; the batch was rolled back (" +
-                         std::to_string(applied.size()) + " migration(s) undone)";
-            }
-            warning_state = failure->sqlstate;
-            warning_message = "migration " + failed_migration->version + " (" + failed_migration->name +
-                              ") failed: " + failure->message;
-            warning_detail = detail;
-        } else if (awaiting) {
-            result["applied"] = applied;
-            std::vector<SqlStatement> stmts = parse_sql(awaiting->up_sql, "up_sql of migration " + awaiting->version);
-            Plan insert(
-                "INSERT INTO deploy.checkpoints (deployment_id, version, step, statement) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (deployment_id, version, step) DO NOTHING",
-                {INT8OID, TEXTOID, INT4OID, TEXTOID});
-            int step = 0;
-            for (const SqlStatement& st : stmts)
-                insert.run({p_int8(*deployment_id), p_text(awaiting->version), p_int4(++step), p_text(st.text)});
-            Rows steps = unfinished_steps(*deployment_id);
-            Cell now_version = current_version();
-            finish_deployment(*deployment_id, "running", now_version, std::nullopt);
-            result["state"] = "running";
-            result["version_after"] = cell_json(now_version);
-            result["awaiting_nontransactional"] =
-                Json{{"version", awaiting->version}, {"name", awaiting->name}, {"steps", steps_json(steps)}};
-            notice_awaiting(awaiting->version, steps.rows.size(), *deployment_id);
-        } else {
-            Cell now_version = current_version();
-            result["applied"] = applied;
-            result["state"] = "succeeded";
-            result["version_after"] = cell_json(now_version);
-            finish_deployment(*deployment_id, "succeeded", now_version, std::nullopt);
-            events.log("deployment_succeeded", deployment_id, now_version, std::nullopt,
-                       Json{{"kind", "up"}, {"applied", applied.size()}});
+    static void apply_one(const Migration& m, bool own_subtransaction) {
+        auto run = [&] {
+            MigrationTimer timer;
+            run_user_sql(m.up_sql);
+        };
+        if (own_subtransaction)
+            in_subtransaction(run);
+        else
+            run();
+    }
+
+    // report_failure puts the failed migration into the result.
+    void report_failure(const UpBatch& batch) {
+        Json failed = batch.failure->to_json();
+        failed["version"] = batch.failed->version;
+        failed["name"] = batch.failed->name;
+        failed["duration_ms"] = batch.failed_ms;
+        result_["ok"] = false;
+        result_["failed"] = failed;
+    }
+
+    std::optional<Warning> finish_dry_run(const UpBatch& batch) {
+        result_["state"] = "dry_run";
+        result_["applied"] = applied_json(batch);
+        result_["version_after"] =
+            batch.applied.empty() ? cell_json(version_before_) : Json(batch.applied.back().migration->version);
+        if (batch.awaiting) {
+            result_["awaiting_nontransactional"] =
+                Json{{"version", batch.awaiting->version},
+                     {"name", batch.awaiting->name},
+                     {"steps", nullptr},
+                     {"note", "not rehearsed: non-transactional statements cannot run inside a transaction"}};
         }
-        result["duration_ms"] = ms_since(started);
+        if (!batch.failure)
+            return std::nullopt;
+        return Warning{batch.failure->sqlstate,
+                       "dry run: migration " + batch.failed->version + " (" + batch.failed->name +
+                           ") failed: " + batch.failure->message,
+                       "nothing was changed (dry run)"};
+    }
+
+    // record_failure records the failed deployment, its error and events; returns the WARNING for psql users.
+    Warning record_failure(const UpBatch& batch) {
+        const Migration& m = *batch.failed;
+        Json failed = result_["failed"];  // a copy: adding keys to result_ may move its elements
+        Cell now_version = current_version();
+        result_["state"] = "failed";
+        result_["version_after"] = cell_json(now_version);
+        result_[args_.atomic ? "undone" : "applied"] = applied_json(batch);
+        finish_deployment(*deployment_id_, "failed", now_version, failed);
+        events_.log_failure("migration_failed", deployment_id_, m.version, failed);
+        if (batch.failure->sqlstate == sqlstate::checksum_drift) {
+            events_.log("stored_sql_drift", deployment_id_, m.version, std::nullopt,
+                        Json{{"operation", "up"}, {"message", batch.failure->message}});
+        }
+        events_.log("deployment_failed", deployment_id_, now_version, std::nullopt,
+                    Json{{"kind", "up"},
+                         {"atomic", args_.atomic},
+                         {"failed_version", m.version},
+                         {"sqlstate", batch.failure->sqlstate}});
+        std::string detail = args_.atomic ? "deployment " + std::to_string(*deployment_id_) +
+                                                " failed; the batch was rolled back (" +
+                                                std::to_string(batch.applied.size()) + " migration(s) undone)"
+                                          : request_rollback_of_kept(batch);
+        return Warning{batch.failure->sqlstate,
+                       "migration " + m.version + " (" + m.name + ") failed: " + batch.failure->message, detail};
+    }
+
+    // request_rollback_of_kept: atomic => false keeps what applied before the failure; a rollback marker for it
+    // records that the release is half-applied. Returns the WARNING's detail.
+    std::string request_rollback_of_kept(const UpBatch& batch) {
+        std::string which = "deployment " + std::to_string(*deployment_id_) + " failed; ";
+        Rows kept = run_query("SELECT count(*) FROM deploy.applied WHERE deployment_id = $1", {INT8OID},
+                              {p_int8(*deployment_id_)});
+        if (cell_int8(kept.front()[0]) == 0)
+            return which + "nothing was applied";
+        std::string reason = clip_to_limit("reason", "deploy.up(atomic => false) failed at migration " +
+                                                         batch.failed->version + ": " + batch.failure->message);
+        Rows mk = run_query(
+            "INSERT INTO deploy.rollback_markers (deployment_id, target_version, reason, details) "
+            "VALUES ($1, $2, $3, pg_catalog.jsonb_build_object('source', 'up', 'failed', "
+            "deploy.public_error($4))) RETURNING id",
+            {INT8OID, TEXTOID, TEXTOID, JSONBOID},
+            {p_int8(*deployment_id_), p_text(version_before_), p_text(reason), p_jsonb(result_["failed"].dump())});
+        int64_t marker = cell_int8(mk.front()[0]);
+        result_["marker_id"] = marker;
+        events_.log("marker_requested", deployment_id_, version_before_, marker,
+                    Json{{"reason", reason}, {"target_version", cell_json(version_before_)}});
+        return which + std::to_string(batch.applied.size()) + " migration(s) stay applied; rollback marker " +
+               std::to_string(marker) + " targets version " + version_before_.value_or("(none)");
+    }
+
+    // wait_for_steps records the statements of the non-transactional migration that stopped the batch as steps
+    // (checkpoints) for a client to run at top level; the deployment stays running until they are done.
+    void wait_for_steps(const UpBatch& batch) {
+        const Migration& m = *batch.awaiting;
+        result_["applied"] = applied_json(batch);
+        std::vector<SqlStatement> stmts = parse_sql(m.up_sql, "up_sql of migration " + m.version);
+        Plan insert(
+            "INSERT INTO deploy.checkpoints (deployment_id, version, step, statement) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (deployment_id, version, step) DO NOTHING",
+            {INT8OID, TEXTOID, INT4OID, TEXTOID});
+        int step = 0;
+        for (const SqlStatement& st : stmts)
+            insert.run({p_int8(*deployment_id_), p_text(m.version), p_int4(++step), p_text(st.text)});
+        Rows steps = unfinished_steps(*deployment_id_);
+        Cell now_version = current_version();
+        finish_deployment(*deployment_id_, "running", now_version, std::nullopt);
+        result_["state"] = "running";
+        result_["version_after"] = cell_json(now_version);
+        result_["awaiting_nontransactional"] = awaiting_json(m, steps);
+        notice_awaiting(m.version, steps.rows.size(), *deployment_id_);
+    }
+
+    void record_success(const UpBatch& batch) {
+        Cell now_version = current_version();
+        result_["applied"] = applied_json(batch);
+        result_["state"] = "succeeded";
+        result_["version_after"] = cell_json(now_version);
+        finish_deployment(*deployment_id_, "succeeded", now_version, std::nullopt);
+        events_.log("deployment_succeeded", deployment_id_, now_version, std::nullopt,
+                    Json{{"kind", "up"}, {"applied", batch.applied.size()}});
+    }
+
+    static Json applied_json(const UpBatch& batch) {
+        Json out = Json::array();
+        for (const Applied& a : batch.applied) {
+            out.push_back(
+                Json{{"version", a.migration->version}, {"name", a.migration->name}, {"duration_ms", a.duration_ms}});
+        }
+        return out;
+    }
+
+    const UpArgs& args_;
+    int64_t started_;
+    Json result_;
+    Cell version_before_;
+    std::optional<int64_t> deployment_id_;  // none in a dry run
+    EventLog events_;
+};
+
+// up_impl: deploy.up(target, dry_run, app_version, atomic, metadata) applies the pending migrations (class Up).
+Datum up_impl(FunctionCallInfo fcinfo) {
+    UpArgs args = up_args(fcinfo);
+    CallOutcome out;
+    {
+        SpiSession spi;
+        out = Up(args).run();
         spi.finish();
     }
-    if (warning_message)
-        pg_warning(*warning_state, *warning_message, warning_detail.value_or(""));
-    return json_result(result);
+    return outcome_result(out);
 }
 
 // The deployment whose steps are driven: the given one (must be running) or the newest running up deployment.
@@ -488,22 +576,21 @@ std::optional<int64_t> running_deployment(const std::optional<int64_t>& given) {
     return cell_int8(d.front()[0]);
 }
 
+// A step (checkpoint) of a non-transactional migration, as a client reports on it.
 struct StepRow {
     int64_t id, deployment_id, step;
-    std::string version, state, statement;
+    std::string version, state;
 };
 
 // load_step locks a checkpoint row and checks that it is the step being worked on (PD007 otherwise).
 StepRow load_step(int64_t step_id, const char* action) {
-    Rows r = run_query(
-        "SELECT id, deployment_id, version, step, state, statement FROM deploy.checkpoints "
-        "WHERE id = $1 FOR UPDATE",
-        {INT8OID}, {p_int8(step_id)});
+    Rows r =
+        run_query("SELECT id, deployment_id, version, step, state FROM deploy.checkpoints WHERE id = $1 FOR UPDATE",
+                  {INT8OID}, {p_int8(step_id)});
     if (r.empty())
         throw DeployError(sqlstate::no_data_found, "step " + std::to_string(step_id) + " does not exist");
     const Row& row = r.front();
-    StepRow s{cell_int8(row[0]),   cell_int8(row[1]),   cell_int8(row[3]),
-              row[2].value_or(""), row[4].value_or(""), row[5].value_or("")};
+    StepRow s{cell_int8(row[0]), cell_int8(row[1]), cell_int8(row[3]), row[2].value_or(""), row[4].value_or("")};
     std::string which =
         "step " + std::to_string(step_id) + " (migration " + s.version + ", step " + std::to_string(s.step) + ")";
     if (s.state == "done") {
@@ -566,9 +653,89 @@ Json complete_step(const StepRow& s, const Json& details) {
         finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
         migration_applied = true;
     }
-    return Json{{"schema_version", 1}, {"step_id", s.id},   {"deployment_id", s.deployment_id},
-                {"version", s.version},  {"step", s.step}, {"state", "done"},
-                {"migration_applied", migration_applied}};
+    return Json{
+        {"schema_version", 1}, {"step_id", s.id}, {"deployment_id", s.deployment_id},      {"version", s.version},
+        {"step", s.step},      {"state", "done"}, {"migration_applied", migration_applied}};
+}
+
+// What the database already holds of a CREATE INDEX CONCURRENTLY step that a client claimed before.
+struct IndexLeftovers {
+    Json cleanup = Json::array();  // statements that drop the INVALID index a failed build left behind
+    bool already_built = false;    // a VALID index: the build finished, its client died before reporting it
+};
+
+/*
+ * index_leftovers looks for the index that a step's CREATE INDEX CONCURRENTLY builds, on the table as the statement
+ * will resolve it (the caller's path). An INVALID one that a live backend is still building means another client runs
+ * the step (PD007).
+ */
+IndexLeftovers index_leftovers(int64_t step_id, const std::string& statement, bool claimed_before) {
+    IndexLeftovers found;
+    std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
+    if (parsed.empty() || !parsed.front().concurrent_index)
+        return found;
+    const ConcurrentIndex& ci = *parsed.front().concurrent_index;
+    Rows indexes = run_query(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
+        "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
+        " WHERE p.index_relid = c.oid LIMIT 1), i.indisvalid "
+        "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = $1 AND i.indrelid = $2::oid",
+        {TEXTOID, INT8OID},
+        {p_text(ci.index_name),
+         p_int8(static_cast<int64_t>(relation_on_callers_path(ci.table_schema, ci.table_name)))});
+    for (const Row& r : indexes.rows) {
+        if (cell_bool(r[2])) {
+            // A VALID index by that name on that table, for a step a client claimed before: that client's build
+            // finished but it died before reporting. Running the statement again would fail with 42P07 forever; the
+            // work is there, so the step is done.
+            found.already_built = claimed_before;
+            continue;
+        }
+        if (r[1]) {
+            // The INVALID index is a build in progress, not a leftover: another client runs this step.
+            throw DeployError(sqlstate::state_conflict,
+                              "step " + std::to_string(step_id) + " is being run by another session: pid " + *r[1] +
+                                  " is building index " + r[0].value_or("?"),
+                              {}, "Wait for it to finish; do not run the same deployment from two clients.");
+        }
+        found.cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
+    }
+    return found;
+}
+
+/*
+ * claim_next_step hands out the first unfinished step of a running deployment, marked running, or nothing when none
+ * is left. A step whose index is found already built is completed on the way.
+ */
+std::optional<Json> claim_next_step(const std::optional<int64_t>& deployment_id,
+                                    const std::optional<std::string>& holder) {
+    if (!deployment_id)
+        return std::nullopt;
+    while (true) {
+        Rows steps = unfinished_steps(*deployment_id);
+        if (steps.empty())
+            return std::nullopt;
+        const Row& s = steps.front();
+        int64_t step_id = cell_int8(s[0]);
+        std::string statement = s[3].value_or("");
+        bool claimed_before = s[4].value_or("pending") != "pending";
+        IndexLeftovers leftovers = index_leftovers(step_id, statement, claimed_before);
+        run_query(
+            "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
+            "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
+            "WHERE id = $1",
+            {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
+        if (leftovers.already_built) {
+            StepRow done{step_id, *deployment_id, cell_int8(s[2]), s[1].value_or(""), "running"};
+            complete_step(done, Json{{"found_built", true}});
+            continue;
+        }
+        return Json{{"schema_version", 1},          {"step_id", step_id},          {"deployment_id", *deployment_id},
+                    {"version", s[1].value_or("")}, {"name", s[5].value_or("")},   {"step", cell_int8(s[2])},
+                    {"statement", statement},       {"cleanup", leftovers.cleanup}};
+    }
 }
 
 /*
@@ -581,80 +748,18 @@ Json complete_step(const StepRow& s, const Json& details) {
 Datum next_step_impl(FunctionCallInfo fcinfo) {
     std::optional<int64_t> given = opt_int8_arg(fcinfo, 0);
     std::optional<std::string> holder = opt_text_arg(fcinfo, 1);
-    Json result;
-    bool none = false;
+    std::optional<Json> step;
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.next_step()");
-        std::optional<int64_t> dep = running_deployment(given);
-        while (true) {
-            Rows steps;
-            if (dep)
-                steps = unfinished_steps(*dep);
-            if (steps.empty()) {
-                none = true;
-                break;
-            }
-            const Row& s = steps.front();
-            int64_t step_id = cell_int8(s[0]);
-            std::string statement = s[3].value_or("");
-            bool claimed_before = s[4].value_or("pending") != "pending";
-            Json cleanup = Json::array();
-            bool already_built = false;
-            std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
-            if (!parsed.empty() && parsed.front().concurrent_index) {
-                const ConcurrentIndex& ci = *parsed.front().concurrent_index;
-                Rows found = run_query(
-                    "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
-                    "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
-                    " WHERE p.index_relid = c.oid LIMIT 1), i.indisvalid "
-                    "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE c.relname = $1 AND i.indrelid = $2::oid",
-                    {TEXTOID, INT8OID},
-                    {p_text(ci.index_name),
-                     p_int8(static_cast<int64_t>(relation_on_callers_path(ci.table_schema, ci.table_name)))});
-                for (const Row& r : found.rows) {
-                    if (cell_bool(r[2])) {
-                        // A VALID index by that name on that table, for a step a client claimed before: that
-                        // client's build finished but it died before reporting. Running the statement again would
-                        // fail with 42P07 forever; the work is there, so the step is done.
-                        already_built = claimed_before;
-                        continue;
-                    }
-                    if (r[1]) {
-                        // The INVALID index is a build in progress, not a leftover: another client runs this step.
-                        throw DeployError(sqlstate::state_conflict,
-                                          "step " + std::to_string(step_id) + " is being run by another session: pid " +
-                                              *r[1] + " is building index " + r[0].value_or("?"),
-                                          {},
-                                          "Wait for it to finish; do not run the same deployment from two clients.");
-                    }
-                    cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
-                }
-            }
-            run_query(
-                "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
-                "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
-                "WHERE id = $1",
-                {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
-            if (already_built) {
-                StepRow done{step_id, *dep, cell_int8(s[2]), s[1].value_or(""), "running", statement};
-                complete_step(done, Json{{"found_built", true}});
-                continue;
-            }
-            result = Json{{"schema_version", 1},          {"step_id", step_id},        {"deployment_id", *dep},
-                          {"version", s[1].value_or("")}, {"name", s[5].value_or("")}, {"step", cell_int8(s[2])},
-                          {"statement", statement},       {"cleanup", cleanup}};
-            break;
-        }
+        step = claim_next_step(running_deployment(given), holder);
         spi.finish();
     }
-    if (none) {
+    if (!step) {
         fcinfo->isnull = true;
         return (Datum)0;
     }
-    return json_result(result);
+    return json_result(*step);
 }
 
 /*

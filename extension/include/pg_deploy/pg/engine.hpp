@@ -30,14 +30,12 @@ public:
              std::optional<int64_t> marker_id, const Json& details);
     // log_failure records an error (SqlFailure::to_json() plus context keys): what readers may see goes into
     // details, the rest into private_details (deploy.public_error / deploy.private_error decide which is which).
-    void log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version,
-                     const Json& failure);
+    void log_failure(const char* kind, std::optional<int64_t> deployment_id, const Cell& version, const Json& failure);
 
 private:
     Plan plan_;
     Plan failure_plan_;
 };
-
 
 // Monotonic-enough wall clock for durations (GetCurrentTimestamp, microseconds).
 int64_t now_us();
@@ -51,6 +49,23 @@ std::string as_valid_utf8(const std::string& s);
 
 // SQL-callable result: jsonb built from JSON text in the caller's memory context.
 Datum json_result(const Json& j);
+// cell_json is a text cell as JSON: a string, or null.
+Json cell_json(const Cell& c);
+
+// Warning is a WARNING that tells a psql user that a call failed without raising (the failure is recorded and
+// returned as ok:false).
+struct Warning {
+    std::string sqlstate, message, detail;
+};
+// CallOutcome is what deploy.up(), deploy.down() and deploy.rollback() end with: the result document and the warning,
+// if any.
+struct CallOutcome {
+    Json result;
+    std::optional<Warning> warning;
+};
+// outcome_result raises the outcome's warning, if any, then returns its result. Called after the call's SPI session
+// is finished, so the WARNING comes last.
+Datum outcome_result(const CallOutcome& outcome);
 
 // Migration error as reported in results and stored in deployments.error.
 struct SqlFailure {

@@ -19,7 +19,7 @@ struct Migration {
 // current_version: the applied row with the greatest sort_key (nullopt when nothing is applied).
 Cell current_version();
 
-// open_marker_guard refuses to start while a rollback marker is open (55000, naming it).
+// refuse_if_open_marker refuses to start while a rollback marker is open (55000, naming it).
 void refuse_if_open_marker(const char* operation);
 
 // AppliedWriter collects the migrations a call applied and writes them, with their migration_applied events, in one

@@ -1,4 +1,5 @@
-// pg_deploy: GUC variables (pg_deploy.*), defined in _PG_init (src/pg/settings.cpp).
+// pg_deploy: the settings (pg_deploy.*, defined with their defaults in src/pg/settings.cpp) and the deploy lock
+// (src/pg/lock.cpp), whose key lives here only.
 #pragma once
 
 namespace pgdeploy {
@@ -14,7 +15,8 @@ inline constexpr int kLockClassKey = 1346651472;
 inline constexpr int kDeployLockKey = 1;
 
 // acquire_deploy_lock takes the transaction-scoped deploy lock, waiting at most pg_deploy.lock_wait; on timeout it
-// throws 55P03 naming the holder.
+// throws 55P03 naming the holder. It refuses REPEATABLE READ and SERIALIZABLE (25000): the ledger must be read after
+// the lock is taken.
 void acquire_deploy_lock(const char* operation);
 
 }  // namespace pgdeploy
