@@ -614,12 +614,11 @@ void Daemon::reload() {
     sd_notify(0, "RELOADING=1");
     try {
         WatchConfig next = load_config(config_path_);
-        if (next.metrics.listen != cfg_->metrics.listen)
-            spdlog::warn("metrics.listen changed: takes effect at the next restart");
+        ReloadPlan plan = reload_plan(*cfg_, next);
+        for (const std::string& key : plan.restart_keys)
+            spdlog::warn("{} changed: takes effect at the next restart", key);
         if (next.state_file != cfg_->state_file && !cfg_->state_file.empty())
             std::remove(cfg_->state_file.c_str());
-        bool db_changed = next.database.dsn != cfg_->database.dsn || next.watcher_id != cfg_->watcher_id ||
-                          next.leader_lock != cfg_->leader_lock;
         std::unordered_map<std::string_view, Millis> old_due;
         for (std::size_t i = 0; i < cfg_->checks.size(); ++i)
             old_due.emplace(cfg_->checks[i].name, next_due_[i]);
@@ -631,7 +630,7 @@ void Daemon::reload() {
         cfg_ = std::make_shared<const WatchConfig>(std::move(next));
         engine_.reconfigure(cfg_);
         apply_log_level(cfg_->logging.level);
-        if (db_changed && conn_) {
+        if (plan.reconnect && conn_) {
             spdlog::info("database settings changed: reconnecting");
             conn_.reset();
             leader_ = false;

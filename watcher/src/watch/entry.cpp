@@ -177,10 +177,10 @@ int show_status(const Args& a) {
 /*
  * run_once_cycle
  *
- * One cycle for a systemd timer (seed 000's lazy rollback): execute every claimable marker with the app hook, then,
- * when something was rolled back and checks are configured, run the checks until health recovers or
- * decision.health_recovery passes. Exit 0 nothing to do / all done and healthy, 1 an attempt failed (will be
- * retried), 10 a marker needs attention or health did not recover.
+ * One cycle for a systemd timer (the lazy rollback: no daemon, a timer runs it): execute every claimable marker
+ * with the app hook, then, when something was rolled back and checks are configured, run the checks until health
+ * recovers or decision.health_recovery passes. Exit 0 nothing to do / all done and healthy, 1 an attempt failed
+ * (will be retried), 10 a marker needs attention or health did not recover.
  */
 int run_once_cycle(const Args& a) {
     WatchConfig cfg = load_config(a.config);
