@@ -193,8 +193,6 @@ MarkerInfo Ledger::marker_info(std::int64_t marker_id) {
     MarkerInfo m;
     m.id = number_of<std::int64_t>(row, "id");
     m.deployment_id = number_of<std::int64_t>(row, "deployment_id");
-    m.state = marker_state_from(text_of(row, "state"));
-    m.holder = text_of(row, "holder");
     m.attempts = number_of<int>(row, "attempts");
     m.reason = text_of(row, "reason");
     m.from_app_version = text_of(row, "from_app_version");

@@ -24,8 +24,6 @@ MarkerState marker_state_from(const std::string& s);
 struct MarkerInfo {
     std::int64_t id = 0;
     std::int64_t deployment_id = 0;
-    MarkerState state = MarkerState::unknown;
-    std::string holder;
     int attempts = 0;
     std::string reason;
     std::string from_app_version;
