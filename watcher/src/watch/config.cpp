@@ -355,7 +355,7 @@ WatchConfig parse_config(const std::string& text) {
     try {
         doc = json::parse(text);
     } catch (const json::exception& e) {
-        // parse_error, and out_of_range for numbers beyond double (found by tests/fuzz/fuzz_config.cpp).
+        // json::parse_error, and json::out_of_range for numbers beyond double (found by tests/fuzz/fuzz_config.cpp).
         throw ConfigError("", std::string("not valid JSON: ") + e.what());
     }
     ObjectReader top(doc, "");
