@@ -289,3 +289,42 @@ TEST_CASE("the example configurations are valid", "[watch][config]") {
         CHECK_NOTHROW(load_config(path));
     }
 }
+
+TEST_CASE("reload_plan: the declared keys reconnect or wait for a restart, every other key is live",
+          "[watch][config]") {
+    WatchConfig old = parse_config(R"({"watcher_id": "a", "database": {"dsn": "dbname=x"},
+                                       "metrics": {"listen": "127.0.0.1:9187"}, "logging": {"format": "plain"}})");
+    SECTION("nothing changed") {
+        ReloadPlan p = reload_plan(old, old);
+        CHECK_FALSE(p.reconnect);
+        CHECK(p.restart_keys.empty());
+    }
+    SECTION("live keys need neither") {
+        WatchConfig next = old;
+        next.decision.cooldown = 1;
+        next.logging.level = "debug";
+        next.rollback.lease = 2;
+        ReloadPlan p = reload_plan(old, next);
+        CHECK_FALSE(p.reconnect);
+        CHECK(p.restart_keys.empty());
+    }
+    SECTION("the connection's identity reconnects") {
+        for (auto change :
+             {+[](WatchConfig& c) { c.database.dsn = "dbname=y"; }, +[](WatchConfig& c) { c.watcher_id = "b"; },
+              +[](WatchConfig& c) { c.leader_lock = false; }}) {
+            WatchConfig next = old;
+            change(next);
+            ReloadPlan p = reload_plan(old, next);
+            CHECK(p.reconnect);
+            CHECK(p.restart_keys.empty());
+        }
+    }
+    SECTION("the metrics address and the log format wait for a restart, and are named") {
+        WatchConfig next = old;
+        next.metrics.listen = "127.0.0.1:9188";
+        next.logging.format = "json";
+        ReloadPlan p = reload_plan(old, next);
+        CHECK_FALSE(p.reconnect);
+        CHECK(p.restart_keys == std::vector<std::string>{"metrics.listen", "logging.format"});
+    }
+}

@@ -37,7 +37,7 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
 // human(). Returns exit_code.
 int emit(const Context& ctx, nlohmann::json doc, int exit_code, const std::function<void()>& human);
 
-// sqlstate_exit: exit code for a jsonb result's failure object {"sqlstate": ...}; 1 when absent.
+// failure_exit_code: exit code for a jsonb result's failure object {"sqlstate": ...}; 1 when absent.
 int failure_exit_code(const nlohmann::json& failure);
 
 // jstr: the string at key, or fallback when missing/null (numbers are printed).

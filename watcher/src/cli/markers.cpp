@@ -78,15 +78,9 @@ int cmd_markers(const std::vector<std::string>& args) {
                 throw ArgumentError("markers list takes no ID");
             std::string limit = std::to_string(parse_positive_int("limit", ctx.args.get("limit").value_or("50")));
             auto conn = ctx.connect();
-            json markers = conn.query_json(
-                "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(k) ORDER BY k.id DESC), '[]') FROM ("
-                "  SELECT id, deployment_id, state, reason, target_version, attempts, holder, lease_until,"
-                "         requested_by, requested_at, updated_at, last_error, resolution, resolved_by, details"
-                "  FROM deploy.rollback_markers"
-                "  WHERE NOT $1::boolean"
-                "     OR state OPERATOR(pg_catalog.=) ANY ('{pending,in_progress,failed,needs_attention}')"
-                "  ORDER BY id DESC LIMIT $2::integer) k",
-                {std::string(ctx.args.has("open") ? "true" : "false"), limit});
+            json markers =
+                conn.query_json("SELECT deploy.list_markers(open_only => $1::boolean, max_rows => $2::integer)",
+                                {std::string(ctx.args.has("open") ? "true" : "false"), limit});
             json doc = {{"ok", true}, {"operation", "markers"}, {"markers", markers}};
             return emit(ctx, doc, kExitOk, [&]() { print_markers(markers); });
         }

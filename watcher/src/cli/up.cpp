@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
@@ -42,40 +41,22 @@ double num(const json& obj, const std::string& key) {
 
 /*
  * SessionDeployLock
- *		Holds the deploy lock (advisory 'PDEP', 1) at session level while this client runs top-level statements.
- *		The extension's functions take the same lock per transaction, so between next_step() and step_done()
- *		nothing else would keep a second `pgdeploy up` from being handed the same running step and starting a
- *		duplicate concurrent build. The same session may still call deploy.* (advisory locks are re-entrant per
- *		session). If this process dies, the lock lives exactly as long as its backend: while the statement still
- *		runs, nobody else starts it again. The wait is bounded like the extension's (pg_deploy.lock_wait).
+ *		Holds the deploy lock at session level while this client runs top-level statements
+ *(deploy.hold_deploy_lock: the extension owns the lock's key, its bounded wait and the error naming the holder). The
+ *extension's functions take the same lock per transaction, so between next_step() and step_done() nothing else would
+ *keep a second `pgdeploy up` from being handed the same running step and starting a duplicate concurrent build. The
+ *same session may still call deploy.* (advisory locks are re-entrant per session). If this process dies, the lock lives
+ *exactly as long as its backend: while the statement still runs, nobody else starts it again.
  */
 class SessionDeployLock {
 public:
     explicit SessionDeployLock(common::Connection& conn) : conn_(conn) {
-        double wait_s = std::stod(
-            conn.query_value("SELECT extract(epoch FROM CASE WHEN pg_catalog.length(s.v) OPERATOR(pg_catalog.>) 0 "
-                             "THEN s.v ELSE '10s' END::interval) "
-                             "FROM (SELECT pg_catalog.current_setting('pg_deploy.lock_wait', true) AS v) s")
-                .value_or("10"));
-        auto deadline =
-            std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long long>(wait_s * 1000));
-        while (conn.query_value("SELECT pg_catalog.pg_try_advisory_lock(1346651472, 1)") !=
-               std::optional<std::string>("t")) {
-            if (std::chrono::steady_clock::now() >= deadline) {
-                json holder = conn.query_json("SELECT deploy.deploy_lock_holder()");
-                throw common::DbError("55P03", "pgdeploy up: another deploy operation holds the deploy lock",
-                                      "holder pid " + jstr(holder, "pid", "?") + ", application_name '" +
-                                          jstr(holder, "application_name", "") + "', since " +
-                                          jstr(holder, "since", "unknown"),
-                                      "Retry when that deployment has finished, or raise --lock-wait.");
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
+        conn.exec("SELECT deploy.hold_deploy_lock('pgdeploy up')");
     }
     ~SessionDeployLock() {
         try {
             if (conn_.ok())
-                conn_.exec("SELECT pg_catalog.pg_advisory_unlock(1346651472, 1)");
+                conn_.exec("SELECT deploy.release_deploy_lock()");
         } catch (...) {
             // The session ends soon anyway, and with it the lock.
         }
@@ -273,14 +254,8 @@ int cmd_up(const std::vector<std::string>& args) {
         json result;
         size_t counter = 0;
         // The number of migrations this run will apply, for the [k/N] progress lines.
-        size_t total = static_cast<size_t>(
-            std::stoll(conn.query_value("SELECT pg_catalog.count(*) FROM deploy.migrations m "
-                                        "WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a "
-                                        "                  WHERE a.version OPERATOR(pg_catalog.=) m.version) "
-                                        "AND ($1::pg_catalog.text IS NULL "
-                                        "     OR m.sort_key OPERATOR(pg_catalog.<=) deploy.version_key($1))",
-                                        {opt(ctx.args.get("target"))})
-                           .value_or("0")));
+        size_t total = static_cast<size_t>(std::stoll(
+            conn.query_value("SELECT deploy.pending_count($1)", {opt(ctx.args.get("target"))}).value_or("0")));
         std::string last_awaiting;
         auto started = std::chrono::steady_clock::now();
         json failure;

@@ -56,7 +56,7 @@ void log_notice(void*, const PGresult* res) {
         spdlog::debug("server {}: {}", severity, text);
 }
 
-// natural_less: "0.9" < "0.10"; enough for extension version strings.
+// version_less: "0.9" < "0.10"; enough for extension version strings.
 bool version_less(const std::string& a, const std::string& b) {
     size_t i = 0, j = 0;
     while (i < a.size() && j < b.size()) {

@@ -355,7 +355,7 @@ WatchConfig parse_config(const std::string& text) {
     try {
         doc = json::parse(text);
     } catch (const json::exception& e) {
-        // parse_error, and out_of_range for numbers beyond double (found by tests/fuzz/fuzz_config.cpp).
+        // json::parse_error, and json::out_of_range for numbers beyond double (found by tests/fuzz/fuzz_config.cpp).
         throw ConfigError("", std::string("not valid JSON: ") + e.what());
     }
     ObjectReader top(doc, "");
@@ -488,6 +488,45 @@ WatchConfig load_config(const std::string& file) {
     for (const auto& c : cfg.checks)
         common::register_dsn_secrets(c.dsn);
     return cfg;
+}
+
+namespace {
+
+// The keys that a reload does not simply apply (pgbouncer's CF_NO_RELOAD, as a table). The connection's identity
+// needs a new session: the leadership lock and LISTEN belong to it. The metrics server binds once, and the log
+// sinks are set up once.
+struct ReloadRule {
+    const char* key;
+    Reload reload;
+    bool (*changed)(const WatchConfig& a, const WatchConfig& b);
+};
+
+const ReloadRule kReloadRules[] = {
+    {"database.dsn", Reload::reconnect,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.database.dsn != b.database.dsn; }},
+    {"watcher_id", Reload::reconnect,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.watcher_id != b.watcher_id; }},
+    {"leader_lock", Reload::reconnect,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.leader_lock != b.leader_lock; }},
+    {"metrics.listen", Reload::restart,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.metrics.listen != b.metrics.listen; }},
+    {"logging.format", Reload::restart,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.logging.format != b.logging.format; }},
+};
+
+}  // namespace
+
+ReloadPlan reload_plan(const WatchConfig& old, const WatchConfig& next) {
+    ReloadPlan plan;
+    for (const ReloadRule& r : kReloadRules) {
+        if (!r.changed(old, next))
+            continue;
+        if (r.reload == Reload::reconnect)
+            plan.reconnect = true;
+        else if (r.reload == Reload::restart)
+            plan.restart_keys.emplace_back(r.key);
+    }
+    return plan;
 }
 
 Millis shortest_interval(const WatchConfig& cfg) {

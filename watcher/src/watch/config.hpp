@@ -28,7 +28,7 @@ const char* to_string(CheckType t);
 struct ErrorRateConfig {
     bool enabled = true;
     double threshold = 0.10;     // fraction of failed samples in the window that counts as unhealthy
-    Millis window = 600 * 1000;  // seed 004: 10 % over 10 minutes
+    Millis window = 600 * 1000;  // the default rule: 10 % over 10 minutes (docs/pgdeploy.md)
     int min_samples = 10;        // fewer samples than this never decide anything
 };
 
@@ -131,6 +131,18 @@ WatchConfig parse_config(const std::string& text);
 // load_config reads FILE and parses it; unreadable files are ConfigError too (path ""). The passwords of its DSNs
 // are registered for scrubbing (common::register_dsn_secrets).
 WatchConfig load_config(const std::string& file);
+
+// How a changed key takes effect on a reload (SIGHUP). One table, in config.cpp, names the keys that are not live;
+// every other key is live: the daemon's next cycle reads it from the new configuration.
+enum class Reload { live, reconnect, restart };
+
+struct ReloadPlan {
+    bool reconnect = false;                 // a reconnect key changed: drop the connection (and leadership)
+    std::vector<std::string> restart_keys;  // changed keys that keep their old value until the next restart
+};
+
+// reload_plan: what swapping old for next needs, from the table.
+ReloadPlan reload_plan(const WatchConfig& old, const WatchConfig& next);
 
 // Smallest interval of all checks (the main loop's natural tick); 1 s when there are no checks.
 Millis shortest_interval(const WatchConfig& cfg);

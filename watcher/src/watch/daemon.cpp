@@ -166,7 +166,7 @@ private:
     std::optional<Verification> verification_;
     json last_decision_ = nullptr;
     std::map<std::string, long> rollbacks_;    // by result
-    std::map<std::string, long> decisions_;    // by kind
+    std::map<DecisionKind, long> decisions_;   // by kind
     std::map<std::int64_t, Millis> retry_at_;  // marker -> earliest next attempt by this watcher
     int pending_migrations_ = -1;
     MetricsServer metrics_;
@@ -364,7 +364,7 @@ void Daemon::act(const Decision& d, Millis now) {
                 spdlog::info("decision: {}", d.message);
             } else if (d.fresh) {
                 spdlog::warn("decision: {}", d.message);
-                ++decisions_["suppressed"];
+                ++decisions_[DecisionKind::suppressed];
                 record_event("watcher_decision", d.deployment_id, 0, details);
                 if (d.reason == "target_failing" || d.reason == "no_target" || d.reason == "cooldown")
                     send_alert(*cfg_, "not_rolled_back", d.message, d.deployment_id, 0, [this] { return hook_tick(); });
@@ -372,7 +372,7 @@ void Daemon::act(const Decision& d, Millis now) {
             return;
         case DecisionKind::freeze:
             spdlog::critical("decision: {}", d.message);
-            ++decisions_["freeze"];
+            ++decisions_[DecisionKind::freeze];
             try {
                 Ledger ledger(*conn_);
                 Transaction tx(*conn_);
@@ -387,7 +387,7 @@ void Daemon::act(const Decision& d, Millis now) {
             return;
         case DecisionKind::would_rollback:
             spdlog::warn("decision: {}", d.message);
-            ++decisions_["would_rollback"];
+            ++decisions_[DecisionKind::would_rollback];
             record_event("watcher_decision", d.deployment_id, 0, details);
             engine_.commit(d, now);
             return;
@@ -410,7 +410,7 @@ void Daemon::act(const Decision& d, Millis now) {
         return;
     }
     spdlog::critical("decision: {}", d.message);
-    ++decisions_["rollback"];
+    ++decisions_[DecisionKind::rollback];
     std::int64_t marker = 0;
     try {
         // The decision and the marker in one transaction: a crash between the two must not leave a decision that
@@ -432,10 +432,10 @@ void Daemon::act(const Decision& d, Millis now) {
 }
 
 void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
-    if (o.result == "not_claimed")
+    if (o.result == ExecResult::not_claimed)
         return;
-    ++rollbacks_[o.result];
-    if (o.result == "done") {
+    ++rollbacks_[to_string(o.result)];
+    if (o.result == ExecResult::done) {
         if (!verification_ || verification_->marker_id != o.marker_id) {
             verification_ = Verification{o.marker_id, o.deployment_id, now, now + cfg_->decision.health_recovery};
         }
@@ -444,9 +444,9 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
         } catch (const common::DbError& e) {
             spdlog::error("cannot re-read the ledger: {}", e.what());
         }
-    } else if (o.result == "failed") {
+    } else if (o.result == ExecResult::failed) {
         spdlog::warn("marker {}: attempt failed ({}); retrying after backoff", o.marker_id, o.error);
-    } else if (o.result == "needs_attention") {
+    } else if (o.result == ExecResult::needs_attention) {
         spdlog::critical("marker {}: needs attention: {}", o.marker_id, o.error);
         send_alert(*cfg_, "needs_attention",
                    "rollback marker " + std::to_string(o.marker_id) + " of deployment " +
@@ -472,11 +472,12 @@ void Daemon::process_markers(Millis now) {
         auto it = retry_at_.find(m.id);
         if (it != retry_at_.end() && now < it->second)
             continue;
-        spdlog::warn("marker {} ({}{}) is waiting: executing it", m.id, m.state, m.own ? ", ours from before" : "");
+        spdlog::warn("marker {} ({}{}) is waiting: executing it", m.id, to_string(m.state),
+                     m.own ? ", ours from before" : "");
         retry_at_[m.id] = now + retry_delay(cfg_->rollback, std::max(1, m.attempts));
         RollbackExecutor exec(*cfg_, *conn_, [this] { return hook_tick(); });
         ExecOutcome o = exec.claim_and_execute(m.id);
-        if (o.result == "done" || o.result == "needs_attention")
+        if (o.result == ExecResult::done || o.result == ExecResult::needs_attention)
             retry_at_.erase(m.id);
         handle_outcome(o, monotonic_ms());
     }
@@ -598,97 +599,8 @@ void Daemon::serve_metrics(unsigned wanted, Millis now) {
     }
     if (!(wanted & MetricsServer::kMetrics))
         return;
-    std::string m;
-    auto num = [&m](double v) {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%g", v);  // what an ostream writes for a double by default
-        m += buf;
-    };
-    auto line_end = [&m](long v) {
-        m += ' ';
-        m += std::to_string(v);
-        m += '\n';
-    };
-    m += "# HELP pgdeploy_watch_check_state Check state: 0 ok, 1 warning, 2 failing.\n"
-         "# TYPE pgdeploy_watch_check_state gauge\n";
-    for (const auto& [name, t] : engine_.trackers()) {
-        m += "pgdeploy_watch_check_state{check=\"";
-        append_label(m, name);
-        m += "\",type=\"";
-        m += to_string(t.config().type);
-        m += "\",critical=\"";
-        m += t.config().critical ? "true" : "false";
-        m += "\"}";
-        line_end(static_cast<int>(t.state()));
-    }
-    m += "# HELP pgdeploy_watch_check_up Last result of the check: 1 ok, 0 not ok.\n"
-         "# TYPE pgdeploy_watch_check_up gauge\n";
-    for (const auto& [name, t] : engine_.trackers())
-        if (t.last()) {
-            m += "pgdeploy_watch_check_up{check=\"";
-            append_label(m, name);
-            m += "\"}";
-            line_end(t.last()->status == CheckStatus::ok ? 1 : 0);
-        }
-    m += "# HELP pgdeploy_watch_check_latency_seconds Duration of the check's last run.\n"
-         "# TYPE pgdeploy_watch_check_latency_seconds gauge\n";
-    for (const auto& [name, t] : engine_.trackers())
-        if (t.last()) {
-            m += "pgdeploy_watch_check_latency_seconds{check=\"";
-            append_label(m, name);
-            m += "\"} ";
-            num(t.last()->latency_ms / 1000.0);
-            m += '\n';
-        }
-    m += "# HELP pgdeploy_watch_check_error_rate Critical results / all results in the error-rate window.\n"
-         "# TYPE pgdeploy_watch_check_error_rate gauge\n";
-    for (const auto& [name, t] : engine_.trackers()) {
-        m += "pgdeploy_watch_check_error_rate{check=\"";
-        append_label(m, name);
-        m += "\"} ";
-        num(t.error_rate(now));
-        m += '\n';
-    }
-    m += "# HELP pgdeploy_watch_rollbacks_total Rollbacks performed by this watcher, by result.\n"
-         "# TYPE pgdeploy_watch_rollbacks_total counter\n";
-    for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"}) {
-        m += "pgdeploy_watch_rollbacks_total{result=\"";
-        m += r;
-        m += "\"}";
-        line_end(rollbacks_.count(r) ? rollbacks_.at(r) : 0);
-    }
-    m += "# HELP pgdeploy_watch_decisions_total Decisions other than none, by kind.\n"
-         "# TYPE pgdeploy_watch_decisions_total counter\n";
-    for (const char* k : {"rollback", "would_rollback", "freeze", "suppressed"}) {
-        m += "pgdeploy_watch_decisions_total{kind=\"";
-        m += k;
-        m += "\"}";
-        line_end(decisions_.count(k) ? decisions_.at(k) : 0);
-    }
-    m += "# HELP pgdeploy_watch_leader 1 when this watcher holds the leadership lock.\n"
-         "# TYPE pgdeploy_watch_leader gauge\n"
-         "pgdeploy_watch_leader";
-    line_end(leader_ ? 1 : 0);
-    m += "# HELP pgdeploy_watch_database_up 1 when the watcher's database connection is up.\n"
-         "# TYPE pgdeploy_watch_database_up gauge\n"
-         "pgdeploy_watch_database_up";
-    line_end(conn_ ? 1 : 0);
-    if (pending_migrations_ >= 0) {
-        m += "# HELP pgdeploy_watch_pending_migrations Registered migrations not applied.\n"
-             "# TYPE pgdeploy_watch_pending_migrations gauge\n"
-             "pgdeploy_watch_pending_migrations";
-        line_end(pending_migrations_);
-    }
-    const auto& v = engine_.deployment();
-    if (v.id != 0) {
-        m += "# HELP pgdeploy_watch_deployment_id The newest up deployment.\n"
-             "# TYPE pgdeploy_watch_deployment_id gauge\n"
-             "pgdeploy_watch_deployment_id{state=\"";
-        append_label(m, v.state);
-        m += "\"}";
-        line_end(v.id);
-    }
-    metrics_.publish(MetricsServer::kMetrics, std::move(m));
+    metrics_.publish(MetricsServer::kMetrics, prometheus_text({engine_, now, rollbacks_, decisions_, leader_,
+                                                               conn_.has_value(), pending_migrations_}));
 }
 
 /*
@@ -702,12 +614,11 @@ void Daemon::reload() {
     sd_notify(0, "RELOADING=1");
     try {
         WatchConfig next = load_config(config_path_);
-        if (next.metrics.listen != cfg_->metrics.listen)
-            spdlog::warn("metrics.listen changed: takes effect at the next restart");
+        ReloadPlan plan = reload_plan(*cfg_, next);
+        for (const std::string& key : plan.restart_keys)
+            spdlog::warn("{} changed: takes effect at the next restart", key);
         if (next.state_file != cfg_->state_file && !cfg_->state_file.empty())
             std::remove(cfg_->state_file.c_str());
-        bool db_changed = next.database.dsn != cfg_->database.dsn || next.watcher_id != cfg_->watcher_id ||
-                          next.leader_lock != cfg_->leader_lock;
         std::unordered_map<std::string_view, Millis> old_due;
         for (std::size_t i = 0; i < cfg_->checks.size(); ++i)
             old_due.emplace(cfg_->checks[i].name, next_due_[i]);
@@ -719,7 +630,7 @@ void Daemon::reload() {
         cfg_ = std::make_shared<const WatchConfig>(std::move(next));
         engine_.reconfigure(cfg_);
         apply_log_level(cfg_->logging.level);
-        if (db_changed && conn_) {
+        if (plan.reconnect && conn_) {
             spdlog::info("database settings changed: reconnecting");
             conn_.reset();
             leader_ = false;

@@ -154,8 +154,8 @@ public:
     // deployment, and start the cooldown when it was a rollback.
     void commit(const Decision& d, Millis now);
 
-    // all_healthy: every critical check has a result since `since` and is ok with at least success_threshold
-    // consecutive successes. Used to verify that health recovered after a rollback.
+    // all_critical_healthy: every critical check is ok with at least success_threshold consecutive successes. Used
+    // to verify that health recovered after a rollback.
     bool all_critical_healthy() const;
 
     const DeploymentView& deployment() const { return view_; }

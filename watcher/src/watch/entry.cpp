@@ -177,10 +177,10 @@ int show_status(const Args& a) {
 /*
  * run_once_cycle
  *
- * One cycle for a systemd timer (seed 000's lazy rollback): execute every claimable marker with the app hook, then,
- * when something was rolled back and checks are configured, run the checks until health recovers or
- * decision.health_recovery passes. Exit 0 nothing to do / all done and healthy, 1 an attempt failed (will be
- * retried), 10 a marker needs attention or health did not recover.
+ * One cycle for a systemd timer (the lazy rollback: no daemon, a timer runs it): execute every claimable marker
+ * with the app hook, then, when something was rolled back and checks are configured, run the checks until health
+ * recovers or decision.health_recovery passes. Exit 0 nothing to do / all done and healthy, 1 an attempt failed
+ * (will be retried), 10 a marker needs attention or health did not recover.
  */
 int run_once_cycle(const Args& a) {
     WatchConfig cfg = load_config(a.config);
@@ -194,7 +194,7 @@ int run_once_cycle(const Args& a) {
     std::vector<ExecOutcome> outcomes;
     RollbackExecutor exec(cfg, conn, {});
     for (const auto& m : list_claimable(conn, cfg.watcher_id, cfg.rollback, false)) {
-        spdlog::info("marker {} ({}): executing", m.id, m.state);
+        spdlog::info("marker {} ({}): executing", m.id, to_string(m.state));
         try {
             outcomes.push_back(exec.claim_and_execute(m.id));
         } catch (const common::DbError& e) {
@@ -202,7 +202,7 @@ int run_once_cycle(const Args& a) {
             // cycle with exit 3.)
             ExecOutcome o;
             o.marker_id = m.id;
-            o.result = "failed";
+            o.result = ExecResult::failed;
             o.error = e.what();
             spdlog::error("marker {}: {}", m.id, e.what());
             outcomes.push_back(o);
@@ -210,9 +210,9 @@ int run_once_cycle(const Args& a) {
     }
     bool any_done = false, any_failed = false, any_attention = false;
     for (const auto& o : outcomes) {
-        any_done |= o.result == "done";
-        any_failed |= o.result == "failed";
-        any_attention |= o.result == "needs_attention";
+        any_done |= o.result == ExecResult::done;
+        any_failed |= o.result == ExecResult::failed;
+        any_attention |= o.result == ExecResult::needs_attention;
     }
 
     json recovered = nullptr;
@@ -236,7 +236,7 @@ int run_once_cycle(const Args& a) {
         recovered = ok;
         Ledger ledger(conn);
         for (const auto& o : outcomes) {
-            if (o.result != "done")
+            if (o.result != ExecResult::done)
                 continue;
             ledger.log_event(ok ? "watcher_rollback_done" : "watcher_rollback_unrecovered", o.deployment_id,
                              o.marker_id,
@@ -247,7 +247,7 @@ int run_once_cycle(const Args& a) {
         }
         if (!ok) {
             const ExecOutcome& first = *std::find_if(outcomes.begin(), outcomes.end(),
-                                                     [](const ExecOutcome& o) { return o.result == "done"; });
+                                                     [](const ExecOutcome& o) { return o.result == ExecResult::done; });
             send_alert(cfg, "unrecovered",
                        "health did not recover within " + format_duration(cfg.decision.health_recovery) +
                            " after pgdeploy once rolled back deployment " + std::to_string(first.deployment_id),
@@ -256,7 +256,7 @@ int run_once_cycle(const Args& a) {
     }
 
     for (const auto& o : outcomes)
-        if (o.result == "needs_attention")
+        if (o.result == ExecResult::needs_attention)
             send_alert(cfg, "needs_attention",
                        "rollback marker " + std::to_string(o.marker_id) + " of deployment " +
                            std::to_string(o.deployment_id) + " needs attention: " + o.error,
@@ -280,7 +280,7 @@ int run_once_cycle(const Args& a) {
         if (outcomes.empty())
             std::cout << "nothing to do: no pending rollback marker\n";
         for (const auto& o : outcomes)
-            std::cout << "marker " << o.marker_id << " (deployment " << o.deployment_id << "): " << o.result
+            std::cout << "marker " << o.marker_id << " (deployment " << o.deployment_id << "): " << to_string(o.result)
                       << (o.error.empty() ? "" : ": " + o.error) << "\n";
         if (recovered.is_boolean())
             std::cout << (recovered.get<bool>() ? "health recovered\n" : "health did NOT recover\n");

@@ -43,30 +43,33 @@ Millis retry_delay(const RollbackConfig& rb, int attempts) {
 
 std::vector<ClaimableMarker> list_claimable(common::Connection& conn, const std::string& holder,
                                             const RollbackConfig& rb, bool honour_backoff) {
-    auto r = conn.exec(R"SQL(
-SELECT k.id, k.state, k.attempts,
-       (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) k.updated_at))
-        OPERATOR(pg_catalog.*) 1000)::bigint,
-       k.state OPERATOR(pg_catalog.=) 'in_progress' AND k.holder OPERATOR(pg_catalog.=) $1
-FROM deploy.rollback_markers k
-WHERE k.state OPERATOR(pg_catalog.=) ANY ('{pending,failed}')
-   OR (k.state OPERATOR(pg_catalog.=) 'in_progress'
-       AND (k.lease_until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp() OR k.holder OPERATOR(pg_catalog.=) $1))
-ORDER BY k.id)SQL",
-                       {holder});
     std::vector<ClaimableMarker> out;
-    for (int i = 0; i < r.rows(); ++i) {
-        ClaimableMarker m;
-        m.id = std::stoll(r.value(i, 0));
-        m.state = r.value(i, 1);
-        m.attempts = std::stoi(r.value(i, 2));
-        m.age_ms = std::stoll(r.value(i, 3));
-        m.own = r.value(i, 4) == "t";
-        if (honour_backoff && m.state == "failed" && m.age_ms < retry_delay(rb, m.attempts))
+    for (const ClaimableMarker& m : Ledger(conn).claimable(holder)) {
+        if (honour_backoff && m.state == MarkerState::failed && m.age_ms < retry_delay(rb, m.attempts))
             continue;
         out.push_back(m);
     }
     return out;
+}
+
+const char* to_string(ExecResult r) {
+    switch (r) {
+        case ExecResult::done:
+            return "done";
+        case ExecResult::failed:
+            return "failed";
+        case ExecResult::needs_attention:
+            return "needs_attention";
+        case ExecResult::interrupted:
+            return "interrupted";
+        case ExecResult::not_claimed:
+            break;
+    }
+    return "not_claimed";
+}
+
+ExecResult result_after_failure(MarkerState s) {
+    return s == MarkerState::needs_attention ? ExecResult::needs_attention : ExecResult::failed;
 }
 
 std::map<std::string, std::string> hook_variables(const MarkerInfo& m, int attempt, const std::string& watcher_id) {
@@ -100,9 +103,9 @@ bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::stri
 }
 
 json ExecOutcome::to_json() const {
-    return {{"marker_id", marker_id}, {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
-            {"result", result},       {"error", error.empty() ? json(nullptr) : json(error)},
-            {"hook_ran", hook_ran},   {"hook_attempt", hook_attempt},
+    return {{"marker_id", marker_id},      {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
+            {"result", to_string(result)}, {"error", error.empty() ? json(nullptr) : json(error)},
+            {"hook_ran", hook_ran},        {"hook_attempt", hook_attempt},
             {"rollback", rollback}};
 }
 
@@ -111,7 +114,7 @@ ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
         if (!ledger_.claim(cfg_.watcher_id, cfg_.rollback.lease, marker_id)) {
             ExecOutcome o;
             o.marker_id = marker_id;
-            o.result = "not_claimed";
+            o.result = ExecResult::not_claimed;
             return o;
         }
     } catch (const common::DbError& e) {
@@ -120,7 +123,7 @@ ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
             throw;
         ExecOutcome o;
         o.marker_id = marker_id;
-        o.result = "not_claimed";
+        o.result = ExecResult::not_claimed;
         o.error = e.what();
         spdlog::info("marker {}: not claimed: {}", marker_id, e.what());
         return o;
@@ -172,7 +175,7 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
                                   child_environment(cfg_.hook_environment, hook_variables(m, attempt, cfg_.watcher_id)),
                                   cfg_.rollback.timeout, kHookOutputMax, tick);
     if (p.error == "interrupted") {
-        out.result = "interrupted";
+        out.result = ExecResult::interrupted;
         out.error = "stopped while the app hook was running";
         spdlog::warn("marker {}: app hook interrupted by shutdown; the marker stays ours and resumes at next start",
                      m.id);
@@ -223,10 +226,10 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
                        {"to_schema_version", m.to_schema_version}});
 
     auto hook_failed = [&]() {
-        if (out.result == "interrupted")
+        if (out.result == ExecResult::interrupted)
             return out;
-        std::string state = ledger_.fail_attempt(m.id, cfg_.watcher_id, {{"message", out.error}, {"step", "app_hook"}});
-        out.result = state == "needs_attention" ? "needs_attention" : "failed";
+        out.result = result_after_failure(
+            ledger_.fail_attempt(m.id, cfg_.watcher_id, {{"message", out.error}, {"step", "app_hook"}}));
         return out;
     };
     auto database = [&]() {
@@ -237,16 +240,14 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
             // failed attempt ourselves so the lease is released and the retry budget counts it.
             out.error = std::string("database revert refused: ") + e.what();
             spdlog::error("marker {}: {}", m.id, out.error);
-            std::string state =
-                ledger_.fail_attempt(m.id, cfg_.watcher_id,
-                                     {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}});
-            out.result = state == "needs_attention" ? "needs_attention" : "failed";
+            out.result = result_after_failure(ledger_.fail_attempt(
+                m.id, cfg_.watcher_id,
+                {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}}));
             return false;
         }
         if (out.rollback.value("ok", false))
             return true;
-        std::string state = out.rollback.value("state", "failed");
-        out.result = state == "needs_attention" ? "needs_attention" : "failed";
+        out.result = result_after_failure(marker_state_from(out.rollback.value("state", "failed")));
         const auto& err = out.rollback["error"];
         out.error =
             "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
@@ -265,16 +266,16 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
         if (!database())
             return out;
         if (!run_hook(m, out)) {
-            if (out.result == "interrupted")
+            if (out.result == ExecResult::interrupted)
                 return out;
             // The marker is done (the database is back), so the marker cannot carry a retry: a person must.
-            out.result = "needs_attention";
+            out.result = ExecResult::needs_attention;
             ledger_.log_event("watcher_needs_attention", m.deployment_id, m.id,
                               {{"error", out.error}, {"step", "app_hook"}});
             return out;
         }
     }
-    out.result = "done";
+    out.result = ExecResult::done;
     spdlog::warn("marker {}: deployment {} rolled back (app {} -> {}, schema {} -> {})", m.id, m.deployment_id,
                  m.from_app_version, m.to_app_version, m.from_schema_version, m.to_schema_version);
     return out;

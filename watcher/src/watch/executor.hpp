@@ -14,14 +14,6 @@
 
 namespace pgdeploy::watch {
 
-struct ClaimableMarker {
-    std::int64_t id = 0;
-    std::string state;
-    int attempts = 0;
-    Millis age_ms = 0;  // since its last update
-    bool own = false;   // in_progress and held by us (a restart with the same watcher_id)
-};
-
 // Backoff before retrying a marker after `attempts` failed attempts: retry_backoff doubling, capped.
 Millis retry_delay(const RollbackConfig& rb, int attempts);
 
@@ -41,10 +33,16 @@ std::map<std::string, std::string> hook_variables(const MarkerInfo& m, int attem
 bool send_alert(const WatchConfig& cfg, const std::string& kind, const std::string& message, std::int64_t deployment_id,
                 std::int64_t marker_id, const std::function<bool()>& tick = {});
 
+// How performing one marker ended ("result" in the JSON of `pgdeploy once` and in the metrics).
+enum class ExecResult { done, failed, needs_attention, interrupted, not_claimed };
+const char* to_string(ExecResult r);
+// The outcome of a failed attempt, from the marker's state after it: needs_attention, or failed (retried).
+ExecResult result_after_failure(MarkerState s);
+
 struct ExecOutcome {
     std::int64_t marker_id = 0;
     std::int64_t deployment_id = 0;
-    std::string result;  // done | failed | needs_attention | interrupted | not_claimed
+    ExecResult result = ExecResult::not_claimed;
     std::string error;
     int hook_attempt = 0;
     bool hook_ran = false;

@@ -32,93 +32,96 @@ std::string json_param(json doc) {
     return doc.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-std::string text_or_empty(const common::Result& r, int row, int col) {
-    return r.is_null(row, col) ? std::string() : r.value(row, col);
+// The text of a JSON member that may be null or absent ("" then).
+std::string text_of(const json& row, const char* key) {
+    auto it = row.find(key);
+    return it == row.end() || !it->is_string() ? std::string() : it->get<std::string>();
 }
 
-// The current deployment, the release before it, and what the rules need about both, in one round trip.
-// "Failing" for the target: any deployment of the same release (same app_version, or the same row) that a watcher
-// saw unhealthy or that got a rollback marker. Like every query of pgdeploy's own, it names its functions,
-// operators and types in pg_catalog or deploy (common/connection.hpp).
-constexpr const char* kViewSql = R"SQL(
-WITH cur AS (
-    SELECT d.* FROM deploy.deployments d WHERE d.kind OPERATOR(pg_catalog.=) 'up' ORDER BY d.id DESC LIMIT 1
-), tgt AS (
-    SELECT t.* FROM deploy.deployments t, cur
-    WHERE t.id OPERATOR(pg_catalog.<) cur.id AND t.kind OPERATOR(pg_catalog.=) ANY ('{up,baseline}')
-      AND t.state OPERATOR(pg_catalog.=) 'succeeded'
-    ORDER BY t.id DESC LIMIT 1
-)
-SELECT cur.id, cur.state, cur.app_version, cur.version_before, cur.version_after,
-       (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
-                            coalesce(cur.finished_at, cur.started_at))) OPERATOR(pg_catalog.*) 1000)::bigint,
-       (SELECT coalesce(pg_catalog.string_agg(a.version, ',' ORDER BY a.sort_key), '') FROM deploy.applied a
-         WHERE a.deployment_id OPERATOR(pg_catalog.=) cur.id
-           AND a.reversibility OPERATOR(pg_catalog.=) 'irreversible'),
-       EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id OPERATOR(pg_catalog.=) cur.id)
-       OR EXISTS (SELECT 1 FROM deploy.events e
-                  WHERE e.deployment_id OPERATOR(pg_catalog.=) cur.id
-                    AND e.kind OPERATOR(pg_catalog.=) 'watcher_decision'
-                    AND (e.details OPERATOR(pg_catalog.->>) 'kind')
-                        OPERATOR(pg_catalog.=) ANY ('{rollback,freeze,would_rollback}')),
-       tgt.id, tgt.app_version, tgt.version_after,
-       (tgt.id IS NOT NULL AND EXISTS (
-            SELECT 1 FROM deploy.deployments x
-            WHERE (x.id OPERATOR(pg_catalog.=) tgt.id
-                   OR (tgt.app_version IS NOT NULL AND x.app_version OPERATOR(pg_catalog.=) tgt.app_version))
-              AND (EXISTS (SELECT 1 FROM deploy.rollback_markers m
-                           WHERE m.deployment_id OPERATOR(pg_catalog.=) x.id)
-                   OR EXISTS (SELECT 1 FROM deploy.events e
-                              WHERE e.deployment_id OPERATOR(pg_catalog.=) x.id
-                                AND e.kind OPERATOR(pg_catalog.=) 'watcher_unhealthy')))),
-       (SELECT (extract(epoch FROM (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
-                                    pg_catalog.max(m.requested_at))) OPERATOR(pg_catalog.*) 1000)::bigint
-          FROM deploy.rollback_markers m)
-FROM (SELECT 1) one LEFT JOIN cur ON true LEFT JOIN tgt ON true
-)SQL";
+template <typename T>
+T number_of(const json& row, const char* key, T fallback = 0) {
+    auto it = row.find(key);
+    return it == row.end() || !it->is_number() ? fallback : it->get<T>();
+}
+
+bool flag_of(const json& row, const char* key) {
+    auto it = row.find(key);
+    return it != row.end() && it->is_boolean() && it->get<bool>();
+}
+
+// The API's rows come back as JSON objects keyed by column name, so a column the extension adds later is ignored
+// instead of shifting the others.
+json rows_of(common::Connection& conn, const std::string& from, const std::vector<Param>& params) {
+    return conn.query_json("SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r)), '[]') FROM " + from + " r",
+                           params);
+}
 
 }  // namespace
 
-DeploymentView Ledger::read_view(Millis now) {
-    auto r = conn_.exec(kViewSql);
-    DeploymentView v;
-    if (r.rows() == 0)
-        return v;
-    if (!r.is_null(0, 12))
-        v.last_rollback_at = now - std::stoll(r.value(0, 12));
-    if (r.is_null(0, 0))
-        return v;
-    v.id = std::stoll(r.value(0, 0));
-    v.state = r.value(0, 1);
-    v.app_version = text_or_empty(r, 0, 2);
-    v.version_before = text_or_empty(r, 0, 3);
-    v.version_after = text_or_empty(r, 0, 4);
-    v.finished_at = now - (r.is_null(0, 5) ? 0 : std::stoll(r.value(0, 5)));
-    std::string irr = r.value(0, 6);
-    std::size_t pos = 0;
-    while (!irr.empty() && pos <= irr.size()) {
-        auto comma = irr.find(',', pos);
-        v.irreversible_versions.push_back(
-            irr.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-        if (comma == std::string::npos)
+const char* to_string(MarkerState s) {
+    switch (s) {
+        case MarkerState::pending:
+            return "pending";
+        case MarkerState::in_progress:
+            return "in_progress";
+        case MarkerState::done:
+            return "done";
+        case MarkerState::failed:
+            return "failed";
+        case MarkerState::needs_attention:
+            return "needs_attention";
+        case MarkerState::unknown:
             break;
-        pos = comma + 1;
     }
-    v.has_marker = r.value(0, 7) == "t";
-    if (!r.is_null(0, 8)) {
+    return "unknown";
+}
+
+MarkerState marker_state_from(const std::string& s) {
+    for (MarkerState m : {MarkerState::pending, MarkerState::in_progress, MarkerState::done, MarkerState::failed,
+                          MarkerState::needs_attention})
+        if (s == to_string(m))
+            return m;
+    return MarkerState::unknown;
+}
+
+/*
+ * Ledger::read_view
+ *		deploy.watch_view() in one round trip. Ages come from the server and are turned into times on the
+ *		watcher's clock here, so that clock skew between hosts does not move the watch window.
+ */
+DeploymentView Ledger::read_view(Millis now) {
+    json rows = rows_of(conn_, "deploy.watch_view()", {});
+    DeploymentView v;
+    if (rows.empty())
+        return v;
+    const json& row = rows[0];
+    if (row.value("last_rollback_age_ms", json()).is_number())
+        v.last_rollback_at = now - number_of<Millis>(row, "last_rollback_age_ms");
+    if (!row.value("deployment_id", json()).is_number())
+        return v;
+    v.id = number_of<std::int64_t>(row, "deployment_id");
+    v.state = text_of(row, "state");
+    v.app_version = text_of(row, "app_version");
+    v.version_before = text_of(row, "version_before");
+    v.version_after = text_of(row, "version_after");
+    v.finished_at = now - number_of<Millis>(row, "age_ms");
+    if (row.value("irreversible_versions", json()).is_array())
+        for (const auto& version : row["irreversible_versions"])
+            v.irreversible_versions.push_back(version.get<std::string>());
+    v.has_marker = flag_of(row, "judged");
+    if (row.value("target_deployment_id", json()).is_number()) {
         TargetInfo t;
-        t.deployment_id = std::stoll(r.value(0, 8));
-        t.app_version = text_or_empty(r, 0, 9);
-        t.schema_version = text_or_empty(r, 0, 10);
-        t.failing = r.value(0, 11) == "t";
+        t.deployment_id = number_of<std::int64_t>(row, "target_deployment_id");
+        t.app_version = text_of(row, "target_app_version");
+        t.schema_version = text_of(row, "target_schema_version");
+        t.failing = flag_of(row, "target_failing");
         v.target = t;
     }
     return v;
 }
 
 bool Ledger::try_lead() {
-    auto v = conn_.query_value("SELECT pg_catalog.pg_try_advisory_lock($1::int, $2::int)",
-                               {std::to_string(kLockClass), std::to_string(kLeaderLockKey)});
+    auto v = conn_.query_value("SELECT deploy.try_watcher_leadership()");
     return v && *v == "t";
 }
 
@@ -156,14 +159,25 @@ std::optional<std::int64_t> Ledger::claim(const std::string& holder, Millis leas
 }
 
 std::vector<std::int64_t> Ledger::own_in_progress(const std::string& holder) {
-    auto r = conn_.exec(
-        "SELECT id FROM deploy.rollback_markers "
-        "WHERE state OPERATOR(pg_catalog.=) 'in_progress' AND holder OPERATOR(pg_catalog.=) $1 ORDER BY id",
-        {holder});
+    auto r = conn_.exec("SELECT id FROM deploy.held_markers($1)", {holder});
     std::vector<std::int64_t> ids;
     for (int i = 0; i < r.rows(); ++i)
         ids.push_back(std::stoll(r.value(i, 0)));
     return ids;
+}
+
+std::vector<ClaimableMarker> Ledger::claimable(const std::string& holder) {
+    std::vector<ClaimableMarker> out;
+    for (const json& row : rows_of(conn_, "deploy.claimable_markers($1)", {holder})) {
+        ClaimableMarker m;
+        m.id = number_of<std::int64_t>(row, "id");
+        m.state = marker_state_from(text_of(row, "state"));
+        m.attempts = number_of<int>(row, "attempts");
+        m.age_ms = number_of<Millis>(row, "idle_ms");
+        m.own = flag_of(row, "own");
+        out.push_back(m);
+    }
+    return out;
 }
 
 void Ledger::renew_lease(std::int64_t marker_id, const std::string& holder, Millis lease) {
@@ -172,37 +186,21 @@ void Ledger::renew_lease(std::int64_t marker_id, const std::string& holder, Mill
 }
 
 MarkerInfo Ledger::marker_info(std::int64_t marker_id) {
-    auto r = conn_.exec(R"SQL(
-SELECT m.id, m.deployment_id, m.state, m.holder, m.attempts, m.reason,
-       d.app_version,
-       (SELECT t.app_version FROM deploy.deployments t
-         WHERE t.id OPERATOR(pg_catalog.<) d.id AND t.kind OPERATOR(pg_catalog.=) ANY ('{up,baseline}')
-           AND t.state OPERATOR(pg_catalog.=) 'succeeded'
-         ORDER BY t.id DESC LIMIT 1),
-       coalesce(d.version_after, deploy.current_version()),
-       coalesce(m.target_version, d.version_before),
-       (SELECT pg_catalog.count(*) FROM deploy.events e
-         WHERE e.marker_id OPERATOR(pg_catalog.=) m.id AND e.kind OPERATOR(pg_catalog.=) 'watcher_hook_started'),
-       EXISTS (SELECT 1 FROM deploy.events e
-               WHERE e.marker_id OPERATOR(pg_catalog.=) m.id AND e.kind OPERATOR(pg_catalog.=) 'watcher_hook_done')
-FROM deploy.rollback_markers m JOIN deploy.deployments d ON d.id OPERATOR(pg_catalog.=) m.deployment_id
-WHERE m.id OPERATOR(pg_catalog.=) $1::bigint)SQL",
-                        {std::to_string(marker_id)});
-    MarkerInfo m;
-    if (r.rows() == 0)
+    json rows = rows_of(conn_, "deploy.marker_context($1::bigint)", {std::to_string(marker_id)});
+    if (rows.empty())
         throw Failure(kExitFailed, "unknown marker " + std::to_string(marker_id));
-    m.id = std::stoll(r.value(0, 0));
-    m.deployment_id = std::stoll(r.value(0, 1));
-    m.state = r.value(0, 2);
-    m.holder = text_or_empty(r, 0, 3);
-    m.attempts = std::stoi(r.value(0, 4));
-    m.reason = r.value(0, 5);
-    m.from_app_version = text_or_empty(r, 0, 6);
-    m.to_app_version = text_or_empty(r, 0, 7);
-    m.from_schema_version = text_or_empty(r, 0, 8);
-    m.to_schema_version = text_or_empty(r, 0, 9);
-    m.hook_runs = std::stoi(r.value(0, 10));
-    m.hook_done = r.value(0, 11) == "t";
+    const json& row = rows[0];
+    MarkerInfo m;
+    m.id = number_of<std::int64_t>(row, "id");
+    m.deployment_id = number_of<std::int64_t>(row, "deployment_id");
+    m.attempts = number_of<int>(row, "attempts");
+    m.reason = text_of(row, "reason");
+    m.from_app_version = text_of(row, "from_app_version");
+    m.to_app_version = text_of(row, "to_app_version");
+    m.from_schema_version = text_of(row, "from_schema_version");
+    m.to_schema_version = text_of(row, "to_schema_version");
+    m.hook_runs = number_of<int>(row, "hook_runs");
+    m.hook_done = flag_of(row, "hook_done");
     return m;
 }
 
@@ -219,11 +217,10 @@ json Ledger::execute_rollback(std::int64_t marker_id, const std::string& holder,
  * failed (claimable again) or needs_attention after pg_deploy.max_rollback_attempts, so the watcher and `pgdeploy once`
  * share one retry budget.
  */
-std::string Ledger::fail_attempt(std::int64_t marker_id, const std::string& holder, const json& failure) {
-    auto v = conn_.query_value(
-        "SELECT deploy.fail_marker_attempt($1::bigint, $2, $3::pg_catalog.jsonb)",
-        {std::to_string(marker_id), holder, json_param(failure)});
-    return v.value_or("");
+MarkerState Ledger::fail_attempt(std::int64_t marker_id, const std::string& holder, const json& failure) {
+    auto v = conn_.query_value("SELECT deploy.fail_marker_attempt($1::bigint, $2, $3::pg_catalog.jsonb)",
+                               {std::to_string(marker_id), holder, json_param(failure)});
+    return marker_state_from(v.value_or(""));
 }
 
 std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
@@ -236,9 +233,7 @@ std::int64_t Ledger::log_event(const std::string& kind, std::int64_t deployment_
 }
 
 int Ledger::pending_migrations() {
-    auto v = conn_.query_value(
-        "SELECT pg_catalog.count(*) FROM deploy.migrations m WHERE NOT EXISTS "
-        "(SELECT 1 FROM deploy.applied a WHERE a.version OPERATOR(pg_catalog.=) m.version)");
+    auto v = conn_.query_value("SELECT deploy.pending_count()");
     return v ? std::stoi(*v) : 0;
 }
 

@@ -1,5 +1,6 @@
-// The watcher's view of the ledger and its writes to it, all through the extension's functions (docs/architecture.md)
-// on one session connection: that connection also LISTENs on pg_deploy and holds the leadership lock.
+// The watcher's view of the ledger and its writes to it, all through the extension's functions (the watcher's API,
+// extension/sql/80_watcher_api.sql; docs/sql-reference.md), never a deploy.* table, so the ledger's layout can change
+// under a deployed watcher. One session connection: it also LISTENs on pg_deploy and holds the leadership lock.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -13,16 +14,16 @@
 
 namespace pgdeploy::watch {
 
-// Leadership among watchers: session advisory lock (1346651472, 2) held by the leader's connection.
-inline constexpr int kLockClass = 1346651472;
-inline constexpr int kLeaderLockKey = 2;
+// A rollback marker's state (deploy.rollback_markers.state; docs/sql-reference.md, "Markers"). unknown: a state this
+// pgdeploy does not know (a newer extension); never claimable by it.
+enum class MarkerState { pending, in_progress, done, failed, needs_attention, unknown };
+const char* to_string(MarkerState s);
+MarkerState marker_state_from(const std::string& s);
 
-// What the app hook and the events need to know about one marker.
+// What the app hook and the events need to know about one marker (deploy.marker_context).
 struct MarkerInfo {
     std::int64_t id = 0;
     std::int64_t deployment_id = 0;
-    std::string state;
-    std::string holder;
     int attempts = 0;
     std::string reason;
     std::string from_app_version;
@@ -33,6 +34,15 @@ struct MarkerInfo {
     bool hook_done = false;  // a watcher_hook_done event exists: the app side is already back
 };
 
+// A marker that could be claimed now (deploy.claimable_markers).
+struct ClaimableMarker {
+    std::int64_t id = 0;
+    MarkerState state = MarkerState::unknown;
+    int attempts = 0;
+    Millis age_ms = 0;  // since its last update
+    bool own = false;   // in_progress and held by us (a restart with the same watcher_id)
+};
+
 class Ledger {
 public:
     explicit Ledger(common::Connection& conn) : conn_(conn) {}
@@ -41,6 +51,7 @@ public:
     // server so that clock skew between hosts does not move the watch window.
     DeploymentView read_view(Millis now);
 
+    // try_lead: deploy.try_watcher_leadership(); true while this connection leads.
     bool try_lead();
     void listen();
     // drain_notifications: consumes input, returns how many pg_deploy notifications arrived (0 when none).
@@ -51,16 +62,19 @@ public:
     std::optional<std::int64_t> claim(const std::string& holder, Millis lease, std::int64_t marker_id = 0);
     // Markers this holder still holds (after a restart with the same watcher_id).
     std::vector<std::int64_t> own_in_progress(const std::string& holder);
+    // claimable: the markers holder could claim now, oldest first (the caller applies its retry backoff).
+    std::vector<ClaimableMarker> claimable(const std::string& holder);
     void renew_lease(std::int64_t marker_id, const std::string& holder, Millis lease);
     MarkerInfo marker_info(std::int64_t marker_id);
     nlohmann::json execute_rollback(std::int64_t marker_id, const std::string& holder, bool force);
     // fail_attempt: the app hook failed: keep the marker (failed, claimable again) or needs_attention after the
     // last attempt. Returns the marker's new state.
-    std::string fail_attempt(std::int64_t marker_id, const std::string& holder, const nlohmann::json& failure);
+    MarkerState fail_attempt(std::int64_t marker_id, const std::string& holder, const nlohmann::json& failure);
     // log_event: deploy.log_event with the details scrubbed and cut to fit (common/limits.hpp). private_details
     // (not null: a hook's output) is what only administrators may read: deploy.events.private_details.
     std::int64_t log_event(const std::string& kind, std::int64_t deployment_id, std::int64_t marker_id,
                            const nlohmann::json& details, const nlohmann::json& private_details = nullptr);
+    // pending_migrations: registered migrations not applied (deploy.pending_count()).
     int pending_migrations();
 
 private:

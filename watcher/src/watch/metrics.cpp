@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 namespace pgdeploy::watch {
 
@@ -148,6 +151,116 @@ void append_label(std::string& out, const std::string& v) {
         else
             out += c;
     }
+}
+
+namespace {
+
+// The Prometheus text under construction: one family at a time, HELP and TYPE first.
+class PromText {
+public:
+    void family(const char* name, const char* type, const char* help) {
+        out_ += "# HELP ";
+        out_ += name;
+        out_ += ' ';
+        out_ += help;
+        out_ += "\n# TYPE ";
+        out_ += name;
+        out_ += ' ';
+        out_ += type;
+        out_ += '\n';
+    }
+    // sample: name{label="value",...} v. Labels are pairs; values are escaped.
+    void sample(const char* name, std::initializer_list<std::pair<const char*, std::string>> labels, long v) {
+        open(name, labels);
+        out_ += std::to_string(v);
+        out_ += '\n';
+    }
+    void sample(const char* name, std::initializer_list<std::pair<const char*, std::string>> labels, double v) {
+        open(name, labels);
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", v);  // what an ostream writes for a double by default
+        out_ += buf;
+        out_ += '\n';
+    }
+    std::string take() { return std::move(out_); }
+
+private:
+    void open(const char* name, std::initializer_list<std::pair<const char*, std::string>> labels) {
+        out_ += name;
+        if (labels.size() > 0) {
+            const char* sep = "{";
+            for (const auto& [label, value] : labels) {
+                out_ += sep;
+                out_ += label;
+                out_ += "=\"";
+                append_label(out_, value);
+                out_ += '"';
+                sep = ",";
+            }
+            out_ += '}';
+        }
+        out_ += ' ';
+    }
+
+    std::string out_;
+};
+
+void check_families(PromText& p, const MetricsSnapshot& s) {
+    const auto& trackers = s.engine.trackers();
+    p.family("pgdeploy_watch_check_state", "gauge", "Check state: 0 ok, 1 warning, 2 failing.");
+    for (const auto& [name, t] : trackers)
+        p.sample("pgdeploy_watch_check_state",
+                 {{"check", name},
+                  {"type", to_string(t.config().type)},
+                  {"critical", t.config().critical ? "true" : "false"}},
+                 static_cast<long>(t.state()));
+    p.family("pgdeploy_watch_check_up", "gauge", "Last result of the check: 1 ok, 0 not ok.");
+    for (const auto& [name, t] : trackers)
+        if (t.last())
+            p.sample("pgdeploy_watch_check_up", {{"check", name}}, t.last()->status == CheckStatus::ok ? 1L : 0L);
+    p.family("pgdeploy_watch_check_latency_seconds", "gauge", "Duration of the check's last run.");
+    for (const auto& [name, t] : trackers)
+        if (t.last())
+            p.sample("pgdeploy_watch_check_latency_seconds", {{"check", name}}, t.last()->latency_ms / 1000.0);
+    p.family("pgdeploy_watch_check_error_rate", "gauge", "Critical results / all results in the error-rate window.");
+    for (const auto& [name, t] : trackers)
+        p.sample("pgdeploy_watch_check_error_rate", {{"check", name}}, t.error_rate(s.now));
+}
+
+void watcher_families(PromText& p, const MetricsSnapshot& s) {
+    p.family("pgdeploy_watch_rollbacks_total", "counter", "Rollbacks performed by this watcher, by result.");
+    for (const char* r : {"done", "failed", "needs_attention", "interrupted", "recovered", "unrecovered"}) {
+        auto it = s.rollbacks.find(r);
+        p.sample("pgdeploy_watch_rollbacks_total", {{"result", r}}, it == s.rollbacks.end() ? 0L : it->second);
+    }
+    p.family("pgdeploy_watch_decisions_total", "counter", "Decisions other than none, by kind.");
+    for (DecisionKind k :
+         {DecisionKind::rollback, DecisionKind::would_rollback, DecisionKind::freeze, DecisionKind::suppressed}) {
+        auto it = s.decisions.find(k);
+        p.sample("pgdeploy_watch_decisions_total", {{"kind", to_string(k)}}, it == s.decisions.end() ? 0L : it->second);
+    }
+    p.family("pgdeploy_watch_leader", "gauge", "1 when this watcher holds the leadership lock.");
+    p.sample("pgdeploy_watch_leader", {}, s.leader ? 1L : 0L);
+    p.family("pgdeploy_watch_database_up", "gauge", "1 when the watcher's database connection is up.");
+    p.sample("pgdeploy_watch_database_up", {}, s.database_up ? 1L : 0L);
+    if (s.pending_migrations >= 0) {
+        p.family("pgdeploy_watch_pending_migrations", "gauge", "Registered migrations not applied.");
+        p.sample("pgdeploy_watch_pending_migrations", {}, static_cast<long>(s.pending_migrations));
+    }
+    const auto& v = s.engine.deployment();
+    if (v.id != 0) {
+        p.family("pgdeploy_watch_deployment_id", "gauge", "The newest up deployment.");
+        p.sample("pgdeploy_watch_deployment_id", {{"state", v.state}}, static_cast<long>(v.id));
+    }
+}
+
+}  // namespace
+
+std::string prometheus_text(const MetricsSnapshot& s) {
+    PromText p;
+    check_families(p, s);
+    watcher_families(p, s);
+    return p.take();
 }
 
 }  // namespace pgdeploy::watch

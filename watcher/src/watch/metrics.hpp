@@ -6,10 +6,13 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include "watch/decision.hpp"
 
 namespace pgdeploy::watch {
 
@@ -54,6 +57,20 @@ private:
     std::uint64_t generation_[2] = {0, 0};
     std::shared_ptr<const std::string> snapshot_[2];
 };
+
+// What the Prometheus text says about one watcher at one moment (the daemon's state, borrowed).
+struct MetricsSnapshot {
+    const DecisionEngine& engine;                  // the checks' trackers and the deployment in view
+    Millis now = 0;                                // monotonic, for the error-rate windows
+    const std::map<std::string, long>& rollbacks;  // by result (ExecResult's words, recovered, unrecovered)
+    const std::map<DecisionKind, long>& decisions;
+    bool leader = false;
+    bool database_up = false;
+    int pending_migrations = -1;  // -1: not known yet (no gauge)
+};
+
+// prometheus_text: the /metrics document (docs/pgdeploy.md, "Metrics").
+std::string prometheus_text(const MetricsSnapshot& s);
 
 // escape_label: a Prometheus label value (backslash, quote, newline escaped).
 std::string escape_label(const std::string& v);

@@ -1,0 +1,201 @@
+-- pg_deploy install script, part 80: the watcher's API. pgdeploy (the watcher, `pgdeploy once` and the CLI) asks the
+-- extension what it needs to know through these functions instead of reading deploy.* tables, so that the ledger's
+-- layout can change under a deployed watcher (docs/sql-reference.md, "The watcher's API"). The read functions are
+-- SECURITY INVOKER: they see what the caller's grants let it see, as a direct SELECT did. The lock functions take
+-- advisory locks at session level on purpose: their holder is the calling connection (docs/architecture.md, "Locks").
+
+-- deploy.watch_view: the newest up deployment, the release a rollback would return to, and what the watcher's rules
+-- need about both, in one row (all NULL but last_rollback_age_ms when nothing was deployed). Ages come from the
+-- server's clock, so clock skew between watcher hosts does not move a watch window. "judged": a watcher already
+-- decided against this deployment or a marker exists for it. "target_failing": any deployment of the target's
+-- release (same row, or same app_version) got a marker or was seen unhealthy by a watcher.
+CREATE FUNCTION deploy.watch_view()
+RETURNS TABLE (deployment_id bigint, state text, app_version text, version_before text, version_after text,
+               age_ms bigint, irreversible_versions text[], judged boolean, target_deployment_id bigint,
+               target_app_version text, target_schema_version text, target_failing boolean,
+               last_rollback_age_ms bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+WITH cur AS (
+    SELECT d.id, d.state, d.app_version, d.version_before, d.version_after, d.started_at, d.finished_at
+    FROM deploy.deployments d WHERE d.kind = 'up' ORDER BY d.id DESC LIMIT 1
+), tgt AS (
+    SELECT t.id, t.app_version, t.version_after FROM deploy.deployments t, cur
+    WHERE t.id < cur.id AND t.kind IN ('up', 'baseline') AND t.state = 'succeeded'
+    ORDER BY t.id DESC LIMIT 1
+)
+SELECT cur.id, cur.state, cur.app_version, cur.version_before, cur.version_after,
+       (extract(epoch FROM clock_timestamp() - coalesce(cur.finished_at, cur.started_at)) * 1000)::bigint,
+       CASE WHEN cur.id IS NOT NULL THEN
+           coalesce((SELECT array_agg(a.version ORDER BY a.sort_key) FROM deploy.applied a
+                      WHERE a.deployment_id = cur.id AND a.reversibility = 'irreversible'), '{}')
+       END,
+       CASE WHEN cur.id IS NOT NULL THEN
+           EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = cur.id)
+           OR EXISTS (SELECT 1 FROM deploy.events e
+                      WHERE e.deployment_id = cur.id AND e.kind = 'watcher_decision'
+                        AND e.details ->> 'kind' IN ('rollback', 'freeze', 'would_rollback'))
+       END,
+       tgt.id, tgt.app_version, tgt.version_after,
+       CASE WHEN tgt.id IS NOT NULL THEN
+           EXISTS (SELECT 1 FROM deploy.deployments x
+                   WHERE (x.id = tgt.id OR (tgt.app_version IS NOT NULL AND x.app_version = tgt.app_version))
+                     AND (EXISTS (SELECT 1 FROM deploy.rollback_markers m WHERE m.deployment_id = x.id)
+                          OR EXISTS (SELECT 1 FROM deploy.events e
+                                     WHERE e.deployment_id = x.id AND e.kind = 'watcher_unhealthy')))
+       END,
+       (SELECT (extract(epoch FROM clock_timestamp() - max(m.requested_at)) * 1000)::bigint
+          FROM deploy.rollback_markers m)
+FROM (SELECT 1) one LEFT JOIN cur ON true LEFT JOIN tgt ON true
+$fn$;
+
+-- deploy.claimable_markers: the markers a holder could claim now, oldest first: pending, failed (claimable again),
+-- in_progress under an expired lease, and in_progress under the holder's own lease (after a restart with the same
+-- watcher id). idle_ms is the time since the marker last changed, for the caller's retry backoff; claiming still goes
+-- through deploy.claim_marker, which decides under a row lock.
+CREATE FUNCTION deploy.claimable_markers(holder text)
+RETURNS TABLE (id bigint, state text, attempts integer, idle_ms bigint, own boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT k.id, k.state, k.attempts,
+       (extract(epoch FROM clock_timestamp() - k.updated_at) * 1000)::bigint,
+       coalesce(k.state = 'in_progress' AND k.holder = claimable_markers.holder, false)
+FROM deploy.rollback_markers k
+WHERE k.state IN ('pending', 'failed')
+   OR (k.state = 'in_progress' AND (k.lease_until < clock_timestamp() OR k.holder = claimable_markers.holder))
+ORDER BY k.id
+$fn$;
+
+-- deploy.held_markers: the in_progress markers a holder still holds, live lease or not (a watcher restarted with the
+-- same id resumes them).
+CREATE FUNCTION deploy.held_markers(holder text)
+RETURNS TABLE (id bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT k.id FROM deploy.rollback_markers k
+WHERE k.state = 'in_progress' AND k.holder = held_markers.holder
+ORDER BY k.id
+$fn$;
+
+-- deploy.marker_context: what a rollback's app hook and its events need about one marker: the release and schema
+-- version it leaves and the ones it returns to, and how often the hook already ran for it (watcher_hook_started
+-- events) and whether it finished (a watcher_hook_done event: the app side is already back). No row: no such marker.
+CREATE FUNCTION deploy.marker_context(marker_id bigint)
+RETURNS TABLE (id bigint, deployment_id bigint, state text, holder text, attempts integer, reason text,
+               from_app_version text, to_app_version text, from_schema_version text, to_schema_version text,
+               hook_runs integer, hook_done boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT m.id, m.deployment_id, m.state, m.holder, m.attempts, m.reason,
+       d.app_version,
+       (SELECT t.app_version FROM deploy.deployments t
+         WHERE t.id < d.id AND t.kind IN ('up', 'baseline') AND t.state = 'succeeded'
+         ORDER BY t.id DESC LIMIT 1),
+       coalesce(d.version_after, deploy.current_version()),
+       coalesce(m.target_version, d.version_before),
+       (SELECT count(*) FROM deploy.events e WHERE e.marker_id = m.id AND e.kind = 'watcher_hook_started')::integer,
+       EXISTS (SELECT 1 FROM deploy.events e WHERE e.marker_id = m.id AND e.kind = 'watcher_hook_done')
+FROM deploy.rollback_markers m JOIN deploy.deployments d ON d.id = m.deployment_id
+WHERE m.id = marker_context.marker_id
+$fn$;
+
+-- deploy.list_markers: the newest markers first, at most max_rows of them, as a jsonb array of objects (the columns
+-- a reader may see); open_only keeps those not yet closed (pending, in_progress, failed, needs_attention).
+CREATE FUNCTION deploy.list_markers(open_only boolean DEFAULT false, max_rows integer DEFAULT 50)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT coalesce(jsonb_agg(to_jsonb(k) ORDER BY k.id DESC), '[]')
+FROM (SELECT m.id, m.deployment_id, m.state, m.reason, m.target_version, m.attempts, m.holder, m.lease_until,
+             m.requested_by, m.requested_at, m.updated_at, m.last_error, m.resolution, m.resolved_by, m.details
+      FROM deploy.rollback_markers m
+      WHERE NOT coalesce(open_only, false) OR m.state IN ('pending', 'in_progress', 'failed', 'needs_attention')
+      ORDER BY m.id DESC LIMIT max_rows) k
+$fn$;
+
+-- deploy.pending_count: how many registered migrations are not applied, up to and including target when given
+-- (what deploy.up(target) would apply, in the engine's version order).
+CREATE FUNCTION deploy.pending_count(target text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT count(*) FROM deploy.migrations m
+WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
+  AND (target IS NULL OR m.sort_key <= deploy.version_key(target))
+$fn$;
+
+-- deploy.try_watcher_leadership: one watcher leads. The leader's connection holds advisory lock (1346651472, 2) at
+-- session level, so leadership ends with that connection (a dead watcher's backend goes, and another one takes
+-- over at its next cycle). true: this session leads (again).
+CREATE FUNCTION deploy.try_watcher_leadership()
+RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT pg_try_advisory_lock(1346651472, 2)
+$fn$;
+
+-- deploy.hold_deploy_lock: the deploy lock (advisory lock (1346651472, 1)) held at session level, for a client that
+-- runs statements at top level between deploy.next_step() and deploy.step_done() (CREATE INDEX CONCURRENTLY): the
+-- functions take the same lock per transaction, so without it a second client could be handed the same running step.
+-- Waits at most pg_deploy.lock_wait in the lock manager, like deploy.wait_for_deploy_lock; the error names the holder.
+-- If the client dies, the lock lives exactly as long as its backend. Release with deploy.release_deploy_lock().
+CREATE FUNCTION deploy.hold_deploy_lock(operation text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    wait_for    interval := coalesce(nullif(current_setting('pg_deploy.lock_wait', true), ''), '10s')::interval;
+    old_timeout text := current_setting('lock_timeout');
+    holder      jsonb;
+BEGIN
+    IF pg_try_advisory_lock(1346651472, 1) THEN
+        RETURN;
+    END IF;
+    IF wait_for > interval '0' THEN
+        BEGIN
+            PERFORM set_config('lock_timeout', (extract(epoch FROM wait_for) * 1000)::bigint::text, true);
+            PERFORM pg_advisory_lock(1346651472, 1);
+            PERFORM set_config('lock_timeout', old_timeout, true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;   -- the subtransaction's rollback also restored lock_timeout
+        END;
+    END IF;
+    holder := deploy.deploy_lock_holder();
+    RAISE EXCEPTION '%: another deploy operation holds the deploy lock', coalesce(operation, 'pg_deploy')
+        USING ERRCODE = '55P03',
+              DETAIL = format('holder pid %s, application_name ''%s'', since %s', coalesce(holder->>'pid', '?'),
+                              coalesce(holder->>'application_name', ''), coalesce(holder->>'since', 'unknown')),
+              HINT = 'Retry when that deployment has finished, or raise pg_deploy.lock_wait (pgdeploy --lock-wait).';
+END
+$fn$;
+
+-- deploy.release_deploy_lock: gives back what deploy.hold_deploy_lock took. false: this session did not hold it.
+CREATE FUNCTION deploy.release_deploy_lock()
+RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT pg_advisory_unlock(1346651472, 1)
+$fn$;
+
+REVOKE ALL ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
+    deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text),
+    deploy.try_watcher_leadership(), deploy.hold_deploy_lock(text), deploy.release_deploy_lock()
+FROM PUBLIC;
+
+-- What the watcher reads, a reader (a monitoring role, a dashboard) may read too: the same rows it could SELECT.
+GRANT EXECUTE ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
+    deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text)
+TO deploy_reader, deploy_admin;
+-- Leading and holding the deploy lock are an administrator's.
+GRANT EXECUTE ON FUNCTION deploy.try_watcher_leadership(), deploy.hold_deploy_lock(text), deploy.release_deploy_lock()
+TO deploy_admin;
