@@ -130,62 +130,28 @@ WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
   AND (target IS NULL OR m.sort_key <= deploy.version_key(target))
 $fn$;
 
--- deploy.try_watcher_leadership: one watcher leads. The leader's connection holds advisory lock (1346651472, 2) at
--- session level, so leadership ends with that connection (a dead watcher's backend goes, and another one takes
--- over at its next cycle). true: this session leads (again).
+-- The locks the watcher and pgdeploy hold at session level (their key and wait live in extension/src/pg/lock.cpp):
+-- deploy.try_watcher_leadership: one watcher leads; the leader's connection holds the leadership lock, so leadership
+-- ends with that connection (a dead watcher's backend goes, and another one takes over at its next cycle).
+-- deploy.hold_deploy_lock: the deploy lock held at session level, for a client that runs statements at top level
+-- between deploy.next_step() and deploy.step_done() (CREATE INDEX CONCURRENTLY): the functions take the same lock per
+-- transaction, so without it a second client could be handed the same running step. Waits at most
+-- pg_deploy.lock_wait in the lock manager, like every deploy operation; the 55P03 error names the holder. A dead
+-- client's lock lives exactly as long as its backend. deploy.release_deploy_lock gives it back.
 CREATE FUNCTION deploy.try_watcher_leadership()
 RETURNS boolean
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-SELECT pg_try_advisory_lock(1346651472, 2)
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_try_watcher_leadership';
 
--- deploy.hold_deploy_lock: the deploy lock (advisory lock (1346651472, 1)) held at session level, for a client that
--- runs statements at top level between deploy.next_step() and deploy.step_done() (CREATE INDEX CONCURRENTLY): the
--- functions take the same lock per transaction, so without it a second client could be handed the same running step.
--- Waits at most pg_deploy.lock_wait in the lock manager, like deploy.wait_for_deploy_lock; the error names the holder.
--- If the client dies, the lock lives exactly as long as its backend. Release with deploy.release_deploy_lock().
 CREATE FUNCTION deploy.hold_deploy_lock(operation text)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    wait_for    interval := coalesce(nullif(current_setting('pg_deploy.lock_wait', true), ''), '10s')::interval;
-    old_timeout text := current_setting('lock_timeout');
-    holder      jsonb;
-BEGIN
-    IF pg_try_advisory_lock(1346651472, 1) THEN
-        RETURN;
-    END IF;
-    IF wait_for > interval '0' THEN
-        BEGIN
-            PERFORM set_config('lock_timeout', (extract(epoch FROM wait_for) * 1000)::bigint::text, true);
-            PERFORM pg_advisory_lock(1346651472, 1);
-            PERFORM set_config('lock_timeout', old_timeout, true);
-            RETURN;
-        EXCEPTION WHEN lock_not_available THEN
-            NULL;   -- the subtransaction's rollback also restored lock_timeout
-        END;
-    END IF;
-    holder := deploy.deploy_lock_holder();
-    RAISE EXCEPTION '%: another deploy operation holds the deploy lock', coalesce(operation, 'pg_deploy')
-        USING ERRCODE = '55P03',
-              DETAIL = format('holder pid %s, application_name ''%s'', since %s', coalesce(holder->>'pid', '?'),
-                              coalesce(holder->>'application_name', ''), coalesce(holder->>'since', 'unknown')),
-              HINT = 'Retry when that deployment has finished, or raise pg_deploy.lock_wait (pgdeploy --lock-wait).';
-END
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_hold_deploy_lock';
 
--- deploy.release_deploy_lock: gives back what deploy.hold_deploy_lock took. false: this session did not hold it.
 CREATE FUNCTION deploy.release_deploy_lock()
 RETURNS boolean
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-SELECT pg_advisory_unlock(1346651472, 1)
-$fn$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pgdeploy_release_deploy_lock';
 
 REVOKE ALL ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
     deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text),

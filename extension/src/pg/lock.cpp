@@ -17,11 +17,11 @@ namespace pgdeploy {
 
 namespace {
 
-bool try_lock_now() {
+bool try_lock_now(LockScope scope, int key) {
     bool got = false;
     pg_guard([&] {
-        got = DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4, Int32GetDatum(kLockClassKey),
-                                               Int32GetDatum(kDeployLockKey)));
+        PGFunction fn = scope == LockScope::transaction ? pg_try_advisory_xact_lock_int4 : pg_try_advisory_lock_int4;
+        got = DatumGetBool(DirectFunctionCall2(fn, Int32GetDatum(kLockClassKey), Int32GetDatum(key)));
     });
     return got;
 }
@@ -32,7 +32,7 @@ bool try_lock_now() {
  * moment the holder commits. The wait runs in a subtransaction so a timeout can be caught and explained; on success
  * the subtransaction is released and the lock passes to the enclosing transaction.
  */
-bool wait_for_lock(int wait_ms) {
+bool wait_for_lock(int wait_ms, LockScope scope) {
     bool acquired = false;
     try {
         in_subtransaction([&] {
@@ -42,8 +42,9 @@ bool wait_for_lock(int wait_ms) {
                 int nest = NewGUCNestLevel();
                 (void)set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
                                         false);
-                DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(kLockClassKey),
-                                    Int32GetDatum(kDeployLockKey));
+                DirectFunctionCall2(scope == LockScope::transaction ? pg_advisory_xact_lock_int4
+                                                                    : pg_advisory_lock_int4,
+                                    Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey));
                 AtEOXact_GUC(true, nest);
             });
         });
@@ -137,9 +138,38 @@ Datum wait_for_deploy_lock_impl(FunctionCallInfo fcinfo) {
     PG_RETURN_VOID();
 }
 
+// hold_deploy_lock_impl: deploy.hold_deploy_lock(operation), the deploy lock at session level for a client that runs
+// statements at top level between deploy.next_step() and deploy.step_done(); the same bounded wait and error.
+Datum hold_deploy_lock_impl(FunctionCallInfo fcinfo) {
+    std::string operation = PG_ARGISNULL(0) ? std::string("pg_deploy") : text_arg(fcinfo, 0);
+    {
+        SpiSession spi;
+        acquire_deploy_lock(operation.c_str(), LockScope::session);
+        spi.finish();
+    }
+    PG_RETURN_VOID();
+}
+
+// release_deploy_lock_impl: deploy.release_deploy_lock() gives back what hold_deploy_lock took (false, with
+// PostgreSQL's warning, when this session did not hold it).
+Datum release_deploy_lock_impl(FunctionCallInfo fcinfo) {
+    bool released = false;
+    pg_guard([&] {
+        released = DatumGetBool(DirectFunctionCall2(pg_advisory_unlock_int4, Int32GetDatum(kLockClassKey),
+                                                    Int32GetDatum(kDeployLockKey)));
+    });
+    PG_RETURN_BOOL(released);
+}
+
+// try_watcher_leadership_impl: deploy.try_watcher_leadership(). One watcher leads: its connection holds the
+// leadership lock at session level, so leadership ends with that connection and another watcher takes over.
+Datum try_watcher_leadership_impl(FunctionCallInfo fcinfo) {
+    PG_RETURN_BOOL(try_lock_now(LockScope::session, kLeaderLockKey));
+}
+
 }  // namespace
 
-void acquire_deploy_lock(const char* operation) {
+void acquire_deploy_lock(const char* operation, LockScope scope) {
     // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates
     // the lock, so a deploy committed meanwhile would be invisible and could be applied twice: refuse.
     if (IsolationUsesXactSnapshot()) {
@@ -149,9 +179,9 @@ void acquire_deploy_lock(const char* operation) {
                           "while this one waited.",
                           "Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.");
     }
-    if (try_lock_now())
+    if (try_lock_now(scope, kDeployLockKey))
         return;
-    if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms))
+    if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms, scope))
         return;
 
     std::optional<LockHolder> holder = lock_holder();
@@ -175,3 +205,6 @@ void acquire_deploy_lock(const char* operation) {
 
 PGDEPLOY_SQL_FUNCTION(pgdeploy_deploy_lock_holder, pgdeploy::deploy_lock_holder_impl)
 PGDEPLOY_SQL_FUNCTION(pgdeploy_wait_for_deploy_lock, pgdeploy::wait_for_deploy_lock_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_hold_deploy_lock, pgdeploy::hold_deploy_lock_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_release_deploy_lock, pgdeploy::release_deploy_lock_impl)
+PGDEPLOY_SQL_FUNCTION(pgdeploy_try_watcher_leadership, pgdeploy::try_watcher_leadership_impl)

@@ -13,10 +13,14 @@ extern int max_rollback_attempts;  // pg_deploy.max_rollback_attempts
 // The deploy advisory lock: class key 'PDEP', key2 1 (docs/architecture.md, "Locks").
 inline constexpr int kLockClassKey = 1346651472;
 inline constexpr int kDeployLockKey = 1;
+inline constexpr int kLeaderLockKey = 2;  // watcher leadership (session level, the leader's connection)
+
+// Transaction-scoped for the engine's operations; session-scoped for a client running steps at top level.
+enum class LockScope { transaction, session };
 
 // acquire_deploy_lock takes the transaction-scoped deploy lock, waiting at most pg_deploy.lock_wait; on timeout it
 // throws 55P03 naming the holder. It refuses REPEATABLE READ and SERIALIZABLE (25000): the ledger must be read after
 // the lock is taken.
-void acquire_deploy_lock(const char* operation);
+void acquire_deploy_lock(const char* operation, LockScope scope = LockScope::transaction);
 
 }  // namespace pgdeploy
