@@ -15,6 +15,7 @@ inline constexpr const char* invalid_parameter = "22023";
 inline constexpr const char* syntax_error = "42601";
 inline constexpr const char* insufficient_privilege = "42501";
 inline constexpr const char* lock_not_available = "55P03";
+inline constexpr const char* program_limit_exceeded = "54000";
 inline constexpr const char* object_not_in_prerequisite_state = "55000";
 inline constexpr const char* no_data_found = "P0002";
 inline constexpr const char* internal_error = "XX000";
