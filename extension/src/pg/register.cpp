@@ -153,8 +153,10 @@ Datum register_impl(FunctionCallInfo fcinfo) {
     if (verify_sql)
         check_script(*verify_sql, "verify_sql", version, false);
 
+    check_for_interrupts();  // the checks above and the checksum below each read the whole script once
     std::string key = version_key(version);
     std::string checksum = sha256_hex(up_sql);
+    check_for_interrupts();
     std::string outcome;
     {
         SpiSession spi;

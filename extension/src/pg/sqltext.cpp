@@ -3,6 +3,7 @@
 #include "pg_deploy/pg/sqltext.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/boundary.hpp"
@@ -11,14 +12,17 @@ namespace pgdeploy {
 
 namespace {
 
-std::string trim(const std::string& s) {
-    std::size_t b = 0, e = s.size();
-    while (b < e && (s[b] == ' ' || s[b] == '\t' || s[b] == '\n' || s[b] == '\r' || s[b] == '\f'))
+bool is_blank(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
+
+// trimmed narrows sql[b, e) to the statement as written: no blanks around it, no final semicolons.
+std::pair<std::size_t, std::size_t> trimmed(const std::string& sql, std::size_t b, std::size_t e) {
+    while (b < e && is_blank(sql[b]))
         ++b;
-    while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t' || s[e - 1] == '\n' || s[e - 1] == '\r' || s[e - 1] == '\f' ||
-                     s[e - 1] == ';'))
+    while (e > b && (is_blank(sql[e - 1]) || sql[e - 1] == ';'))
         --e;
-    return s.substr(b, e - b);
+    return {b, e};
 }
 
 // line_of_char converts a 1-based character position (what the parser reports) into a line number.
@@ -264,11 +268,13 @@ public:
         if (done_)
             return;
         check_for_interrupts();
-        std::string text = sql_.substr(batch.begin, batch.size());
+        // raw_parser wants a NUL-terminated string: the last batch is one already, in place.
+        std::string copy = batch.end < sql_.size() ? sql_.substr(batch.begin, batch.size()) : std::string();
+        const char* text = batch.end < sql_.size() ? copy.c_str() : sql_.c_str() + batch.begin;
         List* parsed = nullptr;
         bool failed = false;
         try {
-            parsed = memory_.parse(text.c_str());
+            parsed = memory_.parse(text);
         } catch (const PgError&) {
             failed = true;
         }
@@ -276,6 +282,7 @@ public:
             read_rest(batch.begin);
             return;
         }
+        check_for_interrupts();  // a cancel that came during a long raw_parser call is answered now
         emit(parsed, batch.begin, batch.end);
         memory_.reset();
     }
@@ -285,10 +292,9 @@ private:
     void read_rest(std::size_t from) {
         done_ = true;
         memory_.reset();
-        std::string rest = sql_.substr(from);
         List* parsed = nullptr;
         try {
-            parsed = memory_.parse(rest.c_str());
+            parsed = memory_.parse(sql_.c_str() + from);
         } catch (const PgError& e) {
             throw syntax_error(sql_, from, e, what_);
         }
@@ -302,11 +308,10 @@ private:
             RawStmt* raw = static_cast<RawStmt*>(lfirst(lc));
             std::size_t loc = from + (raw->stmt_location < 0 ? 0 : static_cast<std::size_t>(raw->stmt_location));
             std::size_t len = raw->stmt_len == 0 ? to - loc : static_cast<std::size_t>(raw->stmt_len);
-            std::string piece = sql_.substr(loc, len);
-            std::size_t lead = piece.find_first_not_of(" \t\r\n\f");
+            auto [b, e] = trimmed(sql_, loc, std::min(loc + len, sql_.size()));
             SqlStatement st;
-            st.line = lines_.line_at(loc + (lead == std::string::npos ? 0 : lead));
-            st.text = trim(piece);
+            st.line = lines_.line_at(b);
+            st.text = sql_.substr(b, e - b);
             classify(raw->stmt, st);
             sink_(st);
         }
