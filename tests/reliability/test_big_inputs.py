@@ -443,22 +443,25 @@ def test_batched_run_does_what_the_whole_script_does(pg, rng):
 
 
 def _whole_parse(conn, script):
-    """PostgreSQL's verdict on the script without running it: None when it parses, else (sqlstate, character
-    position). An error appended after the script is reached only when the script itself parses; when it is not
-    reached, the script alone fails to parse, so sending it alone runs nothing and gives its own error (an error
-    "at end of input" moves with what follows)."""
-    marker = len(script) + 3
+    """PostgreSQL's verdict on the script: None when it parses, else (sqlstate, character position). The script is
+    sent as one simple query behind a nextval(): PostgreSQL parses the whole string before it runs any of it, and a
+    sequence does not roll back, so the sequence moved if and only if the script parsed (whatever running it then
+    did: the statements go to a schema of their own)."""
+    probe = "SELECT nextval('probe');\n"
     with conn.cursor() as cur:
+        cur.execute("CREATE SEQUENCE IF NOT EXISTS probe")
+        cur.execute("SELECT last_value, is_called FROM probe")
+        before = cur.fetchone()
+        error = None
         try:
-            cur.execute(script + "\n;SELEC")
+            cur.execute(probe + script)
         except psycopg2.Error as e:
-            if int(e.diag.statement_position or 0) == marker:
-                return None
-        try:
-            cur.execute(script)
-        except psycopg2.Error as e:
-            return e.pgcode, int(e.diag.statement_position or 0)
-    raise AssertionError("the script ran: its parse did not fail")
+            error = e
+        cur.execute("SELECT last_value, is_called FROM probe")
+        if cur.fetchone() != before:
+            return None
+    assert error is not None
+    return error.pgcode, int(error.diag.statement_position or 0) - len(probe)
 
 
 def test_errors_read_as_in_a_parse_of_the_whole_script(pg, rng):
