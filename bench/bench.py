@@ -28,6 +28,8 @@ import urllib.request
 import psycopg2
 import psycopg2.extensions
 
+import big_scripts  # section 4 (bench/big_scripts.py)
+
 # ---------------------------------------------------------------------------------------------------------------------
 # modes
 
@@ -38,24 +40,27 @@ MODES = {
                  ledger_applied=100_000, ledger_events=1_000_000, ledger_rounds=15,
                  pgbench_seconds=10, pgbench_clients=[1, 4],
                  cycle_checks=1000, cycle_cycles=7, idle_checks=5000, idle_seconds=30, idle_warmup=5,
-                 rollback_migrations=100, rollback_rounds=3, rollback_interval="1s"),
+                 rollback_migrations=100, rollback_rounds=3, rollback_interval="1s",
+                 scripts_ns=[50_000, 500_000], scripts_rounds=3, scripts_cancels=10, scripts_literal_mb=60),
     # quick: the same shape with small N, for a developer's check (about 3 minutes)
     "quick": dict(ns=[100, 1000], rounds=3, rounds_by_n={}, sqitch_ns=[100], sqitch_rounds=2,
                   durable_ns=[100], durable_rounds=2, durable_sqitch_ns=[],
                   ledger_applied=10_000, ledger_events=100_000, ledger_rounds=7,
                   pgbench_seconds=3, pgbench_clients=[1, 4],
                   cycle_checks=1000, cycle_cycles=3, idle_checks=5000, idle_seconds=8, idle_warmup=3,
-                  rollback_migrations=100, rollback_rounds=1, rollback_interval="1s"),
+                  rollback_migrations=100, rollback_rounds=1, rollback_interval="1s",
+                  scripts_ns=[50_000, 500_000], scripts_rounds=1, scripts_cancels=5, scripts_literal_mb=60),
     # smoke: tiny N; tests/e2e/test_bench_smoke.py runs it in the default test run (it proves the bench runs)
     "smoke": dict(ns=[5], rounds=1, rounds_by_n={}, sqitch_ns=[5], sqitch_rounds=1,
                   durable_ns=[], durable_rounds=0, durable_sqitch_ns=[],
                   ledger_applied=500, ledger_events=5_000, ledger_rounds=2,
                   pgbench_seconds=1, pgbench_clients=[2],
                   cycle_checks=20, cycle_cycles=2, idle_checks=50, idle_seconds=2, idle_warmup=1,
-                  rollback_migrations=5, rollback_rounds=1, rollback_interval="300ms"),
+                  rollback_migrations=5, rollback_rounds=1, rollback_interval="300ms",
+                  scripts_ns=[5_000], scripts_rounds=1, scripts_cancels=2, scripts_literal_mb=2),
 }
 
-SECTIONS = ["migrations", "ledger", "watcher"]
+SECTIONS = ["migrations", "ledger", "watcher", "scripts"]
 REFERENCE_SUBXACT = "reference: DO block, one subtransaction per EXECUTE (not a floor)"
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1256,8 +1261,8 @@ def main():
         for section in only:
             log(f"section {section}")
             try:
-                {"migrations": section_migrations, "ledger": section_ledger, "watcher": section_watcher}[section](
-                    ctx, rep)
+                {"migrations": section_migrations, "ledger": section_ledger, "watcher": section_watcher,
+                 "scripts": big_scripts.section_scripts}[section](ctx, rep)
             except Exception as e:
                 traceback.print_exc()
                 rep.add(f"Section {section}: not measured: {one_line(e)}")

@@ -31,15 +31,15 @@ bool blank(const std::string& s) {
     return s.find_first_not_of(" \t\r\n\f") == std::string::npos;
 }
 
-// check_script parses one script and refuses what can never run as a migration.
-std::vector<SqlStatement> check_script(const std::string& sql, const std::string& what, const std::string& version,
-                                       bool allow_non_transactional) {
-    std::vector<SqlStatement> stmts = parse_sql(sql, what + " of migration " + version);
-    if (stmts.empty()) {
-        throw DeployError(sqlstate::invalid_parameter,
-                          what + " of migration " + version + " holds no SQL statement (only comments or blanks)");
-    }
-    for (const SqlStatement& st : stmts) {
+// check_script parses one script and refuses what can never run as a migration. It returns what makes the first
+// statement that cannot run inside a transaction block impossible there, or an empty string.
+std::string check_script(const std::string& sql, const std::string& what, const std::string& version,
+                         bool allow_non_transactional) {
+    check_script_size(sql, what + " of migration " + version);
+    std::size_t count = 0;
+    std::string non_transactional;
+    for_each_statement(sql, what + " of migration " + version, [&](const SqlStatement& st) {
+        ++count;
         if (st.transaction_control) {
             throw DeployError(sqlstate::transaction_control,
                               what + " of migration " + version + " controls transactions at line " +
@@ -56,8 +56,14 @@ std::vector<SqlStatement> check_script(const std::string& sql, const std::string
                               "Reverts and verifications run inside a transaction. Keep " + st.non_transactional +
                                   " in the up SQL of a non-transactional migration (transactional => false).");
         }
+        if (non_transactional.empty())
+            non_transactional = st.non_transactional;
+    });
+    if (count == 0) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          what + " of migration " + version + " holds no SQL statement (only comments or blanks)");
     }
-    return stmts;
+    return non_transactional;
 }
 
 /*
@@ -105,14 +111,7 @@ Datum register_impl(FunctionCallInfo fcinfo) {
                           "Drop the down_sql, or declare it reversible or lossy.");
     }
 
-    std::vector<SqlStatement> up_stmts = check_script(up_sql, "up_sql", version, true);
-    std::string detected;
-    for (const SqlStatement& st : up_stmts) {
-        if (!st.non_transactional.empty()) {
-            detected = st.non_transactional;
-            break;
-        }
-    }
+    std::string detected = check_script(up_sql, "up_sql", version, true);
     if (transactional_arg.value_or(false) && !detected.empty()) {
         throw DeployError(sqlstate::non_transactional,
                           "migration " + version + " is declared transactional but uses " + detected +
@@ -128,8 +127,10 @@ Datum register_impl(FunctionCallInfo fcinfo) {
     if (verify_sql)
         check_script(*verify_sql, "verify_sql", version, false);
 
+    check_for_interrupts();  // the checks above and the checksum below each read the whole script once
     std::string key = version_key(version);
     std::string checksum = sha256_hex(up_sql);
+    check_for_interrupts();
     Cell down_checksum = down_sql ? Cell(sha256_hex(*down_sql)) : Cell();
     Cell verify_checksum = verify_sql ? Cell(sha256_hex(*verify_sql)) : Cell();
     std::string outcome;

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "pg_deploy/errors.hpp"
+#include "pg_deploy/pg/sqltext.hpp"
 
 extern "C" {
 #include "catalog/pg_type_d.h"
@@ -417,8 +418,10 @@ Rows run_query(const char* sql, std::vector<Oid> types, const std::vector<Param>
     return plan.run(params);
 }
 
-void run_user_sql(const std::string& sql) {
-    const char* query = sql.c_str();
+namespace {
+
+// execute_user_sql runs one batch of migration SQL through SPI_execute.
+void execute_user_sql(const char* query) {
     int rc = 0;
     pg_guard([&] {
         rc = SPI_execute(query, false, 0);
@@ -437,6 +440,23 @@ void run_user_sql(const std::string& sql) {
     if (rc < 0) {
         throw DeployError(sqlstate::internal_error, std::string("SPI_execute failed: ") + SPI_result_code_string(rc));
     }
+}
+
+}  // namespace
+
+/*
+ * run_user_sql runs a big script one batch of statements at a time (sqltext.hpp), so that a cancel waits for one
+ * batch at most; a script of one batch runs as one SPI_execute, as it always did. SPI_execute parses each batch
+ * itself, as it parsed the whole script before.
+ */
+void run_user_sql(const std::string& sql) {
+    statement_batches(sql, [&](const SqlSpan& batch) {
+        check_for_interrupts();
+        if (batch.size() == sql.size())
+            execute_user_sql(sql.c_str());
+        else
+            execute_user_sql(sql.substr(batch.begin, batch.size()).c_str());
+    });
 }
 
 int64_t cell_int8(const Cell& c) {
