@@ -16,7 +16,7 @@ DATA_built   = extension/pg_deploy--$(EXT_VERSION).sql
 DATA         = extension/pg_deploy.control $(wildcard extension/upgrades/pg_deploy--*--*.sql)
 
 PG_CPPFLAGS  = -I$(srcdir)/extension/include
-PG_CXXFLAGS  = -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-omit-frame-pointer \
+PG_CXXFLAGS  = -std=c++17 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -fno-omit-frame-pointer \
                -MMD -MP
 SHLIB_LINK   = -lstdc++
 

@@ -28,8 +28,7 @@
 namespace {
 
 long long unix_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -41,9 +40,12 @@ int main(int argc, char** argv) {
     int lifetime = 600;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
-        if (a == "--port-file" && i + 1 < argc) port_file = argv[++i];
-        else if (a == "--events" && i + 1 < argc) events_file = argv[++i];
-        else if (a == "--lifetime" && i + 1 < argc) lifetime = std::atoi(argv[++i]);
+        if (a == "--port-file" && i + 1 < argc)
+            port_file = argv[++i];
+        else if (a == "--events" && i + 1 < argc)
+            events_file = argv[++i];
+        else if (a == "--lifetime" && i + 1 < argc)
+            lifetime = std::atoi(argv[++i]);
         else {
             std::fprintf(stderr, "usage: http_stub --port-file FILE [--lifetime SECONDS] [--events FILE]\n");
             return 2;
@@ -60,7 +62,8 @@ int main(int argc, char** argv) {
     std::atomic<bool> failing{false};
     std::mutex events_mutex;
     std::ofstream events;
-    if (!events_file.empty()) events.open(events_file, std::ios::app);
+    if (!events_file.empty())
+        events.open(events_file, std::ios::app);
 
     // Debian's cpp-httplib is a compiled library that listens with a backlog of 5: a thousand checks that connect at
     // once would see SYNs dropped and retried after a second, which would time the stub, not the watcher. Linux lets
@@ -111,7 +114,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "http_stub: cannot bind 127.0.0.1\n");
         return 1;
     }
-    if (listen_fd >= 0) ::listen(listen_fd, 4096);
+    if (listen_fd >= 0)
+        ::listen(listen_fd, 4096);
     {
         std::ofstream pf(port_file + ".tmp");
         pf << port << "\n";

@@ -26,9 +26,12 @@ int main(int argc, char** argv) {
     int pause_ms = 200;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
-        if (a == "--config" && i + 1 < argc) config = argv[++i];
-        else if (a == "--cycles" && i + 1 < argc) cycles = std::atoi(argv[++i]);
-        else if (a == "--pause-ms" && i + 1 < argc) pause_ms = std::atoi(argv[++i]);
+        if (a == "--config" && i + 1 < argc)
+            config = argv[++i];
+        else if (a == "--cycles" && i + 1 < argc)
+            cycles = std::atoi(argv[++i]);
+        else if (a == "--pause-ms" && i + 1 < argc)
+            pause_ms = std::atoi(argv[++i]);
         else {
             std::cerr << "usage: watch_cycle --config FILE [--cycles N] [--pause-ms MS]\n";
             return 2;
@@ -37,7 +40,8 @@ int main(int argc, char** argv) {
     try {
         auto cfg = pgdeploy::watch::load_config(config);
         std::vector<const pgdeploy::watch::CheckConfig*> all;
-        for (const auto& c : cfg.checks) all.push_back(&c);
+        for (const auto& c : cfg.checks)
+            all.push_back(&c);
         pgdeploy::watch::init_checks();
         nlohmann::json out;
         out["checks"] = all.size();
@@ -51,10 +55,12 @@ int main(int argc, char** argv) {
             double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
             int ok = 0, critical = 0;
             for (const auto& r : results) {
-                if (r.status == pgdeploy::watch::CheckStatus::ok) ++ok;
+                if (r.status == pgdeploy::watch::CheckStatus::ok)
+                    ++ok;
                 else {
                     ++critical;
-                    if (out["first_problem"].is_null()) out["first_problem"] = r.name + ": " + r.detail;
+                    if (out["first_problem"].is_null())
+                        out["first_problem"] = r.name + ": " + r.detail;
                 }
             }
             out["cycles_ms"].push_back(ms);

@@ -13,7 +13,8 @@ using pgdeploy::version_problem;
 
 TEST_CASE("version_key orders digit runs as numbers, digits before letters") {
     std::vector<std::string> v{"10", "2", "1.10", "1.9", "1", "a1", "1a", "100", "0001_x"};
-    std::sort(v.begin(), v.end(), [](const std::string& a, const std::string& b) { return version_key(a) < version_key(b); });
+    std::sort(v.begin(), v.end(),
+              [](const std::string& a, const std::string& b) { return version_key(a) < version_key(b); });
     REQUIRE(v == std::vector<std::string>{"1", "1.9", "1.10", "0001_x", "1a", "2", "10", "100", "a1"});
 }
 

@@ -1,4 +1,5 @@
-// Catch2 tests of the decision engine: every rule listed in docs/pgdeploy.md (the watcher section), with time as an input (no sleeping).
+// Catch2 tests of the decision engine: every rule listed in docs/pgdeploy.md (the watcher section), with time as an
+// input (no sleeping).
 #include <catch2/catch.hpp>
 
 #include "watch/decision.hpp"

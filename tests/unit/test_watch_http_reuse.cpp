@@ -163,7 +163,8 @@ TEST_CASE("a server killed while the watcher holds its connections fails the ver
         close(fds[0]);
         httplib::Server server;
         server.set_keep_alive_timeout(60);
-        server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("good", "text/plain"); });
+        server.Get("/health",
+                   [](const httplib::Request&, httplib::Response& res) { res.set_content("good", "text/plain"); });
         int port = server.bind_to_any_port("127.0.0.1");
         if (write(fds[1], &port, sizeof port) != static_cast<ssize_t>(sizeof port))
             _exit(1);

@@ -134,7 +134,7 @@ Datum call_sql_function(FunctionCallInfo fcinfo, Datum (*impl)(FunctionCallInfo)
 
 SubTransaction begin_subtransaction() {
     SubTransaction sub{CurrentMemoryContext, CurrentResourceOwner};
-    pg_guard([&] { BeginInternalSubTransaction(NULL); });
+    pg_guard([&] { BeginInternalSubTransaction(nullptr); });
     // Stay in the caller's memory context, as PL/Python does: results outlive the subtransaction.
     MemoryContextSwitchTo(sub.memory_context);
     return sub;

@@ -53,7 +53,7 @@ std::optional<std::string> opt_jsonb_arg(FunctionCallInfo fcinfo, int argno) {
     char* s = nullptr;
     pg_guard([&] {
         Jsonb* jb = PG_GETARG_JSONB_P(argno);
-        s = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+        s = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
     });
     std::string out(s);
     pfree(s);

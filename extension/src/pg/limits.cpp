@@ -23,9 +23,8 @@ struct Limit {
 
 // Characters, not bytes. JSON arguments (metadata, details) are measured as their text.
 constexpr Limit kLimits[] = {
-    {"reason", 1000},       {"note", 1000},   {"app_version", 200}, {"holder", 200},
-    {"name", 200},          {"kind", 64},     {"metadata", 65536},  {"details", 65536},
-    {"resolution", 64},
+    {"reason", 1000}, {"note", 1000},      {"app_version", 200}, {"holder", 200},    {"name", 200},
+    {"kind", 64},     {"metadata", 65536}, {"details", 65536},   {"resolution", 64},
 };
 
 int limit_of(const std::string& argument) {
@@ -49,10 +48,10 @@ void check_input_length(const std::string& argument, const std::string& value) {
     pg_guard([&] { chars = pg_mbstrlen_with_len(data, len); });
     if (chars <= max_chars)
         return;
-    throw DeployError(sqlstate::string_too_long,
-                      argument + " is too long: " + std::to_string(chars) + " characters, at most " +
-                          std::to_string(max_chars),
-                      {}, "Shorten it; the limits are listed in docs/sql-reference.md, \"Limits\".");
+    throw DeployError(
+        sqlstate::string_too_long,
+        argument + " is too long: " + std::to_string(chars) + " characters, at most " + std::to_string(max_chars), {},
+        "Shorten it; the limits are listed in docs/sql-reference.md, \"Limits\".");
 }
 
 void check_input_length(const std::string& argument, const std::optional<std::string>& value) {

@@ -42,9 +42,9 @@ bool wait_for_lock(int wait_ms, LockScope scope) {
                 int nest = NewGUCNestLevel();
                 (void)set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
                                         false);
-                DirectFunctionCall2(scope == LockScope::transaction ? pg_advisory_xact_lock_int4
-                                                                    : pg_advisory_lock_int4,
-                                    Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey));
+                DirectFunctionCall2(
+                    scope == LockScope::transaction ? pg_advisory_xact_lock_int4 : pg_advisory_lock_int4,
+                    Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey));
                 AtEOXact_GUC(true, nest);
             });
         });
@@ -155,8 +155,8 @@ Datum hold_deploy_lock_impl(FunctionCallInfo fcinfo) {
 Datum release_deploy_lock_impl(FunctionCallInfo fcinfo) {
     bool released = false;
     pg_guard([&] {
-        released = DatumGetBool(DirectFunctionCall2(pg_advisory_unlock_int4, Int32GetDatum(kLockClassKey),
-                                                    Int32GetDatum(kDeployLockKey)));
+        released = DatumGetBool(
+            DirectFunctionCall2(pg_advisory_unlock_int4, Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey)));
     });
     PG_RETURN_BOOL(released);
 }

@@ -50,7 +50,8 @@ void record_checkpoint(const Json& state, int step_no, const NextMigration& next
         "deploy.public_error($6)) RETURNING id",
         {INT8OID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, JSONBOID},
         {p_int8(deployment_id), p_text(next.version), p_text(std::string(done ? "done" : "failed")),
-         p_text(string_cell(state["run_id"])), p_float8(elapsed_ms), error.is_null() ? p_null() : p_jsonb(error.dump())});
+         p_text(string_cell(state["run_id"])), p_float8(elapsed_ms),
+         error.is_null() ? p_null() : p_jsonb(error.dump())});
     Json details{{"run_id", state["run_id"]}, {"run_step", step_no}, {"checkpoint_id", cell_int8(c.front()[0])}};
     if (!done)
         details["sqlstate"] = error.is_object() && error.contains("sqlstate") ? error["sqlstate"] : Json(nullptr);
@@ -74,10 +75,9 @@ Json step(Json state, const NextMigration& next) {
     int step_no = state.value("steps", 0) + 1;
     int64_t t0 = now_us();
     Json metadata{{"run_id", state["run_id"]}, {"run_step", step_no}};
-    Rows r = run_query_as_caller("SELECT deploy.up(target => $1, app_version => $2, metadata => $3)",
-                                 {TEXTOID, TEXTOID, JSONBOID},
-                                 {p_text(next.version), p_text(string_cell(state["app_version"])),
-                                  p_jsonb(metadata.dump())});
+    Rows r = run_query_as_caller(
+        "SELECT deploy.up(target => $1, app_version => $2, metadata => $3)", {TEXTOID, TEXTOID, JSONBOID},
+        {p_text(next.version), p_text(string_cell(state["app_version"])), p_jsonb(metadata.dump())});
     Json outcome = Json::parse(r.front()[0].value_or("{}"));
     bool ok = outcome.value("ok", false);
     if (ok && !applied_version(outcome, next.version)) {
@@ -135,8 +135,9 @@ Datum run_step_impl(FunctionCallInfo fcinfo) {
             state["awaiting_nontransactional"] =
                 Json{{"version", next->version},
                      {"name", next->name},
-                     {"hint", "non-transactional migrations run at top level: pgdeploy up (or deploy.next_step() "
-                              "from psql), then CALL deploy.run() again"}};
+                     {"hint",
+                      "non-transactional migrations run at top level: pgdeploy up (or deploy.next_step() "
+                      "from psql), then CALL deploy.run() again"}};
         } else {
             state = step(std::move(state), *next);
         }

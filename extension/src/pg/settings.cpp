@@ -37,18 +37,18 @@ extern "C" void _PG_init(void) {
     using namespace pgdeploy;
     DefineCustomIntVariable("pg_deploy.lock_wait", "How long a deploy operation waits for the deploy lock.",
                             "0 fails at once when another session holds it.", &lock_wait_ms, kDefaultLockWaitMs, 0,
-                            INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+                            INT_MAX, PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("pg_deploy.statement_timeout", "Time limit for the SQL of one migration (0 = no limit).",
-                            NULL, &statement_timeout_ms, kDefaultStatementTimeoutMs, 0, INT_MAX, PGC_USERSET,
-                            GUC_UNIT_MS, NULL, NULL, NULL);
+                            nullptr, &statement_timeout_ms, kDefaultStatementTimeoutMs, 0, INT_MAX, PGC_USERSET,
+                            GUC_UNIT_MS, nullptr, nullptr, nullptr);
     DefineCustomBoolVariable("pg_deploy.allow_out_of_order",
-                             "Apply pending migrations older than the newest applied one.", NULL, &allow_out_of_order,
-                             kDefaultAllowOutOfOrder, PGC_USERSET, 0, NULL, NULL, NULL);
+                             "Apply pending migrations older than the newest applied one.", nullptr, &allow_out_of_order,
+                             kDefaultAllowOutOfOrder, PGC_USERSET, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable(
-        "pg_deploy.rollback_window", "How long after a deployment it may be rolled back without force.", NULL,
-        &rollback_window_s, kDefaultRollbackWindowS, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+        "pg_deploy.rollback_window", "How long after a deployment it may be rolled back without force.", nullptr,
+        &rollback_window_s, kDefaultRollbackWindowS, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, nullptr, nullptr, nullptr);
     DefineCustomIntVariable(
-        "pg_deploy.max_rollback_attempts", "Attempts at executing a rollback marker before it needs attention.", NULL,
-        &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, NULL, NULL, NULL);
+        "pg_deploy.max_rollback_attempts", "Attempts at executing a rollback marker before it needs attention.", nullptr,
+        &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
     MarkGUCPrefixReserved("pg_deploy");
 }

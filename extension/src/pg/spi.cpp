@@ -9,9 +9,9 @@
 #include "pg_deploy/pg/sqltext.hpp"
 
 extern "C" {
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type_d.h"
 #include "utils/array.h"
-#include "catalog/pg_namespace.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 }
@@ -278,12 +278,12 @@ namespace {
 
 // array_datum builds the one-dimensional array of an array Param. It pallocs: call it inside pg_guard only.
 Datum array_datum(const Param& p) {
-    std::size_t n = p.kind == Param::Kind::TextArray ? p.texts.size()
+    std::size_t n = p.kind == Param::Kind::TextArray     ? p.texts.size()
                     : p.kind == Param::Kind::Float8Array ? p.reals.size()
                                                          : p.ints.size();
-    Oid type = p.kind == Param::Kind::TextArray    ? TEXTOID
-               : p.kind == Param::Kind::BoolArray  ? BOOLOID
-               : p.kind == Param::Kind::Int8Array  ? INT8OID
+    Oid type = p.kind == Param::Kind::TextArray     ? TEXTOID
+               : p.kind == Param::Kind::BoolArray   ? BOOLOID
+               : p.kind == Param::Kind::Int8Array   ? INT8OID
                : p.kind == Param::Kind::Float8Array ? FLOAT8OID
                                                     : TIMESTAMPTZOID;
     if (n == 0)
@@ -425,7 +425,7 @@ void execute_user_sql(const char* query) {
     int rc = 0;
     pg_guard([&] {
         rc = SPI_execute(query, false, 0);
-        if (SPI_tuptable != NULL)
+        if (SPI_tuptable != nullptr)
             SPI_freetuptable(SPI_tuptable);
     });
     if (rc == SPI_ERROR_TRANSACTION) {

@@ -52,9 +52,8 @@ bool has_sql(const Cell& sql) {
 Json verify_one(const VerifyTarget& t, EventLog& events) {
     Json entry{{"version", t.version}, {"name", t.name}};
     if (!has_sql(t.verify_sql)) {
-        entry.update(Json{{"ok", nullptr},
-                          {"skipped", true},
-                          {"reason", t.registered ? "no verify SQL" : "no longer registered"}});
+        entry.update(Json{
+            {"ok", nullptr}, {"skipped", true}, {"reason", t.registered ? "no verify SQL" : "no longer registered"}});
         return entry;
     }
     int64_t t0 = now_us();
@@ -81,8 +80,8 @@ Json verify_one(const VerifyTarget& t, EventLog& events) {
                       {"sqlstate", failure->sqlstate},
                       {"message", failure->message},
                       {"detail", failure->detail.empty() ? Json(nullptr) : Json(failure->detail)}});
-    pg_warning(failure->sqlstate, "verify of migration " + t.version + " failed: " + failure->message +
-                                      " (SQLSTATE " + failure->sqlstate + ")");
+    pg_warning(failure->sqlstate, "verify of migration " + t.version + " failed: " + failure->message + " (SQLSTATE " +
+                                      failure->sqlstate + ")");
     return entry;
 }
 

@@ -27,16 +27,16 @@ const char* to_string(CheckType t);
 
 struct ErrorRateConfig {
     bool enabled = true;
-    double threshold = 0.10;     // fraction of failed samples in the window that counts as unhealthy
-    Millis window = 600 * 1000;  // the default rule: 10 % over 10 minutes (docs/pgdeploy.md)
-    int min_samples = 10;        // fewer samples than this never decide anything
+    double threshold = 0.10;             // fraction of failed samples in the window that counts as unhealthy
+    Millis window = Millis{600} * 1000;  // the default rule: 10 % over 10 minutes (docs/pgdeploy.md)
+    int min_samples = 10;                // fewer samples than this never decide anything
 };
 
 struct CheckConfig {
     std::string name;
     CheckType type = CheckType::http;
-    Millis interval = 10 * 1000;
-    Millis timeout = 2 * 1000;
+    Millis interval = Millis{10} * 1000;
+    Millis timeout = Millis{2} * 1000;
     bool critical = true;
     int failure_threshold = 3;
     int warning_threshold = 2;
@@ -64,11 +64,11 @@ enum class RollbackOrder { app_first, database_first };
 
 struct RollbackConfig {
     std::vector<std::string> command;  // the app's rollback hook; empty: database only
-    Millis timeout = 5 * 60 * 1000;
+    Millis timeout = Millis{5} * 60 * 1000;
     RollbackOrder order = RollbackOrder::app_first;
-    Millis retry_backoff = 10 * 1000;
-    Millis retry_backoff_max = 5 * 60 * 1000;
-    Millis lease = 5 * 60 * 1000;
+    Millis retry_backoff = Millis{10} * 1000;
+    Millis retry_backoff_max = Millis{5} * 60 * 1000;
+    Millis lease = Millis{5} * 60 * 1000;
     bool force = false;  // pass force => true to execute_rollback (outside the rollback window)
 };
 
@@ -76,7 +76,7 @@ struct RollbackConfig {
 // release it will not roll back, a marker that needs attention, health that did not recover.
 struct AlertConfig {
     std::vector<std::string> command;  // empty: alerts go to the log, the events and the metrics only
-    Millis timeout = 30 * 1000;
+    Millis timeout = Millis{30} * 1000;
 };
 
 // The environment of the programs the watcher starts (rollback hook, alert command, command checks) is built from
@@ -87,17 +87,17 @@ struct HookEnvironmentConfig {
 };
 
 struct DecisionConfig {
-    Millis watch_window = 30 * 60 * 1000;    // roll back only this long after a deployment finished
-    Millis cooldown = 10 * 60 * 1000;        // no second rollback this soon after one
-    Millis health_recovery = 2 * 60 * 1000;  // after a rollback, health must recover within this
-    bool dry_run = false;                    // decide and record, never act
+    Millis watch_window = Millis{30} * 60 * 1000;    // roll back only this long after a deployment finished
+    Millis cooldown = Millis{10} * 60 * 1000;        // no second rollback this soon after one
+    Millis health_recovery = Millis{2} * 60 * 1000;  // after a rollback, health must recover within this
+    bool dry_run = false;                            // decide and record, never act
 };
 
 struct DatabaseConfig {
-    std::string dsn;                  // libpq conninfo; empty: PG* environment
-    Millis poll_interval = 5 * 1000;  // fallback poll of the ledger when no NOTIFY arrives
+    std::string dsn;                          // libpq conninfo; empty: PG* environment
+    Millis poll_interval = Millis{5} * 1000;  // fallback poll of the ledger when no NOTIFY arrives
     Millis reconnect_min = 500;
-    Millis reconnect_max = 30 * 1000;
+    Millis reconnect_max = Millis{30} * 1000;
 };
 
 struct LoggingConfig {

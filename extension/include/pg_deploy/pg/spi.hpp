@@ -24,16 +24,26 @@ struct Rows {
 // Param is one typed argument of a prepared statement (converted to a Datum inside the guard).
 struct Param {
     enum class Kind {
-        Null, Text, Int8, Int4, Bool, Float8, Jsonb,
-        TextArray, BoolArray, Int8Array, Float8Array, TimestampArray  // one-dimensional arrays (bulk writes)
+        Null,
+        Text,
+        Int8,
+        Int4,
+        Bool,
+        Float8,
+        Jsonb,
+        TextArray,
+        BoolArray,
+        Int8Array,
+        Float8Array,
+        TimestampArray  // one-dimensional arrays (bulk writes)
     } kind = Kind::Null;
     std::string text;
     int64_t integer = 0;
     double real = 0;
     bool boolean = false;
-    std::vector<Cell> texts;      // TextArray (nullopt: a NULL element)
-    std::vector<int64_t> ints;    // BoolArray (0/1), Int8Array, TimestampArray (PostgreSQL microseconds, now_us())
-    std::vector<double> reals;    // Float8Array
+    std::vector<Cell> texts;    // TextArray (nullopt: a NULL element)
+    std::vector<int64_t> ints;  // BoolArray (0/1), Int8Array, TimestampArray (PostgreSQL microseconds, now_us())
+    std::vector<double> reals;  // Float8Array
 };
 Param p_null();
 Param p_text(const std::string& s);
