@@ -228,9 +228,8 @@ private:
             default:
                 return;
         }
-        if (was_begin && parens_ == 0 && iequals(w, "atomic"))
-            ++body_depth_;
-        else if (body_depth_ > 0 && iequals(w, "case"))
+        bool opens = (was_begin && parens_ == 0 && iequals(w, "atomic")) || (body_depth_ > 0 && iequals(w, "case"));
+        if (opens)
             ++body_depth_;
         else if (body_depth_ > 0 && iequals(w, "end"))
             --body_depth_;
@@ -275,10 +274,8 @@ private:
         while (pos_ < n_) {
             tick(pos_);
             char c = s_[pos_];
-            if (backslash && c == '\\') {
-                pos_ += 2;
-            } else if (c == '\'' && doubled && at(pos_ + 1) == '\'') {
-                pos_ += 2;
+            if ((backslash && c == '\\') || (c == '\'' && doubled && at(pos_ + 1) == '\'')) {
+                pos_ += 2;  // an escaped character, or a doubled quote
             } else if (c == '\'') {
                 std::size_t next = continuation_quote(++pos_);
                 if (next == npos)

@@ -104,7 +104,7 @@ TEST_CASE("over-long text options are usage errors naming the limit", "[cli][arg
         euros += "\xE2\x82\xAC";  // 1000 characters, 3000 bytes: within the limit
     CHECK_NOTHROW(check_length_arg(parse_args(s, {"--reason", euros}), "reason", 1000));
     try {
-        check_length_arg(parse_args(s, {"--reason", std::string(200 * 1024, 'r')}), "reason", 1000);
+        check_length_arg(parse_args(s, {"--reason", std::string(std::size_t{200} * 1024, 'r')}), "reason", 1000);
         FAIL("expected an ArgumentError");
     } catch (const ArgumentError& e) {
         CHECK(e.exit_code() == 2);

@@ -53,13 +53,13 @@ TEST_CASE("an empty object is a valid configuration with the documented defaults
     WatchConfig c = parse_config("{}");
     CHECK_FALSE(c.watcher_id.empty());
     CHECK(c.checks.empty());
-    CHECK(c.decision.watch_window == 30 * 60 * 1000);
-    CHECK(c.decision.cooldown == 10 * 60 * 1000);
-    CHECK(c.decision.health_recovery == 2 * 60 * 1000);
+    CHECK(c.decision.watch_window == Millis{30} * 60 * 1000);
+    CHECK(c.decision.cooldown == Millis{10} * 60 * 1000);
+    CHECK(c.decision.health_recovery == Millis{2} * 60 * 1000);
     CHECK_FALSE(c.decision.dry_run);
     CHECK(c.rollback.order == RollbackOrder::app_first);
-    CHECK(c.rollback.timeout == 5 * 60 * 1000);
-    CHECK(c.rollback.lease == 5 * 60 * 1000);
+    CHECK(c.rollback.timeout == Millis{5} * 60 * 1000);
+    CHECK(c.rollback.lease == Millis{5} * 60 * 1000);
     CHECK(c.logging.level == "info");
     CHECK(c.logging.format == "plain");
     CHECK(c.alert.command.empty());

@@ -82,7 +82,7 @@ TEST_CASE("a 200 kB reason does not keep the hook from starting (no E2BIG)", "[w
     MarkerInfo m;
     m.id = 1;
     m.deployment_id = 2;
-    m.reason = std::string(200 * 1024, 'x');
+    m.reason = std::string(std::size_t{200} * 1024, 'x');
     // Unbounded, one 200 kB string is over the kernel's 128 KiB per string: exec fails with E2BIG.
     auto raw = run_process({"/bin/true"}, {{"PGDEPLOY_REASON", m.reason}}, 5000, 100);
     CHECK_FALSE(raw.started);

@@ -30,7 +30,7 @@ using SpanSink = std::function<void(const SqlSpan&)>;
 
 // How often split_sql calls SplitOptions::check_interrupts by default: at least once per this many bytes of input
 // (a quarter of a batch, sqltext.hpp; about a millisecond of scanning).
-inline constexpr std::size_t kSplitInterruptStride = 256 * 1024;
+inline constexpr std::size_t kSplitInterruptStride = std::size_t{256} * 1024;
 
 struct SplitOptions {
     // The session's standard_conforming_strings: off makes a backslash escape a quote in '...' as it does in E'...'.

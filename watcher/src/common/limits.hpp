@@ -10,11 +10,12 @@
 
 namespace pgdeploy::common {
 
-inline constexpr std::size_t kMaxReasonChars = 1000;        // rollback / marker reason
-inline constexpr std::size_t kMaxAppVersionChars = 200;     // deployments.app_version
-inline constexpr std::size_t kMaxHolderChars = 200;         // marker and step holder
-inline constexpr std::size_t kMaxNameChars = 200;           // migration name
-inline constexpr std::size_t kMaxDetailsBytes = 64 * 1024;  // metadata / event details, as PostgreSQL's jsonb text
+inline constexpr std::size_t kMaxReasonChars = 1000;     // rollback / marker reason
+inline constexpr std::size_t kMaxAppVersionChars = 200;  // deployments.app_version
+inline constexpr std::size_t kMaxHolderChars = 200;      // marker and step holder
+inline constexpr std::size_t kMaxNameChars = 200;        // migration name
+inline constexpr std::size_t kMaxDetailsBytes =
+    std::size_t{64} * 1024;  // metadata / event details, as PostgreSQL's jsonb text
 
 // utf8_chars: the number of characters (code points) of UTF-8 text, as PostgreSQL's length() counts them.
 std::size_t utf8_chars(const std::string& s);

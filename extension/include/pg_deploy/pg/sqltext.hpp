@@ -53,14 +53,14 @@ std::vector<SqlStatement> parse_sql(const std::string& sql, const std::string& w
  * 50 MB script held a cancel for over two seconds. A script this size or smaller is one batch: parsed and run as
  * one string, exactly as before batches existed.
  */
-inline constexpr std::size_t kStatementBatchBytes = 256 * 1024;
+inline constexpr std::size_t kStatementBatchBytes = std::size_t{256} * 1024;
 
 // Limits of deploy.register() (docs/sql-reference.md, "Size limits"), both refused with 54000. A script is
 // up_sql, down_sql or verify_sql. A statement is limited in SqlSpan::code, the bytes its parse time grows with:
 // one raw_parser call over a single statement cannot be interrupted, and 1 MB of the densest SQL (1+1+...) takes
 // about 0.3 s, while string constants, dollar quotes and comments cost a few ns per byte.
-inline constexpr std::size_t kMaxScriptBytes = 64 * 1024 * 1024;
-inline constexpr std::size_t kMaxStatementCodeBytes = 1024 * 1024;
+inline constexpr std::size_t kMaxScriptBytes = std::size_t{64} * 1024 * 1024;
+inline constexpr std::size_t kMaxStatementCodeBytes = std::size_t{1024} * 1024;
 
 // check_script_size refuses a script over kMaxScriptBytes, naming `what`.
 void check_script_size(const std::string& sql, const std::string& what);
