@@ -66,13 +66,21 @@ std::string check_script(const std::string& sql, const std::string& what, const 
     return non_transactional;
 }
 
+// Registration is one deploy.register() call's arguments, checked, with their checksums.
+struct Registration {
+    std::string version, name, up_sql, reversibility, key, checksum;
+    std::optional<std::string> down_sql, verify_sql;
+    Cell down_checksum, verify_checksum;
+    bool transactional = true;
+    bool replace = false;
+};
+
 /*
- * register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility,
- * replace). Everything that can be checked without running the SQL is checked here, before it is stored: syntax,
- * transaction control, statements that cannot run in a transaction. It takes the deploy lock so that a registration
- * never races an up() reading the catalog.
+ * read_registration checks everything that can be checked without running the SQL, before anything is stored:
+ * required arguments, lengths, reversibility against the down SQL, syntax, transaction control and statements that
+ * cannot run in a transaction; then takes the checksums.
  */
-Datum register_impl(FunctionCallInfo fcinfo) {
+Registration read_registration(FunctionCallInfo fcinfo) {
     std::string version = required_text_arg(fcinfo, 0, "version");
     std::string name = required_text_arg(fcinfo, 1, "name");
     std::string up_sql = required_text_arg(fcinfo, 2, "up_sql");
@@ -133,6 +141,39 @@ Datum register_impl(FunctionCallInfo fcinfo) {
     check_for_interrupts();
     Cell down_checksum = down_sql ? Cell(sha256_hex(*down_sql)) : Cell();
     Cell verify_checksum = verify_sql ? Cell(sha256_hex(*verify_sql)) : Cell();
+    Registration reg;
+    reg.version = version;
+    reg.name = name;
+    reg.up_sql = up_sql;
+    reg.down_sql = down_sql;
+    reg.verify_sql = verify_sql;
+    reg.reversibility = reversibility;
+    reg.transactional = transactional;
+    reg.replace = replace;
+    reg.key = key;
+    reg.checksum = checksum;
+    reg.down_checksum = down_checksum;
+    reg.verify_checksum = verify_checksum;
+    return reg;
+}
+
+/*
+ * store_registration writes the checked registration to the catalog under the deploy lock, so that it never races an
+ * up() reading the catalog: registered, unchanged, or updated (replace => true; an applied migration's up_sql never).
+ */
+std::string store_registration(const Registration& reg) {
+    const std::string& version = reg.version;
+    const std::string& name = reg.name;
+    const std::string& up_sql = reg.up_sql;
+    const std::optional<std::string>& down_sql = reg.down_sql;
+    const std::optional<std::string>& verify_sql = reg.verify_sql;
+    const std::string& reversibility = reg.reversibility;
+    const std::string& key = reg.key;
+    const std::string& checksum = reg.checksum;
+    const Cell& down_checksum = reg.down_checksum;
+    const Cell& verify_checksum = reg.verify_checksum;
+    bool transactional = reg.transactional;
+    bool replace = reg.replace;
     std::string outcome;
     {
         SpiSession spi;
@@ -208,7 +249,13 @@ Datum register_impl(FunctionCallInfo fcinfo) {
         }
         spi.finish();
     }
-    return PointerGetDatum(make_text(outcome));
+    return outcome;
+}
+
+// register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility, replace).
+Datum register_impl(FunctionCallInfo fcinfo) {
+    Registration reg = read_registration(fcinfo);
+    return PointerGetDatum(make_text(store_registration(reg)));
 }
 
 /*
