@@ -25,20 +25,23 @@ Millis mono_ms() {
 
 }  // namespace
 
+namespace {
+
+// Child is a started program: its pid (the leader of its own process group) and the read end of its output pipe.
+struct Child {
+    pid_t pid = -1;
+    int out_fd = -1;
+    Millis start = 0;
+};
+
 /*
- * run_process
- *
- * Everything the child needs (argv, envp) is built before fork(): the watcher has threads (HTTP checks, metrics), and
- * between fork and exec a child may only call async-signal-safe functions. The child gets its own process group so
- * that a timeout kills the hook and anything it started, not only the first process.
+ * spawn_child forks and execs argv with exactly env. Everything the child needs (argv, envp) is built before fork():
+ * the watcher has threads (HTTP checks, metrics), and between fork and exec a child may only call async-signal-safe
+ * functions. The child gets its own process group so that a timeout kills the hook and anything it started, not only
+ * the first process; its stdout and stderr share one pipe. On failure res.error says why and the pid is -1.
  */
-ProcessResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-                          Millis timeout, std::size_t max_output, const std::function<bool()>& tick) {
-    ProcessResult res;
-    if (argv.empty() || argv[0].empty()) {
-        res.error = "empty argv";
-        return res;
-    }
+Child spawn_child(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                  ProcessResult& res) {
     std::vector<char*> cargv;
     for (const auto& a : argv)
         cargv.push_back(const_cast<char*>(a.c_str()));
@@ -56,7 +59,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) {
         res.error = std::string("pipe: ") + std::strerror(errno);
-        return res;
+        return {};
     }
     // A second pipe tells the parent whether execvp worked (closed by exec on success, errno written on failure).
     int status_pipe[2];
@@ -64,7 +67,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         res.error = std::string("pipe: ") + std::strerror(errno);
         close(out[0]);
         close(out[1]);
-        return res;
+        return {};
     }
     Millis start = mono_ms();
     pid_t pid = fork();
@@ -74,7 +77,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         close(out[1]);
         close(status_pipe[0]);
         close(status_pipe[1]);
-        return res;
+        return {};
     }
     if (pid == 0) {
         setpgid(0, 0);
@@ -109,38 +112,64 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
         waitpid(pid, nullptr, 0);
         close(out[0]);
         res.error = "cannot run \"" + argv[0] + "\": " + std::strerror(exec_errno);
-        return res;
+        return {};
     }
     res.started = true;
-
     fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
-    bool eof = false, interrupted = false;
+    return Child{pid, out[0], start};
+}
+
+// kill_and_reap ends the child's whole process group and waits for the child.
+void kill_and_reap(pid_t pid, int& status) {
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+}
+
+// read_available appends what the pipe holds now, keeping at most max_output bytes; true at end of file.
+bool read_available(int fd, std::size_t max_output, ProcessResult& res) {
+    char buf[4096];
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r > 0) {
+            std::size_t room = res.output.size() < max_output ? max_output - res.output.size() : 0;
+            res.output.append(buf, std::min<std::size_t>(room, static_cast<std::size_t>(r)));
+            if (static_cast<std::size_t>(r) > room)
+                res.truncated = true;
+        } else if (r == 0) {
+            return true;
+        } else {
+            return false;  // EAGAIN
+        }
+    }
+}
+
+/*
+ * supervise reads the child's output until it has exited and closed the pipe, its timeout passes (the group is
+ * killed, res.timed_out) or tick() says stop (killed, *interrupted). Returns the wait status.
+ */
+int supervise(const Child& c, Millis timeout, std::size_t max_output, const std::function<bool()>& tick,
+              ProcessResult& res, bool& interrupted) {
+    bool eof = false;
     int status = 0;
     bool reaped = false;
-    Millis next_tick = start + 100;
+    Millis next_tick = c.start + 100;
     for (;;) {
-        if (!reaped) {
-            pid_t w = waitpid(pid, &status, WNOHANG);
-            if (w == pid)
-                reaped = true;
-        }
+        if (!reaped && waitpid(c.pid, &status, WNOHANG) == c.pid)
+            reaped = true;
         if (reaped && eof)
             break;
         Millis now = mono_ms();
-        if (!reaped && now - start >= timeout) {
+        if (!reaped && now - c.start >= timeout) {
             res.timed_out = true;
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
+            kill_and_reap(c.pid, status);
             break;
         }
         if (tick && now >= next_tick) {
             next_tick = now + 100;
             if (!tick()) {
                 interrupted = true;
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-                waitpid(pid, &status, 0);
+                kill_and_reap(c.pid, status);
                 break;
             }
         }
@@ -149,33 +178,39 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::map<s
             usleep(10 * 1000);
             continue;
         }
-        struct pollfd pfd = {out[0], POLLIN, 0};
+        struct pollfd pfd = {c.out_fd, POLLIN, 0};
         int pr = poll(&pfd, 1, 50);
-        if (pr > 0) {
-            char buf[4096];
-            for (;;) {
-                ssize_t r = read(out[0], buf, sizeof buf);
-                if (r > 0) {
-                    std::size_t room = res.output.size() < max_output ? max_output - res.output.size() : 0;
-                    res.output.append(buf, std::min<std::size_t>(room, static_cast<std::size_t>(r)));
-                    if (static_cast<std::size_t>(r) > room)
-                        res.truncated = true;
-                } else if (r == 0) {
-                    eof = true;
-                    break;
-                } else {
-                    break;  // EAGAIN
-                }
-            }
-        }
+        if (pr > 0)
+            eof = read_available(c.out_fd, max_output, res);
         // A child that exited while a grandchild keeps the pipe open must not hang us: stop reading once reaped.
         if (reaped && !eof && pr == 0)
             break;
     }
-    close(out[0]);
+    return status;
+}
+
+}  // namespace
+
+/*
+ * run_process runs a hook, an alert command or a command check: spawn it with exactly env, supervise it (output up
+ * to max_output, timeout, tick), then kill whatever it left in its process group and scrub its output.
+ */
+ProcessResult run_process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                          Millis timeout, std::size_t max_output, const std::function<bool()>& tick) {
+    ProcessResult res;
+    if (argv.empty() || argv[0].empty()) {
+        res.error = "empty argv";
+        return res;
+    }
+    Child child = spawn_child(argv, env, res);
+    if (child.pid < 0)
+        return res;
+    bool interrupted = false;
+    int status = supervise(child, timeout, max_output, tick, res, interrupted);
+    close(child.out_fd);
     // Whatever the child left running in its group goes too.
-    kill(-pid, SIGKILL);
-    res.duration_ms = static_cast<double>(mono_ms() - start);
+    kill(-child.pid, SIGKILL);
+    res.duration_ms = static_cast<double>(mono_ms() - child.start);
     if (interrupted)
         res.error = "interrupted";
     // Scrubbed here, before anyone cuts it: the output reaches logs, check details and events.
