@@ -42,13 +42,14 @@ extern "C" void _PG_init(void) {
                             nullptr, &statement_timeout_ms, kDefaultStatementTimeoutMs, 0, INT_MAX, PGC_USERSET,
                             GUC_UNIT_MS, nullptr, nullptr, nullptr);
     DefineCustomBoolVariable("pg_deploy.allow_out_of_order",
-                             "Apply pending migrations older than the newest applied one.", nullptr, &allow_out_of_order,
-                             kDefaultAllowOutOfOrder, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+                             "Apply pending migrations older than the newest applied one.", nullptr,
+                             &allow_out_of_order, kDefaultAllowOutOfOrder, PGC_USERSET, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable(
         "pg_deploy.rollback_window", "How long after a deployment it may be rolled back without force.", nullptr,
         &rollback_window_s, kDefaultRollbackWindowS, 0, INT_MAX, PGC_USERSET, GUC_UNIT_S, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable(
-        "pg_deploy.max_rollback_attempts", "Attempts at executing a rollback marker before it needs attention.", nullptr,
-        &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("pg_deploy.max_rollback_attempts",
+                            "Attempts at executing a rollback marker before it needs attention.", nullptr,
+                            &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, nullptr,
+                            nullptr, nullptr);
     MarkGUCPrefixReserved("pg_deploy");
 }
