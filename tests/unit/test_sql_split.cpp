@@ -161,7 +161,7 @@ TEST_CASE("for_each_batch covers the script with batches of whole statements of 
 }
 
 TEST_CASE("inputs that make a naive scanner quadratic are split in linear time", "[sql_split]") {
-    const std::size_t n = 8 * 1024 * 1024;
+    const std::size_t n = std::size_t{8} * 1024 * 1024;
     auto repeat = [&](const std::string& unit) {
         std::string s;
         s.reserve(n + unit.size());
