@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""pg_deploy benchmarks (issue 7): the ledger against the raw floor and Sqitch, a large ledger, the watcher at scale.
+"""pg_deploy benchmarks: the ledger against the raw floor and Sqitch, a large ledger, the watcher at scale.
 
 Run it through bench/run (which installs Sqitch, builds, and starts a throwaway cluster with pg_virtualenv); this file
 expects the PG* environment of a running PostgreSQL 15 server with pg_deploy installed, and is told where the
@@ -591,7 +591,7 @@ def migration_pass(ctx, rep, ns, default_rounds, sqitch_ns, sqitch_rounds, label
             errors=errors))
         ctx.cluster.drop(mb.tpl_registered)
 
-    rep.add(f"#### {label}: goals (issue 7)")
+    rep.add(f"#### {label}: goals (docs/benchmarks.md, 'Goals at a glance')")
     rep.add()
     rep.add("Each ratio three ways: wall median / wall best / backend CPU (the CPU figure is the least disturbed by "
             "other load on the machine; pgdeploy and Sqitch are separate processes, so wall only). The ledger's cost "
