@@ -162,18 +162,6 @@ Registration read_registration(FunctionCallInfo fcinfo) {
  * up() reading the catalog: registered, unchanged, or updated (replace => true; an applied migration's up_sql never).
  */
 std::string store_registration(const Registration& reg) {
-    const std::string& version = reg.version;
-    const std::string& name = reg.name;
-    const std::string& up_sql = reg.up_sql;
-    const std::optional<std::string>& down_sql = reg.down_sql;
-    const std::optional<std::string>& verify_sql = reg.verify_sql;
-    const std::string& reversibility = reg.reversibility;
-    const std::string& key = reg.key;
-    const std::string& checksum = reg.checksum;
-    const Cell& down_checksum = reg.down_checksum;
-    const Cell& verify_checksum = reg.verify_checksum;
-    bool transactional = reg.transactional;
-    bool replace = reg.replace;
     std::string outcome;
     {
         SpiSession spi;
@@ -182,30 +170,31 @@ std::string store_registration(const Registration& reg) {
         Rows clash = run_query(
             "SELECT version FROM deploy.migrations WHERE sort_key = $1 AND version <> $2 "
             "UNION ALL SELECT version FROM deploy.applied WHERE sort_key = $1 AND version <> $2 LIMIT 1",
-            {TEXTOID, TEXTOID}, {p_text(key), p_text(version)});
+            {TEXTOID, TEXTOID}, {p_text(reg.key), p_text(reg.version)});
         if (!clash.empty()) {
             throw DeployError(sqlstate::ambiguous_version,
-                              "version \"" + version + "\" is ambiguous: \"" + clash.front()[0].value_or("") +
+                              "version \"" + reg.version + "\" is ambiguous: \"" + clash.front()[0].value_or("") +
                                   "\" is already known and orders the same",
                               "Digit runs compare as numbers, so leading zeros do not make a different version.",
                               "Use the existing spelling.");
         }
         Rows existing = run_query(
-            "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility, "
-            "a.checksum AS applied_checksum, a.version IS NOT NULL AS is_applied "
-            "FROM deploy.migrations m LEFT JOIN deploy.applied a ON a.version = m.version WHERE m.version = $1",
-            {TEXTOID}, {p_text(version)});
+            "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility "
+            "FROM deploy.migrations m WHERE m.version = $1",
+            {TEXTOID}, {p_text(reg.version)});
         Rows applied =
-            run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(version)});
+            run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(reg.version)});
         bool is_applied = !applied.empty();
-        if (is_applied && applied.front()[0].value_or("") != checksum) {
+        if (is_applied && applied.front()[0].value_or("") != reg.checksum) {
             throw DeployError(sqlstate::checksum_drift,
-                              "migration " + version + " is applied and its up_sql has changed (checksum drift)",
-                              "applied checksum " + applied.front()[0].value_or("") + ", new checksum " + checksum,
+                              "migration " + reg.version + " is applied and its up_sql has changed (checksum drift)",
+                              "applied checksum " + applied.front()[0].value_or("") + ", new checksum " + reg.checksum,
                               "Never edit an applied migration: add a new migration that makes the change.");
         }
-        Json details{
-            {"name", name}, {"checksum", checksum}, {"transactional", transactional}, {"reversibility", reversibility}};
+        Json details{{"name", reg.name},
+                     {"checksum", reg.checksum},
+                     {"transactional", reg.transactional},
+                     {"reversibility", reg.reversibility}};
         EventLog events;
         if (existing.empty()) {
             run_query(
@@ -213,21 +202,22 @@ std::string store_registration(const Registration& reg) {
                 "checksum, transactional, reversibility, down_checksum, verify_checksum) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
-                {p_text(version), p_text(key), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
-                 p_text(checksum), p_bool(transactional), p_text(reversibility), p_text(down_checksum),
-                 p_text(verify_checksum)});
-            events.log("migration_registered", std::nullopt, version, std::nullopt, details);
+                {p_text(reg.version), p_text(reg.key), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
+                 p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
+                 p_text(reg.down_checksum), p_text(reg.verify_checksum)});
+            events.log("migration_registered", std::nullopt, reg.version, std::nullopt, details);
             outcome = "registered";
         } else {
             const Row& r = existing.front();
-            bool same = r[0] == Cell(name) && r[1] == Cell(checksum) && r[2] == down_sql && r[3] == verify_sql &&
-                        cell_bool(r[4]) == transactional && r[5] == Cell(reversibility);
+            bool same = r[0] == Cell(reg.name) && r[1] == Cell(reg.checksum) && r[2] == reg.down_sql &&
+                        r[3] == reg.verify_sql && cell_bool(r[4]) == reg.transactional &&
+                        r[5] == Cell(reg.reversibility);
             if (same) {
                 outcome = "unchanged";
-            } else if (!replace) {
+            } else if (!reg.replace) {
                 throw DeployError(sqlstate::ambiguous_version,
-                                  "migration " + version + " is already registered with different content",
-                                  std::string("registered checksum ") + r[1].value_or("") + ", new " + checksum +
+                                  "migration " + reg.version + " is already registered with different content",
+                                  std::string("registered checksum ") + r[1].value_or("") + ", new " + reg.checksum +
                                       (is_applied ? " (applied)" : " (pending)"),
                                   is_applied ? "It is applied: its up_sql cannot change; name, down_sql and "
                                                "verify_sql can be replaced with replace => true."
@@ -239,11 +229,11 @@ std::string store_registration(const Registration& reg) {
                     "verify_checksum = $10, registered_at = pg_catalog.clock_timestamp(), "
                     "registered_by = deploy.acting_role() WHERE version = $1",
                     {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
-                    {p_text(version), p_text(name), p_text(up_sql), p_text(down_sql), p_text(verify_sql),
-                     p_text(checksum), p_bool(transactional), p_text(reversibility), p_text(down_checksum),
-                     p_text(verify_checksum)});
+                    {p_text(reg.version), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
+                     p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
+                     p_text(reg.down_checksum), p_text(reg.verify_checksum)});
                 details["previous_checksum"] = r[1].value_or("");
-                events.log("migration_updated", std::nullopt, version, std::nullopt, details);
+                events.log("migration_updated", std::nullopt, reg.version, std::nullopt, details);
                 outcome = "updated";
             }
         }
