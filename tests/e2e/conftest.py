@@ -133,19 +133,21 @@ class FreshDatabase:
     """A context manager: a new database with pg_deploy on the PG* server, dropped (WITH FORCE) on exit. The `pg`
     fixture uses it per test; suites that need several fresh ledgers (one per trial) use it directly."""
 
-    def __init__(self, prefix="pgdeploy_t_"):
+    def __init__(self, prefix="pgdeploy_t_", create_options="", client_min_messages="warning"):
         self.name = prefix + uuid.uuid4().hex[:12]
+        self.create_options = create_options        # appended to CREATE DATABASE (ENCODING ..., TEMPLATE ...)
+        self.client_min_messages = client_min_messages
         self.db = None
 
     def __enter__(self):
         admin = admin_connect()
         try:
             with admin.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{self.name}"')
+                cur.execute(f'CREATE DATABASE "{self.name}" {self.create_options}')
         finally:
             admin.close()
         self.db = PgDatabase(self.name)
-        self.db.sql("SET client_min_messages = warning")
+        self.db.sql(f"SET client_min_messages = {self.client_min_messages}")
         self.db.sql("CREATE EXTENSION pg_deploy")
         return self.db
 

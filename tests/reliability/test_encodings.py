@@ -10,43 +10,19 @@ execute_rollback) keep that promise.
   JSON without replacement (a rollback's reason), it is 22021 with a hint, not XX000.
 """
 import json
-import uuid
 
 import psycopg2
 import pytest
 
-from conftest import PgDatabase, admin_connect, run_pgdeploy, stats
+from conftest import FreshDatabase, run_pgdeploy, stats
 
 
-class EncodedDatabase:
-    """A throwaway database in the given encoding (locale C, which accepts any encoding) with pg_deploy."""
-
-    def __init__(self, encoding):
-        self.name = f"pgdeploy_enc_{encoding.lower()}_{uuid.uuid4().hex[:8]}"
-        self.encoding = encoding
-
-    def __enter__(self):
-        admin = admin_connect()
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{self.name}" ENCODING \'{self.encoding}\' LC_COLLATE \'C\' '
-                            f"LC_CTYPE 'C' TEMPLATE template0")
-        finally:
-            admin.close()
-        self.db = PgDatabase(self.name)
-        self.db.sql("SET client_min_messages = error")
-        self.db.sql("CREATE EXTENSION pg_deploy")
-        return self.db
-
-    def __exit__(self, *exc):
-        self.db.close()
-        admin = admin_connect()
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        finally:
-            admin.close()
-        return False
+def EncodedDatabase(encoding):
+    """A throwaway database in the given encoding (locale C, which accepts any encoding) with pg_deploy; only errors
+    cross to the client, whose SQL_ASCII codec is ascii."""
+    return FreshDatabase(f"pgdeploy_enc_{encoding.lower()}_",
+                         f"ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+                         client_min_messages="error")
 
 
 def quiet(db):
