@@ -24,103 +24,13 @@ CREATE SCHEMA app AUTHORIZATION regress_sec_admin;
 CREATE SCHEMA evil AUTHORIZATION regress_sec_attacker;
 GRANT CREATE ON SCHEMA deploy_archive TO regress_sec_admin;
 
--- 1. The attacker's trap. pwn() records the role that ran it and, when that role is a superuser, makes the attacker
--- one. Every pg_catalog operator and function whose types are concrete gets a twin in schema evil that calls pwn()
--- and then the original, plus twins for argument pairs pg_catalog only matches through a cast (name || name,
--- oid = regclass): with the caller's path "evil, pg_catalog" every unqualified name resolves to the twin.
+-- 1. The attacker's trap (tests/security/trap.sql, shared with the e2e suite): pwn() records the role that ran it and,
+-- when that role is a superuser, makes the attacker one; every pg_catalog operator and function whose types are
+-- concrete gets a twin in schema evil that calls pwn() and then the original, and so do count(*), argument pairs
+-- pg_catalog matches only through a cast (name || name, oid = regclass) and type names (domains): with the caller's
+-- path "evil, pg_catalog" every unqualified name resolves to a twin.
 SET ROLE regress_sec_attacker;
-CREATE TABLE evil.pwned (who name, what text);
-GRANT USAGE ON SCHEMA evil TO PUBLIC;
-GRANT INSERT, SELECT ON evil.pwned TO PUBLIC;
-CREATE FUNCTION evil.pwn(what text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
-BEGIN
-    INSERT INTO evil.pwned VALUES (current_user, what);
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-               WHERE r.rolname OPERATOR(pg_catalog.=) current_user AND r.rolsuper) THEN
-        EXECUTE 'ALTER ROLE regress_sec_attacker SUPERUSER';
-    END IF;
-    RETURN true;
-END
-$fn$;
-SET client_min_messages = error;
-DO $plant$
-DECLARE
-    o      record;
-    n      integer := 0;
-    twin   text;
-    made   integer := 0;
-BEGIN
-    -- Operators (binary and prefix) with concrete types.
-    FOR o IN
-        SELECT op.oprname, op.oprkind, op.oprleft::regtype AS l, op.oprright::regtype AS r,
-               op.oprresult::regtype AS res, p.proname
-        FROM pg_catalog.pg_operator op JOIN pg_catalog.pg_proc p ON p.oid = op.oprcode
-        WHERE op.oprnamespace = 'pg_catalog'::regnamespace
-          AND (op.oprleft = 0 OR (SELECT typtype FROM pg_type WHERE oid = op.oprleft) NOT IN ('p'))
-          AND (SELECT typtype FROM pg_type WHERE oid = op.oprright) NOT IN ('p')
-          AND (SELECT typtype FROM pg_type WHERE oid = op.oprresult) NOT IN ('p')
-          AND op.oprleft <> 'internal'::regtype
-    LOOP
-        n := n + 1;
-        twin := format('evil.op_twin_%s', n);
-        BEGIN
-            IF o.oprkind = 'b' THEN
-                EXECUTE format('CREATE FUNCTION %s(%s, %s) RETURNS %s LANGUAGE sql AS %L', twin, o.l, o.r, o.res,
-                               format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I($1, $2) END',
-                                      format('operator %s(%s, %s)', o.oprname, o.l, o.r), o.proname));
-                EXECUTE format('CREATE OPERATOR evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = %s)',
-                               o.oprname, o.l, o.r, twin);
-            ELSE
-                EXECUTE format('CREATE FUNCTION %s(%s) RETURNS %s LANGUAGE sql AS %L', twin, o.r, o.res,
-                               format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I($1) END',
-                                      format('operator %s(%s)', o.oprname, o.r), o.proname));
-                EXECUTE format('CREATE OPERATOR evil.%s (RIGHTARG = %s, FUNCTION = %s)', o.oprname, o.r, twin);
-            END IF;
-            made := made + 1;
-        EXCEPTION WHEN OTHERS THEN
-            NULL;
-        END;
-    END LOOP;
-    -- Functions with concrete, non-variadic signatures (aggregates and window functions aside).
-    FOR o IN
-        SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
-               p.prorettype::regtype AS res, p.pronargs, p.proretset
-        FROM pg_catalog.pg_proc p
-        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f' AND p.provariadic = 0
-          AND (SELECT typtype FROM pg_type WHERE oid = p.prorettype) NOT IN ('p')
-          AND NOT EXISTS (SELECT 1 FROM unnest(p.proargtypes::oid[]) t(oid)
-                          JOIN pg_type ty ON ty.oid = t.oid WHERE ty.typtype = 'p')
-          AND p.pronargs <= 4
-    LOOP
-        BEGIN
-            EXECUTE format('CREATE FUNCTION evil.%I(%s) RETURNS %s%s LANGUAGE sql AS %L', o.proname, o.args,
-                           CASE WHEN o.proretset THEN 'SETOF ' ELSE '' END, o.res,
-                           format('SELECT CASE WHEN evil.pwn(%L) THEN pg_catalog.%I(%s) END',
-                                  format('function %s(%s)', o.proname, o.args), o.proname,
-                                  (SELECT coalesce(string_agg('$' || i, ', '), '')
-                                   FROM generate_series(1, o.pronargs) i)));
-            made := made + 1;
-        EXCEPTION WHEN OTHERS THEN
-            NULL;
-        END;
-    END LOOP;
-    -- Argument pairs that pg_catalog matches only through a cast: an exact match wins even behind pg_catalog.
-    CREATE FUNCTION evil.cat_names(name, name) RETURNS text LANGUAGE sql
-        AS $f$ SELECT CASE WHEN evil.pwn('operator ||(name, name)') THEN $1::text OPERATOR(pg_catalog.||) $2::text END $f$;
-    CREATE OPERATOR evil.|| (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.cat_names);
-    CREATE FUNCTION evil.cat_name_text(name, text) RETURNS text LANGUAGE sql
-        AS $f$ SELECT CASE WHEN evil.pwn('operator ||(name, text)') THEN $1::text OPERATOR(pg_catalog.||) $2 END $f$;
-    CREATE OPERATOR evil.|| (LEFTARG = name, RIGHTARG = text, FUNCTION = evil.cat_name_text);
-    CREATE FUNCTION evil.oid_is_class(oid, regclass) RETURNS boolean LANGUAGE sql
-        AS $f$ SELECT CASE WHEN evil.pwn('operator =(oid, regclass)') THEN $1 OPERATOR(pg_catalog.=) $2::oid END $f$;
-    CREATE OPERATOR evil.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = evil.oid_is_class);
-    RAISE NOTICE 'planted % twins', made;
-    IF made < 2000 THEN
-        RAISE EXCEPTION 'the trap is too small: % twins', made;
-    END IF;
-END
-$plant$;
+\i tests/security/trap.sql
 RESET client_min_messages;
 RESET ROLE;
 
@@ -132,6 +42,7 @@ RESET search_path;
 RESET ROLE;
 SELECT who, what FROM evil.pwned;
 DELETE FROM evil.pwned;
+SELECT setval('evil.hits', 1, false) AS trap_reset;
 
 -- Migrations that use no operator or function of their own, so that anything the trap records came from pg_deploy.
 -- 0 is adopted by baseline; 1 creates a table and is verified; 2 is lossy (its down drops a table with data: the
@@ -186,7 +97,7 @@ SELECT deploy.down(to_version => '1') AS down1 \gset
 RESET search_path;
 
 -- Nothing of the attacker's ran, and the calls did what they do.
-SELECT count(*) AS trap_runs FROM evil.pwned;
+SELECT count(*) AS trap_runs, (SELECT is_called FROM evil.hits) AS trap_ran_in_a_rolled_back_call FROM evil.pwned;
 SELECT rolsuper AS attacker_is_superuser FROM pg_roles WHERE rolname = 'regress_sec_attacker';
 SELECT :'base'::jsonb ->> 'ok' AS baseline_ok, :'dry'::jsonb ->> 'ok' AS dry_ok, :'up1'::jsonb ->> 'ok' AS up1_ok,
        :'cv1' AS cv1, :'rv1' AS rv1, :'validate1'::jsonb ->> 'ok' AS validate_ok,
@@ -206,7 +117,7 @@ SELECT deploy.up(app_version => 'r3') AS up4 \gset
 SELECT deploy.request_rollback('again') AS marker2 \gset
 SELECT deploy.execute_rollback(:marker2) AS exec2 \gset
 RESET search_path;
-SELECT count(*) AS trap_runs FROM evil.pwned;
+SELECT count(*) AS trap_runs, (SELECT is_called FROM evil.hits) AS trap_ran_in_a_rolled_back_call FROM evil.pwned;
 SELECT :'up4'::jsonb ->> 'ok' AS up4_ok, :'exec2'::jsonb ->> 'state' AS marker2_state;
 
 -- Migration SQL keeps the caller's path: an unqualified name in it resolves there (here tables in app), and so does
