@@ -180,6 +180,13 @@ SELECT to_regclass('app.tampered') AS tampered_ran, to_regclass('app.tampered_ve
 SELECT kind, version, details ->> 'operation' AS operation FROM deploy.events WHERE kind = 'stored_sql_drift'
 ORDER BY id;
 SELECT deploy.resolve_marker(:marker3, 'abandoned', 'tampering investigated') ->> 'state' AS closed;
+-- up: a pending migration whose stored up_sql changed is not run either (nor is its down SQL copied).
+SELECT deploy.register('9', 'pending', 'CREATE TABLE app.nine (id int)', 'DROP TABLE app.nine');
+UPDATE deploy.migrations SET up_sql = 'CREATE TABLE app.tampered_up (id int)' WHERE version = '9';
+SELECT r ->> 'ok' AS ok, r -> 'failed' ->> 'sqlstate' AS sqlstate FROM deploy.up() AS r;
+SELECT to_regclass('app.tampered_up') AS tampered_up_ran, count(*) AS applied_9 FROM deploy.applied WHERE version = '9';
+SELECT kind, details ->> 'operation' AS operation FROM deploy.events WHERE kind = 'stored_sql_drift' AND version = '9';
+SELECT deploy.unregister('9');
 
 -- 4. Readers: message and SQLSTATE of a failure, never its detail or context (they quote the SQL's values).
 CREATE TABLE app.secrets (token text PRIMARY KEY);
