@@ -203,6 +203,12 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
         {R"({"rollback": {"retry_backoff": "10s", "retry_backoff_max": "1s"}})",
          "rollback.retry_backoff_max: must not be less than"},
         {R"({"rollback": {"lease": "500ms"}})", "rollback.lease: must be at least 1s"},
+        {R"({"rollback": {"lock_timeout": 500}})", "rollback.lock_timeout: must be a duration"},
+        {R"({"rollback": {"lock_timeout": "600h"}})", "rollback.lock_timeout: must be at most 2147483647ms"},
+        {R"({"rollback": {"lock_attempts": 0}})", "rollback.lock_attempts: must be between 1 and 1000"},
+        {R"({"rollback": {"lock_attempts": "3"}})", "rollback.lock_attempts: must be an integer"},
+        {R"({"rollback": {"lock_retry_time": "0s"}})", "rollback.lock_retry_time: must be a positive duration"},
+        {R"({"rollback": {"lock_retries": 3}})", "rollback.lock_retries: unknown key"},
         {R"({"alert": {"command": "page me"}})", "alert.command: must be an array of strings"},
         {R"({"alert": {"timeout": "0s"}})", "alert.timeout: must be a positive duration"},
         {R"({"alert": {"url": "x"}})", "alert.url: unknown key"},
@@ -327,4 +333,19 @@ TEST_CASE("reload_plan: the declared keys reconnect or wait for a restart, every
         CHECK_FALSE(p.reconnect);
         CHECK(p.restart_keys == std::vector<std::string>{"metrics.listen", "logging.format"});
     }
+}
+
+TEST_CASE("rollback.lock_* set the lock safety of the reverting session, unset keys leave the server's",
+          "[watch][config]") {
+    WatchConfig none = parse_config("{}");
+    CHECK(none.rollback.lock.empty());
+    WatchConfig c =
+        parse_config(R"({"rollback": {"lock_timeout": "200ms", "lock_attempts": 5, "lock_retry_time": "1m"}})");
+    CHECK(c.rollback.lock.lock_timeout_ms == 200);
+    CHECK(c.rollback.lock.lock_attempts == 5);
+    CHECK(c.rollback.lock.lock_retry_time_ms == 60000);
+    CHECK_FALSE(c.rollback.lock.lock_wait_ms);
+    WatchConfig off = parse_config(R"({"rollback": {"lock_timeout": "0s"}})");
+    CHECK(off.rollback.lock.lock_timeout_ms == 0);
+    CHECK_FALSE(off.rollback.lock.lock_attempts);
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/exit_codes.hpp"
+#include "common/lock_safety.hpp"
 
 namespace pgdeploy::cli {
 
@@ -77,5 +78,13 @@ void check_length_arg(const ParsedArgs& args, const std::string& option, std::si
 
 // parse_duration_ms: "10s", "500ms", "2min", "1h", or bare seconds "10"; UsageError otherwise.
 long long parse_duration_ms(const std::string& option, const std::string& value);
+
+// with_lock_retry_options: options plus --lock-timeout, --lock-attempts and --lock-retry-time (up, down, rollback).
+std::vector<OptionSpec> with_lock_retry_options(std::vector<OptionSpec> options);
+
+// lock_flags: --lock-wait, --lock-timeout, --lock-attempts and --lock-retry-time as the session settings they ask
+// for (common::apply_lock_safety); ArgumentError (exit 2) naming the option for a bad value, before anything is
+// sent. Options a command does not have are simply absent.
+common::LockSafety lock_flags(const ParsedArgs& args);
 
 }  // namespace pgdeploy::cli

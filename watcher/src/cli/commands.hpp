@@ -34,7 +34,4 @@ const CommandSpec& up_spec();
 // load_options: --follow-symlinks of `load` and `up --dir`.
 loader::LoadOptions load_options(const Context& ctx);
 
-// apply_lock_wait: --lock-wait DURATION → SET pg_deploy.lock_wait for this session.
-void apply_lock_wait(const Context& ctx, common::Connection& conn);
-
 }  // namespace pgdeploy::cli

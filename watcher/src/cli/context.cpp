@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "common/exit_codes.hpp"
+#include "common/lock_safety.hpp"
 #include "common/logging.hpp"
 #include "common/output.hpp"
 
@@ -19,6 +20,16 @@ common::Connection Context::connect() const {
     auto conn = common::Connection::connect(opts);
     std::string version = conn.require_extension();
     spdlog::debug("pg_deploy {} in {}", version, conn.describe());
+    conn.set_notice_handler([out = output](const common::Notice& n) {
+        if (!out)
+            return false;
+        if (n.severity == "NOTICE" && n.message.rfind(common::kLockRetryPrefix, 0) == 0) {
+            out->line(n.message);
+            return true;
+        }
+        out->clear_status();  // the log line that follows must not land on a terminal's status line
+        return false;
+    });
     return conn;
 }
 
@@ -30,12 +41,8 @@ std::string Context::holder() {
 }
 
 void Context::progress(const std::string& line) const {
-    if (quiet)
-        return;
-    if (log_json)
-        spdlog::info("{}", line);
-    else
-        std::cerr << line << std::endl;
+    if (output)
+        output->line(line);
 }
 
 namespace {
@@ -90,6 +97,10 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
         common::setup_logging(log);
         ctx.quiet = log.quiet;
         ctx.log_json = log.format == common::LogFormat::kJson;
+        using Mode = common::ProgressOutput::Mode;
+        ctx.output = std::make_shared<common::ProgressOutput>(ctx.quiet      ? Mode::kSilent
+                                                              : ctx.log_json ? Mode::kLog
+                                                                             : Mode::kStderr);
     } catch (const UsageError& e) {
         print_failure_text(spec.name, e);
         std::cerr << usage_line(spec);
@@ -139,6 +150,21 @@ int failure_exit_code(const nlohmann::json& failure) {
     if (!failure.is_object() || !failure.contains("sqlstate") || !failure["sqlstate"].is_string())
         return kExitFailed;
     return exit_code_for_sqlstate(failure["sqlstate"].get<std::string>());
+}
+
+nlohmann::json query_json_watched(const Context& ctx, common::Connection& conn, const std::string& label,
+                                  const std::string& sql, const std::vector<common::Param>& params) {
+    common::ProgressMonitor monitor(conn, ctx.output);
+    auto scope = monitor.watch(label);
+    return conn.query_json(sql, params);
+}
+
+std::string lock_retries_note(const nlohmann::json& doc) {
+    if (!doc.is_object() || !doc.contains("lock_retries") || !doc["lock_retries"].is_array() ||
+        doc["lock_retries"].empty())
+        return "";
+    size_t n = doc["lock_retries"].size();
+    return " after " + std::to_string(n) + " lock retr" + (n == 1 ? "y" : "ies");
 }
 
 std::string jstr(const nlohmann::json& obj, const std::string& key, const std::string& fallback) {

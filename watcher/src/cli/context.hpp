@@ -2,12 +2,14 @@
 // the right exit code and message (text on stderr, or one JSON error document on stdout under --json).
 #pragma once
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "cli/args.hpp"
 #include "common/connection.hpp"
+#include "common/progress.hpp"
 
 namespace pgdeploy::cli {
 
@@ -17,8 +19,11 @@ struct Context {
     bool json = false;
     bool quiet = false;
     bool log_json = false;  // --log-format json: progress lines become JSON log lines too
+    // Where progress lines go (stderr, the log, or nowhere under --quiet); shared with the progress monitor.
+    std::shared_ptr<common::ProgressOutput> output;
 
-    // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8).
+    // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8). The
+    // extension's "lock retry" NOTICEs become progress lines while a call runs.
     common::Connection connect() const;
 
     // holder: "pgdeploy@HOST:PID", how this process names itself in checkpoints and markers.
@@ -39,6 +44,15 @@ int emit(const Context& ctx, nlohmann::json doc, int exit_code, const std::funct
 
 // failure_exit_code: exit code for a jsonb result's failure object {"sqlstate": ...}; 1 when absent.
 int failure_exit_code(const nlohmann::json& failure);
+
+// query_json_watched: conn.query_json while a progress monitor watches the call (common/progress.hpp): a long
+// revert shows its elapsed time, the progress of its statement, or the session it waits for.
+nlohmann::json query_json_watched(const Context& ctx, common::Connection& conn, const std::string& label,
+                                  const std::string& sql, const std::vector<common::Param>& params);
+
+// lock_retries_note: " after N lock retries" for the human summary line when the result's lock_retries is not
+// empty, else "".
+std::string lock_retries_note(const nlohmann::json& doc);
 
 // jstr: the string at key, or fallback when missing/null (numbers are printed).
 std::string jstr(const nlohmann::json& obj, const std::string& key, const std::string& fallback = "-");

@@ -211,13 +211,6 @@ loader::LoadOptions load_options(const Context& ctx) {
     return options;
 }
 
-void apply_lock_wait(const Context& ctx, common::Connection& conn) {
-    if (auto lw = ctx.args.get("lock-wait")) {
-        long long ms = parse_duration_ms("lock-wait", *lw);
-        conn.exec("SELECT pg_catalog.set_config('pg_deploy.lock_wait', $1, false)", {std::to_string(ms) + "ms"});
-    }
-}
-
 /*
  * cmd_load
  *		Files are read and validated completely before connecting, so a bad directory never opens a transaction.
@@ -226,12 +219,11 @@ int cmd_load(const std::vector<std::string>& args) {
     return run_command(load_spec(), args, [](Context& ctx) {
         const std::string dir = ctx.args.positionals[0];
         bool dry_run = ctx.args.has("dry-run");
-        if (auto lw = ctx.args.get("lock-wait"))
-            parse_duration_ms("lock-wait", *lw);
+        common::LockSafety lock = lock_flags(ctx.args);
         loader::LoadedDirectory loaded = loader::load_directory(dir, load_options(ctx));
         spdlog::debug("{}: {} migrations ({} layout)", dir, loaded.migrations.size(), loaded.layout);
         auto conn = ctx.connect();
-        apply_lock_wait(ctx, conn);
+        common::apply_lock_safety(conn, lock);
         conn.exec("BEGIN");
         RegisterReport report = register_all(conn, loaded, dir);
         if (report.exit_code != 0 || dry_run)

@@ -105,10 +105,9 @@ int cmd_markers(const std::vector<std::string>& args) {
         if (action == "execute") {
             only_for(ctx, action, {"force", "lock-wait"});
             std::string id = marker_id_arg(ctx, action);
-            if (auto lw = ctx.args.get("lock-wait"))
-                parse_duration_ms("lock-wait", *lw);
+            common::LockSafety lock = lock_flags(ctx.args);
             auto conn = ctx.connect();
-            apply_lock_wait(ctx, conn);
+            common::apply_lock_safety(conn, lock);
             json doc;
             try {
                 doc = conn.query_json(

@@ -59,7 +59,7 @@ void print_revert_human(const Context& ctx, const json& doc, int code) {
                   << jstr(doc, "version_after", "(none)");
         if (doc.contains("deployment_id") && !doc["deployment_id"].is_null())
             std::cout << " (deployment " << jstr(doc, "deployment_id") << ")";
-        std::cout << "\n";
+        std::cout << lock_retries_note(doc) << "\n";
         return;
     }
     const json& f = doc.contains("failed") ? doc["failed"] : json();
@@ -75,14 +75,16 @@ void print_revert_human(const Context& ctx, const json& doc, int code) {
 int cmd_down(const std::vector<std::string>& args) {
     static const CommandSpec spec{
         "down",
-        "[--steps N | --to V] [--force] [--dry-run] [--app-version X] [--lock-wait DURATION]",
+        "[--steps N | --to V] [--force] [--dry-run] [--app-version X] [--lock-wait DURATION] "
+        "[--lock-timeout DURATION] [--lock-attempts N] [--lock-retry-time DURATION]",
         "revert the newest applied migrations from their stored down SQL (default: one)",
-        {{"steps", 0, true, "N", "revert the N newest migrations (default 1)"},
-         {"to", 0, true, "V", "revert everything newer than version V (V stays applied)"},
-         {"force", 0, false, "", "revert irreversible migrations too (their down SQL, if any, or nothing)"},
-         {"dry-run", 0, false, "", "rehearse inside a transaction that is rolled back"},
-         {"app-version", 0, true, "X", "the release the app goes back to; recorded on the deployment"},
-         {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock"}},
+        with_lock_retry_options(
+            {{"steps", 0, true, "N", "revert the N newest migrations (default 1)"},
+             {"to", 0, true, "V", "revert everything newer than version V (V stays applied)"},
+             {"force", 0, false, "", "revert irreversible migrations too (their down SQL, if any, or nothing)"},
+             {"dry-run", 0, false, "", "rehearse inside a transaction that is rolled back"},
+             {"app-version", 0, true, "X", "the release the app goes back to; recorded on the deployment"},
+             {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock"}}),
         0,
         0,
         ""};
@@ -93,17 +95,17 @@ int cmd_down(const std::vector<std::string>& args) {
         std::optional<std::string> steps;
         if (auto s = ctx.args.get("steps"))
             steps = std::to_string(parse_positive_int("steps", *s));
-        if (auto lw = ctx.args.get("lock-wait"))
-            parse_duration_ms("lock-wait", *lw);
+        common::LockSafety lock = lock_flags(ctx.args);
         auto conn = ctx.connect();
-        apply_lock_wait(ctx, conn);
+        common::apply_lock_safety(conn, lock);
         // Either steps or to_version is passed, never both: the other keeps the function's default.
         const bool by_version = ctx.args.has("to");
-        json doc = conn.query_json(std::string("SELECT deploy.down(") +
-                                       (by_version ? "to_version => $1" : "steps => $1::integer") +
-                                       ", force => $2::boolean, dry_run => $3::boolean, app_version => $4)",
-                                   {by_version ? opt(ctx.args.get("to")) : common::Param(steps.value_or("1")),
-                                    flag(ctx, "force"), flag(ctx, "dry-run"), opt(ctx.args.get("app-version"))});
+        json doc = query_json_watched(ctx, conn, "deploy.down()",
+                                      std::string("SELECT deploy.down(") +
+                                          (by_version ? "to_version => $1" : "steps => $1::integer") +
+                                          ", force => $2::boolean, dry_run => $3::boolean, app_version => $4)",
+                                      {by_version ? opt(ctx.args.get("to")) : common::Param(steps.value_or("1")),
+                                       flag(ctx, "force"), flag(ctx, "dry-run"), opt(ctx.args.get("app-version"))});
         int code = revert_exit_code(doc);
         return emit(ctx, doc, code, [&]() { print_revert_human(ctx, doc, code); });
     });
@@ -112,13 +114,15 @@ int cmd_down(const std::vector<std::string>& args) {
 int cmd_rollback(const std::vector<std::string>& args) {
     static const CommandSpec spec{
         "rollback",
-        "[--deployment ID] [--force] [--reason TEXT] [--dry-run] [--lock-wait DURATION]",
+        "[--deployment ID] [--force] [--reason TEXT] [--dry-run] [--lock-wait DURATION] [--lock-timeout DURATION] "
+        "[--lock-attempts N] [--lock-retry-time DURATION]",
         "revert everything a deployment applied (default: the newest revertible one)",
-        {{"deployment", 0, true, "ID", "the deployment to roll back (default: the newest up deployment)"},
-         {"force", 0, false, "", "past the rollback window, and through irreversible migrations"},
-         {"reason", 0, true, "TEXT", "why: recorded on the rollback deployment and its events"},
-         {"dry-run", 0, false, "", "rehearse inside a transaction that is rolled back"},
-         {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock"}},
+        with_lock_retry_options(
+            {{"deployment", 0, true, "ID", "the deployment to roll back (default: the newest up deployment)"},
+             {"force", 0, false, "", "past the rollback window, and through irreversible migrations"},
+             {"reason", 0, true, "TEXT", "why: recorded on the rollback deployment and its events"},
+             {"dry-run", 0, false, "", "rehearse inside a transaction that is rolled back"},
+             {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock"}}),
         0,
         0,
         ""};
@@ -127,11 +131,11 @@ int cmd_rollback(const std::vector<std::string>& args) {
         if (auto d = ctx.args.get("deployment"))
             deployment = std::to_string(parse_positive_int("deployment", *d, 999999999));
         check_length_arg(ctx.args, "reason", common::kMaxReasonChars);
-        if (auto lw = ctx.args.get("lock-wait"))
-            parse_duration_ms("lock-wait", *lw);
+        common::LockSafety lock = lock_flags(ctx.args);
         auto conn = ctx.connect();
-        apply_lock_wait(ctx, conn);
-        json doc = conn.query_json(
+        common::apply_lock_safety(conn, lock);
+        json doc = query_json_watched(
+            ctx, conn, "deploy.rollback()",
             "SELECT deploy.rollback(deployment_id => $1::bigint, force => $2::boolean, reason => $3, "
             "dry_run => $4::boolean)",
             {deployment, flag(ctx, "force"), opt(ctx.args.get("reason")), flag(ctx, "dry-run")});
@@ -156,10 +160,9 @@ int cmd_baseline(const std::vector<std::string>& args) {
             throw ArgumentError("--through V is required");
         check_version_arg("--through", ctx.args.get("through"));
         check_length_arg(ctx.args, "app-version", common::kMaxAppVersionChars);
-        if (auto lw = ctx.args.get("lock-wait"))
-            parse_duration_ms("lock-wait", *lw);
+        common::LockSafety lock = lock_flags(ctx.args);
         auto conn = ctx.connect();
-        apply_lock_wait(ctx, conn);
+        common::apply_lock_safety(conn, lock);
         json doc = conn.query_json("SELECT deploy.baseline(through => $1, app_version => $2)",
                                    {ctx.args.get("through"), opt(ctx.args.get("app-version"))});
         int code = doc.value("ok", true) ? kExitOk : kExitFailed;

@@ -9,6 +9,7 @@
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
 #include "cli/load.hpp"
+#include "cli/steps.hpp"
 #include "common/limits.hpp"
 #include "common/output.hpp"
 
@@ -39,106 +40,6 @@ double num(const json& obj, const std::string& key) {
     return 0;
 }
 
-/*
- * SessionDeployLock
- *		Holds the deploy lock at session level while this client runs top-level statements
- *(deploy.hold_deploy_lock: the extension owns the lock's key, its bounded wait and the error naming the holder). The
- *extension's functions take the same lock per transaction, so between next_step() and step_done() nothing else would
- *keep a second `pgdeploy up` from being handed the same running step and starting a duplicate concurrent build. The
- *same session may still call deploy.* (advisory locks are re-entrant per session). If this process dies, the lock lives
- *exactly as long as its backend: while the statement still runs, nobody else starts it again.
- */
-class SessionDeployLock {
-public:
-    explicit SessionDeployLock(common::Connection& conn) : conn_(conn) {
-        conn.exec("SELECT deploy.hold_deploy_lock('pgdeploy up')");
-    }
-    ~SessionDeployLock() {
-        try {
-            if (conn_.ok())
-                conn_.exec("SELECT deploy.release_deploy_lock()");
-        } catch (...) {
-            // The session ends soon anyway, and with it the lock.
-        }
-    }
-    SessionDeployLock(const SessionDeployLock&) = delete;
-    SessionDeployLock& operator=(const SessionDeployLock&) = delete;
-
-private:
-    common::Connection& conn_;
-};
-
-/*
- * run_steps
- *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
- *		friends inside a function, so the extension hands out one statement at a time and we run it at top
- *		level on this connection (autocommit). Cleanup statements come first: on a resume they remove what a
- *		failed attempt left behind (an INVALID index). Returns the failure object, or null when every step is
- *		done.
- */
-json run_steps(const Context& ctx, common::Connection& conn, const json& awaiting, json& steps_log,
-               const std::string& counter, double& total_ms) {
-    json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
-    common::Param dep_param;
-    if (deployment.is_number_integer())
-        dep_param = std::to_string(deployment.get<long long>());
-    const std::string holder = Context::holder();
-    SessionDeployLock lock(conn);
-    while (true) {
-        json step =
-            conn.query_json("SELECT deploy.next_step(deployment_id => $1::bigint, holder => $2)", {dep_param, holder});
-        if (step.is_null() || (step.is_object() && step.value("done", false)) ||
-            (step.is_object() && !step.contains("statement")))
-            return nullptr;
-        json id = step.contains("step_id") ? step["step_id"] : step["id"];
-        std::string step_id = id.is_string() ? id.get<std::string>() : id.dump();
-        std::string version = jstr(step, "version", "?"), name = jstr(step, "name", "");
-        std::string label = version + (name.empty() ? "" : "_" + name) + " step " + jstr(step, "step", "?") +
-                            (step.contains("steps") ? "/" + jstr(step, "steps") : "");
-        auto started = std::chrono::steady_clock::now();
-        try {
-            json cleanup = step.contains("cleanup") ? step["cleanup"] : json::array();
-            if (cleanup.is_string())
-                cleanup = json::array({cleanup});
-            if (cleanup.is_array())
-                for (const auto& c : cleanup) {
-                    if (!c.is_string() || c.get<std::string>().empty())
-                        continue;
-                    spdlog::info("{}: cleanup: {}", label, c.get<std::string>());
-                    conn.exec(c.get<std::string>());
-                }
-            spdlog::debug("{}: {}", label, step["statement"].get<std::string>());
-            conn.exec(step["statement"].get<std::string>());
-        } catch (const common::DbError& e) {
-            double ms = elapsed_ms(started);
-            ctx.progress(counter + label + " ... FAILED " + common::format_ms(ms) + ": " + e.sqlstate() + " " +
-                         e.what());
-            conn.query_value("SELECT deploy.step_failed($1::bigint, $2, $3)", {step_id, e.sqlstate(), e.what()});
-            json failure = e.to_json();
-            failure["version"] = version;
-            failure["name"] = name;
-            failure["step"] = step.contains("step") ? step["step"] : json();
-            failure["statement"] = step["statement"];
-            steps_log.push_back({{"step_id", id},
-                                 {"version", version},
-                                 {"step", failure["step"]},
-                                 {"ok", false},
-                                 {"sqlstate", e.sqlstate()},
-                                 {"duration_ms", ms}});
-            return failure;
-        }
-        double ms = elapsed_ms(started);
-        conn.query_value("SELECT deploy.step_done($1::bigint)", {step_id});
-        total_ms += ms;
-        ctx.progress(counter + label + " ... ok " + common::format_ms(ms));
-        steps_log.push_back({{"step_id", id},
-                             {"version", version},
-                             {"step", step.contains("step") ? step["step"] : json()},
-                             {"ok", true},
-                             {"duration_ms", ms}});
-    }
-}
-
 void print_up_human(const json& doc, int exit_code) {
     bool dry = doc.value("dry_run", false);
     std::string before = jstr(doc, "version_before", "(none)"), after = jstr(doc, "version_after", "(none)");
@@ -152,7 +53,7 @@ void print_up_human(const json& doc, int exit_code) {
                   << before << " -> " << (dry ? jstr(doc, "target", after) : after);
         if (doc.contains("deployment_id") && !doc["deployment_id"].is_null())
             std::cout << " (deployment " << jstr(doc, "deployment_id") << ")";
-        std::cout << " in " << common::format_ms(num(doc, "duration_ms")) << "\n";
+        std::cout << " in " << common::format_ms(num(doc, "duration_ms")) << lock_retries_note(doc) << "\n";
         return;
     }
     const json& f = doc.contains("failed") ? doc["failed"] : json();
@@ -181,22 +82,114 @@ void print_up_human(const json& doc, int exit_code) {
         std::cout << "schema at " << after << "\n";
 }
 
+/*
+ * Rounds
+ *		deploy.up() is called again after each batch of non-transactional steps: it resumes the same deployment
+ *and applies what follows. What all the rounds did together is what the command reports.
+ */
+struct Rounds {
+    json result;                   // the last deploy.up() result
+    json applied = json::array();  // every round's, and the non-transactional migrations finished here
+    json failure;                  // a failed step (a failed migration is in result["failed"])
+    StepRecords records;
+};
+
+void append_all(json& into, const json& from, const char* key) {
+    if (from.is_object() && from.contains(key) && from[key].is_array())
+        for (const auto& e : from[key])
+            into.push_back(e);
+}
+
+/*
+ * run_rounds
+ *		A round that makes no progress ends the loop with an error rather than spinning. Every call and
+ *statement runs under the progress monitor.
+ */
+Rounds run_rounds(const Context& ctx, common::Connection& conn, bool dry_run) {
+    Rounds r;
+    common::ProgressMonitor monitor(conn, ctx.output);
+    size_t counter = 0;
+    // The number of migrations this run will apply, for the [k/N] progress lines.
+    size_t total = static_cast<size_t>(
+        std::stoll(conn.query_value("SELECT deploy.pending_count($1)", {opt(ctx.args.get("target"))}).value_or("0")));
+    std::string last_awaiting;
+    while (true) {
+        {
+            auto watching = monitor.watch("deploy.up()");
+            r.result = conn.query_json(
+                "SELECT deploy.up(target => $1, dry_run => $2::boolean, app_version => $3, atomic => $4::boolean)",
+                {opt(ctx.args.get("target")), std::string(dry_run ? "true" : "false"), opt(ctx.args.get("app-version")),
+                 std::string(ctx.args.has("no-atomic") ? "false" : "true")});
+        }
+        if (!r.result.is_object())
+            throw Failure(kExitFailed, "deploy.up() returned no result");
+        append_all(r.records.lock_retries, r.result, "lock_retries");
+        const json& applied =
+            r.result.contains("applied") && r.result["applied"].is_array() ? r.result["applied"] : json::array();
+        total = std::max(total, applied.size() + counter);
+        for (const auto& a : applied) {
+            ++counter;
+            ctx.progress(
+                progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
+                              (dry_run ? "ok (rehearsed) " : "ok ") + common::format_ms(num(a, "duration_ms"))));
+            r.applied.push_back(a);
+        }
+        if (!r.result.value("ok", false))
+            return r;
+        json awaiting = r.result.contains("awaiting_nontransactional") ? r.result["awaiting_nontransactional"] : json();
+        if (awaiting.is_null() || dry_run)
+            return r;
+        std::string key = awaiting.dump();
+        if (key == last_awaiting)
+            throw Failure(kExitFailed, "deploy.up() keeps waiting for the same non-transactional migration (" +
+                                           jstr(awaiting, "version", "?") + ") although its steps are done");
+        last_awaiting = key;
+        if (!awaiting.contains("deployment_id") && r.result.contains("deployment_id"))
+            awaiting["deployment_id"] = r.result["deployment_id"];
+        std::string prefix =
+            "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
+        spdlog::info("{} is non-transactional: running its statements at top level", jstr(awaiting, "version", "?"));
+        double step_ms = 0;
+        r.failure = run_steps(ctx, conn, monitor, awaiting, r.records, prefix, step_ms);
+        if (!r.failure.is_null())
+            return r;
+        ++counter;
+        r.applied.push_back({{"version", awaiting.value("version", "")},
+                             {"name", awaiting.value("name", "")},
+                             {"duration_ms", step_ms},
+                             {"transactional", false}});
+    }
+}
+
+/*
+ * up_failure_exit_code
+ *		A migration or step that failed is exit 1 whatever its own SQLSTATE (a migration raising 55000 was not a
+ *		refused rollback), except where the code means something for up: drift (6) and a lock not obtained
+ *		within the retry budget (4), which a script may retry later. Both come from the one mapping.
+ */
+int up_failure_exit_code(const json& failed) {
+    int code = failure_exit_code(failed);
+    return code == kExitLockHeld || code == kExitDrift ? code : kExitFailed;
+}
+
 }  // namespace
 
 const CommandSpec& up_spec() {
     static const CommandSpec spec{
         "up",
         "[--dir DIR [--follow-symlinks]] [--target V] [--dry-run] [--app-version X] [--no-atomic] "
-        "[--lock-wait DURATION]",
+        "[--lock-wait DURATION] [--lock-timeout DURATION] [--lock-attempts N] [--lock-retry-time DURATION]",
         "apply pending migrations (loading DIR first), driving non-transactional ones at top level",
-        {{"dir", 0, true, "DIR", "load this directory first (as pgdeploy load)"},
-         {"follow-symlinks", 0, false, "", "with --dir: read migration files that are symlinks to outside DIR"},
-         {"target", 0, true, "V", "apply up to and including version V"},
-         {"dry-run", 0, false, "", "rehearse: run everything inside a transaction that is rolled back"},
-         {"app-version", 0, true, "X", "the release being deployed (commit, image tag); recorded on the deployment"},
-         {"no-atomic", 0, false, "",
-          "keep the migrations that succeeded when a later one fails (writes a rollback marker)"},
-         {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (default 10s)"}},
+        with_lock_retry_options(
+            {{"dir", 0, true, "DIR", "load this directory first (as pgdeploy load)"},
+             {"follow-symlinks", 0, false, "", "with --dir: read migration files that are symlinks to outside DIR"},
+             {"target", 0, true, "V", "apply up to and including version V"},
+             {"dry-run", 0, false, "", "rehearse: run everything inside a transaction that is rolled back"},
+             {"app-version", 0, true, "X",
+              "the release being deployed (commit, image tag); recorded on the deployment"},
+             {"no-atomic", 0, false, "",
+              "keep the migrations that succeeded when a later one fails (writes a rollback marker)"},
+             {"lock-wait", 0, true, "DURATION", "wait at most this long for the deploy lock (default 10s)"}}),
         0,
         0,
         ""};
@@ -205,15 +198,13 @@ const CommandSpec& up_spec() {
 
 /*
  * cmd_up
- *		deploy.up() is called again after each batch of non-transactional steps: it resumes the same deployment
- *		and applies what follows. A round that makes no progress ends the loop with an error rather
- *		than spinning.
+ *		Files are read and checked before connecting; a refused registration applies nothing. Then the rounds of
+ *		deploy.up() (run_rounds), and one document for all of them.
  */
 int cmd_up(const std::vector<std::string>& args) {
     return run_command(up_spec(), args, [](Context& ctx) {
         bool dry_run = ctx.args.has("dry-run");
-        if (auto lw = ctx.args.get("lock-wait"))
-            parse_duration_ms("lock-wait", *lw);
+        common::LockSafety lock = lock_flags(ctx.args);
         check_version_arg("--target", ctx.args.get("target"));
         check_length_arg(ctx.args, "app-version", common::kMaxAppVersionChars);
         std::optional<loader::LoadedDirectory> loaded;
@@ -223,7 +214,7 @@ int cmd_up(const std::vector<std::string>& args) {
         if (dir)
             loaded = loader::load_directory(*dir, load_options(ctx));
         auto conn = ctx.connect();
-        apply_lock_wait(ctx, conn);
+        common::apply_lock_safety(conn, lock);
 
         json load_doc;
         if (loaded) {
@@ -250,84 +241,31 @@ int cmd_up(const std::vector<std::string>& args) {
                          load_doc["unchanged"].get<int>(), load_doc["updated"].get<int>());
         }
 
-        json all_applied = json::array(), steps_log = json::array();
-        json result;
-        size_t counter = 0;
-        // The number of migrations this run will apply, for the [k/N] progress lines.
-        size_t total = static_cast<size_t>(std::stoll(
-            conn.query_value("SELECT deploy.pending_count($1)", {opt(ctx.args.get("target"))}).value_or("0")));
-        std::string last_awaiting;
         auto started = std::chrono::steady_clock::now();
-        json failure;
-        for (int round = 0;; ++round) {
-            result = conn.query_json(
-                "SELECT deploy.up(target => $1, dry_run => $2::boolean, app_version => $3, atomic => $4::boolean)",
-                {opt(ctx.args.get("target")), std::string(dry_run ? "true" : "false"), opt(ctx.args.get("app-version")),
-                 std::string(ctx.args.has("no-atomic") ? "false" : "true")});
-            if (!result.is_object())
-                throw Failure(kExitFailed, "deploy.up() returned no result");
-            const json& applied =
-                result.contains("applied") && result["applied"].is_array() ? result["applied"] : json::array();
-            total = std::max(total, applied.size() + counter);
-            for (const auto& a : applied) {
-                ++counter;
-                ctx.progress(
-                    progress_line(counter, total, jstr(a, "version", "?"), jstr(a, "name", ""),
-                                  (dry_run ? "ok (rehearsed) " : "ok ") + common::format_ms(num(a, "duration_ms"))));
-                all_applied.push_back(a);
-            }
-            if (!result.value("ok", false))
-                break;
-            json awaiting = result.contains("awaiting_nontransactional") ? result["awaiting_nontransactional"] : json();
-            if (awaiting.is_null() || dry_run)
-                break;
-            std::string key = awaiting.dump();
-            if (key == last_awaiting)
-                throw Failure(kExitFailed, "deploy.up() keeps waiting for the same non-transactional migration (" +
-                                               jstr(awaiting, "version", "?") + ") although its steps are done");
-            last_awaiting = key;
-            if (!awaiting.contains("deployment_id") && result.contains("deployment_id"))
-                awaiting["deployment_id"] = result["deployment_id"];
-            std::string prefix =
-                "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
-            spdlog::info("{} is non-transactional: running its statements at top level",
-                         jstr(awaiting, "version", "?"));
-            double step_ms = 0;
-            failure = run_steps(ctx, conn, awaiting, steps_log, prefix, step_ms);
-            if (!failure.is_null())
-                break;
-            ++counter;
-            all_applied.push_back({{"version", awaiting.value("version", "")},
-                                   {"name", awaiting.value("name", "")},
-                                   {"duration_ms", step_ms},
-                                   {"transactional", false}});
-        }
+        Rounds r = run_rounds(ctx, conn, dry_run);
         if (dry_run && loaded)
             conn.exec("ROLLBACK");
 
-        json doc = result;
-        doc["applied"] = all_applied;
-        if (!steps_log.empty())
-            doc["steps"] = steps_log;
+        json doc = r.result;
+        doc["applied"] = r.applied;
+        doc["lock_retries"] = r.records.lock_retries;
+        if (!r.records.steps.empty())
+            doc["steps"] = r.records.steps;
         if (!load_doc.is_null())
             doc["load"] = load_doc;
         doc["duration_ms"] = elapsed_ms(started);
         int code = kExitOk;
-        if (!failure.is_null()) {
+        if (!r.failure.is_null()) {
             doc["ok"] = false;
             doc["state"] = "failed";
-            doc["failed"] = failure;
+            doc["failed"] = r.failure;
             // The migrations before the failed step may have been applied by an earlier run: report where the
             // schema is now, not what this run's last deploy.up() call started from.
             std::optional<std::string> now = conn.query_value("SELECT deploy.current_version()");
             doc["version_after"] = now ? json(*now) : json();
-            code = kExitFailed;
-        } else if (!result.value("ok", false)) {
-            // A migration that failed is exit 1 whatever its own SQLSTATE; only drift has its own code here
-            // (the lock error is raised by deploy.up itself and mapped in run_command).
-            code = kExitFailed;
-            if (result.contains("failed") && jstr(result["failed"], "sqlstate", "") == "PD001")
-                code = kExitDrift;
+            code = up_failure_exit_code(r.failure);
+        } else if (!r.result.value("ok", false)) {
+            code = up_failure_exit_code(r.result.contains("failed") ? r.result["failed"] : json());
         }
         return emit(ctx, doc, code, [&]() { print_up_human(doc, code); });
     });

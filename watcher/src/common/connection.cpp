@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "common/conninfo.hpp"
+#include "common/lock_safety.hpp"
 
 namespace pgdeploy::common {
 
@@ -41,19 +42,28 @@ std::string one_line(const std::string& s) {
 }
 
 /*
- * log_notice
- *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the log on
- *		stderr instead of libpq's default print, so they obey --log-format and never mix into stdout.
+ * receive_notice
+ *		Server NOTICEs and WARNINGs (deploy.up raises a WARNING naming a failed migration) go to the
+ *connection's handler, else to the log on stderr instead of libpq's default print, so they obey --log-format and never
+ *		mix into stdout. A lock retry is news at info level: the deploy is waiting for the application.
  */
-void log_notice(void*, const PGresult* res) {
-    std::string severity = field(res, PG_DIAG_SEVERITY_NONLOCALIZED);
-    std::string text = trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY));
-    std::string sqlstate = field(res, PG_DIAG_SQLSTATE);
-    if (severity == "WARNING")
-        spdlog::warn("server: {}{}", text,
-                     sqlstate.empty() || sqlstate == "01000" ? "" : " (SQLSTATE " + sqlstate + ")");
+void receive_notice(void* arg, const PGresult* res) {
+    Notice n{field(res, PG_DIAG_SEVERITY_NONLOCALIZED), field(res, PG_DIAG_SQLSTATE),
+             trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY))};
+    const auto* handler = static_cast<const NoticeHandler*>(arg);
+    try {
+        if (handler && *handler && (*handler)(n))
+            return;
+    } catch (...) {
+        // A handler that fails must not unwind through libpq; the log still gets the notice.
+    }
+    if (n.severity == "WARNING")
+        spdlog::warn("server: {}{}", n.message,
+                     n.sqlstate.empty() || n.sqlstate == "01000" ? "" : " (SQLSTATE " + n.sqlstate + ")");
+    else if (n.message.rfind(kLockRetryPrefix, 0) == 0)
+        spdlog::info("server: {}", n.message);
     else
-        spdlog::debug("server {}: {}", severity, text);
+        spdlog::debug("server {}: {}", n.severity, n.message);
 }
 
 // version_less: "0.9" < "0.10"; enough for extension version strings.
@@ -128,8 +138,12 @@ Connection Connection::connect(const ConnectOptions& options) {
     values.push_back(options.application_name.c_str());
     keys.push_back(nullptr);
     values.push_back(nullptr);
+    return open(keys, values, true);
+}
 
-    PGconn* raw = PQconnectdbParams(keys.data(), values.data(), 1);
+Connection Connection::open(const std::vector<const char*>& keys, const std::vector<const char*>& values,
+                            bool expand_dbname) {
+    PGconn* raw = PQconnectdbParams(keys.data(), values.data(), expand_dbname ? 1 : 0);
     if (raw == nullptr)
         throw Failure(kExitConnect, "cannot connect: out of memory");
     Connection conn(raw);
@@ -140,9 +154,54 @@ Connection Connection::connect(const ConnectOptions& options) {
     }
     if (const char* pw = PQpass(raw))
         register_secret(pw);  // from .pgpass or PGPASSWORD: never logged either
-    PQsetNoticeReceiver(raw, &log_notice, nullptr);
+    PQsetNoticeReceiver(raw, &receive_notice, conn.notices_.get());
     spdlog::debug("connected to {}", conn.describe());
     return conn;
+}
+
+/*
+ * Connection::sibling_settings
+ *		From PQconninfo, the settings libpq used for this connection, with the host it reached: a multi-host DSN
+ *		may name a standby first, and a second connection must see the same server's pg_stat_activity. The
+ *		expanded dbname is a plain name by now, so connect_with does not expand it again.
+ */
+ConnectSettings Connection::sibling_settings(const std::string& application_name, int connect_timeout_s) const {
+    std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> info(PQconninfo(conn_.get()), &PQconninfoFree);
+    if (!info)
+        throw Failure(kExitConnect, "cannot read the connection's settings: out of memory");
+    const char* host = PQhost(conn_.get());
+    const char* port = PQport(conn_.get());
+    const char* hostaddr = PQhostaddr(conn_.get());
+    ConnectSettings out;
+    for (PQconninfoOption* o = info.get(); o->keyword; ++o) {
+        std::string k = o->keyword;
+        const char* v = o->val;
+        if (k == "host" && host && *host)
+            v = host;
+        else if (k == "port" && port && *port)
+            v = port;
+        else if (k == "hostaddr" && v && hostaddr && *hostaddr)
+            v = hostaddr;
+        else if (k == "application_name" || k == "fallback_application_name")
+            v = application_name.c_str();
+        else if (k == "connect_timeout")
+            v = nullptr;
+        if (v != nullptr)
+            out.emplace_back(k, v);
+    }
+    out.emplace_back("connect_timeout", std::to_string(connect_timeout_s));
+    return out;
+}
+
+Connection Connection::connect_with(const ConnectSettings& settings) {
+    std::vector<const char*> keys, values;
+    for (const auto& [k, v] : settings) {
+        keys.push_back(k.c_str());
+        values.push_back(v.c_str());
+    }
+    keys.push_back(nullptr);
+    values.push_back(nullptr);
+    return open(keys, values, false);
 }
 
 void Connection::throw_error(PGresult* res) {

@@ -14,10 +14,12 @@
 #pragma once
 #include <libpq-fe.h>
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/exit_codes.hpp"
@@ -56,6 +58,21 @@ private:
 
 using Param = std::optional<std::string>;  // std::nullopt = SQL NULL
 
+// Notice: a NOTICE or WARNING the server sent while a statement ran.
+struct Notice {
+    std::string severity;  // "NOTICE", "WARNING", ... (not localized)
+    std::string sqlstate;
+    std::string message;  // the primary message
+};
+
+// NoticeHandler: sees every notice of its connection first (on the thread that runs the statement); returns true
+// when it has reported the notice itself, false to leave it to the default (the log: WARNING as a warning,
+// "lock retry" NOTICEs at info, the rest at debug).
+using NoticeHandler = std::function<bool(const Notice&)>;
+
+// ConnectSettings: libpq keyword/value pairs (Connection::sibling_settings).
+using ConnectSettings = std::vector<std::pair<std::string, std::string>>;
+
 struct ConnectOptions {
     std::string dsn;                            // "" = libpq defaults (PG* variables, service file, .pgpass)
     std::string application_name = "pgdeploy";  // used unless the DSN or PGAPPNAME names one
@@ -87,13 +104,32 @@ public:
     // describe: "user@host:port/dbname" for logs (never the password).
     std::string describe() const;
 
+    // sibling_settings: what connect_with needs for a second connection to the server, database and user this one
+    // is connected to (the host it reached, not the list it was given), with the same settings otherwise; for
+    // watching this one's backend from outside (from another thread: the settings are a copy).
+    ConnectSettings sibling_settings(const std::string& application_name, int connect_timeout_s) const;
+
+    // connect_with: a connection from libpq keyword/value pairs taken as they are. Throws like connect().
+    static Connection connect_with(const ConnectSettings& settings);
+
+    // set_notice_handler: see NoticeHandler; an empty function restores the default.
+    void set_notice_handler(NoticeHandler handler) { *notices_ = std::move(handler); }
+
+    // backend_pid: the server process of this session (pg_stat_activity.pid).
+    int backend_pid() const { return PQbackendPID(conn_.get()); }
+
     bool ok() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
     PGconn* raw() const { return conn_.get(); }
 
 private:
-    explicit Connection(PGconn* conn) : conn_(conn, &PQfinish) {}
+    explicit Connection(PGconn* conn) : notices_(std::make_unique<NoticeHandler>()), conn_(conn, &PQfinish) {}
+    static Connection open(const std::vector<const char*>& keys, const std::vector<const char*>& values,
+                           bool expand_dbname);
     [[noreturn]] void throw_error(PGresult* res);
 
+    // On the heap, so that libpq's pointer to it survives moves of the Connection; declared first, so destroyed
+    // after the PGconn.
+    std::unique_ptr<NoticeHandler> notices_;
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
 };
 

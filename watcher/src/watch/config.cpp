@@ -204,6 +204,31 @@ void parse_listen(MetricsConfig& m, const std::string& path) {
     m.port = p;
 }
 
+/*
+ * parse_rollback_lock
+ *		rollback.lock_timeout (0 = off), rollback.lock_attempts, rollback.lock_retry_time: the lock safety of
+ *the reverts this watcher runs (docs/pgdeploy.md). Unset keys leave the server's settings alone; a set one must fit the
+ *setting (milliseconds in an int; attempts as pg_deploy.lock_attempts).
+ */
+common::LockSafety parse_rollback_lock(ObjectReader& r) {
+    common::LockSafety lock;
+    auto limited = [&r](const char* key, bool allow_zero) -> std::optional<long long> {
+        Millis d = r.duration(key, -1, allow_zero);
+        if (d < 0)
+            return std::nullopt;
+        if (d > common::kMaxLockSettingMs)
+            throw ConfigError(r.key_path(key),
+                              "must be at most " + std::to_string(common::kMaxLockSettingMs) + "ms (about 24 days)");
+        return d;
+    };
+    lock.lock_timeout_ms = limited("lock_timeout", true);
+    lock.lock_retry_time_ms = limited("lock_retry_time", false);
+    long long attempts = r.integer("lock_attempts", 0, 1, common::kMaxLockAttempts);
+    if (attempts > 0)
+        lock.lock_attempts = attempts;
+    return lock;
+}
+
 void check_hook_env_name(const std::string& name, const std::string& path) {
     std::string problem = hook_env_name_problem(name);
     if (!problem.empty())
@@ -426,6 +451,7 @@ WatchConfig parse_config(const std::string& text) {
         if (cfg.rollback.lease < 1000)
             throw ConfigError("rollback.lease", "must be at least 1s");
         cfg.rollback.force = r.boolean("force", false);
+        cfg.rollback.lock = parse_rollback_lock(r);
         r.reject_unknown();
     }
 

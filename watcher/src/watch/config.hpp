@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/lock_safety.hpp"
 #include "watch/duration.hpp"
 
 namespace pgdeploy::watch {
@@ -70,6 +71,9 @@ struct RollbackConfig {
     Millis retry_backoff_max = Millis{5} * 60 * 1000;
     Millis lease = Millis{5} * 60 * 1000;
     bool force = false;  // pass force => true to execute_rollback (outside the rollback window)
+    // lock_timeout, lock_attempts, lock_retry_time: the pg_deploy.lock_* settings of the session that executes
+    // rollbacks (unset: the server's); lock_wait is not configurable here.
+    common::LockSafety lock;
 };
 
 // An optional alert hook: run (argv, no shell) when the watcher needs a person: a frozen release, an unhealthy

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/args.hpp"
 #include "common/connection.hpp"
 #include "common/exit_codes.hpp"
 #include "common/logging.hpp"
@@ -36,16 +37,41 @@ struct Args {
     bool json = false;
     bool help = false;
     std::string log_level;
+    common::LockSafety lock;  // once: --lock-timeout, --lock-attempts, --lock-retry-time over rollback.lock_*
 };
 
 const char* kWatchUsage =
     "usage: pgdeploy watch --config FILE [--log-level LEVEL]   run the watcher (systemd: Type=notify)\n"
     "       pgdeploy watch --check-config --config FILE [--json]  validate a configuration (exit 0 or 2)\n"
     "       pgdeploy watch --status --config FILE [--json]      show the running watcher's view (state_file)\n";
-const char* kOnceUsage = "usage: pgdeploy once --config FILE [--json] [--log-level LEVEL]\n";
+const char* kOnceUsage =
+    "usage: pgdeploy once --config FILE [--json] [--log-level LEVEL] [--lock-timeout DURATION] [--lock-attempts N]\n"
+    "                     [--lock-retry-time DURATION]\n";
+
+// The lock flags of once, as `pgdeploy up` has them (cli::lock_flags: same syntax, same limits, same messages).
+const char* const kOnceLockFlags[] = {"lock-timeout", "lock-attempts", "lock-retry-time"};
+
+// once_lock_flag: records --lock-* [=]VALUE of once in lock_args; false when s is not one of them.
+template <typename Value>
+bool once_lock_flag(const std::string& s, Value& value, cli::ParsedArgs& lock_args) {
+    for (const char* name : kOnceLockFlags) {
+        std::string flag = std::string("--") + name;
+        if (s != flag && s.rfind(flag + "=", 0) != 0)
+            continue;
+        if (lock_args.has(name))
+            throw UsageError(flag + " given more than once");
+        std::string v = value(flag);
+        if (v.empty())
+            throw UsageError("option " + flag + " needs a non-empty value");
+        lock_args.values[name] = v;
+        return true;
+    }
+    return false;
+}
 
 Args parse_args(const std::vector<std::string>& args, bool watch) {
     Args a;
+    cli::ParsedArgs lock_args;
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string& s = args[i];
         auto value = [&](const std::string& flag) -> std::string {
@@ -68,9 +94,12 @@ Args parse_args(const std::vector<std::string>& args, bool watch) {
             a.check_config = true;
         else if (watch && s == "--status")
             a.status = true;
+        else if (!watch && once_lock_flag(s, value, lock_args))
+            continue;
         else
             throw UsageError("unknown argument \"" + s + "\"");
     }
+    a.lock = cli::lock_flags(lock_args);
     if (a.help)
         return a;
     if (a.check_config && a.status)
@@ -174,6 +203,15 @@ int show_status(const Args& a) {
     return kExitOk;
 }
 
+void override_lock_safety(common::LockSafety& cfg, const common::LockSafety& flags) {
+    if (flags.lock_timeout_ms)
+        cfg.lock_timeout_ms = flags.lock_timeout_ms;
+    if (flags.lock_attempts)
+        cfg.lock_attempts = flags.lock_attempts;
+    if (flags.lock_retry_time_ms)
+        cfg.lock_retry_time_ms = flags.lock_retry_time_ms;
+}
+
 /*
  * run_once_cycle
  *
@@ -185,6 +223,7 @@ int show_status(const Args& a) {
 int run_once_cycle(const Args& a) {
     WatchConfig cfg = load_config(a.config);
     setup_logs(cfg, a.log_level);
+    override_lock_safety(cfg.rollback.lock, a.lock);
     common::ConnectOptions opts;
     opts.dsn = cfg.database.dsn;
     opts.application_name = "pgdeploy-once";

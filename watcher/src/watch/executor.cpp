@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "common/progress.hpp"
 #include "watch/hook_env.hpp"
 #include "watch/process.hpp"
 
@@ -203,6 +204,21 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
 }
 
 /*
+ * RollbackExecutor::execute_watched
+ *
+ * The database revert with this configuration's lock safety (applied before each revert, so that a reload counts
+ * and a removed key goes back to the server's setting) and a progress monitor whose lines go to the log: a revert
+ * that waits for the application's locks or rewrites a table says so while it runs.
+ */
+json RollbackExecutor::execute_watched(const MarkerInfo& m) {
+    common::apply_lock_safety(conn_, cfg_.rollback.lock, true);
+    common::ProgressMonitor monitor(conn_,
+                                    std::make_shared<common::ProgressOutput>(common::ProgressOutput::Mode::kLog));
+    auto watching = monitor.watch("marker " + std::to_string(m.id) + ": deploy.execute_rollback()");
+    return ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+}
+
+/*
  * RollbackExecutor::execute_claimed
  *
  * Order app_first (default): the app goes back first, so old code never runs against a schema it does not know
@@ -234,7 +250,7 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
     };
     auto database = [&]() {
         try {
-            out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+            out.rollback = execute_watched(m);
         } catch (const common::DbError& e) {
             // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
             // failed attempt ourselves so the lease is released and the retry budget counts it.

@@ -1,0 +1,119 @@
+// Lock safety on the client side (see lock_safety.hpp).
+#include "common/lock_safety.hpp"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "common/connection.hpp"
+
+namespace pgdeploy::common {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr long long kBackoffBaseMs = 100;
+constexpr long long kBackoffCapMs = 1000;
+
+void apply_one(Connection& conn, const char* name, const std::optional<long long>& value, const char* unit,
+               bool reset_unset) {
+    if (value) {
+        conn.exec("SELECT pg_catalog.set_config($1, $2, false)", {std::string(name), std::to_string(*value) + unit});
+    } else if (reset_unset) {
+        // Through pg_settings, so that a setting this server does not know (an older extension) is no error.
+        conn.exec(
+            "SELECT pg_catalog.set_config(s.name, s.reset_val, false) FROM pg_catalog.pg_settings s "
+            "WHERE s.name OPERATOR(pg_catalog.=) $1",
+            {std::string(name)});
+    }
+}
+
+std::string text_of(const json& obj, const char* key) {
+    if (!obj.is_object() || !obj.contains(key) || obj[key].is_null())
+        return "";
+    return obj[key].is_string() ? obj[key].get<std::string>() : obj[key].dump();
+}
+
+std::string age_text(double ms) {
+    char buf[32];
+    if (ms < 1000)
+        std::snprintf(buf, sizeof buf, "%.0f ms", ms);
+    else
+        std::snprintf(buf, sizeof buf, "%.1f s", ms / 1000.0);
+    return buf;
+}
+
+}  // namespace
+
+void apply_lock_safety(Connection& conn, const LockSafety& settings, bool reset_unset) {
+    apply_one(conn, "pg_deploy.lock_wait", settings.lock_wait_ms, "ms", reset_unset);
+    apply_one(conn, "pg_deploy.lock_timeout", settings.lock_timeout_ms, "ms", reset_unset);
+    apply_one(conn, "pg_deploy.lock_attempts", settings.lock_attempts, "", reset_unset);
+    apply_one(conn, "pg_deploy.lock_retry_time", settings.lock_retry_time_ms, "ms", reset_unset);
+}
+
+long long lock_retry_backoff_ms(long long failed_attempt, double jitter) {
+    long long d = kBackoffBaseMs;
+    for (long long i = 1; i < failed_attempt && d < kBackoffCapMs; ++i)
+        d *= 2;
+    d = std::min(d, kBackoffCapMs);
+    jitter = std::clamp(jitter, 0.0, 1.0);
+    return d / 2 + static_cast<long long>(static_cast<double>(d - d / 2) * jitter);
+}
+
+std::optional<long long> next_lock_retry_ms(const LockRetryBudget& budget, long long failed_attempt,
+                                            long long elapsed_ms, double jitter) {
+    if (failed_attempt >= budget.attempts)
+        return std::nullopt;
+    long long pause = lock_retry_backoff_ms(failed_attempt, jitter);
+    if (elapsed_ms + pause >= budget.time_ms)
+        return std::nullopt;
+    return pause;
+}
+
+std::string describe_lock(const json& lock) {
+    if (!lock.is_object())
+        return "a lock";
+    std::string mode = text_of(lock, "mode"), type = text_of(lock, "type"), object = text_of(lock, "object");
+    std::string out = mode.empty() ? "a lock" : mode;
+    if (!type.empty())
+        out += " on " + type + (object.empty() ? "" : " " + object);
+    return out;
+}
+
+std::string describe_blocker(const json& blocker) {
+    if (!blocker.is_object() || !blocker.contains("pid") || blocker["pid"].is_null())
+        return "an unknown session";
+    std::string out = "pid " + text_of(blocker, "pid");
+    std::string details;
+    auto add = [&details](const std::string& part) { details += (details.empty() ? "" : ", ") + part; };
+    for (const char* key : {"application_name", "user", "state"})
+        if (blocker.contains(key) && blocker[key].is_string())
+            add(std::string(key) + " \"" + blocker[key].get<std::string>() + "\"");
+    if (blocker.contains("xact_age_ms") && blocker["xact_age_ms"].is_number())
+        add("transaction open " + age_text(blocker["xact_age_ms"].get<double>()));
+    return details.empty() ? out : out + " (" + details + ")";
+}
+
+std::string what_of(const json& entry) {
+    std::string out = "migration " + text_of(entry, "version");
+    std::string name = text_of(entry, "name");
+    if (!name.empty())
+        out += " (" + name + ")";
+    std::string step = text_of(entry, "step");
+    if (!step.empty())
+        out += " step " + step;
+    return out;
+}
+
+std::string lock_retry_message(const json& entry, long long attempts) {
+    auto ms = [&entry](const char* key) {
+        return entry.contains(key) && entry[key].is_number() ? std::to_string(entry[key].get<long long>()) : "?";
+    };
+    return std::string(kLockRetryPrefix) + text_of(entry, "attempt") + "/" + std::to_string(attempts) + ": " +
+           what_of(entry) + " waited " + ms("waited_ms") + " ms for " + describe_lock(entry.value("lock", json())) +
+           "; blocked by " + describe_blocker(entry.value("blocker", json())) + "; next attempt in " +
+           ms("backoff_ms") + " ms";
+}
+
+}  // namespace pgdeploy::common
