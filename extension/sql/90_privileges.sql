@@ -59,7 +59,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA deploy TO deploy_admin;
 -- deploy.execute_rollback_begin and deploy.execute_rollback_end (steps of execute_rollback that trust their
 -- arguments), deploy.wait_for_deploy_lock; the engine calls them as the owner.
 GRANT EXECUTE ON FUNCTION
-    deploy.register(text, text, text, text, text, boolean, text, boolean),
+    deploy.register(text, text, text, text, text, boolean, text, boolean, text),
     deploy.unregister(text),
     deploy.up(text, boolean, text, boolean, jsonb),
     deploy.down(integer, text, boolean, boolean, text),

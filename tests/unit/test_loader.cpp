@@ -97,7 +97,8 @@ TEST_CASE("directives: strict keys and values, header block only", "[loader][dir
     auto later = parse_directives("SELECT 1;\n-- pg_deploy: transaction=banana\n", "f.up.sql");
     CHECK_FALSE(later.transactional.has_value());
     CHECK_THROWS_WITH(parse_directives("\n-- pg_deploy: transactions=off\n", "f.up.sql"),
-                      "f.up.sql:2: unknown pg_deploy directive \"transactions\" (known: transaction, reversible)");
+                      "f.up.sql:2: unknown pg_deploy directive \"transactions\" (known: transaction, reversible, "
+                      "lock_timeout)");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: transaction=maybe\n", "f.up.sql"),
                       "f.up.sql:1: transaction must be on or off, not \"maybe\"");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: reversible=sometimes\n", "f.up.sql"),
@@ -107,6 +108,18 @@ TEST_CASE("directives: strict keys and values, header block only", "[loader][dir
                       "f.up.sql:1: pg_deploy directive \"transaction\" is not key=value");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: transaction=on transaction=off\n", "f.up.sql"),
                       "f.up.sql:1: transaction given twice with different values");
+}
+
+TEST_CASE("directives: lock_timeout is a duration in milliseconds", "[loader][directives]") {
+    CHECK(parse_directives("-- pg_deploy: lock_timeout=2s\n", "f.up.sql").lock_timeout_ms ==
+          std::optional<long long>(2000));
+    CHECK(parse_directives("-- pg_deploy: lock_timeout=250ms, transaction=off\n", "f.up.sql").lock_timeout_ms ==
+          std::optional<long long>(250));
+    CHECK_FALSE(parse_directives("-- pg_deploy: reversible=lossy\n", "f.up.sql").lock_timeout_ms.has_value());
+    CHECK_THROWS_WITH(parse_directives("-- pg_deploy: lock_timeout=soon\n", "f.up.sql"),
+                      "f.up.sql:1: lock_timeout must be a duration such as 2s or 500ms, not \"soon\"");
+    CHECK_THROWS_WITH(parse_directives("-- pg_deploy: lock_timeout=1s lock_timeout=2s\n", "f.up.sql"),
+                      "f.up.sql:1: lock_timeout given twice with different values");
 }
 
 TEST_CASE("native layout: every bad input is refused with its file", "[loader][native][bad]") {
@@ -158,7 +171,7 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
         d.write("0001_init.up.sql", "-- header\n-- pg_deploy: transacton=off\nSELECT 1;");
         CHECK(load_error(d.str()) == d.str() +
                                          "/0001_init.up.sql:2: unknown pg_deploy directive \"transacton\" (known: "
-                                         "transaction, reversible)");
+                                         "transaction, reversible, lock_timeout)");
     }
     SECTION("directive in a down script") {
         TempDir d;

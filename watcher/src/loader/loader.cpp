@@ -127,6 +127,8 @@ void sort_and_check_versions(std::vector<Migration>& ms, const std::string& dir)
 void apply_up_directives(Migration& m) {
     Directives d = parse_directives(m.up_sql, m.up_path);
     m.transactional = d.transactional;
+    if (d.lock_timeout_ms)
+        m.lock_timeout = std::to_string(*d.lock_timeout_ms) + "ms";
     m.reversibility = d.reversibility;
     if (m.down_sql) {
         Directives dd = parse_directives(*m.down_sql, m.down_path);
