@@ -27,10 +27,10 @@ GRANT SELECT (id, deployment_id, target_version, reason, details, state, request
     ON deploy.rollback_markers TO deploy_reader;
 GRANT SELECT (id, at, kind, deployment_id, version, marker_id, actor, details) ON deploy.events TO deploy_reader;
 GRANT SELECT (version, sort_key, name, checksum, down_checksum, verify_checksum, transactional, reversibility,
-              registered_at, registered_by)
+              lock_timeout_ms, registered_at, registered_by)
     ON deploy.migrations TO deploy_reader;
-GRANT SELECT (version, sort_key, name, checksum, down_checksum, reversibility, transactional, deployment_id,
-              applied_at, applied_by, duration_ms, baseline)
+GRANT SELECT (version, sort_key, name, checksum, down_checksum, reversibility, transactional, lock_timeout_ms,
+              deployment_id, applied_at, applied_by, duration_ms, baseline)
     ON deploy.applied TO deploy_reader;
 GRANT SELECT (id, deployment_id, version, step, state, holder, started_at, finished_at, attempts, error)
     ON deploy.checkpoints TO deploy_reader;
