@@ -77,7 +77,11 @@ std::optional<ProbedLock> probed_lock() {
     const LOCKTAG tag = probe_tag;
     ProbedLock l;
     const char* mode = nullptr;
-    pg_guard([&] { mode = GetLockmodeName(tag.locktag_lockmethodid, probe_mode); });
+    // The lock methods are DEFAULT_LOCKMETHOD and USER_LOCKMETHOD; GetLockmodeName only asserts it.
+    bool known = (tag.locktag_lockmethodid == DEFAULT_LOCKMETHOD || tag.locktag_lockmethodid == USER_LOCKMETHOD) &&
+                 probe_mode > NoLock && probe_mode <= MaxLockMode;
+    if (known)
+        pg_guard([&] { mode = GetLockmodeName(tag.locktag_lockmethodid, probe_mode); });
     l.mode = mode ? mode : "?";
     l.type = tag.locktag_type <= LOCKTAG_LAST_TYPE ? LockTagTypeNames[tag.locktag_type] : "?";
     switch (static_cast<LockTagType>(tag.locktag_type)) {
