@@ -62,12 +62,13 @@ SELECT deploy.register('', 'x', 'SELECT 1');
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.register('0009', ' ', 'SELECT 1');
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.register('0009', 'x', '  ');
-\echo :LAST_ERROR_SQLSTATE
-SELECT deploy.register('0009', 'x', '-- only a comment');
-\echo :LAST_ERROR_SQLSTATE
-SELECT deploy.register('0009', 'x', 'SELECT 1', '');
-\echo :LAST_ERROR_SQLSTATE
+-- Scripts of only comments or blanks (or empty) are deliberate no-ops: registered with a notice, applied like any
+-- other (sql/up.sql). An empty down_sql is a revert with nothing to do; NULL means irreversible.
+SELECT deploy.register('0901', 'blank', '  ');
+SELECT deploy.register('0902', 'comment', '-- only a comment');
+SELECT deploy.register('0903', 'empty_down', 'SELECT 1', '');
+SELECT reversibility, down_sql FROM deploy.migrations WHERE version = '0903';
+SELECT deploy.unregister(v) FROM unnest(ARRAY['0901', '0902', '0903']) v;
 SELECT deploy.register('0009', 'x', 'SELECT 1', verify_sql => '');
 \echo :LAST_ERROR_SQLSTATE
 

@@ -45,6 +45,7 @@ CREATE TABLE deploy.migrations (
     down_checksum  text,                                     -- hex sha256 of down_sql (NULL with it)
     verify_checksum text,                                    -- hex sha256 of verify_sql (NULL with it)
     transactional  boolean     NOT NULL DEFAULT true,
+    lock_timeout_ms integer    CHECK (lock_timeout_ms >= 0),    -- its lock_timeout directive; NULL: the setting's
     reversibility  text        NOT NULL DEFAULT 'reversible'
                    CHECK (reversibility IN ('reversible', 'lossy', 'irreversible')),
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -85,6 +86,7 @@ CREATE TABLE deploy.applied (
     down_checksum  text,            -- hex sha256 of down_sql at apply time: a drifted body is never run
     reversibility  text             NOT NULL,
     transactional  boolean          NOT NULL DEFAULT true,
+    lock_timeout_ms integer,        -- copied from the migration: its revert waits as long for a lock
     deployment_id  bigint           NOT NULL REFERENCES deploy.deployments (id),
     applied_at     timestamptz      NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     applied_by     name             NOT NULL DEFAULT deploy.acting_role(),

@@ -399,6 +399,18 @@ std::vector<SqlSpan> split_sql(std::string_view sql, const SplitOptions& options
     return spans;
 }
 
+bool holds_code(std::string_view sql, const SplitOptions& options) {
+    bool found = false;
+    split_sql(sql, options, [&](const SqlSpan& s) {
+        // A span's code is its bytes outside comments, blanks and quotes, its ending semicolon included.
+        std::size_t last = sql.substr(s.begin, s.size()).find_last_not_of(" \t\r\n\f");
+        bool ends_with_semicolon = last != std::string_view::npos && sql[s.begin + last] == ';';
+        if (s.code > (ends_with_semicolon ? 1U : 0U))
+            found = true;
+    });
+    return found;
+}
+
 void for_each_batch(std::string_view sql, std::size_t target, const SplitOptions& options, const SpanSink& on_batch,
                     const SpanSink& on_statement) {
     SqlSpan batch;

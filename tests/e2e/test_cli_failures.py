@@ -43,7 +43,6 @@ BAD_DIRS = {
                             "0001_a.up.sql:1: reversible must be reversible, lossy or irreversible"),
     "not_utf8": ({"0001_a.up.sql": "SELECT 1;", "0002_b.up.sql": b"SELECT '\xe9t\xe9';\n"},
                  "0002_b.up.sql:1: not valid UTF-8"),
-    "empty_file": ({"0001_a.up.sql": "SELECT 1;", "0002_b.up.sql": "\n  \n"}, "0002_b.up.sql: empty file"),
     "nul_byte": ({"0001_a.up.sql": b"SELECT 1;\x00"}, "contains a NUL byte"),
     "no_files": ({"README.md": "nothing here"}, "no migration files found"),
     "mixed_layouts": ({"0001_a.up.sql": "SELECT 1;", "V2__b.sql": "SELECT 1;"}, "mixes native"),

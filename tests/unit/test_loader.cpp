@@ -97,7 +97,8 @@ TEST_CASE("directives: strict keys and values, header block only", "[loader][dir
     auto later = parse_directives("SELECT 1;\n-- pg_deploy: transaction=banana\n", "f.up.sql");
     CHECK_FALSE(later.transactional.has_value());
     CHECK_THROWS_WITH(parse_directives("\n-- pg_deploy: transactions=off\n", "f.up.sql"),
-                      "f.up.sql:2: unknown pg_deploy directive \"transactions\" (known: transaction, reversible)");
+                      "f.up.sql:2: unknown pg_deploy directive \"transactions\" (known: transaction, reversible, "
+                      "lock_timeout)");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: transaction=maybe\n", "f.up.sql"),
                       "f.up.sql:1: transaction must be on or off, not \"maybe\"");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: reversible=sometimes\n", "f.up.sql"),
@@ -107,6 +108,18 @@ TEST_CASE("directives: strict keys and values, header block only", "[loader][dir
                       "f.up.sql:1: pg_deploy directive \"transaction\" is not key=value");
     CHECK_THROWS_WITH(parse_directives("-- pg_deploy: transaction=on transaction=off\n", "f.up.sql"),
                       "f.up.sql:1: transaction given twice with different values");
+}
+
+TEST_CASE("directives: lock_timeout is a duration in milliseconds", "[loader][directives]") {
+    CHECK(parse_directives("-- pg_deploy: lock_timeout=2s\n", "f.up.sql").lock_timeout_ms ==
+          std::optional<long long>(2000));
+    CHECK(parse_directives("-- pg_deploy: lock_timeout=250ms, transaction=off\n", "f.up.sql").lock_timeout_ms ==
+          std::optional<long long>(250));
+    CHECK_FALSE(parse_directives("-- pg_deploy: reversible=lossy\n", "f.up.sql").lock_timeout_ms.has_value());
+    CHECK_THROWS_WITH(parse_directives("-- pg_deploy: lock_timeout=soon\n", "f.up.sql"),
+                      "f.up.sql:1: lock_timeout must be a duration such as 2s or 500ms, not \"soon\"");
+    CHECK_THROWS_WITH(parse_directives("-- pg_deploy: lock_timeout=1s lock_timeout=2s\n", "f.up.sql"),
+                      "f.up.sql:1: lock_timeout given twice with different values");
 }
 
 TEST_CASE("native layout: every bad input is refused with its file", "[loader][native][bad]") {
@@ -158,7 +171,7 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
         d.write("0001_init.up.sql", "-- header\n-- pg_deploy: transacton=off\nSELECT 1;");
         CHECK(load_error(d.str()) == d.str() +
                                          "/0001_init.up.sql:2: unknown pg_deploy directive \"transacton\" (known: "
-                                         "transaction, reversible)");
+                                         "transaction, reversible, lock_timeout)");
     }
     SECTION("directive in a down script") {
         TempDir d;
@@ -187,17 +200,6 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
         TempDir d;
         d.write("0001_init.up.sql", std::string("SELECT 1;\0", 10));
         CHECK(load_error(d.str()) == d.str() + "/0001_init.up.sql:1: contains a NUL byte (not a text file)");
-    }
-    SECTION("empty file") {
-        TempDir d;
-        d.write("0001_init.up.sql", "  \n\t\n");
-        CHECK(load_error(d.str()) == d.str() + "/0001_init.up.sql: empty file");
-    }
-    SECTION("empty down file") {
-        TempDir d;
-        d.write("0001_init.up.sql", "SELECT 1;");
-        d.write("0001_init.down.sql", "");
-        CHECK(load_error(d.str()) == d.str() + "/0001_init.down.sql: empty file");
     }
     SECTION("unreadable file") {
         if (geteuid() == 0) {
@@ -428,4 +430,23 @@ TEST_CASE("a migration name longer than the extension stores is refused", "[load
     s.write("sqitch.plan", "%project=p\n" + change + " 2020-01-01T00:00:00Z A <a@b>\n");
     s.write("deploy/" + change + ".sql", "SELECT 1;");
     CHECK_THAT(load_error(s.str()), Catch::Matchers::Contains("the migration name is 201 characters long"));
+}
+
+TEST_CASE("empty and comment-only scripts load as no-op migrations; an empty verify script is no verify",
+          "[loader][native]") {
+    TempDir d;
+    d.write("0001_placeholder.up.sql", "");
+    d.write("0001_placeholder.down.sql", "-- nothing to undo\n");
+    d.write("0001_placeholder.verify.sql", "  \n");
+    d.write("0002_other_engine_only.up.sql", "-- this change was for another database engine\n");
+    d.write("0002_other_engine_only.down.sql", "\n");
+    d.write("0003_lock.up.sql", "-- pg_deploy: lock_timeout=3s\nALTER TABLE t ADD COLUMN y int;\n");
+    auto loaded = load_directory(d.str());
+    REQUIRE(loaded.migrations.size() == 3);
+    CHECK(loaded.migrations[0].up_sql.empty());
+    CHECK(loaded.migrations[0].down_sql == std::optional<std::string>("-- nothing to undo\n"));
+    CHECK_FALSE(loaded.migrations[0].verify_sql.has_value());
+    CHECK(loaded.migrations[1].down_sql == std::optional<std::string>("\n"));
+    CHECK_FALSE(loaded.migrations[1].lock_timeout.has_value());
+    CHECK(loaded.migrations[2].lock_timeout == std::optional<std::string>("3000ms"));
 }

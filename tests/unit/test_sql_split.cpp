@@ -187,3 +187,14 @@ TEST_CASE("inputs that make a naive scanner quadratic are split in linear time",
         CHECK(seconds < 5.0);  // linear: well under 0.5 s even under a sanitizer; quadratic: hours
     }
 }
+
+TEST_CASE("holds_code: comments, blanks and bare semicolons are a no-op script; a statement is not", "[sql_split]") {
+    CHECK_FALSE(pgdeploy::holds_code(""));
+    CHECK_FALSE(pgdeploy::holds_code("  \n\t\n"));
+    CHECK_FALSE(pgdeploy::holds_code("-- nothing to do on PostgreSQL\n/* block\n comment */\n"));
+    CHECK_FALSE(pgdeploy::holds_code("-- a stub\n;\n"));
+    CHECK(pgdeploy::holds_code("SELECT 1"));
+    CHECK(pgdeploy::holds_code("-- header\nCREATE TABLE t (id int);\n-- trailer\n"));
+    CHECK(pgdeploy::holds_code("/* c */ ;\nDROP TABLE t;"));
+    CHECK(pgdeploy::holds_code("x"));
+}

@@ -52,6 +52,10 @@ void split_sql(std::string_view sql, const SplitOptions& options, const SpanSink
 // split_sql: every span, collected (tests and fuzzing; the extension streams).
 std::vector<SqlSpan> split_sql(std::string_view sql, const SplitOptions& options = {});
 
+// holds_code: false for a script of only comments, blanks and semicolons (a deliberate no-op migration). The raw
+// parser has the last word at registration; this is the cheap test that apply and revert use to say so.
+bool holds_code(std::string_view sql, const SplitOptions& options = {});
+
 /*
  * for_each_batch joins consecutive statements into batches of at least `target` bytes (the last one may be smaller)
  * and passes each batch to on_batch as soon as it is complete; on_statement, when given, sees every statement first.

@@ -49,6 +49,7 @@ void AppliedWriter::add(const Migration& m, double duration_ms) {
     down_checksum_.push_back(m.down_checksum);
     reversibility_.emplace_back(m.reversibility);
     transactional_.push_back(m.transactional);
+    lock_timeout_ms_.push_back(m.lock_timeout_ms ? Cell(std::to_string(*m.lock_timeout_ms)) : Cell());
     duration_ms_.push_back(duration_ms);
     at_.push_back(now_us());
 }
@@ -60,19 +61,22 @@ void AppliedWriter::flush(int64_t deployment_id) {
         "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), "
         "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), "
         "pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::boolean[]), pg_catalog.unnest($9::float8[]), "
-        "pg_catalog.unnest($10::timestamptz[]), pg_catalog.unnest($11::text[])) WITH ORDINALITY AS r(version, "
-        "sort_key, name, checksum, down_sql, reversibility, transactional, duration_ms, at, down_checksum, ord)), "
+        "pg_catalog.unnest($10::timestamptz[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[])) "
+        "WITH ORDINALITY AS r(version, sort_key, name, checksum, down_sql, reversibility, transactional, "
+        "duration_ms, at, down_checksum, lock_timeout_ms, ord)), "
         "added AS (INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, "
-        "transactional, deployment_id, duration_ms, applied_at, down_checksum) SELECT version, sort_key, name, "
-        "checksum, down_sql, reversibility, transactional, $1, duration_ms, at, down_checksum FROM r) "
+        "transactional, deployment_id, duration_ms, applied_at, down_checksum, lock_timeout_ms) SELECT version, "
+        "sort_key, name, checksum, down_sql, reversibility, transactional, $1, duration_ms, at, down_checksum, "
+        "lock_timeout_ms::integer FROM r) "
         "SELECT deploy.log_events('migration_applied', $1, $2, $10, pg_catalog.array_agg(pg_catalog.jsonb_build_object("
         "'name', r.name, 'duration_ms', r.duration_ms, 'checksum', r.checksum) ORDER BY r.ord)) FROM r",
         {INT8OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-         FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
+         FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
         {p_int8(deployment_id), p_text_array(std::move(version_)), p_text_array(std::move(sort_key_)),
          p_text_array(std::move(name_)), p_text_array(std::move(checksum_)), p_text_array(std::move(down_sql_)),
          p_text_array(std::move(reversibility_)), p_bool_array(transactional_), p_float8_array(std::move(duration_ms_)),
-         p_timestamptz_array(std::move(at_)), p_text_array(std::move(down_checksum_))});
+         p_timestamptz_array(std::move(at_)), p_text_array(std::move(down_checksum_)),
+         p_text_array(std::move(lock_timeout_ms_))});
     *this = AppliedWriter();
 }
 

@@ -90,21 +90,6 @@ std::optional<LockHolder> lock_holder() {
 }
 
 /*
- * caller_may_see_activity is PostgreSQL's own rule for pg_stat_activity (HAS_PGSTAT_PERMISSIONS): a role sees the
- * details of sessions of roles whose privileges it has, or all of them with pg_read_all_stats. The engine reads the
- * view as the extension's owner, so a reader's deploy.status() applies the rule itself and shows no more than the
- * reader could see.
- */
-bool caller_may_see_activity(Oid caller, Oid holder_role) {
-    bool may = false;
-    pg_guard([&] {
-        may = has_privs_of_role(caller, ROLE_PG_READ_ALL_STATS) ||
-              (OidIsValid(holder_role) && has_privs_of_role(caller, holder_role));
-    });
-    return may;
-}
-
-/*
  * deploy_lock_holder_impl: deploy.deploy_lock_holder() → {"pid", "application_name", "since"}, or NULL when nobody
  * holds the deploy lock. deploy.status() shows it, because "lock held" alone sends an operator hunting through
  * pg_locks. "since" is NULL for a caller that may not see the holder's activity (caller_may_see_activity).
@@ -168,6 +153,21 @@ Datum try_watcher_leadership_impl(FunctionCallInfo fcinfo) {
 }
 
 }  // namespace
+
+/*
+ * caller_may_see_activity is PostgreSQL's own rule for pg_stat_activity (HAS_PGSTAT_PERMISSIONS): a role sees the
+ * details of sessions of roles whose privileges it has, or all of them with pg_read_all_stats. The engine reads the
+ * view as the extension's owner, so a reader's deploy.status() applies the rule itself and shows no more than the
+ * reader could see.
+ */
+bool caller_may_see_activity(Oid caller, Oid holder_role) {
+    bool may = false;
+    pg_guard([&] {
+        may = has_privs_of_role(caller, ROLE_PG_READ_ALL_STATS) ||
+              (OidIsValid(holder_role) && has_privs_of_role(caller, holder_role));
+    });
+    return may;
+}
 
 void acquire_deploy_lock(const char* operation, LockScope scope) {
     // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates

@@ -31,15 +31,19 @@ bool blank(const std::string& s) {
     return s.find_first_not_of(" \t\r\n\f") == std::string::npos;
 }
 
-// check_script parses one script and refuses what can never run as a migration. It returns what makes the first
-// statement that cannot run inside a transaction block impossible there, or an empty string.
-std::string check_script(const std::string& sql, const std::string& what, const std::string& version,
+// What check_script found in a script.
+struct ScriptFacts {
+    std::string non_transactional;  // what makes the first statement impossible inside a transaction block, if any
+    std::size_t statements = 0;     // 0: only comments and blanks, a deliberate no-op
+};
+
+// check_script parses one script and refuses what can never run as a migration.
+ScriptFacts check_script(const std::string& sql, const std::string& what, const std::string& version,
                          bool allow_non_transactional) {
     check_script_size(sql, what + " of migration " + version);
-    std::size_t count = 0;
-    std::string non_transactional;
+    ScriptFacts facts;
     for_each_statement(sql, what + " of migration " + version, [&](const SqlStatement& st) {
-        ++count;
+        ++facts.statements;
         if (st.transaction_control) {
             throw DeployError(sqlstate::transaction_control,
                               what + " of migration " + version + " controls transactions at line " +
@@ -56,14 +60,28 @@ std::string check_script(const std::string& sql, const std::string& what, const 
                               "Reverts and verifications run inside a transaction. Keep " + st.non_transactional +
                                   " in the up SQL of a non-transactional migration (transactional => false).");
         }
-        if (non_transactional.empty())
-            non_transactional = st.non_transactional;
+        if (facts.non_transactional.empty())
+            facts.non_transactional = st.non_transactional;
     });
-    if (count == 0) {
+    if (facts.statements == 0)
+        pg_notice(what + " of migration " + version + " holds no SQL statement: it is registered as a no-op");
+    return facts;
+}
+
+// parse_lock_timeout reads the lock_timeout argument as PostgreSQL reads the setting ('2s', '500ms', '500').
+std::optional<int> parse_lock_timeout(const std::optional<std::string>& text, const std::string& version) {
+    if (!text)
+        return std::nullopt;
+    int ms = 0;
+    bool ok = false;
+    const char* value = text->c_str();
+    pg_guard([&] { ok = parse_int(value, &ms, GUC_UNIT_MS, nullptr); });
+    if (!ok || ms < 0) {
         throw DeployError(sqlstate::invalid_parameter,
-                          what + " of migration " + version + " holds no SQL statement (only comments or blanks)");
+                          "lock_timeout \"" + *text + "\" of migration " + version + " is not a valid duration", {},
+                          "Use a duration such as 2s or 500ms (0 waits as long as the session allows).");
     }
-    return non_transactional;
+    return ms;
 }
 
 // Registration is one deploy.register() call's arguments, checked, with their checksums.
@@ -73,6 +91,7 @@ struct Registration {
     Cell down_checksum, verify_checksum;
     bool transactional = true;
     bool replace = false;
+    std::optional<int> lock_timeout_ms;
 };
 
 /*
@@ -89,17 +108,12 @@ Registration read_registration(FunctionCallInfo fcinfo) {
     std::optional<bool> transactional_arg = opt_bool_arg(fcinfo, 5);
     std::optional<std::string> reversibility_arg = opt_text_arg(fcinfo, 6);
     bool replace = bool_arg(fcinfo, 7, "replace");
+    std::optional<int> lock_timeout_ms = parse_lock_timeout(opt_text_arg(fcinfo, 8), version);
 
     check_version(version);
     if (blank(name))
         throw DeployError(sqlstate::invalid_parameter, "name of migration " + version + " is empty");
     check_input_length("name", name);
-    if (blank(up_sql))
-        throw DeployError(sqlstate::invalid_parameter, "up_sql of migration " + version + " is empty");
-    if (down_sql && blank(*down_sql)) {
-        throw DeployError(sqlstate::invalid_parameter, "down_sql of migration " + version + " is empty", {},
-                          "Pass NULL for a migration that cannot be reverted.");
-    }
     if (verify_sql && blank(*verify_sql)) {
         throw DeployError(sqlstate::invalid_parameter, "verify_sql of migration " + version + " is empty", {},
                           "Pass NULL when there is nothing to verify.");
@@ -119,7 +133,7 @@ Registration read_registration(FunctionCallInfo fcinfo) {
                           "Drop the down_sql, or declare it reversible or lossy.");
     }
 
-    std::string detected = check_script(up_sql, "up_sql", version, true);
+    std::string detected = check_script(up_sql, "up_sql", version, true).non_transactional;
     if (transactional_arg.value_or(false) && !detected.empty()) {
         throw DeployError(sqlstate::non_transactional,
                           "migration " + version + " is declared transactional but uses " + detected +
@@ -150,11 +164,30 @@ Registration read_registration(FunctionCallInfo fcinfo) {
     reg.reversibility = reversibility;
     reg.transactional = transactional;
     reg.replace = replace;
+    reg.lock_timeout_ms = lock_timeout_ms;
     reg.key = key;
     reg.checksum = checksum;
     reg.down_checksum = down_checksum;
     reg.verify_checksum = verify_checksum;
     return reg;
+}
+
+// changed_fields names what a registration changes in the stored migration (r: name, checksum, down_sql, verify_sql,
+// transactional, reversibility, lock_timeout_ms), or is empty when nothing does.
+std::string changed_fields(const Row& r, const Registration& reg, const Cell& lock_timeout_text) {
+    std::string out;
+    auto note = [&](bool differs, const char* field) {
+        if (differs)
+            out += (out.empty() ? "" : ", ") + std::string(field);
+    };
+    note(r[0] != Cell(reg.name), "name");
+    note(r[1] != Cell(reg.checksum), "up_sql");
+    note(r[2] != reg.down_sql, "down_sql");
+    note(r[3] != reg.verify_sql, "verify_sql");
+    note(cell_bool(r[4]) != reg.transactional, "transactional");
+    note(r[5] != Cell(reg.reversibility), "reversibility");
+    note(r[6] != lock_timeout_text, "lock_timeout");
+    return out;
 }
 
 /*
@@ -179,8 +212,8 @@ std::string store_registration(const Registration& reg) {
                               "Use the existing spelling.");
         }
         Rows existing = run_query(
-            "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility "
-            "FROM deploy.migrations m WHERE m.version = $1",
+            "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility, "
+            "m.lock_timeout_ms FROM deploy.migrations m WHERE m.version = $1",
             {TEXTOID}, {p_text(reg.version)});
         Rows applied =
             run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(reg.version)});
@@ -194,31 +227,33 @@ std::string store_registration(const Registration& reg) {
         Json details{{"name", reg.name},
                      {"checksum", reg.checksum},
                      {"transactional", reg.transactional},
-                     {"reversibility", reg.reversibility}};
+                     {"reversibility", reg.reversibility},
+                     {"lock_timeout_ms", reg.lock_timeout_ms ? Json(*reg.lock_timeout_ms) : Json(nullptr)}};
+        Param lock_timeout = reg.lock_timeout_ms ? p_int4(*reg.lock_timeout_ms) : p_null();
+        Cell lock_timeout_text = reg.lock_timeout_ms ? Cell(std::to_string(*reg.lock_timeout_ms)) : Cell();
         EventLog events;
         if (existing.empty()) {
             run_query(
                 "INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
-                "checksum, transactional, reversibility, down_checksum, verify_checksum) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
+                "checksum, transactional, reversibility, down_checksum, verify_checksum, lock_timeout_ms) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID,
+                 INT4OID},
                 {p_text(reg.version), p_text(reg.key), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
                  p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
-                 p_text(reg.down_checksum), p_text(reg.verify_checksum)});
+                 p_text(reg.down_checksum), p_text(reg.verify_checksum), lock_timeout});
             events.log("migration_registered", std::nullopt, reg.version, std::nullopt, details);
             outcome = "registered";
         } else {
             const Row& r = existing.front();
-            bool same = r[0] == Cell(reg.name) && r[1] == Cell(reg.checksum) && r[2] == reg.down_sql &&
-                        r[3] == reg.verify_sql && cell_bool(r[4]) == reg.transactional &&
-                        r[5] == Cell(reg.reversibility);
+            std::string changed = changed_fields(r, reg, lock_timeout_text);
+            bool same = changed.empty();
             if (same) {
                 outcome = "unchanged";
             } else if (!reg.replace) {
                 throw DeployError(sqlstate::ambiguous_version,
                                   "migration " + reg.version + " is already registered with different content",
-                                  std::string("registered checksum ") + r[1].value_or("") + ", new " + reg.checksum +
-                                      (is_applied ? " (applied)" : " (pending)"),
+                                  "changed: " + changed + (is_applied ? " (applied)" : " (pending)"),
                                   is_applied ? "It is applied: its up_sql cannot change; name, down_sql and "
                                                "verify_sql can be replaced with replace => true."
                                              : "Pass replace => true to update a pending migration.");
@@ -226,12 +261,12 @@ std::string store_registration(const Registration& reg) {
                 run_query(
                     "UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
                     "checksum = $6, transactional = $7, reversibility = $8, down_checksum = $9, "
-                    "verify_checksum = $10, registered_at = pg_catalog.clock_timestamp(), "
+                    "verify_checksum = $10, lock_timeout_ms = $11, registered_at = pg_catalog.clock_timestamp(), "
                     "registered_by = deploy.acting_role() WHERE version = $1",
-                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID},
+                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, INT4OID},
                     {p_text(reg.version), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
                      p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
-                     p_text(reg.down_checksum), p_text(reg.verify_checksum)});
+                     p_text(reg.down_checksum), p_text(reg.verify_checksum), lock_timeout});
                 details["previous_checksum"] = r[1].value_or("");
                 events.log("migration_updated", std::nullopt, reg.version, std::nullopt, details);
                 outcome = "updated";
@@ -242,7 +277,8 @@ std::string store_registration(const Registration& reg) {
     return outcome;
 }
 
-// register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility, replace).
+// register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility, replace,
+// lock_timeout).
 Datum register_impl(FunctionCallInfo fcinfo) {
     Registration reg = read_registration(fcinfo);
     return PointerGetDatum(make_text(store_registration(reg)));

@@ -10,7 +10,9 @@
 #include "pg_deploy/pg/eligibility.hpp"
 #include "pg_deploy/pg/ledger.hpp"
 #include "pg_deploy/pg/limits.hpp"
+#include "pg_deploy/pg/lock_retry.hpp"
 #include "pg_deploy/pg/settings.hpp"
+#include "pg_deploy/sql_split.hpp"
 #include "pg_deploy/version.hpp"
 
 extern "C" {
@@ -28,6 +30,7 @@ struct RevertRow {
     std::string version, name, reversibility;
     Cell down_sql, down_checksum;
     int64_t deployment_id = 0;
+    std::optional<int> lock_timeout_ms;
 };
 
 struct RevertRequest {
@@ -44,7 +47,8 @@ std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> t
                                  const std::vector<Param>& params) {
     std::string sql =
         std::string(
-            "SELECT version, name, reversibility, down_sql, deployment_id, down_checksum FROM deploy.applied ") +
+            "SELECT version, name, reversibility, down_sql, deployment_id, down_checksum, lock_timeout_ms "
+            "FROM deploy.applied ") +
         where_and_order;
     Rows rows = run_query(sql.c_str(), std::move(types), params);
     std::vector<RevertRow> out;
@@ -57,6 +61,8 @@ std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> t
         row.down_sql = std::move(r[3]);
         row.deployment_id = cell_int8(r[4]);
         row.down_checksum = std::move(r[5]);
+        if (r[6])
+            row.lock_timeout_ms = static_cast<int>(cell_int8(r[6]));
         out.push_back(std::move(row));
     }
     return out;
@@ -139,6 +145,7 @@ private:
                     {"failed", nullptr},
                     {"archived", Json::array()},
                     {"forced", Json::array()},
+                    {"lock_retries", Json::array()},
                     {"duration_ms", 0}};
     }
 
@@ -177,15 +184,28 @@ private:
                          {"force", req_.force}});
     }
 
-    // run_batch reverts the rows in one subtransaction: rolled back on a failure, and always in a dry run. Stored
-    // down SQL that no longer matches its checksum is never run, and nothing else runs either: the whole revert is
-    // refused before the first statement.
+    // run_batch reverts the rows in one subtransaction: rolled back on a failure, and always in a dry run; a lock
+    // timeout rolls it back and tries again within the lock-retry budget (lock_retry.hpp). Stored down SQL that no
+    // longer matches its checksum is never run, and nothing else runs either: the whole revert is refused before the
+    // first statement.
     RevertBatch run_batch() {
         RevertBatch batch = refuse_drifted();
         if (batch.failure)
             return batch;
+        LockRetry retry("down SQL", events_, deployment_id_);
+        do {
+            batch = run_batch_once(retry);
+        } while (retry.after_rollback(batch.failure, batch.failed_row ? batch.failed_row->version : std::string(),
+                                      batch.failed_row ? batch.failed_row->name : std::string()));
+        result_["lock_retries"] = retry.retries();
+        return batch;
+    }
+
+    RevertBatch run_batch_once(LockRetry& retry) {
+        RevertBatch batch;
         auto body = [&] {
             batch = revert_rows();
+            retry.decide(batch.failure);  // the batch is rolled back on any failure
             if (batch.failure && !req_.dry_run)
                 throw BatchRollback{};
             if (!req_.dry_run)
@@ -235,14 +255,22 @@ private:
     // all or nothing, so the batch subtransaction is rolled back on any failure (see up.cpp for why per-migration
     // subtransactions cost too much). A dry run archives nothing (there is no deployment to file it under).
     Json run_down_sql(const RevertRow& r) {
-        MigrationTimer timer;
-        if (r.reversibility == "lossy" && deployment_id_) {
-            Archiver archiver(*deployment_id_, r.version, events_);
-            archiver.run_statement_by_statement(*r.down_sql);
-            return archiver.archived();
+        Json archived = Json::array();
+        if (!holds_code(*r.down_sql)) {
+            pg_notice("down SQL of migration " + r.version + " (" + r.name + ") is a no-op: it holds only comments");
+            return archived;
         }
-        run_user_sql(*r.down_sql);
-        return Json::array();
+        with_lock_timeout(effective_lock_timeout_ms(r.lock_timeout_ms), [&] {
+            MigrationTimer timer;
+            if (r.reversibility == "lossy" && deployment_id_) {
+                Archiver archiver(*deployment_id_, r.version, events_);
+                archiver.run_statement_by_statement(*r.down_sql);
+                archived = archiver.archived();
+            } else {
+                run_user_sql(*r.down_sql);
+            }
+        });
+        return archived;
     }
 
     // remove_from_ledger deletes the reverted migrations' applied rows and writes their migration_reverted events in

@@ -19,6 +19,9 @@ constexpr int kDefaultStatementTimeoutMs = 0;  // off
 constexpr bool kDefaultAllowOutOfOrder = false;
 constexpr int kDefaultRollbackWindowS = 7 * 24 * 3600;  // 7d
 constexpr int kDefaultMaxRollbackAttempts = 3;
+constexpr int kDefaultLockTimeoutMs = 500;
+constexpr int kDefaultLockAttempts = 30;
+constexpr int kDefaultLockRetryTimeMs = 60 * 1000;  // 1 min
 }  // namespace
 
 int lock_wait_ms = kDefaultLockWaitMs;
@@ -26,6 +29,9 @@ int statement_timeout_ms = kDefaultStatementTimeoutMs;
 bool allow_out_of_order = kDefaultAllowOutOfOrder;
 int rollback_window_s = kDefaultRollbackWindowS;
 int max_rollback_attempts = kDefaultMaxRollbackAttempts;
+int lock_timeout_ms = kDefaultLockTimeoutMs;
+int lock_attempts = kDefaultLockAttempts;
+int lock_retry_time_ms = kDefaultLockRetryTimeMs;
 
 }  // namespace pgdeploy
 
@@ -51,5 +57,19 @@ extern "C" void _PG_init(void) {
                             "Attempts at executing a rollback marker before it needs attention.", nullptr,
                             &max_rollback_attempts, kDefaultMaxRollbackAttempts, 1, 1000, PGC_USERSET, 0, nullptr,
                             nullptr, nullptr);
+    DefineCustomIntVariable("pg_deploy.lock_timeout",
+                            "How long a statement of a migration or a revert waits for a lock before its batch is "
+                            "rolled back and retried.",
+                            "0 turns lock-safe mode off: statements wait as long as lock_timeout and "
+                            "statement_timeout allow, without retries.",
+                            &lock_timeout_ms, kDefaultLockTimeoutMs, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, nullptr,
+                            nullptr, nullptr);
+    DefineCustomIntVariable("pg_deploy.lock_attempts",
+                            "Attempts at a batch whose statements hit pg_deploy.lock_timeout.", nullptr, &lock_attempts,
+                            kDefaultLockAttempts, 1, 10000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("pg_deploy.lock_retry_time",
+                            "Total time the attempts at a batch that hits pg_deploy.lock_timeout may take.",
+                            "0 = no time limit (pg_deploy.lock_attempts still applies).", &lock_retry_time_ms,
+                            kDefaultLockRetryTimeMs, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
     MarkGUCPrefixReserved("pg_deploy");
 }

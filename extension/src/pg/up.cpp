@@ -5,8 +5,10 @@
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/ledger.hpp"
 #include "pg_deploy/pg/limits.hpp"
+#include "pg_deploy/pg/lock_retry.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
+#include "pg_deploy/sql_split.hpp"
 #include "pg_deploy/version.hpp"
 
 extern "C" {
@@ -33,7 +35,7 @@ struct BatchRollback {};
 std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
         "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, m.reversibility, "
-        "m.down_checksum "
+        "m.down_checksum, m.lock_timeout_ms "
         "FROM deploy.migrations m "
         "WHERE ($1::text IS NULL OR m.sort_key >= $1) AND ($2::text IS NULL OR m.sort_key <= $2) "
         "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key",
@@ -51,6 +53,8 @@ std::vector<Migration> load_pending(const std::string& from_key, const std::opti
         m.transactional = cell_bool(r[6]);
         m.reversibility = std::move(*r[7]);
         m.down_checksum = std::move(r[8]);
+        if (r[9])
+            m.lock_timeout_ms = static_cast<int>(cell_int8(r[9]));
         out.push_back(std::move(m));
     }
     return out;
@@ -89,7 +93,7 @@ Json steps_json(const Rows& steps) {
 
 Rows unfinished_steps(int64_t deployment_id) {
     return run_query(
-        "SELECT c.id, c.version, c.step, c.statement, c.state, m.name FROM deploy.checkpoints c "
+        "SELECT c.id, c.version, c.step, c.statement, c.state, m.name, m.lock_timeout_ms FROM deploy.checkpoints c "
         "JOIN deploy.migrations m ON m.version = c.version AND NOT m.transactional "
         "WHERE c.deployment_id = $1 AND c.state <> 'done' ORDER BY c.id",
         {INT8OID}, {p_int8(deployment_id)});
@@ -222,6 +226,7 @@ private:
                     {"failed", nullptr},
                     {"awaiting_nontransactional", nullptr},
                     {"marker_id", nullptr},
+                    {"lock_retries", Json::array()},
                     {"duration_ms", 0}};
     }
 
@@ -343,9 +348,11 @@ private:
     }
 
     /*
-     * run_batch applies the pending migrations: in atomic mode in one subtransaction (rolled back on a failure), in
-     * a dry run in one that is always rolled back, otherwise each in its own (apply_one). The applied rows and their
-     * events are written in one statement at the end (AppliedWriter).
+     * run_batch applies the pending migrations in one subtransaction: in atomic mode rolled back on a failure, in a
+     * dry run always rolled back; with atomic => false each migration also runs in its own (apply_one), and the
+     * batch's is released on a failure so that the migrations before it stay. The applied rows and their events are
+     * written in one statement at the end (AppliedWriter). A lock timeout rolls the whole batch back in every mode,
+     * releasing its locks, and the batch is tried again within the lock-retry budget (lock_retry.hpp).
      *
      * A subtransaction per migration is needed only when a failure must keep the migrations before it
      * (atomic => false). In atomic mode and in dry runs the batch subtransaction is rolled back on any failure and
@@ -355,24 +362,34 @@ private:
      * CREATE TABLEs, against a goal of +5 %.
      */
     UpBatch run_batch(const std::vector<Migration>& pending) {
+        LockRetry retry("up SQL", events_, deployment_id_);
+        UpBatch batch;
+        do {
+            batch = run_batch_once(pending, retry);
+        } while (retry.after_rollback(batch.failure, batch.failed ? batch.failed->version : std::string(),
+                                      batch.failed ? batch.failed->name : std::string()));
+        result_["lock_retries"] = retry.retries();
+        return batch;
+    }
+
+    UpBatch run_batch_once(const std::vector<Migration>& pending, LockRetry& retry) {
         UpBatch batch;
         auto body = [&] {
             AppliedWriter writer;
             batch = apply_migrations(pending, args_.dry_run ? nullptr : &writer);
-            if (batch.failure && args_.atomic && !args_.dry_run)
+            bool retrying = retry.decide(batch.failure);
+            if (batch.failure && (args_.atomic || retrying) && !args_.dry_run)
                 throw BatchRollback{};
             if (!args_.dry_run)
                 writer.flush(*deployment_id_);
         };
         if (args_.dry_run) {
             in_rolled_back_subtransaction(body);
-        } else if (args_.atomic) {
+        } else {
             try {
                 in_subtransaction(body);
             } catch (const BatchRollback&) {
             }
-        } else {
-            body();
         }
         return batch;
     }
@@ -407,9 +424,15 @@ private:
     }
 
     static void apply_one(const Migration& m, bool own_subtransaction) {
+        if (!holds_code(m.up_sql)) {
+            pg_notice("migration " + m.version + " (" + m.name + ") is a no-op: its up SQL holds only comments");
+            return;
+        }
         auto run = [&] {
-            MigrationTimer timer;
-            run_user_sql(m.up_sql);
+            with_lock_timeout(effective_lock_timeout_ms(m.lock_timeout_ms), [&] {
+                MigrationTimer timer;
+                run_user_sql(m.up_sql);
+            });
         };
         if (own_subtransaction)
             in_subtransaction(run);
@@ -732,9 +755,12 @@ std::optional<Json> claim_next_step(const std::optional<int64_t>& deployment_id,
             complete_step(done, Json{{"found_built", true}});
             continue;
         }
-        return Json{{"schema_version", 1},          {"step_id", step_id},          {"deployment_id", *deployment_id},
-                    {"version", s[1].value_or("")}, {"name", s[5].value_or("")},   {"step", cell_int8(s[2])},
-                    {"statement", statement},       {"cleanup", leftovers.cleanup}};
+        Json step{{"schema_version", 1},          {"step_id", step_id},          {"deployment_id", *deployment_id},
+                  {"version", s[1].value_or("")}, {"name", s[5].value_or("")},   {"step", cell_int8(s[2])},
+                  {"statement", statement},       {"cleanup", leftovers.cleanup}};
+        step.update(top_level_lock_policy(statement,
+                                          s[6] ? std::optional<int>(static_cast<int>(cell_int8(s[6]))) : std::nullopt));
+        return step;
     }
 }
 

@@ -1,6 +1,8 @@
 // Header directive parser (see directives.hpp).
 #include "loader/directives.hpp"
 
+#include "watch/duration.hpp"
+
 #include <cctype>
 
 #include "common/exit_codes.hpp"
@@ -49,8 +51,15 @@ void apply_directive(Directives& d, const std::string& item, const std::string& 
         if (d.reversibility && *d.reversibility != value)
             fail(path, line, "reversible given twice with different values");
         d.reversibility = value;
+    } else if (key == "lock_timeout") {
+        std::optional<watch::Millis> ms = watch::parse_duration(value);
+        if (!ms)
+            fail(path, line, "lock_timeout must be a duration such as 2s or 500ms, not \"" + value + "\"");
+        if (d.lock_timeout_ms && *d.lock_timeout_ms != *ms)
+            fail(path, line, "lock_timeout given twice with different values");
+        d.lock_timeout_ms = *ms;
     } else {
-        fail(path, line, "unknown pg_deploy directive \"" + key + "\" (known: transaction, reversible)");
+        fail(path, line, "unknown pg_deploy directive \"" + key + "\" (known: transaction, reversible, lock_timeout)");
     }
     if (d.line_of_first == 0)
         d.line_of_first = line;

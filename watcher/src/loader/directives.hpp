@@ -3,6 +3,8 @@
 //   -- pg_deploy: transaction=off            the migration runs statement by statement at top level (pgdeploy up)
 //   -- pg_deploy: reversible=lossy           reversible|lossy|irreversible
 //   -- pg_deploy: transaction=off, reversible=irreversible
+//   -- pg_deploy: lock_timeout=2s               its statements wait at most this long for a lock
+//   (pg_deploy.lock_timeout)
 //
 // Only the comment block at the top of the file is read (blank lines and `--` lines; the first other line ends
 // it). An unknown key or value is an error naming file:line, so a typo never silently changes how a migration runs.
@@ -15,6 +17,7 @@ namespace pgdeploy::loader {
 struct Directives {
     std::optional<bool> transactional;         // nullopt: the extension detects
     std::optional<std::string> reversibility;  // nullopt: reversible if a down script exists, else irreversible
+    std::optional<long long> lock_timeout_ms;  // nullopt: the server's pg_deploy.lock_timeout
     int line_of_first = 0;                     // 0 when the file has none (for "directives only in .up.sql")
 };
 

@@ -27,6 +27,13 @@ namespace pgdeploy::loader {
 
 namespace {
 
+// blank_as_none: a verify script with nothing in it is no verification (the extension refuses a blank one).
+std::optional<std::string> blank_as_none(std::string text) {
+    if (trim(text).empty())
+        return std::nullopt;
+    return text;
+}
+
 [[noreturn]] void fail(const std::string& message) {
     throw UsageError(message);
 }
@@ -127,6 +134,8 @@ void sort_and_check_versions(std::vector<Migration>& ms, const std::string& dir)
 void apply_up_directives(Migration& m) {
     Directives d = parse_directives(m.up_sql, m.up_path);
     m.transactional = d.transactional;
+    if (d.lock_timeout_ms)
+        m.lock_timeout = std::to_string(*d.lock_timeout_ms) + "ms";
     m.reversibility = d.reversibility;
     if (m.down_sql) {
         Directives dd = parse_directives(*m.down_sql, m.down_path);
@@ -222,7 +231,7 @@ LoadedDirectory load_native(const fs::path& dir, const std::vector<fs::path>& fi
         }
         if (parts.verify) {
             m.verify_path = parts.verify->string();
-            m.verify_sql = reader.read_sql(*parts.verify);
+            m.verify_sql = blank_as_none(reader.read_sql(*parts.verify));
         }
         apply_up_directives(m);
         out.migrations.push_back(std::move(m));
@@ -306,7 +315,7 @@ LoadedDirectory load_sqitch(const fs::path& dir, const FileReader& reader) {
         }
         if (present(verify)) {
             m.verify_path = verify.string();
-            m.verify_sql = strip_sqitch_transaction(reader.read_sql(verify));
+            m.verify_sql = blank_as_none(strip_sqitch_transaction(reader.read_sql(verify)));
         }
         apply_up_directives(m);
         out.migrations.push_back(std::move(m));
@@ -387,8 +396,8 @@ std::string check_sql_text(const std::string& bytes, const std::string& path) {
             fail(path + ":" + std::to_string(line) + ": not valid UTF-8 (byte offset " + std::to_string(i) + ")");
         i += len;
     }
-    if (trim(text).empty())
-        fail(path + ": empty file");
+    // An empty file is kept: an empty up or down script is a deliberate no-op migration (the extension registers
+    // it with a notice); an empty verify script is no verification (blank_as_none).
     return text;
 }
 

@@ -37,6 +37,10 @@ private:
     Plan failure_plan_;
 };
 
+// caller_may_see_activity is PostgreSQL's rule for pg_stat_activity's details (lock.cpp): what the engine, reading as
+// the extension's owner, may show a caller about another session.
+bool caller_may_see_activity(Oid caller, Oid holder_role);
+
 // Monotonic-enough wall clock for durations (GetCurrentTimestamp, microseconds).
 int64_t now_us();
 double ms_since(int64_t start_us);

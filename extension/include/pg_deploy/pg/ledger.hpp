@@ -14,6 +14,7 @@ struct Migration {
     std::string version, sort_key, name, up_sql, checksum, reversibility;
     Cell down_sql, down_checksum;
     bool transactional = true;
+    std::optional<int> lock_timeout_ms;  // the migration's lock_timeout directive (lock_retry.hpp)
 };
 
 // current_version: the applied row with the greatest sort_key (nullopt when nothing is applied).
@@ -32,6 +33,7 @@ public:
 private:
     std::vector<Cell> version_, sort_key_, name_, checksum_, down_sql_, down_checksum_, reversibility_;
     std::vector<bool> transactional_;
+    std::vector<Cell> lock_timeout_ms_;
     std::vector<double> duration_ms_;
     std::vector<int64_t> at_;
 };
