@@ -108,7 +108,10 @@ def test_a_blocker_that_never_lets_go_ends_with_exit_4_and_nothing_applied(pg, w
     assert doc["ok"] is False and doc["exit_code"] == 4
     assert doc["failed"]["sqlstate"] == "55P03" and doc["failed"]["version"] == "0002"
     assert str(blocker.pid) in doc["failed"]["message"], doc["failed"]
-    assert len(doc["lock_retries"]) == 2                 # attempts 1 and 2 were retried; the third was the last
+    # Attempts 1 and 2 were retried; the third used up the budget and is the last entry.
+    assert [(r["attempt"], r.get("gave_up", False)) for r in doc["lock_retries"]] == [(1, False), (2, False),
+                                                                                     (3, True)]
+    assert doc["lock_retries"][-1]["blocker"]["pid"] == blocker.pid
     assert len(lock_retry_lines(err)) == 2
     assert str(blocker.pid) in err
     assert took < 10
@@ -136,7 +139,8 @@ def test_rollback_and_down_retry_and_give_up_the_same_way(pg, write_migrations):
         blocker.release()
     assert rc == 4, err
     doc = json.loads(out)
-    assert doc["failed"]["sqlstate"] == "55P03" and len(doc["lock_retries"]) == 1
+    assert doc["failed"]["sqlstate"] == "55P03" and str(blocker.pid) in doc["failed"]["message"]
+    assert [r.get("gave_up", False) for r in doc["lock_retries"]] == [False, True]
     assert len(lock_retry_lines(err)) == 1 and str(blocker.pid) in err
     assert has_column(pg, "accounts", "note")            # nothing reverted
 
@@ -171,7 +175,8 @@ def test_once_reverts_with_its_lock_flags_and_the_config(pg, write_migrations, t
     assert rc == 1, err                                  # the attempt failed; the marker is kept for the next cycle
     m = json.loads(out)["markers"][0]
     assert m["marker_id"] == marker and m["result"] == "failed"
-    assert len(m["rollback"]["lock_retries"]) == 1       # rollback.lock_attempts 2 from the config
+    retries = m["rollback"]["rollback"]["lock_retries"]    # execute_rollback's result embeds deploy.rollback's
+    assert [r.get("gave_up", False) for r in retries] == [False, True]   # rollback.lock_attempts 2, from the config
     assert "lock retry 1/2" in err and str(blocker.pid) in err
     assert has_column(pg, "accounts", "note")
 
@@ -186,7 +191,7 @@ def test_once_reverts_with_its_lock_flags_and_the_config(pg, write_migrations, t
         blocker.release()
     assert rc == 0, err
     m = json.loads(out)["markers"][0]
-    assert m["result"] == "done" and m["rollback"]["lock_retries"]
+    assert m["result"] == "done" and m["rollback"]["rollback"]["lock_retries"]
     assert not has_column(pg, "accounts", "note")
 
 
@@ -223,9 +228,9 @@ def test_a_plain_statement_of_a_nontransactional_migration_is_retried_by_pgdeplo
 @pytest.mark.parametrize("args,message", [
     (["--lock-timeout", "soon"], "--lock-timeout needs a duration"),
     (["--lock-timeout", "600h"], "--lock-timeout must be at most"),
-    (["--lock-attempts", "0"], "--lock-attempts must be between 1 and 1000"),
+    (["--lock-attempts", "0"], "--lock-attempts must be between 1 and 10000"),
     (["--lock-attempts", "many"], "--lock-attempts needs a positive integer"),
-    (["--lock-retry-time", "0s"], "--lock-retry-time must be longer than 0"),
+    (["--lock-retry-time", "1y"], "--lock-retry-time needs a duration"),
     (["--lock-timeout"], "option --lock-timeout needs a value"),
 ])
 def test_bad_lock_flags_are_usage_errors_before_connecting(command, args, message):
@@ -240,12 +245,12 @@ def test_bad_lock_flags_and_keys_of_once_and_the_watcher_are_usage_errors(tmp_pa
     cfg = tmp_path / "once.json"
     cfg.write_text(json.dumps({"database": {"dsn": "host=/nonexistent-socket-dir port=1"}}))
     rc, out, err = run_pgdeploy("once", "--config", cfg, "--lock-attempts", "0")
-    assert rc == 2 and "--lock-attempts must be between 1 and 1000" in err
+    assert rc == 2 and "--lock-attempts must be between 1 and 10000" in err
     rc, out, err = run_pgdeploy("once", "--config", cfg, "--lock-timeout=x", "--json")
     assert rc == 2 and json.loads(out)["error"]["message"].startswith("--lock-timeout needs a duration")
     for rollback, message in [({"lock_timeout": "fast"}, "rollback.lock_timeout: must be a duration"),
-                              ({"lock_attempts": 0}, "rollback.lock_attempts: must be between 1 and 1000"),
-                              ({"lock_retry_time": "0s"}, "rollback.lock_retry_time: must be a positive duration")]:
+                              ({"lock_attempts": 0}, "rollback.lock_attempts: must be between 1 and 10000"),
+                              ({"lock_retry_time": "-1s"}, "rollback.lock_retry_time: must be a duration")]:
         cfg.write_text(json.dumps({"rollback": rollback}))
         rc, out, err = run_pgdeploy("watch", "--check-config", "--config", cfg)
         assert rc == 2 and message in err, (rollback, err)

@@ -205,9 +205,9 @@ TEST_CASE("configuration errors name the key path", "[watch][config]") {
         {R"({"rollback": {"lease": "500ms"}})", "rollback.lease: must be at least 1s"},
         {R"({"rollback": {"lock_timeout": 500}})", "rollback.lock_timeout: must be a duration"},
         {R"({"rollback": {"lock_timeout": "600h"}})", "rollback.lock_timeout: must be at most 2147483647ms"},
-        {R"({"rollback": {"lock_attempts": 0}})", "rollback.lock_attempts: must be between 1 and 1000"},
+        {R"({"rollback": {"lock_attempts": 0}})", "rollback.lock_attempts: must be between 1 and 10000"},
         {R"({"rollback": {"lock_attempts": "3"}})", "rollback.lock_attempts: must be an integer"},
-        {R"({"rollback": {"lock_retry_time": "0s"}})", "rollback.lock_retry_time: must be a positive duration"},
+        {R"({"rollback": {"lock_retry_time": "soon"}})", "rollback.lock_retry_time: must be a duration"},
         {R"({"rollback": {"lock_retries": 3}})", "rollback.lock_retries: unknown key"},
         {R"({"alert": {"command": "page me"}})", "alert.command: must be an array of strings"},
         {R"({"alert": {"timeout": "0s"}})", "alert.timeout: must be a positive duration"},
@@ -348,4 +348,5 @@ TEST_CASE("rollback.lock_* set the lock safety of the reverting session, unset k
     WatchConfig off = parse_config(R"({"rollback": {"lock_timeout": "0s"}})");
     CHECK(off.rollback.lock.lock_timeout_ms == 0);
     CHECK_FALSE(off.rollback.lock.lock_attempts);
+    CHECK(parse_config(R"({"rollback": {"lock_retry_time": "0s"}})").rollback.lock.lock_retry_time_ms == 0);
 }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "pg_deploy/errors.hpp"
+#include "pg_deploy/lock_backoff.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
 
@@ -188,11 +189,9 @@ std::string lock_text(const Json& lock) {
 }
 
 int next_backoff_ms(int attempt) {
-    int shift = std::min(attempt - 1, 16);
-    int cap = std::min(kLockRetryMaxBackoffMs, kLockRetryFirstBackoffMs << shift);
     double draw = 0;
     pg_guard([&] { draw = pg_prng_double(&pg_global_prng_state); });
-    return cap / 2 + static_cast<int>(draw * (cap - cap / 2));
+    return lock_retry_backoff_ms(attempt, draw);
 }
 
 // sleep_ms waits on the latch, so a cancel or a terminate ends the wait (and the call) at once.
@@ -256,8 +255,7 @@ bool LockRetry::decide(const std::optional<SqlFailure>& failure) {
     if (attempt_ >= lock_attempts)
         return false;
     backoff_ms_ = next_backoff_ms(attempt_);
-    double spent_ms = ms_since(started_us_);
-    if (lock_retry_time_ms > 0 && spent_ms + backoff_ms_ > lock_retry_time_ms)
+    if (!lock_retry_allowed(attempt_, lock_attempts, ms_since(started_us_), backoff_ms_, lock_retry_time_ms))
         return false;
     retry_pending_ = true;
     return true;

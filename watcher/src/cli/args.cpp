@@ -241,22 +241,21 @@ std::vector<OptionSpec> with_lock_retry_options(std::vector<OptionSpec> options)
                        "(pg_deploy.lock_timeout, default 500ms; 0 = no limit of pg_deploy's)"});
     options.push_back({"lock-attempts", 0, true, "N",
                        "attempts at a migration whose locks are busy before giving up (pg_deploy.lock_attempts, "
-                       "default 30)"});
+                       "default 30, at most 10000)"});
     options.push_back({"lock-retry-time", 0, true, "DURATION",
-                       "give up retrying after this long in all (pg_deploy.lock_retry_time, default 60s)"});
+                       "give up retrying after this long in all (pg_deploy.lock_retry_time, default 60s; "
+                       "0 = no time limit)"});
     return options;
 }
 
 namespace {
 
-// lock_duration: a duration option within what the setting holds (an int of milliseconds).
-std::optional<long long> lock_duration(const ParsedArgs& args, const std::string& option, bool allow_zero) {
+// lock_duration: a duration option within what the setting holds (an int of milliseconds; 0 is each one's "off").
+std::optional<long long> lock_duration(const ParsedArgs& args, const std::string& option) {
     auto value = args.get(option);
     if (!value)
         return std::nullopt;
     long long ms = parse_duration_ms(option, *value);
-    if (ms == 0 && !allow_zero)
-        throw ArgumentError("--" + option + " must be longer than 0, not \"" + *value + "\"");
     if (ms > common::kMaxLockSettingMs)
         throw ArgumentError("--" + option + " must be at most " + std::to_string(common::kMaxLockSettingMs) +
                             "ms (about 24 days), not \"" + *value + "\"");
@@ -267,11 +266,11 @@ std::optional<long long> lock_duration(const ParsedArgs& args, const std::string
 
 common::LockSafety lock_flags(const ParsedArgs& args) {
     common::LockSafety s;
-    s.lock_wait_ms = lock_duration(args, "lock-wait", true);
-    s.lock_timeout_ms = lock_duration(args, "lock-timeout", true);
+    s.lock_wait_ms = lock_duration(args, "lock-wait");
+    s.lock_timeout_ms = lock_duration(args, "lock-timeout");
     if (auto n = args.get("lock-attempts"))
         s.lock_attempts = parse_positive_int("lock-attempts", *n, common::kMaxLockAttempts);
-    s.lock_retry_time_ms = lock_duration(args, "lock-retry-time", false);
+    s.lock_retry_time_ms = lock_duration(args, "lock-retry-time");
     return s;
 }
 

@@ -160,11 +160,12 @@ nlohmann::json query_json_watched(const Context& ctx, common::Connection& conn, 
 }
 
 std::string lock_retries_note(const nlohmann::json& doc) {
-    if (!doc.is_object() || !doc.contains("lock_retries") || !doc["lock_retries"].is_array() ||
-        doc["lock_retries"].empty())
+    if (!doc.is_object() || !doc.contains("lock_retries") || !doc["lock_retries"].is_array())
         return "";
-    size_t n = doc["lock_retries"].size();
-    return " after " + std::to_string(n) + " lock retr" + (n == 1 ? "y" : "ies");
+    size_t n = 0;
+    for (const auto& r : doc["lock_retries"])
+        n += r.is_object() && !r.value("gave_up", false) ? 1 : 0;
+    return n == 0 ? "" : " after " + std::to_string(n) + " lock retr" + (n == 1 ? "y" : "ies");
 }
 
 std::string jstr(const nlohmann::json& obj, const std::string& key, const std::string& fallback) {

@@ -50,8 +50,8 @@ int failure_exit_code(const nlohmann::json& failure);
 nlohmann::json query_json_watched(const Context& ctx, common::Connection& conn, const std::string& label,
                                   const std::string& sql, const std::vector<common::Param>& params);
 
-// lock_retries_note: " after N lock retries" for the human summary line when the result's lock_retries is not
-// empty, else "".
+// lock_retries_note: " after N lock retries" for the human summary line when the result's lock_retries holds
+// retries (the entry of an attempt that gave up is not one), else "".
 std::string lock_retries_note(const nlohmann::json& doc);
 
 // jstr: the string at key, or fallback when missing/null (numbers are printed).

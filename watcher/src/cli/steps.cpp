@@ -10,6 +10,7 @@
 
 #include "cli/context.hpp"
 #include "common/output.hpp"
+#include "pg_deploy/lock_backoff.hpp"
 
 namespace pgdeploy::cli {
 
@@ -89,7 +90,7 @@ std::chrono::milliseconds poll_for(long long ms) {
     return std::chrono::milliseconds(std::clamp<long long>(ms / 4, 50, 1000));
 }
 
-json retry_entry(const json& step, long long attempt, const json& wait, double waited_ms) {
+json retry_entry(const json& step, int attempt, const json& wait, long long waited_ms) {
     const json& lock = wait.is_object() && wait.contains("lock") ? wait["lock"] : json();
     const json& blocker = wait.is_object() && wait.contains("blocker") ? wait["blocker"] : json();
     return {{"attempt", attempt},
@@ -98,23 +99,28 @@ json retry_entry(const json& step, long long attempt, const json& wait, double w
             {"step", step.contains("step") ? step["step"] : json()},
             {"lock", lock},
             {"blocker", blocker},
-            {"waited_ms", static_cast<long long>(waited_ms)}};
+            {"waited_ms", waited_ms},
+            {"backoff_ms", nullptr}};
 }
 
 /*
  * gave_up
- *		The error of a statement whose retry budget is spent: 55P03 like the server's, but naming the lock and
- *the session that kept it, which the server's "canceling statement due to lock timeout" does not.
+ *		The error of a statement whose retry budget is spent: 55P03 like the server's, worded as the extension's
+ *		own give-up, naming the lock and the session that kept it, which the server's "canceling statement due
+ *		to lock timeout" does not.
  */
-common::DbError gave_up(const common::DbError& last, const json& entry, long long attempts, double total_ms,
-                        long long timeout_ms) {
-    std::string message = "gave up after " + std::to_string(attempts) + " attempt" + (attempts == 1 ? "" : "s") +
-                          " in " + common::format_ms(total_ms) + ": " + common::what_of(entry) + " waited more than " +
-                          std::to_string(timeout_ms) + " ms for " + common::describe_lock(entry["lock"]) +
-                          "; blocked by " + common::describe_blocker(entry["blocker"]);
-    return common::DbError("55P03", message, last.what(),
-                           "Find out why that session keeps its transaction open, or allow more with --lock-attempts "
-                           "and --lock-retry-time; `pgdeploy up` resumes at this step.");
+common::DbError gave_up(const common::DbError& last, const json& entry, const common::LockRetryBudget& budget,
+                        double total_ms, long long timeout_ms) {
+    std::string message = common::what_of(entry) + " could not take " + common::describe_lock(entry["lock"]) +
+                          " within " + std::to_string(timeout_ms) + " ms in " + common::cell(entry["attempt"]) +
+                          " attempt(s) over " + common::format_ms(total_ms) + ": blocked by " +
+                          common::describe_blocker(entry["blocker"]);
+    std::string detail = std::string(last.what()) +
+                         "; the budget is pg_deploy.lock_attempts = " + std::to_string(budget.attempts) +
+                         " and pg_deploy.lock_retry_time = " + std::to_string(budget.time_ms) + " ms";
+    return common::DbError("55P03", message, detail,
+                           "End the blocking transaction (or SELECT pg_terminate_backend(pid)), or allow more with "
+                           "--lock-attempts and --lock-retry-time; `pgdeploy up` resumes at this step.");
 }
 
 /*
@@ -136,8 +142,7 @@ void run_statement(const Context& ctx, common::Connection& conn, common::Progres
     }
     const common::LockRetryBudget budget = step_retry_budget(step);
     const auto first = Clock::now();
-    for (long long attempt = 1;; ++attempt) {
-        const auto started = Clock::now();
+    for (int attempt = 1;; ++attempt) {
         try {
             auto watching = monitor.watch(label, poll_for(timeout));
             ScopedLockTimeout limit(conn, timeout);
@@ -146,15 +151,18 @@ void run_statement(const Context& ctx, common::Connection& conn, common::Progres
         } catch (const common::DbError& e) {
             if (e.sqlstate() != "55P03")
                 throw;
-            json entry = retry_entry(step, attempt, monitor.last_wait(), elapsed_ms(started));
-            auto pause =
-                common::next_lock_retry_ms(budget, attempt, static_cast<long long>(elapsed_ms(first)), jitter());
-            if (!pause)
-                throw gave_up(e, entry, attempt, elapsed_ms(first), timeout);
-            entry["backoff_ms"] = *pause;
+            json entry = retry_entry(step, attempt, monitor.last_wait(), timeout);
+            int pause = lock_retry_backoff_ms(attempt, jitter());
+            if (!lock_retry_allowed(attempt, static_cast<int>(budget.attempts), elapsed_ms(first), pause,
+                                    static_cast<int>(budget.time_ms))) {
+                entry["gave_up"] = true;
+                lock_retries.push_back(entry);
+                throw gave_up(e, entry, budget, elapsed_ms(first), timeout);
+            }
+            entry["backoff_ms"] = pause;
             lock_retries.push_back(entry);
             ctx.progress(common::lock_retry_message(entry, budget.attempts));
-            std::this_thread::sleep_for(std::chrono::milliseconds(*pause));
+            std::this_thread::sleep_for(std::chrono::milliseconds(pause));
         }
     }
 }

@@ -1,7 +1,6 @@
 // Lock safety on the client side (see lock_safety.hpp).
 #include "common/lock_safety.hpp"
 
-#include <algorithm>
 #include <cstdio>
 
 #include "common/connection.hpp"
@@ -11,9 +10,6 @@ namespace pgdeploy::common {
 using nlohmann::json;
 
 namespace {
-
-constexpr long long kBackoffBaseMs = 100;
-constexpr long long kBackoffCapMs = 1000;
 
 void apply_one(Connection& conn, const char* name, const std::optional<long long>& value, const char* unit,
                bool reset_unset) {
@@ -34,12 +30,10 @@ std::string text_of(const json& obj, const char* key) {
     return obj[key].is_string() ? obj[key].get<std::string>() : obj[key].dump();
 }
 
+// age_text: "3.2 s", as the extension words a transaction's age.
 std::string age_text(double ms) {
     char buf[32];
-    if (ms < 1000)
-        std::snprintf(buf, sizeof buf, "%.0f ms", ms);
-    else
-        std::snprintf(buf, sizeof buf, "%.1f s", ms / 1000.0);
+    std::snprintf(buf, sizeof buf, "%.1f s", ms / 1000.0);
     return buf;
 }
 
@@ -50,25 +44,6 @@ void apply_lock_safety(Connection& conn, const LockSafety& settings, bool reset_
     apply_one(conn, "pg_deploy.lock_timeout", settings.lock_timeout_ms, "ms", reset_unset);
     apply_one(conn, "pg_deploy.lock_attempts", settings.lock_attempts, "", reset_unset);
     apply_one(conn, "pg_deploy.lock_retry_time", settings.lock_retry_time_ms, "ms", reset_unset);
-}
-
-long long lock_retry_backoff_ms(long long failed_attempt, double jitter) {
-    long long d = kBackoffBaseMs;
-    for (long long i = 1; i < failed_attempt && d < kBackoffCapMs; ++i)
-        d *= 2;
-    d = std::min(d, kBackoffCapMs);
-    jitter = std::clamp(jitter, 0.0, 1.0);
-    return d / 2 + static_cast<long long>(static_cast<double>(d - d / 2) * jitter);
-}
-
-std::optional<long long> next_lock_retry_ms(const LockRetryBudget& budget, long long failed_attempt,
-                                            long long elapsed_ms, double jitter) {
-    if (failed_attempt >= budget.attempts)
-        return std::nullopt;
-    long long pause = lock_retry_backoff_ms(failed_attempt, jitter);
-    if (elapsed_ms + pause >= budget.time_ms)
-        return std::nullopt;
-    return pause;
 }
 
 std::string describe_lock(const json& lock) {
@@ -96,14 +71,10 @@ std::string describe_blocker(const json& blocker) {
 }
 
 std::string what_of(const json& entry) {
-    std::string out = "migration " + text_of(entry, "version");
-    std::string name = text_of(entry, "name");
-    if (!name.empty())
-        out += " (" + name + ")";
     std::string step = text_of(entry, "step");
-    if (!step.empty())
-        out += " step " + step;
-    return out;
+    std::string out = (step.empty() ? "" : "step " + step + " of ") + "migration " + text_of(entry, "version");
+    std::string name = text_of(entry, "name");
+    return name.empty() ? out : out + " (" + name + ")";
 }
 
 std::string lock_retry_message(const json& entry, long long attempts) {

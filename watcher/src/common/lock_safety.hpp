@@ -1,12 +1,13 @@
 // Lock safety on the client side (issue 13): the pg_deploy.lock_* settings a command or the watcher gives its
-// session, the retry rule for the top-level statements `pgdeploy up` runs itself (exponential backoff with jitter
-// within a budget of attempts and time, the rule the extension applies to its batches), and the wording of a retry.
+// session, the retry budget of the top-level statements `pgdeploy up` runs itself (the rule itself, backoff with
+// jitter, is the extension's: pg_deploy/lock_backoff.hpp), and the wording of a retry.
 //
 // A retry is reported the same way wherever it happens: the extension raises a NOTICE "lock retry k/N: ..." for
 // its batches, and `pgdeploy` prints the same line for its own statements (lock_retry_message). Both go into the
 // JSON as `lock_retries` entries (docs/json.md):
 //   {"attempt", "version", "name", ["step",] "lock": {"type","object","mode"} | null,
 //    "blocker": {"pid","application_name","user","state","xact_age_ms"} | null, "waited_ms", "backoff_ms"}
+// The attempt that used up the budget is the last entry, with "gave_up": true and "backoff_ms": null.
 #pragma once
 #include <climits>
 #include <nlohmann/json.hpp>
@@ -20,9 +21,9 @@ class Connection;
 // The primary message of every lock-retry NOTICE (and of pgdeploy's own retry lines) starts with this.
 inline constexpr const char* kLockRetryPrefix = "lock retry ";
 
-// The settings' limits (the GUCs': integer milliseconds; attempts as pg_deploy.max_rollback_attempts).
+// The settings' limits (the GUCs' ranges: integer milliseconds; pg_deploy.lock_attempts up to 10000).
 inline constexpr long long kMaxLockSettingMs = INT_MAX;
-inline constexpr long long kMaxLockAttempts = 1000;
+inline constexpr long long kMaxLockAttempts = 10000;
 
 // LockSafety: the session settings a command asks for; unset keeps the server's value (its default, or what
 // ALTER ROLE / ALTER DATABASE set).
@@ -30,7 +31,7 @@ struct LockSafety {
     std::optional<long long> lock_wait_ms;        // pg_deploy.lock_wait: waiting for the deploy lock
     std::optional<long long> lock_timeout_ms;     // pg_deploy.lock_timeout: per attempt, 0 = off
     std::optional<long long> lock_attempts;       // pg_deploy.lock_attempts
-    std::optional<long long> lock_retry_time_ms;  // pg_deploy.lock_retry_time: all attempts together
+    std::optional<long long> lock_retry_time_ms;  // pg_deploy.lock_retry_time: all attempts together, 0 = no limit
 
     bool empty() const { return !lock_wait_ms && !lock_timeout_ms && !lock_attempts && !lock_retry_time_ms; }
 };
@@ -41,22 +42,12 @@ struct LockSafety {
 // so a command without these flags sends nothing (and works with an extension that predates them).
 void apply_lock_safety(Connection& conn, const LockSafety& settings, bool reset_unset = false);
 
-// LockRetryBudget: next_step's "lock_retry" ({"attempts", "time_ms"}): how often and how long a statement is tried.
+// LockRetryBudget: next_step's "lock_retry" ({"attempts", "time_ms"}): how often and how long a statement is tried
+// (time_ms 0: no time limit).
 struct LockRetryBudget {
     long long attempts = 30;
-    long long time_ms = 60 * 1000;
+    long long time_ms = 60LL * 1000;
 };
-
-// lock_retry_backoff_ms: the pause after failed attempt n (1-based): 100 ms doubled per attempt, capped at 1 s, of
-// which jitter (0 <= jitter < 1) picks a point in the upper half, so that clients blocked by the same transaction
-// do not all come back at once. The cap keeps a deploy from lagging more than about a second behind the moment the
-// blocking transaction ends.
-long long lock_retry_backoff_ms(long long failed_attempt, double jitter);
-
-// next_lock_retry_ms: the pause before the next attempt, or nullopt when the budget is spent: failed_attempt was
-// the last allowed attempt, or the pause would end past the time budget (elapsed_ms counts from the first attempt).
-std::optional<long long> next_lock_retry_ms(const LockRetryBudget& budget, long long failed_attempt,
-                                            long long elapsed_ms, double jitter);
 
 // describe_lock: "AccessExclusiveLock on relation public.accounts" from {"type","object","mode"}; "a lock" for null.
 std::string describe_lock(const nlohmann::json& lock);
@@ -67,11 +58,11 @@ std::string describe_lock(const nlohmann::json& lock);
 std::string describe_blocker(const nlohmann::json& blocker);
 
 // lock_retry_message: the live line of one retry (entry: a lock_retries entry), worded as the extension's NOTICE:
-// "lock retry 2/30: migration 0002 (add_column) step 1 waited 500 ms for AccessExclusiveLock on relation
+// "lock retry 2/30: step 1 of migration 0002 (add_column) waited 500 ms for AccessExclusiveLock on relation
 // public.accounts; blocked by pid 1234 (...); next attempt in 340 ms".
 std::string lock_retry_message(const nlohmann::json& entry, long long attempts);
 
-// what_of: "migration 0002 (add_column)" plus " step N" when the entry has a step.
+// what_of: "step N of migration 0002 (add_column)" ("migration 0002 (add_column)" for an entry without a step).
 std::string what_of(const nlohmann::json& entry);
 
 }  // namespace pgdeploy::common

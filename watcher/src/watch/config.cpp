@@ -212,8 +212,8 @@ void parse_listen(MetricsConfig& m, const std::string& path) {
  */
 common::LockSafety parse_rollback_lock(ObjectReader& r) {
     common::LockSafety lock;
-    auto limited = [&r](const char* key, bool allow_zero) -> std::optional<long long> {
-        Millis d = r.duration(key, -1, allow_zero);
+    auto limited = [&r](const char* key) -> std::optional<long long> {
+        Millis d = r.duration(key, -1, true);
         if (d < 0)
             return std::nullopt;
         if (d > common::kMaxLockSettingMs)
@@ -221,8 +221,8 @@ common::LockSafety parse_rollback_lock(ObjectReader& r) {
                               "must be at most " + std::to_string(common::kMaxLockSettingMs) + "ms (about 24 days)");
         return d;
     };
-    lock.lock_timeout_ms = limited("lock_timeout", true);
-    lock.lock_retry_time_ms = limited("lock_retry_time", false);
+    lock.lock_timeout_ms = limited("lock_timeout");
+    lock.lock_retry_time_ms = limited("lock_retry_time");
     long long attempts = r.integer("lock_attempts", 0, 1, common::kMaxLockAttempts);
     if (attempts > 0)
         lock.lock_attempts = attempts;

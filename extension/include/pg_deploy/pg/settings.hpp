@@ -13,10 +13,6 @@ extern int lock_timeout_ms;        // pg_deploy.lock_timeout: the longest a migr
 extern int lock_attempts;          // pg_deploy.lock_attempts: attempts at a batch that hits the lock timeout
 extern int lock_retry_time_ms;     // pg_deploy.lock_retry_time: total time for those attempts (0 = no limit)
 
-// The backoff between lock-timeout retries: the n-th wait is drawn from [cap/2, cap], cap = min(max, first * 2^(n-1)).
-inline constexpr int kLockRetryFirstBackoffMs = 200;
-inline constexpr int kLockRetryMaxBackoffMs = 1000;
-
 // The deploy advisory lock: class key 'PDEP', key2 1 (docs/architecture.md, "Locks").
 inline constexpr int kLockClassKey = 1346651472;
 inline constexpr int kDeployLockKey = 1;
