@@ -3,11 +3,12 @@
 A table of `rows` rows serves an application (pgbench with a custom script: primary-key reads and updates, `clients`
 clients, at a fixed arrival rate) for the whole run of each contender. Twice per run a separate session opens a
 transaction on that table and keeps it open for `blocker_s` seconds; `lead_s` after it took its lock, the contender
-deploys a release of three migrations (the first time) or rolls it back (the second time):
+deploys a release of four migrations (the first time) or rolls it back (the second time):
 
-  0001 add_status     ALTER TABLE accounts ADD COLUMN status text NOT NULL DEFAULT 'active'
-  0002 note_index     CREATE INDEX CONCURRENTLY (non-transactional)           down: DROP INDEX CONCURRENTLY
-  0003 balance_check  ADD CONSTRAINT ... CHECK NOT VALID, then VALIDATE       down: DROP CONSTRAINT
+  0001 add_status              ALTER TABLE accounts ADD COLUMN status text NOT NULL DEFAULT 'active'
+  0002 note_index              CREATE INDEX CONCURRENTLY (non-transactional)   down: DROP INDEX CONCURRENTLY
+  0003 balance_check           ADD CONSTRAINT ... CHECK NOT VALID                down: DROP CONSTRAINT
+  0004 validate_balance_check  VALIDATE CONSTRAINT, in a transaction of its own  down: nothing (a no-op)
 
 Contenders, each on a fresh copy of the database: `psql -1 -f` per file (the CONCURRENTLY files without -1), Sqitch,
 `SELECT deploy.up()` / `SELECT deploy.rollback()` on a client connection (non-transactional steps driven with
@@ -21,6 +22,7 @@ Parameters: the mode's defaults (MODES below), each overridden by an environment
 """
 import csv
 import json
+import random
 import os
 import re
 import shutil
@@ -30,6 +32,7 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.errors
 
 import bench as b
 
@@ -59,7 +62,10 @@ PG_DEPLOY = ("sql", "pgdeploy")
 COMPLETION_GOAL_S = 2.0   # pg_deploy's deploy completes within 2 s after the open transaction ends
 HEADROOM_MS = 100.0       # the app's max latency stays below the lock timeout + 100 ms
 
-# version, name, up statements, down statements; a migration whose up (down) holds CONCURRENTLY is non-transactional
+# version, name, up statements, down statements. A migration whose up (down) holds CONCURRENTLY is
+# non-transactional; so is VALIDATE CONSTRAINT, declared so (TOP_LEVEL): it must run in a transaction of its own,
+# after the NOT VALID constraint committed, or the scan of every row would hold ADD CONSTRAINT's exclusive lock and
+# stall the application by itself. Its down script is empty: a no-op revert (the constraint goes with 0003's).
 RELEASE = [
     ("0001", "add_status",
      ["ALTER TABLE accounts ADD COLUMN status text NOT NULL DEFAULT 'active'"],
@@ -68,10 +74,13 @@ RELEASE = [
      ["CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_note_idx ON accounts (note)"],
      ["DROP INDEX CONCURRENTLY IF EXISTS accounts_note_idx"]),
     ("0003", "balance_check",
-     ["ALTER TABLE accounts ADD CONSTRAINT accounts_balance_nonneg CHECK (balance >= 0) NOT VALID",
-      "ALTER TABLE accounts VALIDATE CONSTRAINT accounts_balance_nonneg"],
+     ["ALTER TABLE accounts ADD CONSTRAINT accounts_balance_nonneg CHECK (balance >= 0) NOT VALID"],
      ["ALTER TABLE accounts DROP CONSTRAINT accounts_balance_nonneg"]),
+    ("0004", "validate_balance_check",
+     ["ALTER TABLE accounts VALIDATE CONSTRAINT accounts_balance_nonneg"],
+     []),
 ]
+TOP_LEVEL = {"0004"}
 # What pg_deploy gets when the installed build refuses DROP INDEX CONCURRENTLY in a down script (PD004; before
 # issue 13's concurrent reverts): the plain DROP INDEX, said in the results.
 FALLBACK_DOWN_0002 = ["DROP INDEX IF EXISTS accounts_note_idx"]
@@ -99,6 +108,10 @@ def transactional(statements):
     return not any("CONCURRENTLY" in s.upper() for s in statements)
 
 
+def script(statements):
+    return "".join(s + ";\n" for s in statements) or "-- nothing to do\n"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the release as files: pg_deploy's directory layout, psql runs the same files, Sqitch gets a project of its own
 
@@ -108,10 +121,11 @@ def write_release(path, down_0002=None):
     for version, name, up, down in RELEASE:
         if version == "0002" and down_0002:
             down = down_0002
+        header = "-- pg_deploy: transaction=off\n" if version in TOP_LEVEL else ""
         with open(os.path.join(path, f"{version}_{name}.up.sql"), "w") as f:
-            f.write(";\n".join(up) + ";\n")
+            f.write(header + script(up))
         with open(os.path.join(path, f"{version}_{name}.down.sql"), "w") as f:
-            f.write(";\n".join(down) + ";\n")
+            f.write(script(down))
     return path
 
 
@@ -125,7 +139,7 @@ def write_sqitch_project(path):
     for version, name, up, down in RELEASE:
         plan.append(f"{name} 2026-01-01T00:00:00Z pg_deploy bench <bench@localhost> # {version}")
         for d, stmts in (("deploy", up), ("revert", down)):
-            body = ";\n".join(stmts) + ";\n"
+            body = script(stmts)
             if transactional(stmts):   # Sqitch runs each script with psql as it is: the script has the transaction
                 body = "BEGIN;\n" + body + "COMMIT;\n"
             with open(os.path.join(path, d, name + ".sql"), "w") as f:
@@ -395,11 +409,32 @@ class DeploySql:
             try:
                 for stmt in step.get("cleanup") or []:
                     cur.execute(stmt)
-                cur.execute(step["statement"])
+                self._run_with_lock_policy(cur, step)
             except psycopg2.Error as e:
                 cur.execute("SELECT deploy.step_failed(%s, %s, %s)", (step["step_id"], e.pgcode, str(e).strip()))
                 raise
             self._one(cur, "SELECT deploy.step_done(%s)", (step["step_id"],))
+
+    @staticmethod
+    def _run_with_lock_policy(cur, step):
+        """As docs/sql-reference.md says for psql users: a step with lock_timeout_ms runs under that lock_timeout
+        and is retried after a short backoff on 55P03, within lock_retry's attempts."""
+        timeout = step.get("lock_timeout_ms")
+        if not timeout:
+            cur.execute(step["statement"])
+            return
+        attempts = (step.get("lock_retry") or {}).get("attempts", 1)
+        for attempt in range(1, attempts + 1):
+            cur.execute(f"SET lock_timeout = {int(timeout)}")
+            try:
+                cur.execute(step["statement"])
+                return
+            except psycopg2.errors.LockNotAvailable:
+                if attempt == attempts:
+                    raise
+                time.sleep(min(1.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+            finally:
+                cur.execute("RESET lock_timeout")
 
     def deploy(self, db, deadline):
         return self._call(db, "SELECT deploy.up()", deadline)
