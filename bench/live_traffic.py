@@ -593,9 +593,10 @@ def lock_settings(db):
     """pg_deploy's lock-safe settings as the server reports them ("n/a" where this build has none) and the lock
     timeout in ms (None when there is none)."""
     conn = b.connect(db)
+    conn.autocommit = True   # a SHOW that fails must not abort the ones after it
     shown, timeout_ms = {}, None
     with conn.cursor() as cur:
-        cur.execute("SELECT deploy.current_version()")   # loads pg_deploy.so: its settings exist from then on
+        cur.execute("SELECT deploy.version_key('1')")   # a C function: loads pg_deploy.so, its settings exist then
         for name in ("pg_deploy.lock_timeout", "pg_deploy.lock_attempts", "pg_deploy.lock_retry_time"):
             try:
                 cur.execute(f"SHOW {name}")
