@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""pg_deploy benchmarks: the ledger against the raw floor and Sqitch, a large ledger, the watcher at scale.
+"""pg_deploy benchmarks: the ledger against the raw floor and Sqitch, a large ledger, the watcher at scale, big scripts
+and live traffic (bench/big_scripts.py, bench/live_traffic.py).
 
 Run it through bench/run (which installs Sqitch, builds, and starts a throwaway cluster with pg_virtualenv); this file
 expects the PG* environment of a running PostgreSQL 15 server with pg_deploy installed, and is told where the
@@ -29,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 
 import big_scripts  # section 4 (bench/big_scripts.py)
+import live_traffic  # section 5 (bench/live_traffic.py)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # modes
@@ -60,7 +62,7 @@ MODES = {
                   scripts_ns=[5_000], scripts_rounds=1, scripts_cancels=2, scripts_literal_mb=2),
 }
 
-SECTIONS = ["migrations", "ledger", "watcher", "scripts"]
+SECTIONS = ["migrations", "ledger", "watcher", "scripts", "live-traffic"]
 REFERENCE_SUBXACT = "reference: DO block, one subtransaction per EXECUTE (not a floor)"
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1214,6 +1216,8 @@ def main():
 
     ctx = Ctx()
     ctx.mode = MODES[args.mode]
+    ctx.mode_name = args.mode
+    ctx.results_path = args.results
     ctx.pgdeploy = args.pgdeploy
     ctx.http_stub = args.http_stub
     ctx.watch_cycle = args.watch_cycle
@@ -1262,7 +1266,8 @@ def main():
             log(f"section {section}")
             try:
                 {"migrations": section_migrations, "ledger": section_ledger, "watcher": section_watcher,
-                 "scripts": big_scripts.section_scripts}[section](ctx, rep)
+                 "scripts": big_scripts.section_scripts,
+                 "live-traffic": live_traffic.section_live_traffic}[section](ctx, rep)
             except Exception as e:
                 traceback.print_exc()
                 rep.add(f"Section {section}: not measured: {one_line(e)}")
@@ -1293,8 +1298,13 @@ def make_sqitch_template(ctx):
     """A database with Sqitch's registry already created (a one-change warm-up project deployed into it), so that
     the timed `sqitch deploy` does what a deploy does, like deploy.up() over a registered catalog."""
     name = ctx.cluster.make_template(f"{ctx.prefix}_tpl_sqitch")
-    if not shutil.which("sqitch"):
-        return name
+    if shutil.which("sqitch"):
+        sqitch_warmup(ctx, name)
+    return name
+
+
+def sqitch_warmup(ctx, name):
+    """Deploys a one-change project into database name: Sqitch's registry then exists there."""
     proj = os.path.join(ctx.work, "sqitch-warmup")
     for d in ("deploy", "revert"):
         os.makedirs(os.path.join(proj, d), exist_ok=True)
@@ -1310,7 +1320,6 @@ def make_sqitch_template(ctx):
     r = run(["sqitch", "deploy", "--target", f"db:pg:{name}"], cwd=proj, env=ctx.sqitch_env)
     if r.returncode != 0:
         log(f"sqitch warm-up failed: {r.stderr.strip()[:300]}")
-    return name
 
 
 if __name__ == "__main__":
