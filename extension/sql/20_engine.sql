@@ -21,12 +21,14 @@ GRANT EXECUTE ON FUNCTION deploy.checksum(text) TO deploy_reader, deploy_admin;
 
 CREATE FUNCTION deploy.register(version text, name text, up_sql text, down_sql text DEFAULT NULL,
                                 verify_sql text DEFAULT NULL, transactional boolean DEFAULT NULL,
-                                reversibility text DEFAULT NULL, replace boolean DEFAULT false)
+                                reversibility text DEFAULT NULL, replace boolean DEFAULT false,
+                                down_transactional boolean DEFAULT NULL)
 RETURNS text
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pgdeploy_register';
-REVOKE ALL ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean) TO deploy_admin;
+REVOKE ALL ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, boolean)
+    TO deploy_admin;
 
 CREATE FUNCTION deploy.unregister(version text)
 RETURNS boolean
