@@ -71,7 +71,7 @@ std::string array_literal(const std::vector<common::Param>& values) {
  */
 std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
                                                        const loader::LoadedDirectory& loaded) {
-    std::vector<common::Param> versions, names, ups, downs, verifies, transactional, reversibility;
+    std::vector<common::Param> versions, names, ups, downs, verifies, transactional, reversibility, down_transactional;
     for (const auto& m : loaded.migrations) {
         versions.push_back(m.version);
         names.push_back(m.name);
@@ -80,18 +80,20 @@ std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
         verifies.push_back(m.verify_sql);
         transactional.push_back(opt_bool(m.transactional));
         reversibility.push_back(m.reversibility);
+        down_transactional.push_back(opt_bool(m.down_transactional));
     }
     conn.exec("SAVEPOINT pgdeploy_batch");
     try {
         common::Result r = conn.exec(
             "SELECT deploy.register(version => r.v, name => r.n, up_sql => r.u, down_sql => r.d, verify_sql => r.vf, "
-            "transactional => r.t, reversibility => r.rv, replace => true) "
+            "transactional => r.t, reversibility => r.rv, replace => true, down_transactional => r.dt) "
             "FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[], "
             "                       $4::pg_catalog.text[], $5::pg_catalog.text[], $6::boolean[], "
-            "$7::pg_catalog.text[]) "
-            "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, ord) ORDER BY r.ord",
+            "$7::pg_catalog.text[], $8::boolean[]) "
+            "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, dt, ord) ORDER BY r.ord",
             {array_literal(versions), array_literal(names), array_literal(ups), array_literal(downs),
-             array_literal(verifies), array_literal(transactional), array_literal(reversibility)});
+             array_literal(verifies), array_literal(transactional), array_literal(reversibility),
+             array_literal(down_transactional)});
         conn.exec("RELEASE SAVEPOINT pgdeploy_batch");
         std::vector<std::string> statuses;
         for (int i = 0; i < r.rows(); ++i)
@@ -130,9 +132,10 @@ RegisterReport register_all(common::Connection& conn, const loader::LoadedDirect
                 conn.exec("SAVEPOINT pgdeploy_register");
                 status = conn.query_value(
                     "SELECT deploy.register(version => $1, name => $2, up_sql => $3, down_sql => $4, "
-                    "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true)",
+                    "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true, "
+                    "down_transactional => $8::boolean)",
                     {m.version, m.name, m.up_sql, opt(m.down_sql), opt(m.verify_sql), opt_bool(m.transactional),
-                     opt(m.reversibility)});
+                     opt(m.reversibility), opt_bool(m.down_transactional)});
                 conn.exec("RELEASE SAVEPOINT pgdeploy_register");
             }
             std::string s = status.value_or("");

@@ -11,6 +11,7 @@
 #include "cli/load.hpp"
 #include "common/limits.hpp"
 #include "common/output.hpp"
+#include "common/steps.hpp"
 
 namespace pgdeploy::cli {
 
@@ -37,106 +38,6 @@ double num(const json& obj, const std::string& key) {
     if (obj.is_object() && obj.contains(key) && obj[key].is_number())
         return obj[key].get<double>();
     return 0;
-}
-
-/*
- * SessionDeployLock
- *		Holds the deploy lock at session level while this client runs top-level statements
- *(deploy.hold_deploy_lock: the extension owns the lock's key, its bounded wait and the error naming the holder). The
- *extension's functions take the same lock per transaction, so between next_step() and step_done() nothing else would
- *keep a second `pgdeploy up` from being handed the same running step and starting a duplicate concurrent build. The
- *same session may still call deploy.* (advisory locks are re-entrant per session). If this process dies, the lock lives
- *exactly as long as its backend: while the statement still runs, nobody else starts it again.
- */
-class SessionDeployLock {
-public:
-    explicit SessionDeployLock(common::Connection& conn) : conn_(conn) {
-        conn.exec("SELECT deploy.hold_deploy_lock('pgdeploy up')");
-    }
-    ~SessionDeployLock() {
-        try {
-            if (conn_.ok())
-                conn_.exec("SELECT deploy.release_deploy_lock()");
-        } catch (...) {
-            // The session ends soon anyway, and with it the lock.
-        }
-    }
-    SessionDeployLock(const SessionDeployLock&) = delete;
-    SessionDeployLock& operator=(const SessionDeployLock&) = delete;
-
-private:
-    common::Connection& conn_;
-};
-
-/*
- * run_steps
- *		The client half of a non-transactional migration: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
- *		friends inside a function, so the extension hands out one statement at a time and we run it at top
- *		level on this connection (autocommit). Cleanup statements come first: on a resume they remove what a
- *		failed attempt left behind (an INVALID index). Returns the failure object, or null when every step is
- *		done.
- */
-json run_steps(const Context& ctx, common::Connection& conn, const json& awaiting, json& steps_log,
-               const std::string& counter, double& total_ms) {
-    json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
-    common::Param dep_param;
-    if (deployment.is_number_integer())
-        dep_param = std::to_string(deployment.get<long long>());
-    const std::string holder = Context::holder();
-    SessionDeployLock lock(conn);
-    while (true) {
-        json step =
-            conn.query_json("SELECT deploy.next_step(deployment_id => $1::bigint, holder => $2)", {dep_param, holder});
-        if (step.is_null() || (step.is_object() && step.value("done", false)) ||
-            (step.is_object() && !step.contains("statement")))
-            return nullptr;
-        json id = step.contains("step_id") ? step["step_id"] : step["id"];
-        std::string step_id = id.is_string() ? id.get<std::string>() : id.dump();
-        std::string version = jstr(step, "version", "?"), name = jstr(step, "name", "");
-        std::string label = version + (name.empty() ? "" : "_" + name) + " step " + jstr(step, "step", "?") +
-                            (step.contains("steps") ? "/" + jstr(step, "steps") : "");
-        auto started = std::chrono::steady_clock::now();
-        try {
-            json cleanup = step.contains("cleanup") ? step["cleanup"] : json::array();
-            if (cleanup.is_string())
-                cleanup = json::array({cleanup});
-            if (cleanup.is_array())
-                for (const auto& c : cleanup) {
-                    if (!c.is_string() || c.get<std::string>().empty())
-                        continue;
-                    spdlog::info("{}: cleanup: {}", label, c.get<std::string>());
-                    conn.exec(c.get<std::string>());
-                }
-            spdlog::debug("{}: {}", label, step["statement"].get<std::string>());
-            conn.exec(step["statement"].get<std::string>());
-        } catch (const common::DbError& e) {
-            double ms = elapsed_ms(started);
-            ctx.progress(counter + label + " ... FAILED " + common::format_ms(ms) + ": " + e.sqlstate() + " " +
-                         e.what());
-            conn.query_value("SELECT deploy.step_failed($1::bigint, $2, $3)", {step_id, e.sqlstate(), e.what()});
-            json failure = e.to_json();
-            failure["version"] = version;
-            failure["name"] = name;
-            failure["step"] = step.contains("step") ? step["step"] : json();
-            failure["statement"] = step["statement"];
-            steps_log.push_back({{"step_id", id},
-                                 {"version", version},
-                                 {"step", failure["step"]},
-                                 {"ok", false},
-                                 {"sqlstate", e.sqlstate()},
-                                 {"duration_ms", ms}});
-            return failure;
-        }
-        double ms = elapsed_ms(started);
-        conn.query_value("SELECT deploy.step_done($1::bigint)", {step_id});
-        total_ms += ms;
-        ctx.progress(counter + label + " ... ok " + common::format_ms(ms));
-        steps_log.push_back({{"step_id", id},
-                             {"version", version},
-                             {"step", step.contains("step") ? step["step"] : json()},
-                             {"ok", true},
-                             {"duration_ms", ms}});
-    }
 }
 
 void print_up_human(const json& doc, int exit_code) {
@@ -293,7 +194,7 @@ int cmd_up(const std::vector<std::string>& args) {
             spdlog::info("{} is non-transactional: running its statements at top level",
                          jstr(awaiting, "version", "?"));
             double step_ms = 0;
-            failure = run_steps(ctx, conn, awaiting, steps_log, prefix, step_ms);
+            failure = common::run_steps(conn, awaiting, ctx.step_options("pgdeploy up"), steps_log, prefix, step_ms);
             if (!failure.is_null())
                 break;
             ++counter;

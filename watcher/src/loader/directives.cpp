@@ -49,6 +49,8 @@ void apply_directive(Directives& d, const std::string& item, const std::string& 
         if (d.reversibility && *d.reversibility != value)
             fail(path, line, "reversible given twice with different values");
         d.reversibility = value;
+        if (d.line_of_reversible == 0)
+            d.line_of_reversible = line;
     } else {
         fail(path, line, "unknown pg_deploy directive \"" + key + "\" (known: transaction, reversible)");
     }
