@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "common/steps.hpp"
 #include "watch/hook_env.hpp"
 #include "watch/process.hpp"
 
@@ -106,7 +107,7 @@ json ExecOutcome::to_json() const {
     return {{"marker_id", marker_id},      {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
             {"result", to_string(result)}, {"error", error.empty() ? json(nullptr) : json(error)},
             {"hook_ran", hook_ran},        {"hook_attempt", hook_attempt},
-            {"rollback", rollback}};
+            {"rollback", rollback},        {"steps", steps}};
 }
 
 ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
@@ -203,6 +204,56 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
 }
 
 /*
+ * RollbackExecutor::revert_database
+ *
+ * deploy.execute_rollback() for the marker. A revert that stops at the steps of a down SQL (DROP INDEX CONCURRENTLY,
+ * ...) is driven to its end by common::execute_marker: the steps run at top level on a connection of their own while
+ * this one renews the lease, the tick keeps the watchdog fed (a step may wait minutes for old transactions), and a
+ * stop request cancels the statement and leaves the marker ours, to resume at the next start.
+ */
+bool RollbackExecutor::revert_database(const MarkerInfo& m, ExecOutcome& out) {
+    common::StepOptions options;
+    options.holder = cfg_.watcher_id;
+    options.operation = "pgdeploy watcher " + cfg_.watcher_id;
+    options.progress = [&m](const std::string& line) { spdlog::info("marker {}: {}", m.id, line); };
+    options.tick = [this]() { return tick_ ? tick_() : true; };
+    auto connect_steps = [this]() {
+        common::ConnectOptions opts;
+        opts.dsn = cfg_.database.dsn;
+        opts.application_name = "pgdeploy-watch-steps";
+        return common::Connection::connect(opts);
+    };
+    try {
+        common::MarkerRun run =
+            common::execute_marker(conn_, connect_steps, m.id, cfg_.rollback.force, cfg_.rollback.lease, options);
+        out.rollback = run.result;
+        out.steps = run.steps;
+    } catch (const common::Cancelled& e) {
+        out.result = ExecResult::interrupted;
+        out.error = "stopped while a step of the revert was running";
+        spdlog::warn("marker {}: {}; the marker stays ours and resumes at next start", m.id, out.error);
+        return false;
+    } catch (const common::DbError& e) {
+        // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
+        // failed attempt ourselves so the lease is released and the retry budget counts it.
+        out.error = std::string("database revert refused: ") + e.what();
+        spdlog::error("marker {}: {}", m.id, out.error);
+        out.result = result_after_failure(ledger_.fail_attempt(
+            m.id, cfg_.watcher_id, {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}}));
+        return false;
+    }
+    if (out.rollback.value("ok", false))
+        return true;
+    out.result = result_after_failure(marker_state_from(out.rollback.value("state", "failed")));
+    const auto& err = out.rollback["error"];
+    out.error = "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
+                                                  ? err["message"].get<std::string>()
+                                                  : out.rollback.dump());
+    spdlog::error("marker {}: {}", m.id, out.error);
+    return false;
+}
+
+/*
  * RollbackExecutor::execute_claimed
  *
  * Order app_first (default): the app goes back first, so old code never runs against a schema it does not know
@@ -232,30 +283,7 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
             ledger_.fail_attempt(m.id, cfg_.watcher_id, {{"message", out.error}, {"step", "app_hook"}}));
         return out;
     };
-    auto database = [&]() {
-        try {
-            out.rollback = ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
-        } catch (const common::DbError& e) {
-            // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
-            // failed attempt ourselves so the lease is released and the retry budget counts it.
-            out.error = std::string("database revert refused: ") + e.what();
-            spdlog::error("marker {}: {}", m.id, out.error);
-            out.result = result_after_failure(ledger_.fail_attempt(
-                m.id, cfg_.watcher_id,
-                {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}}));
-            return false;
-        }
-        if (out.rollback.value("ok", false))
-            return true;
-        out.result = result_after_failure(marker_state_from(out.rollback.value("state", "failed")));
-        const auto& err = out.rollback["error"];
-        out.error =
-            "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
-                                              ? err["message"].get<std::string>()
-                                              : out.rollback.dump());
-        spdlog::error("marker {}: {}", m.id, out.error);
-        return false;
-    };
+    auto database = [&]() { return revert_database(m, out); };
 
     if (app_first) {
         if (!run_hook(m, out))

@@ -46,7 +46,8 @@ struct ExecOutcome {
     std::string error;
     int hook_attempt = 0;
     bool hook_ran = false;
-    nlohmann::json rollback;  // execute_rollback's result
+    nlohmann::json rollback;                         // execute_rollback's result
+    nlohmann::json steps = nlohmann::json::array();  // the non-transactional steps of down SQL it ran
     nlohmann::json to_json() const;
 };
 
@@ -54,7 +55,7 @@ class RollbackExecutor {
 public:
     // tick: called about every 100 ms while the hook runs (watchdog, stop request); false interrupts the hook.
     RollbackExecutor(const WatchConfig& cfg, common::Connection& conn, std::function<bool()> tick)
-        : cfg_(cfg), ledger_(conn), tick_(std::move(tick)) {}
+        : cfg_(cfg), conn_(conn), ledger_(conn), tick_(std::move(tick)) {}
 
     // claim_and_execute: claims marker_id for cfg.watcher_id (renewing an own lease) and performs it.
     ExecOutcome claim_and_execute(std::int64_t marker_id);
@@ -62,8 +63,10 @@ public:
 private:
     ExecOutcome execute_claimed(std::int64_t marker_id);
     bool run_hook(const MarkerInfo& m, ExecOutcome& out);
+    bool revert_database(const MarkerInfo& m, ExecOutcome& out);
 
     const WatchConfig& cfg_;
+    common::Connection& conn_;
     Ledger ledger_;
     std::function<bool()> tick_;
 };
