@@ -189,3 +189,22 @@ FROM deploy.execute_rollback(:marker, 'watcher-b') AS r;
 SELECT kind, details ->> 'holder' AS holder FROM deploy.events WHERE marker_id = :marker ORDER BY id;
 SELECT id, kind, state, reverts, rolled_back_by FROM deploy.deployments WHERE id >= 5 ORDER BY id;
 SELECT version FROM deploy.applied ORDER BY sort_key;
+
+-- A resumed revert whose batch fails: the failure is recorded (ok false, a WARNING), what its steps reverted stays
+-- reverted, and the deployment they emptied is rolled back by the failed revert.
+SELECT bool_and(deploy.unregister(v)) AS unregistered FROM unnest('{0002,0003,0004,0005}'::text[]) v;
+SELECT deploy.register('0006', 'broken_down', 'CREATE TABLE app.t6 (id int)', 'DROP TABLE app.t6_missing');
+SELECT deploy.up(app_version => 'r4') ->> 'state' AS state;
+SELECT deploy.register('0007', 'i7', 'CREATE INDEX i7 ON app.items (id)', 'DROP INDEX CONCURRENTLY app.i7');
+SELECT deploy.up(app_version => 'r5') ->> 'state' AS state;
+SELECT r ->> 'state' AS state, r -> 'awaiting_nontransactional' ->> 'version' AS version
+FROM deploy.down(steps => 2) AS r;
+SELECT s ->> 'step_id' AS step_id, s ->> 'statement' AS statement FROM deploy.next_step() AS s \gset
+SELECT :'statement' \gexec
+SELECT deploy.step_done(:step_id) ->> 'migration_reverted' AS reverted;
+SELECT r ->> 'ok' AS ok, r ->> 'state' AS state, r -> 'failed' ->> 'version' AS failed_version,
+       r -> 'failed' ->> 'sqlstate' AS sqlstate, r ->> 'version_after' AS version_after
+FROM deploy.down() AS r;
+SELECT id, kind, app_version, state, rolled_back_by, version_after FROM deploy.deployments WHERE id >= 7 ORDER BY id;
+SELECT version FROM deploy.applied ORDER BY sort_key;
+SELECT deploy.up() ->> 'state' AS up_again;

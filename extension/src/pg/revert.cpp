@@ -358,11 +358,13 @@ private:
         std::string message = std::string(req_.dry_run ? "dry run: " : "") + "down SQL of migration " +
                               batch.failed_row->version + " (" + batch.failed_row->name +
                               ") failed: " + failure.message;
-        std::string detail = req_.dry_run ? "nothing was changed (dry run)"
-                                          : std::string(req_.kind) + " deployment " + std::to_string(*deployment_id_) +
-                                                " failed; nothing was reverted (the batch was rolled back)";
-        if (req_.resumed && !req_.dry_run)
-            detail += "; what its steps and earlier calls reverted stays reverted";
+        std::string detail = "nothing was changed (dry run)";
+        if (!req_.dry_run) {
+            detail = std::string(req_.kind) + " deployment " + std::to_string(*deployment_id_) + " failed; " +
+                     (req_.resumed ? "its batch was rolled back; what its earlier calls and steps reverted stays "
+                                     "reverted"
+                                   : "nothing was reverted (the batch was rolled back)");
+        }
         return Warning{failure.sqlstate, message, detail};
     }
 
@@ -410,6 +412,10 @@ private:
         }
         events_.log("deployment_failed", deployment_id_, version_before_, std::nullopt,
                     Json{{"kind", req_.kind}, {"failed_version", version}, {"sqlstate", batch.failure->sqlstate}});
+        // What earlier calls and steps of a resumed revert took out stays out: a deployment they emptied is rolled
+        // back (by this failed revert) as it would have been on success.
+        if (req_.resumed)
+            mark_rolled_back(current_version());
     }
 
     /*
