@@ -111,13 +111,15 @@ SELECT deploy.register('0009', 'x', 'SELECT 1', 'ROLLBACK');
 SELECT deploy.register('0009', 'x', $sql$CREATE FUNCTION app.f() RETURNS text LANGUAGE sql AS $$ SELECT 'COMMIT; ROLLBACK' $$;$sql$,
                        'DROP FUNCTION app.f()');
 
--- Non-transactional statements are detected; declaring them transactional is PD004; in down SQL too.
+-- Non-transactional statements are detected; declaring them transactional is PD004; in down SQL too (detected there,
+-- they run as steps of the revert: sql/nontransactional_revert.sql).
 SELECT deploy.register('0010', 'vacuum', 'VACUUM app.users');
 SELECT deploy.register('0011', 'x', 'CREATE INDEX CONCURRENTLY i ON app.users (id)', transactional => true);
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.register('0011', 'x', 'ALTER SYSTEM SET work_mem = ''8MB''', transactional => true);
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.register('0011', 'x', 'CREATE INDEX i ON app.users (id)', 'DROP INDEX CONCURRENTLY app.i');
+SELECT deploy.register('0011', 'x', 'CREATE INDEX i ON app.users (id)', 'DROP INDEX CONCURRENTLY app.i',
+                       down_transactional => true);
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.register('0011', 'x', 'REINDEX TABLE CONCURRENTLY app.users');
 SELECT deploy.register('0012', 'x', 'ALTER TABLE app.users ADD COLUMN x int; CREATE INDEX CONCURRENTLY ix ON app.users (x)');

@@ -46,6 +46,7 @@ CREATE TABLE deploy.migrations (
     verify_checksum text,                                    -- hex sha256 of verify_sql (NULL with it)
     transactional  boolean     NOT NULL DEFAULT true,
     lock_timeout_ms integer    CHECK (lock_timeout_ms >= 0),    -- its lock_timeout directive; NULL: the setting's
+    down_transactional boolean NOT NULL DEFAULT true,        -- false: down_sql runs statement by statement at top level
     reversibility  text        NOT NULL DEFAULT 'reversible'
                    CHECK (reversibility IN ('reversible', 'lossy', 'irreversible')),
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -87,6 +88,7 @@ CREATE TABLE deploy.applied (
     reversibility  text             NOT NULL,
     transactional  boolean          NOT NULL DEFAULT true,
     lock_timeout_ms integer,        -- copied from the migration: its revert waits as long for a lock
+    down_transactional boolean      NOT NULL DEFAULT true,   -- copied with down_sql: how a revert runs it
     deployment_id  bigint           NOT NULL REFERENCES deploy.deployments (id),
     applied_at     timestamptz      NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     applied_by     name             NOT NULL DEFAULT deploy.acting_role(),
@@ -97,7 +99,9 @@ CREATE TABLE deploy.applied (
 CREATE INDEX applied_deployment_idx ON deploy.applied (deployment_id);
 
 -- Checkpoints: one row per statement of a non-transactional migration (and per migration of CALL deploy.run),
--- so an interrupted deployment resumes at the first step that is not done.
+-- so an interrupted deployment resumes at the first step that is not done. A step runs its migration's up SQL when
+-- its deployment is an up deployment and its down SQL when the deployment is a down or rollback (a revert): the
+-- deployment's kind says which, in one place (extension/src/pg/steps.cpp).
 CREATE TABLE deploy.checkpoints (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     deployment_id  bigint      NOT NULL REFERENCES deploy.deployments (id),

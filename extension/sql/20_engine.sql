@@ -22,12 +22,13 @@ GRANT EXECUTE ON FUNCTION deploy.checksum(text) TO deploy_reader, deploy_admin;
 CREATE FUNCTION deploy.register(version text, name text, up_sql text, down_sql text DEFAULT NULL,
                                 verify_sql text DEFAULT NULL, transactional boolean DEFAULT NULL,
                                 reversibility text DEFAULT NULL, replace boolean DEFAULT false,
-                                lock_timeout text DEFAULT NULL)
+                                lock_timeout text DEFAULT NULL, down_transactional boolean DEFAULT NULL)
 RETURNS text
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pgdeploy_register';
-REVOKE ALL ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, text) TO deploy_admin;
+REVOKE ALL ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deploy.register(text, text, text, text, text, boolean, text, boolean, text, boolean)
+    TO deploy_admin;
 
 CREATE FUNCTION deploy.unregister(version text)
 RETURNS boolean

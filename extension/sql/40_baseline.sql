@@ -49,9 +49,9 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, down_checksum, reversibility,
-                                    transactional, deployment_id, duration_ms, baseline)
+                                    transactional, down_transactional, deployment_id, duration_ms, baseline)
         SELECT m.version, m.sort_key, m.name, m.checksum, m.down_sql, m.down_checksum, m.reversibility,
-               m.transactional, new_deployment, 0, true
+               m.transactional, m.down_transactional, new_deployment, 0, true
         FROM deploy.migrations m
         WHERE m.sort_key <= through_key
         RETURNING version, sort_key

@@ -274,7 +274,10 @@ $fn$;
 -- deploy.execute_rollback(marker_id, holder, force) performs a marker: it reverts the marker's deployment through
 -- deploy.rollback() (the same revert code as a manual rollback) and records the outcome on the marker. It is
 -- idempotent: a done marker is a no-op, a marker whose deployment is already rolled back is closed as done, and a
--- half-reverted deployment is continued by deploy.rollback (it reverts what is still applied). A failing revert does
+-- half-reverted deployment is continued by deploy.rollback (it reverts what is still applied, or resumes the running
+-- rollback that waits for the steps of a non-transactional down SQL). When the revert stops at such steps, the marker
+-- stays in_progress under the holder's lease ("awaiting_nontransactional" in the result): the holder runs them and
+-- executes the marker again. A failing revert does
 -- not raise: the marker's failed state, attempt count and error must persist, so the result says ok:false and a
 -- WARNING tells psql users.
 --
@@ -323,14 +326,15 @@ BEGIN
         RAISE EXCEPTION 'marker % needs attention after % attempts and is not executed again', m.id, m.attempts
             USING ERRCODE = 'PD007', DETAIL = coalesce(m.last_error->>'message', ''),
                   HINT = 'Fix the cause, then close it with deploy.resolve_marker() (and request a new rollback).';
-    ELSIF m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder IS DISTINCT FROM holder THEN
+    ELSIF m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder IS DISTINCT FROM who THEN
         RAISE EXCEPTION 'marker % is claimed by % under a live lease', m.id, m.holder
             USING ERRCODE = 'PD007', DETAIL = format('The lease ends at %s.', m.lease_until),
                   HINT = 'Let its holder finish, or wait for the lease to expire.';
     END IF;
 
-    -- Not already ours: executing is claiming (one attempt), so a psql user need not claim first.
-    IF NOT (m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder = holder) THEN
+    -- Not already ours: executing is claiming (one attempt), so a psql user need not claim first. Ours under a live
+    -- lease (its revert stopped at non-transactional steps, which we ran): the same attempt goes on.
+    IF NOT (m.state = 'in_progress' AND m.lease_until >= now_ts AND m.holder = who) THEN
         SELECT * INTO m FROM deploy.claim_marker(who, marker_id => m.id);  -- claim_marker's default lease
     END IF;
 
@@ -341,8 +345,12 @@ BEGIN
                   HINT = format('Close the marker with deploy.resolve_marker(%s, ''abandoned'', ...).', m.id);
     END IF;
 
+    -- A rollback of it that is still running (it waits for the steps of a down SQL) is not done yet, even when
+    -- nothing of it is applied any more: deploy.rollback() resumes and finishes it.
     IF d.state = 'rolled_back'
-       OR (d.state <> 'running' AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id)) THEN
+       OR (d.state <> 'running' AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.deployment_id = d.id)
+           AND NOT EXISTS (SELECT 1 FROM deploy.deployments r
+                           WHERE r.kind = 'rollback' AND r.state = 'running' AND r.reverts = d.id)) THEN
         -- Someone (a DBA, another watcher before a crash) already undid it: the request is fulfilled.
         UPDATE deploy.rollback_markers k
         SET state = 'done', resolution = CASE WHEN d.state = 'rolled_back' THEN 'already_rolled_back'
@@ -395,6 +403,22 @@ BEGIN
         retryable := coalesce(failure->>'sqlstate', '') <> 'PD001';
     END IF;
 
+    IF failure IS NULL AND outcome->>'state' = 'running' THEN
+        -- The revert stopped at the steps of a non-transactional down SQL: the marker stays in progress under its
+        -- holder's lease while the holder runs them at top level (renewing the lease), then executes the marker
+        -- again to finish. A holder that dies lets the lease expire: the next one resumes the same revert.
+        PERFORM deploy.log_event('marker_awaiting_steps', m.deployment_id, NULL, m.id,
+                                 jsonb_build_object('attempt', m.attempts, 'holder', m.holder,
+                                                    'lease_until', m.lease_until,
+                                                    'rollback_deployment_id', outcome->'deployment_id',
+                                                    'version', outcome->'awaiting_nontransactional'->'version'));
+        RETURN jsonb_build_object('schema_version', 1, 'operation', 'execute_rollback', 'ok', true,
+                                  'already_done', false, 'marker_id', m.id, 'deployment_id', m.deployment_id,
+                                  'state', m.state, 'resolution', NULL, 'attempts', m.attempts, 'rollback', outcome,
+                                  'error', NULL, 'awaiting_nontransactional', outcome->'awaiting_nontransactional',
+                                  'holder', m.holder, 'lease_until', m.lease_until);
+    END IF;
+
     IF failure IS NULL THEN
         UPDATE deploy.rollback_markers k
         SET state = 'done', resolution = 'rolled_back', resolved_by = deploy.acting_role(), last_error = NULL,
@@ -412,7 +436,8 @@ BEGIN
     RETURN jsonb_build_object('schema_version', 1, 'operation', 'execute_rollback', 'ok', failure IS NULL,
                               'already_done', false, 'marker_id', m.id, 'deployment_id', m.deployment_id,
                               'state', final_state, 'resolution', CASE WHEN failure IS NULL THEN 'rolled_back' END,
-                              'attempts', m.attempts, 'rollback', outcome, 'error', failure);
+                              'attempts', m.attempts, 'rollback', outcome, 'error', failure,
+                              'awaiting_nontransactional', NULL);
 END
 $fn$;
 

@@ -26,11 +26,11 @@ GRANT SELECT (id, deployment_id, target_version, reason, details, state, request
               lease_until, attempts, last_error, updated_at, resolved_by, resolution)
     ON deploy.rollback_markers TO deploy_reader;
 GRANT SELECT (id, at, kind, deployment_id, version, marker_id, actor, details) ON deploy.events TO deploy_reader;
-GRANT SELECT (version, sort_key, name, checksum, down_checksum, verify_checksum, transactional, reversibility,
-              lock_timeout_ms, registered_at, registered_by)
+GRANT SELECT (version, sort_key, name, checksum, down_checksum, verify_checksum, transactional, down_transactional,
+              reversibility, lock_timeout_ms, registered_at, registered_by)
     ON deploy.migrations TO deploy_reader;
-GRANT SELECT (version, sort_key, name, checksum, down_checksum, reversibility, transactional, lock_timeout_ms,
-              deployment_id, applied_at, applied_by, duration_ms, baseline)
+GRANT SELECT (version, sort_key, name, checksum, down_checksum, reversibility, transactional, down_transactional,
+              lock_timeout_ms, deployment_id, applied_at, applied_by, duration_ms, baseline)
     ON deploy.applied TO deploy_reader;
 GRANT SELECT (id, deployment_id, version, step, state, holder, started_at, finished_at, attempts, error)
     ON deploy.checkpoints TO deploy_reader;
@@ -59,7 +59,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA deploy TO deploy_admin;
 -- deploy.execute_rollback_begin and deploy.execute_rollback_end (steps of execute_rollback that trust their
 -- arguments), deploy.wait_for_deploy_lock; the engine calls them as the owner.
 GRANT EXECUTE ON FUNCTION
-    deploy.register(text, text, text, text, text, boolean, text, boolean, text),
+    deploy.register(text, text, text, text, text, boolean, text, boolean, text, boolean),
     deploy.unregister(text),
     deploy.up(text, boolean, text, boolean, jsonb),
     deploy.down(integer, text, boolean, boolean, text),

@@ -81,9 +81,10 @@ def test_missing_and_non_directory(pg, tmp_path):
 
 
 def test_extension_refuses_a_file_exit_2_all_or_nothing(pg, write_migrations):
-    # The extension refuses DROP INDEX CONCURRENTLY in a down script (PD004): the whole load is refused.
+    # The extension refuses REINDEX ... CONCURRENTLY in a verify script (PD004): the whole load is refused.
     d = write_migrations(dict(GOOD, **{"0003_c.up.sql": "CREATE TABLE c (id int);",
-                                       "0003_c.down.sql": "DROP INDEX CONCURRENTLY nothing;"}))
+                                       "0003_c.down.sql": "DROP TABLE c;",
+                                       "0003_c.verify.sql": "REINDEX TABLE CONCURRENTLY c;"}))
     rc, out, err = run_pgdeploy("load", d, "--json", "--dsn", pg.dsn)
     assert rc == 2, err
     doc = json.loads(out)

@@ -104,3 +104,69 @@ def test_resume_after_a_dead_client_whose_concurrent_index_was_built(pg, write_m
                      "WHERE c.relname = 'items_sku_idx'") is True
     assert pg.scalar("SELECT count(*) FROM deploy.checkpoints WHERE state <> 'done'") == 0
     assert pg.scalar("SELECT deploy.validate()")["ok"]
+
+
+REVERT_FILES = dict(FILES, **{
+    "0002_sku_index.down.sql": "-- pg_deploy: transaction=off\n"
+                               "DROP INDEX CONCURRENTLY items_sku_idx;\n"
+                               "SELECT pg_sleep(0.3);\n"
+                               "DROP INDEX CONCURRENTLY items_sku_lower_idx;\n"
+                               "SELECT pg_sleep(0.3);\n",
+})
+
+
+def test_kill_during_nontransactional_rollback(rng, write_migrations):
+    """The same kills during `pgdeploy rollback` of a release whose down script drops its indexes concurrently
+    (statement by statement at top level, one checkpoint each). `pgdeploy rollback` of that deployment again must
+    finish: 0002 and 0003 reverted exactly once, both indexes gone (an INVALID one left by an interrupted drop is
+    dropped by the retried step, a drop the dead client's backend finished is recognised), every checkpoint done,
+    nothing running, validate clean."""
+    mdir = write_migrations(REVERT_FILES)
+    mid = 0
+    for trial in range(trials(4, 30)):
+        with FreshDatabase() as db:
+            code, out, err = run_pgdeploy("up", "--dir", mdir, "--target", "0001", "--app-version", "r1", "--dsn",
+                                          db.dsn)
+            assert code == 0, err
+            code, out, err = run_pgdeploy("up", "--dir", mdir, "--app-version", "r2", "--json", "--dsn", db.dsn)
+            assert code == 0, err
+            r2 = json.loads(out)["deployment_id"]
+            app = f"rel-revert-victim-{trial}"
+            proc = subprocess.Popen([PGDEPLOY_BIN, "rollback", "--deployment", str(r2), "--json", "-q",
+                                     "--dsn", db.dsn + f" application_name={app}"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(rng.uniform(0.05, 1.0))
+            how = "terminate" if trial % 2 == 0 else "sigkill"
+            if how == "terminate":
+                db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,))
+            else:
+                proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+            stats.add("kills.nontransactional_revert")
+            finished = proc.returncode == 0
+            mid += not finished
+            print(f"trial {trial}: {how}, first run exit {proc.returncode}")
+            assert proc.returncode in (0, 1, 3, -9), (proc.returncode, out, err)
+            assert db.scalar("SELECT deploy.validate()")["ok"]
+            wait_until(lambda: db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                         (app,)) == 0, timeout=30, what="the dead client's session to end")
+            done_before = db.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (r2,)) == "rolled_back"
+            code, out, err = run_pgdeploy("rollback", "--deployment", str(r2), "--json", "--dsn", db.dsn,
+                                          timeout=120)
+            # Rolled back already (the kill came after the end): refused as already rolled back (exit 7).
+            assert code == (7 if done_before else 0), (out, err)
+            assert db.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (r2,)) == "rolled_back"
+            assert [r[0] for r in db.sql("SELECT version FROM deploy.applied ORDER BY sort_key")] == ["0001"]
+            reverted = dict(db.sql("SELECT version, count(*) FROM deploy.events WHERE kind = 'migration_reverted' "
+                                   "GROUP BY version"))
+            assert reverted == {"0002": 1, "0003": 1}, reverted
+            idx = db.sql("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                         "JOIN pg_class t ON t.oid = i.indrelid WHERE t.relname = 'items' AND c.relname <> 'items_pkey'")
+            assert idx == [], idx
+            assert db.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' "
+                             "AND column_name = 'price'") == 0
+            assert db.scalar("SELECT count(*) FROM deploy.checkpoints WHERE state <> 'done'") == 0, \
+                db.sql("SELECT deployment_id, version, step, state, holder FROM deploy.checkpoints ORDER BY id")
+            assert db.scalar("SELECT count(*) FROM deploy.deployments WHERE state = 'running'") == 0
+            assert db.scalar("SELECT deploy.validate()")["ok"]
+    assert mid > 0, "no kill landed before the rollback finished"

@@ -4,9 +4,9 @@
 #include <catch2/catch.hpp>
 
 #include "cli/args.hpp"
-#include "cli/steps.hpp"
 #include "common/lock_safety.hpp"
 #include "common/progress.hpp"
+#include "common/steps.hpp"
 
 using namespace pgdeploy;
 using nlohmann::json;
@@ -100,14 +100,14 @@ TEST_CASE("a retry line names the statement, the lock and the blocking session",
 }
 
 TEST_CASE("a step runs under next_step's lock timeout and budget only when it has them", "[cli][lock]") {
-    CHECK(cli::step_lock_timeout_ms(json::parse(R"({"statement": "x", "lock_timeout_ms": 500})")) == 500);
-    CHECK(cli::step_lock_timeout_ms(json::parse(R"({"statement": "x", "lock_timeout_ms": null})")) == 0);
-    CHECK(cli::step_lock_timeout_ms(json::parse(R"({"statement": "x"})")) == 0);  // an older extension
-    CHECK(cli::step_lock_timeout_ms(json::parse(R"({"lock_timeout_ms": 0})")) == 0);
-    auto b = cli::step_retry_budget(json::parse(R"({"lock_retry": {"attempts": 4, "time_ms": 9000}})"));
+    CHECK(common::step_lock_timeout_ms(json::parse(R"({"statement": "x", "lock_timeout_ms": 500})")) == 500);
+    CHECK(common::step_lock_timeout_ms(json::parse(R"({"statement": "x", "lock_timeout_ms": null})")) == 0);
+    CHECK(common::step_lock_timeout_ms(json::parse(R"({"statement": "x"})")) == 0);  // an older extension
+    CHECK(common::step_lock_timeout_ms(json::parse(R"({"lock_timeout_ms": 0})")) == 0);
+    auto b = common::step_retry_budget(json::parse(R"({"lock_retry": {"attempts": 4, "time_ms": 9000}})"));
     CHECK(b.attempts == 4);
     CHECK(b.time_ms == 9000);
-    auto d = cli::step_retry_budget(json::parse(R"({"statement": "x"})"));
+    auto d = common::step_retry_budget(json::parse(R"({"statement": "x"})"));
     CHECK(d.attempts == 30);
     CHECK(d.time_ms == 60000);
 }

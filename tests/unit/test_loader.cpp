@@ -67,7 +67,7 @@ TEST_CASE("versions: validity and natural order", "[loader][version]") {
 TEST_CASE("native layout with directives", "[loader][native]") {
     TempDir d;
     d.write("0002_add_index.up.sql", "-- pg_deploy: transaction=off\nCREATE INDEX CONCURRENTLY i ON t (x);\n");
-    d.write("0002_add_index.down.sql", "DROP INDEX CONCURRENTLY i;\n");
+    d.write("0002_add_index.down.sql", "-- pg_deploy: transaction=off\nDROP INDEX CONCURRENTLY i;\n");
     d.write("0001_init.up.sql", "-- the first one\n-- pg_deploy: reversible=lossy\n\nCREATE TABLE t (x int);\n");
     d.write("0001_init.down.sql", "DROP TABLE t;\n");
     d.write("0001_init.verify.sql", "SELECT x FROM t WHERE false;\n");
@@ -81,9 +81,11 @@ TEST_CASE("native layout with directives", "[loader][native]") {
     CHECK(m1.name == "init");
     CHECK(m1.reversibility == std::optional<std::string>("lossy"));
     CHECK_FALSE(m1.transactional.has_value());
+    CHECK_FALSE(m1.down_transactional.has_value());
     CHECK(m1.verify_sql.has_value());
     CHECK(loaded.migrations[1].version == "0002");
     CHECK(loaded.migrations[1].transactional == std::optional<bool>(false));
+    CHECK(loaded.migrations[1].down_transactional == std::optional<bool>(false));
     CHECK(loaded.migrations[2].version == "10");  // natural order: 2 < 10
     CHECK_FALSE(loaded.migrations[2].down_sql.has_value());
 }
@@ -173,12 +175,19 @@ TEST_CASE("native layout: every bad input is refused with its file", "[loader][n
                                          "/0001_init.up.sql:2: unknown pg_deploy directive \"transacton\" (known: "
                                          "transaction, reversible, lock_timeout)");
     }
-    SECTION("directive in a down script") {
+    SECTION("reversible in a down script (transaction is the down script's own)") {
         TempDir d;
         d.write("0001_init.up.sql", "SELECT 1;");
-        d.write("0001_init.down.sql", "-- pg_deploy: transaction=off\nSELECT 1;");
-        CHECK(load_error(d.str()) == d.str() + "/0001_init.down.sql:1: pg_deploy directives belong in the up script (" +
+        d.write("0001_init.down.sql", "-- pg_deploy: transaction=off\n-- pg_deploy: reversible=lossy\nSELECT 1;");
+        CHECK(load_error(d.str()) == d.str() + "/0001_init.down.sql:2: pg_deploy directives belong in the up script (" +
                                          d.str() + "/0001_init.up.sql)");
+    }
+    SECTION("directive in a verify script") {
+        TempDir d;
+        d.write("0001_init.up.sql", "SELECT 1;");
+        d.write("0001_init.verify.sql", "-- pg_deploy: transaction=off\nSELECT 1;");
+        CHECK(load_error(d.str()) == d.str() + "/0001_init.verify.sql:1: pg_deploy directives belong in the up " +
+                                         "script (" + d.str() + "/0001_init.up.sql)");
     }
     SECTION("reversible=lossy without a down script") {
         TempDir d;

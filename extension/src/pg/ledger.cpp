@@ -14,6 +14,14 @@ extern "C" {
 
 namespace pgdeploy {
 
+std::optional<SqlFailure> stored_sql_drift(const Migration& m) {
+    if (!intact(Cell(m.up_sql), Cell(m.checksum)))
+        return drift_failure("up_sql", m.version);
+    if (!intact(m.down_sql, m.down_checksum))
+        return drift_failure("down_sql", m.version);
+    return std::nullopt;
+}
+
 Cell current_version() {
     Rows r = run_query("SELECT version FROM deploy.applied ORDER BY sort_key DESC LIMIT 1");
     return r.empty() ? Cell() : r.front()[0];
@@ -50,6 +58,7 @@ void AppliedWriter::add(const Migration& m, double duration_ms) {
     reversibility_.emplace_back(m.reversibility);
     transactional_.push_back(m.transactional);
     lock_timeout_ms_.push_back(m.lock_timeout_ms ? Cell(std::to_string(*m.lock_timeout_ms)) : Cell());
+    down_transactional_.push_back(m.down_transactional);
     duration_ms_.push_back(duration_ms);
     at_.push_back(now_us());
 }
@@ -61,23 +70,94 @@ void AppliedWriter::flush(int64_t deployment_id) {
         "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), "
         "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), "
         "pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::boolean[]), pg_catalog.unnest($9::float8[]), "
-        "pg_catalog.unnest($10::timestamptz[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[])) "
+        "pg_catalog.unnest($10::timestamptz[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::boolean[]), "
+        "pg_catalog.unnest($13::text[])) "
         "WITH ORDINALITY AS r(version, sort_key, name, checksum, down_sql, reversibility, transactional, "
-        "duration_ms, at, down_checksum, lock_timeout_ms, ord)), "
+        "duration_ms, at, down_checksum, down_transactional, lock_timeout_ms, ord)), "
         "added AS (INSERT INTO deploy.applied (version, sort_key, name, checksum, down_sql, reversibility, "
-        "transactional, deployment_id, duration_ms, applied_at, down_checksum, lock_timeout_ms) SELECT version, "
-        "sort_key, name, checksum, down_sql, reversibility, transactional, $1, duration_ms, at, down_checksum, "
-        "lock_timeout_ms::integer FROM r) "
+        "transactional, deployment_id, duration_ms, applied_at, down_checksum, down_transactional, lock_timeout_ms) "
+        "SELECT version, sort_key, name, checksum, down_sql, reversibility, transactional, $1, duration_ms, at, "
+        "down_checksum, down_transactional, lock_timeout_ms::integer FROM r) "
         "SELECT deploy.log_events('migration_applied', $1, $2, $10, pg_catalog.array_agg(pg_catalog.jsonb_build_object("
         "'name', r.name, 'duration_ms', r.duration_ms, 'checksum', r.checksum) ORDER BY r.ord)) FROM r",
         {INT8OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-         FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+         FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, BOOLARRAYOID, TEXTARRAYOID},
         {p_int8(deployment_id), p_text_array(std::move(version_)), p_text_array(std::move(sort_key_)),
          p_text_array(std::move(name_)), p_text_array(std::move(checksum_)), p_text_array(std::move(down_sql_)),
          p_text_array(std::move(reversibility_)), p_bool_array(transactional_), p_float8_array(std::move(duration_ms_)),
          p_timestamptz_array(std::move(at_)), p_text_array(std::move(down_checksum_)),
-         p_text_array(std::move(lock_timeout_ms_))});
+         p_bool_array(down_transactional_), p_text_array(std::move(lock_timeout_ms_))});
     *this = AppliedWriter();
+}
+
+void remove_reverted(int64_t deployment_id, const std::vector<RevertedMigration>& reverted) {
+    if (reverted.empty())
+        return;
+    std::vector<Cell> version, name, reversibility;
+    std::vector<int64_t> at, from_deployment, archived;
+    std::vector<double> duration_ms;
+    std::vector<bool> sql_run;
+    for (const RevertedMigration& r : reverted) {
+        version.emplace_back(r.version);
+        at.push_back(r.at);
+        name.emplace_back(r.name);
+        duration_ms.push_back(r.duration_ms);
+        reversibility.emplace_back(r.reversibility);
+        sql_run.push_back(r.sql_run);
+        from_deployment.push_back(r.from_deployment);
+        archived.push_back(r.archived);
+    }
+    run_query(
+        "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]), "
+        "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::float8[]), pg_catalog.unnest($6::text[]), "
+        "pg_catalog.unnest($7::boolean[]), pg_catalog.unnest($8::bigint[]), pg_catalog.unnest($9::bigint[])) "
+        "WITH ORDINALITY AS r(version, at, name, duration_ms, reversibility, sql_run, from_deployment, archived, "
+        "ord)), "
+        "gone AS (DELETE FROM deploy.applied a USING r WHERE a.version = r.version) "
+        "SELECT deploy.log_events('migration_reverted', $1, $2, $3, pg_catalog.array_agg("
+        "pg_catalog.jsonb_build_object('name', r.name, 'duration_ms', r.duration_ms, 'reversibility', "
+        "r.reversibility, 'sql_run', r.sql_run, 'from_deployment', r.from_deployment, 'archived', r.archived) "
+        "ORDER BY r.ord)) FROM r",
+        {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+         INT8ARRAYOID, INT8ARRAYOID},
+        {p_int8(deployment_id), p_text_array(std::move(version)), p_timestamptz_array(std::move(at)),
+         p_text_array(std::move(name)), p_float8_array(std::move(duration_ms)), p_text_array(std::move(reversibility)),
+         p_bool_array(sql_run), p_int8_array(std::move(from_deployment)), p_int8_array(std::move(archived))});
+}
+
+std::optional<RunningDeployment> newest_running(bool reverts_only) {
+    Rows r = run_query(
+        "SELECT d.id, d.kind, d.reverts, (SELECT c.version FROM deploy.checkpoints c WHERE c.deployment_id = d.id "
+        "AND c.state <> 'done' AND c.step > 0 ORDER BY c.id LIMIT 1) FROM deploy.deployments d "
+        "WHERE d.state = 'running' AND d.kind IN ('down', 'rollback', CASE WHEN $1 THEN NULL ELSE 'up' END) "
+        "ORDER BY d.id DESC LIMIT 1",
+        {BOOLOID}, {p_bool(reverts_only)});
+    if (r.empty())
+        return std::nullopt;
+    const Row& row = r.front();
+    RunningDeployment out;
+    out.id = cell_int8(row[0]);
+    out.kind = row[1].value_or("");
+    if (row[2])
+        out.reverts = cell_int8(row[2]);
+    out.waits_for = row[3].value_or("");
+    return out;
+}
+
+DeployError running_refusal(const std::string& operation, const RunningDeployment& d) {
+    std::string id = std::to_string(d.id);
+    std::string why =
+        d.waits_for.empty() ? "it was interrupted" : "it waits for non-transactional steps of migration " + d.waits_for;
+    std::string hint = "Finish it with `pgdeploy " + d.kind +
+                       "` (or from psql at top level: SELECT deploy.next_step(); run the statement; SELECT "
+                       "deploy.step_done(<step_id>); then SELECT deploy." +
+                       d.kind + "())";
+    hint += d.is_revert() ? "." : ", or roll it back with deploy.rollback(deployment_id => " + id + ", force => true).";
+    std::string which = d.kind + " deployment " + id;
+    if (d.reverts)
+        which += " (the rollback of deployment " + std::to_string(*d.reverts) + ")";
+    return DeployError(sqlstate::object_not_in_prerequisite_state,
+                       operation + " refused: " + which + " is still running (" + why + ")", {}, hint);
 }
 
 namespace {

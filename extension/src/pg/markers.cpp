@@ -6,6 +6,7 @@
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/eligibility.hpp"
 #include "pg_deploy/pg/engine.hpp"
+#include "pg_deploy/pg/ledger.hpp"
 
 extern "C" {
 #include "catalog/pg_type_d.h"
@@ -62,10 +63,19 @@ Attempt revert_as_caller(const Json& plan) {
 /*
  * refuse_if_not_eligible adds to the plan the refusal the rollback rule gives for the marker's deployment
  * (marker_refusal), to be recorded on the marker instead of reverting. Read after execute_rollback_begin took the
- * deploy lock and claimed the marker.
+ * deploy lock and claimed the marker. A running rollback of that deployment (it waits for the steps of a down SQL)
+ * is resumed without asking again: the rule was applied when it started. Another running revert makes the marker
+ * wait (a retryable refusal).
  */
 bool refuse_if_not_eligible(Json& plan) {
     int64_t deployment_id = plan["deployment_id"].get<int64_t>();
+    if (std::optional<RunningDeployment> running = newest_running(true)) {
+        if (running->kind == "rollback" && running->reverts == deployment_id)
+            return false;
+        plan["refusal"] = failure_from(running_refusal("deploy.execute_rollback()", *running)).to_json();
+        plan["retryable"] = true;
+        return true;
+    }
     std::optional<RollbackFacts> facts = rollback_facts(deployment_id);
     if (!facts)
         throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(deployment_id) + " does not exist");

@@ -37,7 +37,9 @@ struct ScriptFacts {
     std::size_t statements = 0;     // 0: only comments and blanks, a deliberate no-op
 };
 
-// check_script parses one script and refuses what can never run as a migration.
+// check_script parses one script and refuses what can never run as a migration. Up and down scripts may hold
+// statements that cannot run inside a transaction block (they then run statement by statement at top level); a verify
+// script may not (it always runs inside a transaction that is rolled back).
 ScriptFacts check_script(const std::string& sql, const std::string& what, const std::string& version,
                          bool allow_non_transactional) {
     check_script_size(sql, what + " of migration " + version);
@@ -57,8 +59,8 @@ ScriptFacts check_script(const std::string& sql, const std::string& what, const 
                               what + " of migration " + version + " uses " + st.non_transactional + " (line " +
                                   std::to_string(st.line) + "), which cannot run inside a transaction",
                               {},
-                              "Reverts and verifications run inside a transaction. Keep " + st.non_transactional +
-                                  " in the up SQL of a non-transactional migration (transactional => false).");
+                              "Verifications run inside a transaction that is rolled back. Keep " +
+                                  st.non_transactional + " in the up or down SQL, which run it at top level.");
         }
         if (facts.non_transactional.empty())
             facts.non_transactional = st.non_transactional;
@@ -90,9 +92,31 @@ struct Registration {
     std::optional<std::string> down_sql, verify_sql;
     Cell down_checksum, verify_checksum;
     bool transactional = true;
+    bool down_transactional = true;
     bool replace = false;
     std::optional<int> lock_timeout_ms;
 };
+
+/*
+ * transactional_flag decides how a script runs: `declared` wins, NULL means detected (`detected` names the first
+ * statement that cannot run inside a transaction, or is empty). Declaring a script transactional that holds such a
+ * statement is refused (PD004): it could never run.
+ */
+bool transactional_flag(const std::optional<bool>& declared, const std::string& detected, const std::string& what,
+                        const std::string& version) {
+    if (declared.value_or(false) && !detected.empty()) {
+        std::string argument = what == "up_sql" ? "transactional" : "down_transactional";
+        std::string runner = what == "up_sql" ? "deploy.up() then plans its statements as steps that `pgdeploy up`"
+                                              : "a revert then plans its statements as steps that `pgdeploy rollback`";
+        throw DeployError(sqlstate::non_transactional,
+                          what + " of migration " + version + " is declared transactional but uses " + detected +
+                              ", which cannot run inside a transaction",
+                          {},
+                          "Register it with " + argument + " => false (or leave it NULL to detect): " + runner +
+                              " (or deploy.next_step() and deploy.step_done() from psql) runs at top level.");
+    }
+    return declared.value_or(detected.empty());
+}
 
 /*
  * read_registration checks everything that can be checked without running the SQL, before anything is stored:
@@ -109,6 +133,7 @@ Registration read_registration(FunctionCallInfo fcinfo) {
     std::optional<std::string> reversibility_arg = opt_text_arg(fcinfo, 6);
     bool replace = bool_arg(fcinfo, 7, "replace");
     std::optional<int> lock_timeout_ms = parse_lock_timeout(opt_text_arg(fcinfo, 8), version);
+    std::optional<bool> down_transactional_arg = opt_bool_arg(fcinfo, 9);
 
     check_version(version);
     if (blank(name))
@@ -133,19 +158,24 @@ Registration read_registration(FunctionCallInfo fcinfo) {
                           "Drop the down_sql, or declare it reversible or lossy.");
     }
 
-    std::string detected = check_script(up_sql, "up_sql", version, true).non_transactional;
-    if (transactional_arg.value_or(false) && !detected.empty()) {
-        throw DeployError(sqlstate::non_transactional,
-                          "migration " + version + " is declared transactional but uses " + detected +
-                              ", which cannot run inside a transaction",
-                          {},
-                          "Register it with transactional => false (or leave it NULL to detect): deploy.up() then "
-                          "plans its statements as steps that `pgdeploy up` (or deploy.next_step() and "
-                          "deploy.step_done() from psql) runs at top level.");
+    bool transactional = transactional_flag(
+        transactional_arg, check_script(up_sql, "up_sql", version, true).non_transactional, "up_sql", version);
+    if (down_transactional_arg && !down_sql) {
+        throw DeployError(sqlstate::invalid_parameter,
+                          "down_transactional is given for migration " + version + ", which has no down_sql");
     }
-    bool transactional = transactional_arg.value_or(detected.empty());
-    if (down_sql)
-        check_script(*down_sql, "down_sql", version, false);
+    bool down_transactional = true;
+    if (down_sql) {
+        down_transactional = transactional_flag(down_transactional_arg,
+                                                check_script(*down_sql, "down_sql", version, true).non_transactional,
+                                                "down_sql", version);
+    }
+    if (!down_transactional && reversibility == "lossy") {
+        throw DeployError(sqlstate::invalid_parameter,
+                          "migration " + version + " is declared lossy but its down_sql runs at top level", {},
+                          "A lossy revert archives what its down SQL drops in the same transaction as the drop. Move "
+                          "the statements that cannot run in a transaction into a migration of their own.");
+    }
     if (verify_sql)
         check_script(*verify_sql, "verify_sql", version, false);
 
@@ -163,6 +193,7 @@ Registration read_registration(FunctionCallInfo fcinfo) {
     reg.verify_sql = verify_sql;
     reg.reversibility = reversibility;
     reg.transactional = transactional;
+    reg.down_transactional = down_transactional;
     reg.replace = replace;
     reg.lock_timeout_ms = lock_timeout_ms;
     reg.key = key;
@@ -173,7 +204,7 @@ Registration read_registration(FunctionCallInfo fcinfo) {
 }
 
 // changed_fields names what a registration changes in the stored migration (r: name, checksum, down_sql, verify_sql,
-// transactional, reversibility, lock_timeout_ms), or is empty when nothing does.
+// transactional, reversibility, down_transactional, lock_timeout_ms), or is empty when nothing does.
 std::string changed_fields(const Row& r, const Registration& reg, const Cell& lock_timeout_text) {
     std::string out;
     auto note = [&](bool differs, const char* field) {
@@ -186,7 +217,8 @@ std::string changed_fields(const Row& r, const Registration& reg, const Cell& lo
     note(r[3] != reg.verify_sql, "verify_sql");
     note(cell_bool(r[4]) != reg.transactional, "transactional");
     note(r[5] != Cell(reg.reversibility), "reversibility");
-    note(r[6] != lock_timeout_text, "lock_timeout");
+    note(cell_bool(r[6]) != reg.down_transactional, "down_transactional");
+    note(r[7] != lock_timeout_text, "lock_timeout");
     return out;
 }
 
@@ -213,7 +245,7 @@ std::string store_registration(const Registration& reg) {
         }
         Rows existing = run_query(
             "SELECT m.name, m.checksum, m.down_sql, m.verify_sql, m.transactional, m.reversibility, "
-            "m.lock_timeout_ms FROM deploy.migrations m WHERE m.version = $1",
+            "m.down_transactional, m.lock_timeout_ms FROM deploy.migrations m WHERE m.version = $1",
             {TEXTOID}, {p_text(reg.version)});
         Rows applied =
             run_query("SELECT checksum FROM deploy.applied WHERE version = $1", {TEXTOID}, {p_text(reg.version)});
@@ -227,6 +259,7 @@ std::string store_registration(const Registration& reg) {
         Json details{{"name", reg.name},
                      {"checksum", reg.checksum},
                      {"transactional", reg.transactional},
+                     {"down_transactional", reg.down_transactional},
                      {"reversibility", reg.reversibility},
                      {"lock_timeout_ms", reg.lock_timeout_ms ? Json(*reg.lock_timeout_ms) : Json(nullptr)}};
         Param lock_timeout = reg.lock_timeout_ms ? p_int4(*reg.lock_timeout_ms) : p_null();
@@ -235,13 +268,13 @@ std::string store_registration(const Registration& reg) {
         if (existing.empty()) {
             run_query(
                 "INSERT INTO deploy.migrations (version, sort_key, name, up_sql, down_sql, verify_sql, "
-                "checksum, transactional, reversibility, down_checksum, verify_checksum, lock_timeout_ms) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "checksum, transactional, reversibility, down_checksum, verify_checksum, down_transactional, "
+                "lock_timeout_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID,
-                 INT4OID},
+                 BOOLOID, INT4OID},
                 {p_text(reg.version), p_text(reg.key), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
                  p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
-                 p_text(reg.down_checksum), p_text(reg.verify_checksum), lock_timeout});
+                 p_text(reg.down_checksum), p_text(reg.verify_checksum), p_bool(reg.down_transactional), lock_timeout});
             events.log("migration_registered", std::nullopt, reg.version, std::nullopt, details);
             outcome = "registered";
         } else {
@@ -261,12 +294,15 @@ std::string store_registration(const Registration& reg) {
                 run_query(
                     "UPDATE deploy.migrations SET name = $2, up_sql = $3, down_sql = $4, verify_sql = $5, "
                     "checksum = $6, transactional = $7, reversibility = $8, down_checksum = $9, "
-                    "verify_checksum = $10, lock_timeout_ms = $11, registered_at = pg_catalog.clock_timestamp(), "
-                    "registered_by = deploy.acting_role() WHERE version = $1",
-                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, INT4OID},
+                    "verify_checksum = $10, down_transactional = $11, lock_timeout_ms = $12, "
+                    "registered_at = pg_catalog.clock_timestamp(), registered_by = deploy.acting_role() "
+                    "WHERE version = $1",
+                    {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID,
+                     INT4OID},
                     {p_text(reg.version), p_text(reg.name), p_text(reg.up_sql), p_text(reg.down_sql),
                      p_text(reg.verify_sql), p_text(reg.checksum), p_bool(reg.transactional), p_text(reg.reversibility),
-                     p_text(reg.down_checksum), p_text(reg.verify_checksum), lock_timeout});
+                     p_text(reg.down_checksum), p_text(reg.verify_checksum), p_bool(reg.down_transactional),
+                     lock_timeout});
                 details["previous_checksum"] = r[1].value_or("");
                 events.log("migration_updated", std::nullopt, reg.version, std::nullopt, details);
                 outcome = "updated";
@@ -278,7 +314,7 @@ std::string store_registration(const Registration& reg) {
 }
 
 // register_impl: deploy.register(version, name, up_sql, down_sql, verify_sql, transactional, reversibility, replace,
-// lock_timeout).
+// lock_timeout, down_transactional).
 Datum register_impl(FunctionCallInfo fcinfo) {
     Registration reg = read_registration(fcinfo);
     return PointerGetDatum(make_text(store_registration(reg)));

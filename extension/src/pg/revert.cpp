@@ -1,6 +1,9 @@
 // pg_deploy: deploy.down() and deploy.rollback() — reverting applied migrations from their stored down SQL. Whether
 // a deployment may be rolled back is decided by the rollback rule (pg_deploy/rollback_rules.hpp); what a lossy revert
-// drops is archived first (pg/archiver.cpp).
+// drops is archived first (pg/archiver.cpp); a down SQL that cannot run inside a transaction is planned as steps that
+// a client runs at top level (pg/steps.cpp), and the revert resumes when it is called again.
+#include <algorithm>
+#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
@@ -12,6 +15,7 @@
 #include "pg_deploy/pg/limits.hpp"
 #include "pg_deploy/pg/lock_retry.hpp"
 #include "pg_deploy/pg/settings.hpp"
+#include "pg_deploy/pg/steps.hpp"
 #include "pg_deploy/sql_split.hpp"
 #include "pg_deploy/version.hpp"
 
@@ -31,6 +35,16 @@ struct RevertRow {
     Cell down_sql, down_checksum;
     int64_t deployment_id = 0;
     std::optional<int> lock_timeout_ms;
+    bool down_transactional = true;
+    // Its down SQL runs statement by statement at top level, as steps of the revert deployment.
+    bool runs_as_steps() const { return down_sql && !down_transactional; }
+};
+
+// The running revert deployment that a call continues (it stopped at the steps of a non-transactional down SQL).
+struct ResumedRevert {
+    int64_t id = 0;
+    Cell version_before;
+    std::vector<int64_t> from_deployments;  // the deployments the migrations of its plan were applied by
 };
 
 struct RevertRequest {
@@ -41,15 +55,15 @@ struct RevertRequest {
     Cell app_version;
     std::optional<int64_t> reverts;  // rollback: the deployment undone
     Cell reason;
+    std::optional<ResumedRevert> resumed;
 };
 
 std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> types,
                                  const std::vector<Param>& params) {
-    std::string sql =
-        std::string(
-            "SELECT version, name, reversibility, down_sql, deployment_id, down_checksum, lock_timeout_ms "
-            "FROM deploy.applied ") +
-        where_and_order;
+    std::string sql = std::string(
+                          "SELECT version, name, reversibility, down_sql, deployment_id, down_checksum, "
+                          "down_transactional, lock_timeout_ms FROM deploy.applied ") +
+                      where_and_order;
     Rows rows = run_query(sql.c_str(), std::move(types), params);
     std::vector<RevertRow> out;
     out.reserve(rows.rows.size());
@@ -61,23 +75,45 @@ std::vector<RevertRow> load_rows(const char* where_and_order, std::vector<Oid> t
         row.down_sql = std::move(r[3]);
         row.deployment_id = cell_int8(r[4]);
         row.down_checksum = std::move(r[5]);
-        if (r[6])
-            row.lock_timeout_ms = static_cast<int>(cell_int8(r[6]));
+        row.down_transactional = cell_bool(r[6]);
+        if (r[7])
+            row.lock_timeout_ms = static_cast<int>(cell_int8(r[7]));
         out.push_back(std::move(row));
     }
     return out;
 }
 
-void refuse_if_running(const char* operation) {
-    Rows r = run_query("SELECT id FROM deploy.deployments WHERE state = 'running' ORDER BY id LIMIT 1");
-    if (!r.empty()) {
-        throw DeployError(sqlstate::object_not_in_prerequisite_state,
-                          std::string(operation) + " refused: deployment " + r.front()[0].value_or("?") +
-                              " is still running (it waits for non-transactional steps or was interrupted)",
-                          {},
-                          "Finish it with `pgdeploy up` (or deploy.next_step()/deploy.step_done() and deploy.up()), "
-                          "or roll it back with deploy.rollback(deployment_id => ..., force => true).");
-    }
+/*
+ * resume_request continues the running revert deployment `d`: what its plan still has applied, with the arguments of
+ * the call that started it (kept in its metadata when it stopped at steps).
+ */
+RevertRequest resume_request(const RunningDeployment& d, bool force) {
+    Rows r = run_query(
+        "SELECT app_version, version_before, metadata ->> 'reason', (metadata ->> 'force')::boolean "
+        "FROM deploy.deployments WHERE id = $1",
+        {INT8OID}, {p_int8(d.id)});
+    const Row& row = r.front();
+    RevertRequest req;
+    req.kind = d.kind == "rollback" ? "rollback" : "down";
+    req.reverts = d.reverts;
+    req.app_version = row[0];
+    req.reason = row[2];
+    req.force = force || cell_bool(row[3]);
+    req.rows = load_rows(
+        "WHERE version IN (SELECT pg_catalog.jsonb_array_elements_text(d.metadata -> 'remaining') "
+        "FROM deploy.deployments d WHERE d.id = $1) ORDER BY sort_key DESC",
+        {INT8OID}, {p_int8(d.id)});
+    ResumedRevert resumed;
+    resumed.id = d.id;
+    resumed.version_before = row[1];
+    Rows ids = run_query(
+        "SELECT pg_catalog.jsonb_array_elements_text(metadata -> 'from_deployments')::bigint "
+        "FROM deploy.deployments WHERE id = $1",
+        {INT8OID}, {p_int8(d.id)});
+    for (const Row& id : ids.rows)
+        resumed.from_deployments.push_back(cell_int8(id[0]));
+    req.resumed = resumed;
+    return req;
 }
 
 // One migration the batch reverted (or, forced, removed from the ledger without running anything).
@@ -100,33 +136,46 @@ struct RevertBatch {
  * subtransaction. A failing down script rolls the whole batch back; the failed down/rollback deployment and its error
  * are then recorded in the outer transaction (they persist), a WARNING is raised and ok:false returned — never an
  * ERROR, so deploy.execute_rollback() can read the outcome. It owns the revert's deployment record and its result.
+ *
+ * A down SQL that cannot run inside a transaction (DROP INDEX CONCURRENTLY, ...) stops the list: the migrations
+ * before it are reverted in the batch, its statements are planned as steps of the revert deployment, which stays
+ * running, and the result says "awaiting_nontransactional" (as deploy.up() does). A client runs the steps at top
+ * level (the last one takes the migration out of the ledger, pg/steps.cpp) and calls the revert again, which resumes
+ * the same deployment with the migrations after it.
  */
 class Revert {
 public:
-    explicit Revert(const RevertRequest& req) : req_(req), started_(now_us()), result_(base_result()) {}
+    explicit Revert(RevertRequest req) : req_(std::move(req)), started_(now_us()), result_(base_result()) {}
 
     // run reads as its list of steps.
     CallOutcome run() {
         refuse_irreversible();
-        version_before_ = current_version();
+        version_before_ = req_.resumed ? req_.resumed->version_before : current_version();
         result_["version_before"] = cell_json(version_before_);
-        if (req_.rows.empty())
+        if (req_.resumed)
+            resume_deployment();
+        else if (req_.rows.empty())
             return nothing_to_do();
-        if (!req_.dry_run)
+        else if (!req_.dry_run)
             start_deployment();
-        RevertBatch batch = run_batch();
-        CallOutcome out;
+        if (req_.resumed && still_waiting())
+            return done(std::nullopt);
+        split_at_steps();
+        RevertBatch batch = refuse_drifted(later_rows_);
+        if (!batch.failure && !batch_rows_.empty())
+            batch = run_batch(batch_rows_);
+        std::optional<Warning> warning;
         if (batch.failure)
-            out.warning = report_failure(batch);
+            warning = report_failure(batch);
         if (req_.dry_run)
             finish_dry_run(batch);
         else if (batch.failure)
             record_failure(batch);
+        else if (!later_rows_.empty())
+            wait_for_steps(batch);
         else
             record_success(batch);
-        result_["duration_ms"] = ms_since(started_);
-        out.result = std::move(result_);
-        return out;
+        return done(warning);
     }
 
 private:
@@ -139,14 +188,21 @@ private:
                     {"reverts", req_.reverts ? Json(*req_.reverts) : Json(nullptr)},
                     {"app_version", cell_json(req_.app_version)},
                     {"state", nullptr},
+                    {"resumed", req_.resumed.has_value()},
                     {"version_before", nullptr},
                     {"version_after", nullptr},
                     {"reverted", Json::array()},
                     {"failed", nullptr},
+                    {"awaiting_nontransactional", nullptr},
                     {"archived", Json::array()},
                     {"forced", Json::array()},
                     {"lock_retries", Json::array()},
                     {"duration_ms", 0}};
+    }
+
+    CallOutcome done(std::optional<Warning> warning) {
+        result_["duration_ms"] = ms_since(started_);
+        return CallOutcome{std::move(result_), std::move(warning)};
     }
 
     void refuse_irreversible() const {
@@ -162,8 +218,7 @@ private:
     CallOutcome nothing_to_do() {
         result_["state"] = req_.dry_run ? "dry_run" : "nothing_to_do";
         result_["version_after"] = cell_json(version_before_);
-        result_["duration_ms"] = ms_since(started_);
-        return CallOutcome{std::move(result_), std::nullopt};
+        return done(std::nullopt);
     }
 
     void start_deployment() {
@@ -184,27 +239,60 @@ private:
                          {"force", req_.force}});
     }
 
-    // run_batch reverts the rows in one subtransaction: rolled back on a failure, and always in a dry run; a lock
-    // timeout rolls it back and tries again within the lock-retry budget (lock_retry.hpp). Stored down SQL that no
-    // longer matches its checksum is never run, and nothing else runs either: the whole revert is refused before the
-    // first statement.
-    RevertBatch run_batch() {
-        RevertBatch batch = refuse_drifted();
+    void resume_deployment() {
+        deployment_id_ = req_.resumed->id;
+        result_["deployment_id"] = *deployment_id_;
+        from_deployments_.insert(req_.resumed->from_deployments.begin(), req_.resumed->from_deployments.end());
+    }
+
+    // still_waiting: the resumed deployment still has steps that are not done; the result says which (nothing else
+    // to do).
+    bool still_waiting() {
+        Rows steps = unfinished_steps(*deployment_id_);
+        if (steps.empty())
+            return false;
+        result_["state"] = "running";
+        result_["version_after"] = cell_json(current_version());
+        result_["awaiting_nontransactional"] = awaiting_json(steps);
+        notice_awaiting(req_.kind, *deployment_id_, steps);
+        return true;
+    }
+
+    // split_at_steps: the rows before the first one whose down SQL runs as steps form the batch; that row and the
+    // rows after it wait for the steps.
+    void split_at_steps() {
+        auto first =
+            std::find_if(req_.rows.begin(), req_.rows.end(), [](const RevertRow& r) { return r.runs_as_steps(); });
+        batch_rows_.assign(std::make_move_iterator(req_.rows.begin()), std::make_move_iterator(first));
+        later_rows_.assign(std::make_move_iterator(first), std::make_move_iterator(req_.rows.end()));
+        req_.rows.clear();
+        for (const std::vector<RevertRow>* rows : {&batch_rows_, &later_rows_}) {
+            for (const RevertRow& r : *rows)
+                from_deployments_.insert(r.deployment_id);
+        }
+    }
+
+    // run_batch reverts the rows in one subtransaction: rolled back on a failure, and always in a dry run. Stored
+    // down SQL that no longer matches its checksum is never run, and nothing else runs either: the whole revert is
+    // refused before the first statement.
+    RevertBatch run_batch(const std::vector<RevertRow>& rows) {
+        RevertBatch batch = refuse_drifted(rows);
         if (batch.failure)
             return batch;
         LockRetry retry("down SQL", events_, deployment_id_);
         do {
-            batch = run_batch_once(retry);
+            batch = run_batch_once(rows, retry);
         } while (retry.after_rollback(batch.failure, batch.failed_row ? batch.failed_row->version : std::string(),
                                       batch.failed_row ? batch.failed_row->name : std::string()));
-        result_["lock_retries"] = retry.retries();
+        for (const Json& entry : retry.retries())
+            result_["lock_retries"].push_back(entry);  // a resumed revert may run more than one batch
         return batch;
     }
 
-    RevertBatch run_batch_once(LockRetry& retry) {
+    RevertBatch run_batch_once(const std::vector<RevertRow>& rows, LockRetry& retry) {
         RevertBatch batch;
         auto body = [&] {
-            batch = revert_rows();
+            batch = revert_rows(rows);
             retry.decide(batch.failure);  // the batch is rolled back on any failure
             if (batch.failure && !req_.dry_run)
                 throw BatchRollback{};
@@ -222,9 +310,9 @@ private:
         return batch;
     }
 
-    RevertBatch refuse_drifted() const {
+    static RevertBatch refuse_drifted(const std::vector<RevertRow>& rows) {
         RevertBatch batch;
-        for (const RevertRow& r : req_.rows) {
+        for (const RevertRow& r : rows) {
             if (!intact(r.down_sql, r.down_checksum)) {
                 batch.failure = drift_failure("down_sql", r.version);
                 batch.failed_row = &r;
@@ -234,9 +322,9 @@ private:
         return batch;
     }
 
-    RevertBatch revert_rows() {
+    RevertBatch revert_rows(const std::vector<RevertRow>& rows) {
         RevertBatch batch;
-        for (const RevertRow& r : req_.rows) {
+        for (const RevertRow& r : rows) {
             int64_t t0 = now_us();
             Json archived = Json::array();
             if (r.down_sql) {
@@ -273,42 +361,17 @@ private:
         return archived;
     }
 
-    // remove_from_ledger deletes the reverted migrations' applied rows and writes their migration_reverted events in
-    // one statement (applied_count is kept by the trigger on deploy.applied).
+    // remove_from_ledger takes the reverted migrations out of the ledger (remove_reverted: their applied rows and
+    // migration_reverted events, in one statement).
     void remove_from_ledger(const RevertBatch& batch) {
-        if (batch.reverted.empty())
-            return;
-        std::vector<Cell> version, name, reversibility;
-        std::vector<int64_t> at, from_deployment, archived;
-        std::vector<double> duration_ms;
-        std::vector<bool> sql_run;
+        std::vector<RevertedMigration> reverted;
+        reverted.reserve(batch.reverted.size());
         for (const Reverted& r : batch.reverted) {
-            version.emplace_back(r.row->version);
-            at.push_back(r.at);
-            name.emplace_back(r.row->name);
-            duration_ms.push_back(r.duration_ms);
-            reversibility.emplace_back(r.row->reversibility);
-            sql_run.push_back(r.row->down_sql.has_value());
-            from_deployment.push_back(r.row->deployment_id);
-            archived.push_back(static_cast<int64_t>(r.archived.size()));
+            reverted.push_back(RevertedMigration{r.row->version, r.row->name, r.row->reversibility,
+                                                 r.row->down_sql.has_value(), r.row->deployment_id, r.duration_ms,
+                                                 static_cast<int64_t>(r.archived.size()), r.at});
         }
-        run_query(
-            "WITH r AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]), "
-            "pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::float8[]), pg_catalog.unnest($6::text[]), "
-            "pg_catalog.unnest($7::boolean[]), pg_catalog.unnest($8::bigint[]), pg_catalog.unnest($9::bigint[])) "
-            "WITH ORDINALITY AS r(version, at, name, duration_ms, reversibility, sql_run, from_deployment, archived, "
-            "ord)), "
-            "gone AS (DELETE FROM deploy.applied a USING r WHERE a.version = r.version) "
-            "SELECT deploy.log_events('migration_reverted', $1, $2, $3, pg_catalog.array_agg("
-            "pg_catalog.jsonb_build_object('name', r.name, 'duration_ms', r.duration_ms, 'reversibility', "
-            "r.reversibility, 'sql_run', r.sql_run, 'from_deployment', r.from_deployment, 'archived', r.archived) "
-            "ORDER BY r.ord)) FROM r",
-            {INT8OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-             INT8ARRAYOID, INT8ARRAYOID},
-            {p_int8(deployment_id_), p_text_array(std::move(version)), p_timestamptz_array(std::move(at)),
-             p_text_array(std::move(name)), p_float8_array(std::move(duration_ms)),
-             p_text_array(std::move(reversibility)), p_bool_array(sql_run), p_int8_array(std::move(from_deployment)),
-             p_int8_array(std::move(archived))});
+        remove_reverted(*deployment_id_, reverted);
     }
 
     // report_failure puts the failure into the result and returns the WARNING that tells a psql user.
@@ -322,23 +385,36 @@ private:
         std::string message = std::string(req_.dry_run ? "dry run: " : "") + "down SQL of migration " +
                               batch.failed_row->version + " (" + batch.failed_row->name +
                               ") failed: " + failure.message;
-        std::string detail = req_.dry_run ? "nothing was changed (dry run)"
-                                          : std::string(req_.kind) + " deployment " + std::to_string(*deployment_id_) +
-                                                " failed; nothing was reverted (the batch was rolled back)";
+        std::string detail = "nothing was changed (dry run)";
+        if (!req_.dry_run) {
+            detail = std::string(req_.kind) + " deployment " + std::to_string(*deployment_id_) + " failed; " +
+                     (req_.resumed ? "its batch was rolled back; what its earlier calls and steps reverted stays "
+                                     "reverted"
+                                   : "nothing was reverted (the batch was rolled back)");
+        }
         return Warning{failure.sqlstate, message, detail};
     }
 
-    // finish_dry_run reports what the revert would have done, and the version it would have left current.
+    // finish_dry_run reports what the revert would have done, and the version it would have left current. A down SQL
+    // that would run as steps is not rehearsed (it cannot run inside a transaction), nor is anything after it.
     void finish_dry_run(const RevertBatch& batch) {
         result_["state"] = "dry_run";
         result_["reverted"] = reverted_json(batch);
         result_["forced"] = forced_json(batch);
+        if (!later_rows_.empty() && !batch.failure) {
+            const RevertRow& r = later_rows_.front();
+            result_["awaiting_nontransactional"] =
+                Json{{"version", r.version},
+                     {"name", r.name},
+                     {"steps", nullptr},
+                     {"note", "not rehearsed: non-transactional statements cannot run inside a transaction"}};
+        }
         Cell after = version_before_;
         if (!batch.failure) {
-            // the newest applied row not in the list
+            // the newest applied row the batch did not revert
             std::set<std::string> gone;
-            for (const RevertRow& r : req_.rows)
-                gone.insert(r.version);
+            for (const Reverted& r : batch.reverted)
+                gone.insert(r.row->version);
             after = std::nullopt;
             Rows all = run_query("SELECT version FROM deploy.applied ORDER BY sort_key DESC");
             for (const Row& a : all.rows) {
@@ -354,8 +430,8 @@ private:
     void record_failure(const RevertBatch& batch) {
         const std::string& version = batch.failed_row->version;
         result_["state"] = "failed";
-        result_["version_after"] = cell_json(version_before_);
-        finish_deployment(*deployment_id_, "failed", version_before_, result_["failed"]);
+        result_["version_after"] = cell_json(current_version());
+        finish_deployment(*deployment_id_, "failed", current_version(), result_["failed"]);
         events_.log_failure("migration_failed", deployment_id_, version, result_["failed"]);
         if (batch.failure->sqlstate == sqlstate::checksum_drift) {
             events_.log("stored_sql_drift", deployment_id_, version, std::nullopt,
@@ -363,28 +439,100 @@ private:
         }
         events_.log("deployment_failed", deployment_id_, version_before_, std::nullopt,
                     Json{{"kind", req_.kind}, {"failed_version", version}, {"sqlstate", batch.failure->sqlstate}});
+        // What earlier calls and steps of a resumed revert took out stays out: a deployment they emptied is rolled
+        // back (by this failed revert) as it would have been on success.
+        if (req_.resumed)
+            mark_rolled_back(current_version());
+    }
+
+    /*
+     * wait_for_steps plans the statements of the first down SQL that must run at top level as steps of the revert
+     * deployment and leaves it running. Its metadata keeps what a later call needs to resume it: the versions still to
+     * revert, the deployments they came from, and force.
+     */
+    void wait_for_steps(const RevertBatch& batch) {
+        const RevertRow& r = later_rows_.front();
+        plan_steps(*deployment_id_, r.version, *r.down_sql, "down_sql");
+        Json remaining = Json::array();
+        for (const RevertRow& later : later_rows_)
+            remaining.push_back(later.version);
+        Json plan{{"remaining", remaining}, {"from_deployments", from_deployments_}, {"force", req_.force}};
+        run_query("UPDATE deploy.deployments SET metadata = metadata || $2 WHERE id = $1", {INT8OID, JSONBOID},
+                  {p_int8(*deployment_id_), p_jsonb(plan.dump())});
+        Cell now_version = current_version();
+        finish_deployment(*deployment_id_, "running", now_version, std::nullopt);
+        Rows steps = unfinished_steps(*deployment_id_);
+        result_["state"] = "running";
+        result_["reverted"] = reverted_json(batch);
+        result_["archived"] = archived_json(batch);
+        result_["forced"] = forced_json(batch);
+        result_["version_after"] = cell_json(now_version);
+        result_["awaiting_nontransactional"] = awaiting_json(steps);
+        notice_awaiting(req_.kind, *deployment_id_, steps);
     }
 
     void record_success(const RevertBatch& batch) {
         Cell after = current_version();
-        Json forced = forced_json(batch);
+        if (req_.resumed)
+            whole_deployment_lists();
+        else
+            batch_lists(batch);
         result_["state"] = "succeeded";
-        result_["reverted"] = reverted_json(batch);
-        result_["archived"] = archived_json(batch);
-        result_["forced"] = forced;
         result_["version_after"] = cell_json(after);
         finish_deployment(*deployment_id_, "succeeded", after, std::nullopt);
-        mark_rolled_back(batch, after);
+        mark_rolled_back(after);
         events_.log("deployment_succeeded", deployment_id_, after, std::nullopt,
-                    Json{{"kind", req_.kind}, {"reverted", batch.reverted.size()}, {"forced", forced}});
+                    Json{{"kind", req_.kind},
+                         {"reverted", result_["reverted"].size()},
+                         {"forced", result_["forced"]},
+                         {"resumed", req_.resumed.has_value()}});
+    }
+
+    void batch_lists(const RevertBatch& batch) {
+        result_["reverted"] = reverted_json(batch);
+        result_["archived"] = archived_json(batch);
+        result_["forced"] = forced_json(batch);
+    }
+
+    // whole_deployment_lists: a resumed revert reports everything its deployment reverted and archived, over all its
+    // calls and steps, from the ledger.
+    void whole_deployment_lists() {
+        Rows reverted = run_query(
+            "SELECT e.version, e.details ->> 'name', (e.details ->> 'duration_ms')::float8, "
+            "(e.details ->> 'sql_run')::boolean FROM deploy.events e "
+            "WHERE e.deployment_id = $1 AND e.kind = 'migration_reverted' ORDER BY e.id",
+            {INT8OID}, {p_int8(*deployment_id_)});
+        Json list = Json::array();
+        Json forced = Json::array();
+        for (const Row& r : reverted.rows) {
+            bool sql_run = cell_bool(r[3]);
+            list.push_back(Json{{"version", r[0].value_or("")},
+                                {"name", r[1].value_or("")},
+                                {"duration_ms", cell_float8(r[2])},
+                                {"sql_run", sql_run}});
+            if (!sql_run)
+                forced.push_back(r[0].value_or(""));
+        }
+        Rows archived = run_query(
+            "SELECT object_type, object_name, archive_table, row_count FROM deploy.archived "
+            "WHERE deployment_id = $1 ORDER BY id",
+            {INT8OID}, {p_int8(*deployment_id_)});
+        Json archive = Json::array();
+        for (const Row& a : archived.rows) {
+            archive.push_back(Json{{"object_type", a[0].value_or("")},
+                                   {"object_name", a[1].value_or("")},
+                                   {"archive_table", a[2].value_or("")},
+                                   {"row_count", cell_int8(a[3])}});
+        }
+        result_["reverted"] = list;
+        result_["archived"] = archive;
+        result_["forced"] = forced;
     }
 
     // mark_rolled_back marks the up deployments left with nothing applied rolled back: the target of a rollback, and
     // any deployment a down() emptied. Their unfinished steps are abandoned.
-    void mark_rolled_back(const RevertBatch& batch, const Cell& after) {
-        std::set<int64_t> targets;
-        for (const Reverted& r : batch.reverted)
-            targets.insert(r.row->deployment_id);
+    void mark_rolled_back(const Cell& after) {
+        std::set<int64_t> targets = from_deployments_;
         if (req_.reverts)
             targets.insert(*req_.reverts);
         Plan mark(
@@ -437,11 +585,14 @@ private:
         return out;
     }
 
-    const RevertRequest& req_;
+    RevertRequest req_;
     int64_t started_;
     Json result_;
     Cell version_before_;
     std::optional<int64_t> deployment_id_;  // none in a dry run
+    std::vector<RevertRow> batch_rows_;     // reverted in this call's batch
+    std::vector<RevertRow> later_rows_;     // from the first down SQL that runs as steps on
+    std::set<int64_t> from_deployments_;    // the deployments whose migrations this revert takes out
     EventLog events_;
 };
 
@@ -501,6 +652,27 @@ std::vector<RevertRow> rows_to_revert(const DownArgs& a) {
 }
 
 /*
+ * down_request: what deploy.down() reverts. A running down deployment (it stopped at the steps of a down SQL) is
+ * resumed, whatever steps or to_version say: it finishes what it started. Any other running deployment refuses it.
+ */
+RevertRequest down_request(const DownArgs& args) {
+    if (!args.dry_run) {
+        if (std::optional<RunningDeployment> running = newest_running(false)) {
+            if (running->kind != "down")
+                throw running_refusal("deploy.down()", *running);
+            return resume_request(*running, args.force);
+        }
+    }
+    RevertRequest req;
+    req.kind = "down";
+    req.force = args.force;
+    req.dry_run = args.dry_run;
+    req.app_version = args.app_version;
+    req.rows = rows_to_revert(args);
+    return req;
+}
+
+/*
  * down_impl: deploy.down(steps, to_version, force, dry_run, app_version) reverts the newest `steps` migrations, or
  * every migration above to_version (to_version wins when both are given).
  */
@@ -510,15 +682,7 @@ Datum down_impl(FunctionCallInfo fcinfo) {
     {
         SpiSession spi;
         acquire_deploy_lock("deploy.down()");
-        if (!args.dry_run)
-            refuse_if_running("deploy.down()");
-        RevertRequest req;
-        req.kind = "down";
-        req.force = args.force;
-        req.dry_run = args.dry_run;
-        req.app_version = args.app_version;
-        req.rows = rows_to_revert(args);
-        out = Revert(req).run();
+        out = Revert(down_request(args)).run();
         spi.finish();
     }
     return outcome_result(out);
@@ -579,10 +743,26 @@ void record_nothing_left(int64_t target, const std::optional<std::string>& reaso
 }
 
 /*
+ * running_rollback: the running rollback deployment this call resumes (it stopped at the steps of a down SQL), if
+ * any. A rollback of another deployment, or a running down deployment, refuses the call.
+ */
+std::optional<RunningDeployment> running_rollback(const RollbackArgs& a) {
+    if (a.dry_run)
+        return std::nullopt;
+    std::optional<RunningDeployment> running = newest_running(true);
+    if (running && (running->kind != "rollback" || (a.deployment_id && a.deployment_id != running->reverts)))
+        throw running_refusal("deploy.rollback()", *running);
+    return running;
+}
+
+/*
  * rollback: deploy.rollback()'s steps, under the deploy lock. Refusals (the target, the rollback rule, irreversible
- * migrations) raise; a failing down script returns ok:false with the failed rollback deployment recorded.
+ * migrations) raise; a failing down script returns ok:false with the failed rollback deployment recorded. A running
+ * rollback is resumed: the rule was applied when it started.
  */
 CallOutcome rollback(const RollbackArgs& a) {
+    if (std::optional<RunningDeployment> running = running_rollback(a))
+        return Revert(resume_request(*running, a.force)).run();
     int64_t target = rollback_target(a);
     refuse_rollback(target, a.force);
     RevertRequest req;
@@ -593,8 +773,9 @@ CallOutcome rollback(const RollbackArgs& a) {
     req.reason = a.reason;
     req.app_version = previous_release(target);
     req.rows = load_rows("WHERE deployment_id = $1 ORDER BY sort_key DESC", {INT8OID}, {p_int8(target)});
-    CallOutcome out = Revert(req).run();
-    if (req.rows.empty() && !a.dry_run) {
+    bool nothing_applied = req.rows.empty();
+    CallOutcome out = Revert(std::move(req)).run();
+    if (nothing_applied && !a.dry_run) {
         record_nothing_left(target, a.reason);
         out.result["state"] = "succeeded";
     }

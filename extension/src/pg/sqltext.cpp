@@ -92,6 +92,37 @@ bool has_option(List* options, const char* name) {
     return false;
 }
 
+// dropped_index: the one index a DROP INDEX CONCURRENTLY names (PostgreSQL allows no more).
+std::optional<ConcurrentIndex> dropped_index(const DropStmt* s) {
+    if (s->removeType != OBJECT_INDEX || list_length(s->objects) != 1)
+        return std::nullopt;
+    List* names = static_cast<List*>(linitial(s->objects));
+    int n = list_length(names);
+    ConcurrentIndex ci;
+    ci.action = ConcurrentIndex::Action::drop;
+    if (n >= 2)
+        ci.schema = strVal(list_nth(names, n - 2));
+    ci.index_name = strVal(llast(names));
+    return ci;
+}
+
+// reindexed: the index or table a REINDEX INDEX|TABLE CONCURRENTLY rebuilds (SCHEMA, DATABASE: none).
+std::optional<ConcurrentIndex> reindexed(const ReindexStmt* s) {
+    if (s->relation == nullptr || (s->kind != REINDEX_OBJECT_INDEX && s->kind != REINDEX_OBJECT_TABLE))
+        return std::nullopt;
+    ConcurrentIndex ci;
+    if (s->relation->schemaname)
+        ci.schema = s->relation->schemaname;
+    if (s->kind == REINDEX_OBJECT_INDEX) {
+        ci.action = ConcurrentIndex::Action::reindex_index;
+        ci.index_name = s->relation->relname;
+    } else {
+        ci.action = ConcurrentIndex::Action::reindex_table;
+        ci.table_name = s->relation->relname;
+    }
+    return ci;
+}
+
 // classify reads the parse tree only (no palloc, no catalog): it cannot raise.
 void classify(Node* stmt, SqlStatement& out) {
     switch (nodeTag(stmt)) {
@@ -106,7 +137,7 @@ void classify(Node* stmt, SqlStatement& out) {
                     ConcurrentIndex ci;
                     ci.index_name = s->idxname;
                     if (s->relation->schemaname)
-                        ci.table_schema = s->relation->schemaname;
+                        ci.schema = s->relation->schemaname;
                     ci.table_name = s->relation->relname;
                     out.concurrent_index = ci;
                 }
@@ -115,8 +146,10 @@ void classify(Node* stmt, SqlStatement& out) {
         }
         case T_DropStmt: {
             DropStmt* s = reinterpret_cast<DropStmt*>(stmt);
-            if (s->concurrent)
+            if (s->concurrent) {
                 out.non_transactional = "DROP INDEX CONCURRENTLY";
+                out.concurrent_index = dropped_index(s);
+            }
             if (s->removeType == OBJECT_TABLE) {
                 ListCell* lc;
                 foreach (lc, s->objects) {
@@ -134,9 +167,10 @@ void classify(Node* stmt, SqlStatement& out) {
         }
         case T_ReindexStmt: {
             ReindexStmt* s = reinterpret_cast<ReindexStmt*>(stmt);
-            if (has_option(s->params, "concurrently"))
+            if (has_option(s->params, "concurrently")) {
                 out.non_transactional = "REINDEX CONCURRENTLY";
-            else if (s->kind == REINDEX_OBJECT_SYSTEM || s->kind == REINDEX_OBJECT_DATABASE)
+                out.concurrent_index = reindexed(s);
+            } else if (s->kind == REINDEX_OBJECT_SYSTEM || s->kind == REINDEX_OBJECT_DATABASE)
                 out.non_transactional = "REINDEX DATABASE/SYSTEM";
             break;
         }

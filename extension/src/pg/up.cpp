@@ -1,4 +1,4 @@
-// pg_deploy: deploy.up() — apply pending migrations — and the non-transactional step functions.
+// pg_deploy: deploy.up() — apply pending migrations; a non-transactional one is planned as steps (pg/steps.cpp).
 #include <string>
 #include <vector>
 
@@ -8,6 +8,7 @@
 #include "pg_deploy/pg/lock_retry.hpp"
 #include "pg_deploy/pg/settings.hpp"
 #include "pg_deploy/pg/sqltext.hpp"
+#include "pg_deploy/pg/steps.hpp"
 #include "pg_deploy/sql_split.hpp"
 #include "pg_deploy/version.hpp"
 
@@ -35,7 +36,7 @@ struct BatchRollback {};
 std::vector<Migration> load_pending(const std::string& from_key, const std::optional<std::string>& through_key) {
     Rows rows = run_query(
         "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, m.reversibility, "
-        "m.down_checksum, m.lock_timeout_ms "
+        "m.down_checksum, m.down_transactional, m.lock_timeout_ms "
         "FROM deploy.migrations m "
         "WHERE ($1::text IS NULL OR m.sort_key >= $1) AND ($2::text IS NULL OR m.sort_key <= $2) "
         "AND NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version) ORDER BY m.sort_key",
@@ -53,8 +54,9 @@ std::vector<Migration> load_pending(const std::string& from_key, const std::opti
         m.transactional = cell_bool(r[6]);
         m.reversibility = std::move(*r[7]);
         m.down_checksum = std::move(r[8]);
-        if (r[9])
-            m.lock_timeout_ms = static_cast<int>(cell_int8(r[9]));
+        m.down_transactional = cell_bool(r[9]);
+        if (r[10])
+            m.lock_timeout_ms = static_cast<int>(cell_int8(r[10]));
         out.push_back(std::move(m));
     }
     return out;
@@ -78,46 +80,6 @@ std::vector<std::string> out_of_order_pending(const std::string& newest_key) {
     for (Row& r : rows.rows)
         out.push_back(std::move(*r[0]));
     return out;
-}
-
-Json steps_json(const Rows& steps) {
-    Json arr = Json::array();
-    for (const Row& s : steps.rows) {
-        arr.push_back(Json{{"step_id", cell_int8(s[0])},
-                           {"step", cell_int8(s[2])},
-                           {"statement", s[3].value_or("")},
-                           {"state", s[4].value_or("pending")}});
-    }
-    return arr;
-}
-
-Rows unfinished_steps(int64_t deployment_id) {
-    return run_query(
-        "SELECT c.id, c.version, c.step, c.statement, c.state, m.name, m.lock_timeout_ms FROM deploy.checkpoints c "
-        "JOIN deploy.migrations m ON m.version = c.version AND NOT m.transactional "
-        "WHERE c.deployment_id = $1 AND c.state <> 'done' ORDER BY c.id",
-        {INT8OID}, {p_int8(deployment_id)});
-}
-
-void notice_awaiting(const std::string& version, std::size_t steps, int64_t deployment_id) {
-    pg_notice("deployment " + std::to_string(deployment_id) + " waits for " + std::to_string(steps) +
-                  " non-transactional step(s) of migration " + version,
-              "Run `pgdeploy up`, or from psql at top level: SELECT deploy.next_step(); run the statement; "
-              "SELECT deploy.step_done(<step_id>); then SELECT deploy.up() to continue.");
-}
-
-Json awaiting_json(const Migration& m, const Rows& steps) {
-    return Json{{"version", m.version}, {"name", m.name}, {"steps", steps_json(steps)}};
-}
-
-// stored_sql_drift refuses a migration whose stored up or down SQL no longer matches its checksum (changed by a
-// superuser or a tampered restore after registration): it is never run, and its down SQL is never copied.
-std::optional<SqlFailure> stored_sql_drift(const Migration& m) {
-    if (!intact(Cell(m.up_sql), Cell(m.checksum)))
-        return drift_failure("up_sql", m.version);
-    if (!intact(m.down_sql, m.down_checksum))
-        return drift_failure("down_sql", m.version);
-    return std::nullopt;
 }
 
 struct UpArgs {
@@ -180,6 +142,8 @@ public:
     CallOutcome run() {
         acquire_deploy_lock("deploy.up()");
         if (!args_.dry_run)
+            refuse_while_reverting();
+        if (!args_.dry_run)
             refuse_if_open_marker("deploy.up()");
         version_before_ = current_version();
         std::string newest_key = version_before_ ? version_key(*version_before_) : std::string();
@@ -235,6 +199,13 @@ private:
         return CallOutcome{std::move(result_), std::move(warning)};
     }
 
+    // refuse_while_reverting: a revert that waits for the steps of a down SQL must finish first (deploy.up() would
+    // re-apply what it has just reverted, under its feet).
+    static void refuse_while_reverting() {
+        if (std::optional<RunningDeployment> revert = newest_running(true))
+            throw running_refusal("deploy.up()", *revert);
+    }
+
     // resume_running_deployment continues a running deployment: it waits for non-transactional steps, or was
     // interrupted. True when it still waits for steps (the result says which; nothing else to do).
     bool resume_running_deployment() {
@@ -250,13 +221,11 @@ private:
         Rows steps = unfinished_steps(*deployment_id_);
         if (steps.empty())
             return false;
-        std::string version = steps.front()[1].value_or("");
         result_["state"] = "running";
         result_["version_before"] = cell_json(version_before_);
         result_["version_after"] = cell_json(current_version());
-        result_["awaiting_nontransactional"] =
-            Json{{"version", version}, {"name", steps.front()[5].value_or("")}, {"steps", steps_json(steps)}};
-        notice_awaiting(version, steps.rows.size(), *deployment_id_);
+        result_["awaiting_nontransactional"] = awaiting_json(steps);
+        notice_awaiting("up", *deployment_id_, steps);
         return true;
     }
 
@@ -526,21 +495,14 @@ private:
     void wait_for_steps(const UpBatch& batch) {
         const Migration& m = *batch.awaiting;
         result_["applied"] = applied_json(batch);
-        std::vector<SqlStatement> stmts = parse_sql(m.up_sql, "up_sql of migration " + m.version);
-        Plan insert(
-            "INSERT INTO deploy.checkpoints (deployment_id, version, step, statement) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT (deployment_id, version, step) DO NOTHING",
-            {INT8OID, TEXTOID, INT4OID, TEXTOID});
-        int step = 0;
-        for (const SqlStatement& st : stmts)
-            insert.run({p_int8(*deployment_id_), p_text(m.version), p_int4(++step), p_text(st.text)});
+        plan_steps(*deployment_id_, m.version, m.up_sql, "up_sql");
         Rows steps = unfinished_steps(*deployment_id_);
         Cell now_version = current_version();
         finish_deployment(*deployment_id_, "running", now_version, std::nullopt);
         result_["state"] = "running";
         result_["version_after"] = cell_json(now_version);
-        result_["awaiting_nontransactional"] = awaiting_json(m, steps);
-        notice_awaiting(m.version, steps.rows.size(), *deployment_id_);
+        result_["awaiting_nontransactional"] = awaiting_json(steps);
+        notice_awaiting("up", *deployment_id_, steps);
     }
 
     void record_success(const UpBatch& batch) {
@@ -582,267 +544,8 @@ Datum up_impl(FunctionCallInfo fcinfo) {
     return outcome_result(out);
 }
 
-// The deployment whose steps are driven: the given one (must be running) or the newest running up deployment.
-std::optional<int64_t> running_deployment(const std::optional<int64_t>& given) {
-    if (given) {
-        Rows d = run_query("SELECT state FROM deploy.deployments WHERE id = $1", {INT8OID}, {p_int8(*given)});
-        if (d.empty())
-            throw DeployError(sqlstate::no_data_found, "deployment " + std::to_string(*given) + " does not exist");
-        if (d.front()[0] != Cell("running"))
-            return std::nullopt;
-        return given;
-    }
-    Rows d =
-        run_query("SELECT id FROM deploy.deployments WHERE kind = 'up' AND state = 'running' ORDER BY id DESC LIMIT 1");
-    if (d.empty())
-        return std::nullopt;
-    return cell_int8(d.front()[0]);
-}
-
-// A step (checkpoint) of a non-transactional migration, as a client reports on it.
-struct StepRow {
-    int64_t id, deployment_id, step;
-    std::string version, state;
-};
-
-// load_step locks a checkpoint row and checks that it is the step being worked on (PD007 otherwise).
-StepRow load_step(int64_t step_id, const char* action) {
-    Rows r =
-        run_query("SELECT id, deployment_id, version, step, state FROM deploy.checkpoints WHERE id = $1 FOR UPDATE",
-                  {INT8OID}, {p_int8(step_id)});
-    if (r.empty())
-        throw DeployError(sqlstate::no_data_found, "step " + std::to_string(step_id) + " does not exist");
-    const Row& row = r.front();
-    StepRow s{cell_int8(row[0]), cell_int8(row[1]), cell_int8(row[3]), row[2].value_or(""), row[4].value_or("")};
-    std::string which =
-        "step " + std::to_string(step_id) + " (migration " + s.version + ", step " + std::to_string(s.step) + ")";
-    if (s.state == "done") {
-        throw DeployError(sqlstate::state_conflict,
-                          std::string("cannot report ") + action + ": " + which + " is already done");
-    }
-    if (s.state != "running") {
-        throw DeployError(sqlstate::state_conflict,
-                          std::string("cannot report ") + action + ": " + which + " is " + s.state + ", not running",
-                          {}, "Claim it with deploy.next_step() first.");
-    }
-    Rows earlier = run_query(
-        "SELECT id FROM deploy.checkpoints WHERE deployment_id = $1 AND id < $2 "
-        "AND state <> 'done' ORDER BY id LIMIT 1",
-        {INT8OID, INT8OID}, {p_int8(s.deployment_id), p_int8(s.id)});
-    if (!earlier.empty()) {
-        throw DeployError(sqlstate::state_conflict, std::string("cannot report ") + action + " out of order: " + which +
-                                                        " comes after step " + earlier.front()[0].value_or("?") +
-                                                        ", which is not done");
-    }
-    return s;
-}
-
-/*
- * complete_step marks a running step done and, when it was the migration's last, applies the migration under the
- * running deployment. Shared by deploy.step_done() and by next_step() when it finds a step's work already there.
- */
-Json complete_step(const StepRow& s, const Json& details) {
-    Json merged_details{{"step_id", s.id}, {"step", s.step}};
-    merged_details.update(details);
-    run_query(
-        "UPDATE deploy.checkpoints SET state = 'done', finished_at = pg_catalog.clock_timestamp(), "
-        "error = NULL WHERE id = $1",
-        {INT8OID}, {p_int8(s.id)});
-    EventLog events;
-    events.log("checkpoint_done", s.deployment_id, s.version, std::nullopt, merged_details);
-    Rows left = run_query(
-        "SELECT count(*) FROM deploy.checkpoints WHERE deployment_id = $1 AND version = $2 "
-        "AND state <> 'done'",
-        {INT8OID, TEXTOID}, {p_int8(s.deployment_id), p_text(s.version)});
-    bool migration_applied = false;
-    if (cell_int8(left.front()[0]) == 0) {
-        Rows m = run_query(
-            "SELECT m.version, m.sort_key, m.name, m.up_sql, m.down_sql, m.checksum, m.transactional, "
-            "m.reversibility, (SELECT coalesce(sum(EXTRACT(EPOCH FROM c.finished_at - c.started_at)) * 1000, 0) "
-            "FROM deploy.checkpoints c WHERE c.deployment_id = $2 AND c.version = m.version), m.down_checksum "
-            "FROM deploy.migrations m WHERE m.version = $1",
-            {TEXTOID, INT8OID}, {p_text(s.version), p_int8(s.deployment_id)});
-        if (m.empty()) {
-            throw DeployError(sqlstate::no_data_found,
-                              "migration " + s.version + " was unregistered while its steps ran");
-        }
-        const Row& r = m.front();
-        Migration mig{*r[0], *r[1], *r[2], *r[3], *r[5], *r[7], r[4], r[9], cell_bool(r[6])};
-        if (std::optional<SqlFailure> drift = stored_sql_drift(mig))
-            throw DeployError(drift->sqlstate, drift->message, {}, drift->hint);
-        AppliedWriter writer;
-        writer.add(mig, cell_float8(r[8]));
-        writer.flush(s.deployment_id);
-        finish_deployment(s.deployment_id, "running", current_version(), std::nullopt);
-        migration_applied = true;
-    }
-    return Json{
-        {"schema_version", 1}, {"step_id", s.id}, {"deployment_id", s.deployment_id},      {"version", s.version},
-        {"step", s.step},      {"state", "done"}, {"migration_applied", migration_applied}};
-}
-
-// What the database already holds of a CREATE INDEX CONCURRENTLY step that a client claimed before.
-struct IndexLeftovers {
-    Json cleanup = Json::array();  // statements that drop the INVALID index a failed build left behind
-    bool already_built = false;    // a VALID index: the build finished, its client died before reporting it
-};
-
-/*
- * index_leftovers looks for the index that a step's CREATE INDEX CONCURRENTLY builds, on the table as the statement
- * will resolve it (the caller's path). An INVALID one that a live backend is still building means another client runs
- * the step (PD007).
- */
-IndexLeftovers index_leftovers(int64_t step_id, const std::string& statement, bool claimed_before) {
-    IndexLeftovers found;
-    std::vector<SqlStatement> parsed = parse_sql(statement, "step " + std::to_string(step_id));
-    if (parsed.empty() || !parsed.front().concurrent_index)
-        return found;
-    const ConcurrentIndex& ci = *parsed.front().concurrent_index;
-    Rows indexes = run_query(
-        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
-        "(SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index p "
-        " WHERE p.index_relid = c.oid LIMIT 1), i.indisvalid "
-        "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relname = $1 AND i.indrelid = $2::oid",
-        {TEXTOID, INT8OID},
-        {p_text(ci.index_name),
-         p_int8(static_cast<int64_t>(relation_on_callers_path(ci.table_schema, ci.table_name)))});
-    for (const Row& r : indexes.rows) {
-        if (cell_bool(r[2])) {
-            // A VALID index by that name on that table, for a step a client claimed before: that client's build
-            // finished but it died before reporting. Running the statement again would fail with 42P07 forever; the
-            // work is there, so the step is done.
-            found.already_built = claimed_before;
-            continue;
-        }
-        if (r[1]) {
-            // The INVALID index is a build in progress, not a leftover: another client runs this step.
-            throw DeployError(sqlstate::state_conflict,
-                              "step " + std::to_string(step_id) + " is being run by another session: pid " + *r[1] +
-                                  " is building index " + r[0].value_or("?"),
-                              {}, "Wait for it to finish; do not run the same deployment from two clients.");
-        }
-        found.cleanup.push_back("DROP INDEX CONCURRENTLY IF EXISTS " + r[0].value_or(""));
-    }
-    return found;
-}
-
-/*
- * claim_next_step hands out the first unfinished step of a running deployment, marked running, or nothing when none
- * is left. A step whose index is found already built is completed on the way.
- */
-std::optional<Json> claim_next_step(const std::optional<int64_t>& deployment_id,
-                                    const std::optional<std::string>& holder) {
-    if (!deployment_id)
-        return std::nullopt;
-    while (true) {
-        Rows steps = unfinished_steps(*deployment_id);
-        if (steps.empty())
-            return std::nullopt;
-        const Row& s = steps.front();
-        int64_t step_id = cell_int8(s[0]);
-        std::string statement = s[3].value_or("");
-        bool claimed_before = s[4].value_or("pending") != "pending";
-        IndexLeftovers leftovers = index_leftovers(step_id, statement, claimed_before);
-        run_query(
-            "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
-            "started_at = pg_catalog.clock_timestamp(), finished_at = NULL, attempts = attempts + 1 "
-            "WHERE id = $1",
-            {INT8OID, TEXTOID}, {p_int8(step_id), p_text(holder)});
-        if (leftovers.already_built) {
-            StepRow done{step_id, *deployment_id, cell_int8(s[2]), s[1].value_or(""), "running"};
-            complete_step(done, Json{{"found_built", true}});
-            continue;
-        }
-        Json step{{"schema_version", 1},          {"step_id", step_id},          {"deployment_id", *deployment_id},
-                  {"version", s[1].value_or("")}, {"name", s[5].value_or("")},   {"step", cell_int8(s[2])},
-                  {"statement", statement},       {"cleanup", leftovers.cleanup}};
-        step.update(top_level_lock_policy(statement,
-                                          s[6] ? std::optional<int>(static_cast<int>(cell_int8(s[6]))) : std::nullopt));
-        return step;
-    }
-}
-
-/*
- * next_step_impl: deploy.next_step(deployment_id, holder) hands the first unfinished statement of a
- * non-transactional migration to a client that runs it at top level, and marks it running. A step found running or
- * failed is handed out again (the previous client died or failed); for CREATE INDEX CONCURRENTLY the INVALID index a
- * failed build leaves behind is returned in "cleanup", to be dropped before the retry, and a VALID one (the build
- * finished, the client died before reporting it) completes the step without running it again.
- */
-Datum next_step_impl(FunctionCallInfo fcinfo) {
-    std::optional<int64_t> given = opt_int8_arg(fcinfo, 0);
-    std::optional<std::string> holder = opt_text_arg(fcinfo, 1);
-    std::optional<Json> step;
-    {
-        SpiSession spi;
-        acquire_deploy_lock("deploy.next_step()");
-        step = claim_next_step(running_deployment(given), holder);
-        spi.finish();
-    }
-    if (!step) {
-        fcinfo->isnull = true;
-        return (Datum)0;
-    }
-    return json_result(*step);
-}
-
-/*
- * step_done_impl: deploy.step_done(step_id). When the last step of the migration is done, the migration becomes
- * applied under the running deployment; the next deploy.up() continues with the migrations after it.
- */
-Datum step_done_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0))
-        throw DeployError(sqlstate::null_value, "step_id must not be NULL");
-    int64_t step_id = PG_GETARG_INT64(0);
-    Json result;
-    {
-        SpiSession spi;
-        acquire_deploy_lock("deploy.step_done()");
-        StepRow s = load_step(step_id, "done");
-        result = complete_step(s, Json::object());
-        spi.finish();
-    }
-    return json_result(result);
-}
-
-// step_failed_impl: deploy.step_failed(step_id, sqlstate, message). The step stays to be retried by next_step().
-Datum step_failed_impl(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0))
-        throw DeployError(sqlstate::null_value, "step_id must not be NULL");
-    int64_t step_id = PG_GETARG_INT64(0);
-    std::optional<std::string> code = opt_text_arg(fcinfo, 1);
-    std::string message = required_text_arg(fcinfo, 2, "message");
-    if (code && code->size() != 5) {
-        throw DeployError(sqlstate::invalid_parameter, "sqlstate \"" + *code + "\" is not a five-character SQLSTATE");
-    }
-    Json result;
-    {
-        SpiSession spi;
-        acquire_deploy_lock("deploy.step_failed()");
-        StepRow s = load_step(step_id, "failed");
-        Json error{{"sqlstate", code ? Json(*code) : Json(nullptr)}, {"message", message}};
-        run_query(
-            "UPDATE deploy.checkpoints SET state = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-            "error = $2 WHERE id = $1",
-            {INT8OID, JSONBOID}, {p_int8(step_id), p_jsonb(error.dump())});
-        EventLog events;
-        events.log("checkpoint_failed", s.deployment_id, s.version, std::nullopt,
-                   Json{{"step_id", step_id}, {"step", s.step}, {"error", error}});
-        result = Json{{"schema_version", 1},  {"step_id", step_id}, {"deployment_id", s.deployment_id},
-                      {"version", s.version}, {"step", s.step},     {"state", "failed"},
-                      {"error", error}};
-        spi.finish();
-    }
-    return json_result(result);
-}
-
 }  // namespace
 
 }  // namespace pgdeploy
 
 PGDEPLOY_SQL_FUNCTION(pgdeploy_up, pgdeploy::up_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_next_step, pgdeploy::next_step_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_step_done, pgdeploy::step_done_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_step_failed, pgdeploy::step_failed_impl)

@@ -40,6 +40,14 @@ std::string Context::holder() {
     return std::string("pgdeploy@") + host + ":" + std::to_string(getpid());
 }
 
+common::StepOptions Context::step_options(const std::string& operation) const {
+    common::StepOptions options;
+    options.holder = holder();
+    options.operation = operation;
+    options.progress = [this](const std::string& line) { progress(line); };
+    return options;
+}
+
 void Context::progress(const std::string& line) const {
     if (output)
         output->line(line);

@@ -10,6 +10,7 @@
 #include "cli/args.hpp"
 #include "common/connection.hpp"
 #include "common/progress.hpp"
+#include "common/steps.hpp"
 
 namespace pgdeploy::cli {
 
@@ -31,6 +32,10 @@ struct Context {
 
     // progress: one line on stderr for humans (suppressed by --quiet; a JSON log line under --log-format json).
     void progress(const std::string& line) const;
+
+    // step_options: how this command runs non-transactional steps (common/steps.hpp): as holder(), with progress
+    // lines, `operation` naming it while it holds the deploy lock.
+    common::StepOptions step_options(const std::string& operation) const;
 };
 
 // run_command: parses args against spec, sets up logging, runs body, maps every Failure (and any other exception)

@@ -71,7 +71,8 @@ std::string array_literal(const std::vector<common::Param>& values) {
  */
 std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
                                                        const loader::LoadedDirectory& loaded) {
-    std::vector<common::Param> versions, names, ups, downs, verifies, transactional, reversibility, lock_timeouts;
+    std::vector<common::Param> versions, names, ups, downs, verifies, transactional, reversibility, lock_timeouts,
+        down_transactional;
     for (const auto& m : loaded.migrations) {
         versions.push_back(m.version);
         names.push_back(m.name);
@@ -81,19 +82,21 @@ std::optional<std::vector<std::string>> register_batch(common::Connection& conn,
         transactional.push_back(opt_bool(m.transactional));
         reversibility.push_back(m.reversibility);
         lock_timeouts.push_back(m.lock_timeout);
+        down_transactional.push_back(opt_bool(m.down_transactional));
     }
     conn.exec("SAVEPOINT pgdeploy_batch");
     try {
         common::Result r = conn.exec(
             "SELECT deploy.register(version => r.v, name => r.n, up_sql => r.u, down_sql => r.d, verify_sql => r.vf, "
-            "transactional => r.t, reversibility => r.rv, replace => true, lock_timeout => r.lt) "
+            "transactional => r.t, reversibility => r.rv, replace => true, lock_timeout => r.lt, "
+            "down_transactional => r.dt) "
             "FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[], "
             "                       $4::pg_catalog.text[], $5::pg_catalog.text[], $6::boolean[], "
-            "$7::pg_catalog.text[], $8::pg_catalog.text[]) "
-            "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, lt, ord) ORDER BY r.ord",
+            "$7::pg_catalog.text[], $8::pg_catalog.text[], $9::boolean[]) "
+            "WITH ORDINALITY AS r(v, n, u, d, vf, t, rv, lt, dt, ord) ORDER BY r.ord",
             {array_literal(versions), array_literal(names), array_literal(ups), array_literal(downs),
              array_literal(verifies), array_literal(transactional), array_literal(reversibility),
-             array_literal(lock_timeouts)});
+             array_literal(lock_timeouts), array_literal(down_transactional)});
         conn.exec("RELEASE SAVEPOINT pgdeploy_batch");
         std::vector<std::string> statuses;
         for (int i = 0; i < r.rows(); ++i)
@@ -133,9 +136,9 @@ RegisterReport register_all(common::Connection& conn, const loader::LoadedDirect
                 status = conn.query_value(
                     "SELECT deploy.register(version => $1, name => $2, up_sql => $3, down_sql => $4, "
                     "verify_sql => $5, transactional => $6::boolean, reversibility => $7, replace => true, "
-                    "lock_timeout => $8)",
+                    "lock_timeout => $8, down_transactional => $9::boolean)",
                     {m.version, m.name, m.up_sql, opt(m.down_sql), opt(m.verify_sql), opt_bool(m.transactional),
-                     opt(m.reversibility), opt(m.lock_timeout)});
+                     opt(m.reversibility), opt(m.lock_timeout), opt_bool(m.down_transactional)});
                 conn.exec("RELEASE SAVEPOINT pgdeploy_register");
             }
             std::string s = status.value_or("");

@@ -6,6 +6,7 @@
 #include "cli/context.hpp"
 #include "common/limits.hpp"
 #include "common/output.hpp"
+#include "common/steps.hpp"
 
 namespace pgdeploy::cli {
 
@@ -110,9 +111,20 @@ int cmd_markers(const std::vector<std::string>& args) {
             common::apply_lock_safety(conn, lock);
             json doc;
             try {
-                doc = conn.query_json(
-                    "SELECT deploy.execute_rollback(marker_id => $1::bigint, holder => $2, force => $3::boolean)",
-                    {id, Context::holder(), std::string(ctx.args.has("force") ? "true" : "false")});
+                // A revert that stops at the steps of a down SQL is driven to its end (steps on a connection of
+                // their own, the lease renewed on this one; execute_rollback_begin's claim takes 5 minutes).
+                common::MarkerRun run = common::execute_marker(
+                    conn,
+                    [&ctx, &lock]() {
+                        common::Connection steps = ctx.connect();
+                        common::apply_lock_safety(steps, lock);
+                        return steps;
+                    },
+                    std::stoll(id), ctx.args.has("force"), std::int64_t{5} * 60 * 1000,
+                    ctx.step_options("pgdeploy markers"));
+                doc = run.result;
+                if (!run.steps.empty())
+                    doc["steps"] = run.steps;
             } catch (const common::DbError& e) {
                 // A marker that gave up after its attempts is the operator's problem now: exit 10, as the watcher.
                 if (e.sqlstate() == "PD007" && std::string(e.what()).find("needs attention") != std::string::npos)

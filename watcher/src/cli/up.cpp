@@ -9,15 +9,22 @@
 #include "cli/commands.hpp"
 #include "cli/context.hpp"
 #include "cli/load.hpp"
-#include "cli/steps.hpp"
 #include "common/limits.hpp"
 #include "common/output.hpp"
+#include "common/steps.hpp"
 
 namespace pgdeploy::cli {
 
 namespace {
 
 using nlohmann::json;
+
+// StepRecords: what the JSON of `pgdeploy up` reports about the work done at top level and the retries, across all
+// rounds of deploy.up().
+struct StepRecords {
+    json steps = json::array();         // [{"step_id","version","step","ok","duration_ms",...}]
+    json lock_retries = json::array();  // the extension's rounds' and our own, in order
+};
 
 common::Param opt(const std::optional<std::string>& v) {
     return v;
@@ -150,7 +157,10 @@ Rounds run_rounds(const Context& ctx, common::Connection& conn, bool dry_run) {
             "[" + std::to_string(counter + 1) + "/" + std::to_string(std::max(total, counter + 1)) + "] ";
         spdlog::info("{} is non-transactional: running its statements at top level", jstr(awaiting, "version", "?"));
         double step_ms = 0;
-        r.failure = run_steps(ctx, conn, monitor, awaiting, r.records, prefix, step_ms);
+        common::StepOptions options = ctx.step_options("pgdeploy up");
+        options.monitor = &monitor;
+        options.lock_retries = &r.records.lock_retries;
+        r.failure = common::run_steps(conn, awaiting, options, r.records.steps, prefix, step_ms);
         if (!r.failure.is_null())
             return r;
         ++counter;

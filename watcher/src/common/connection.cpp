@@ -3,6 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <poll.h>
+
 #include <cctype>
 #include <cstdlib>
 
@@ -235,6 +237,57 @@ Result Connection::exec(const std::string& sql, const std::vector<Param>& params
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
         throw_error(res);
     return Result(res);
+}
+
+/*
+ * Connection::exec_ticking
+ *		The statement is sent with PQsendQuery and its result awaited with poll() in slices of tick_ms, so that
+ *		the caller's tick runs while the server works (a DROP INDEX CONCURRENTLY waiting for old transactions
+ *may take minutes). A stop request cancels the statement (PQcancel) and waits for the server to end it: the connection
+ *stays usable, and the statement's own error (57014) is not reported as a failure of it.
+ */
+Result Connection::exec_ticking(const std::string& sql, const std::function<bool()>& tick, int tick_ms) {
+    PGconn* c = conn_.get();
+    if (!PQsendQuery(c, sql.c_str()))
+        throw_error(nullptr);
+    bool cancelled = false;
+    PGresult* kept = nullptr;  // the first error, else the last result
+    while (true) {
+        while (PQisBusy(c)) {
+            pollfd p{PQsocket(c), POLLIN, 0};
+            ::poll(&p, 1, tick_ms);
+            if (!PQconsumeInput(c)) {
+                PQclear(kept);
+                throw_error(nullptr);
+            }
+            if (!cancelled && tick && !tick()) {
+                cancelled = true;
+                char err[256];
+                PGcancel* cancel = PQgetCancel(c);
+                if (cancel != nullptr) {
+                    PQcancel(cancel, err, sizeof err);
+                    PQfreeCancel(cancel);
+                }
+            }
+        }
+        PGresult* res = PQgetResult(c);
+        if (res == nullptr)
+            break;
+        if (kept != nullptr && PQresultStatus(kept) == PGRES_FATAL_ERROR) {
+            PQclear(res);
+            continue;
+        }
+        PQclear(kept);
+        kept = res;
+    }
+    if (cancelled) {
+        PQclear(kept);
+        throw Cancelled("statement cancelled: stop requested");
+    }
+    ExecStatusType st = kept ? PQresultStatus(kept) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
+        throw_error(kept);
+    return Result(kept);
 }
 
 std::optional<std::string> Connection::query_value(const std::string& sql, const std::vector<Param>& params) {

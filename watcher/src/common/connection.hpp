@@ -26,6 +26,12 @@
 
 namespace pgdeploy::common {
 
+// Cancelled: exec_ticking() cancelled its statement because its tick asked to stop.
+class Cancelled : public Failure {
+public:
+    explicit Cancelled(const std::string& message) : Failure(kExitFailed, message) {}
+};
+
 // DbError: the server refused a statement. exit_code() follows exit_code_for_sqlstate().
 class DbError : public Failure {
 public:
@@ -90,6 +96,11 @@ public:
     // exec: one statement (or several without parameters) with text parameters. Throws DbError on a server
     // error, Failure(kExitConnect) when the connection is lost.
     Result exec(const std::string& sql, const std::vector<Param>& params = {});
+
+    // exec_ticking: exec() of one statement without parameters that calls tick about every tick_ms while the server
+    // runs it (to feed a watchdog, renew a lease). When tick returns false the statement is cancelled and, once the
+    // server has ended it, Cancelled is thrown.
+    Result exec_ticking(const std::string& sql, const std::function<bool()>& tick, int tick_ms = 100);
 
     // query_value: first column of the first row; nullopt for SQL NULL or no row.
     std::optional<std::string> query_value(const std::string& sql, const std::vector<Param>& params = {});

@@ -51,6 +51,8 @@ void apply_directive(Directives& d, const std::string& item, const std::string& 
         if (d.reversibility && *d.reversibility != value)
             fail(path, line, "reversible given twice with different values");
         d.reversibility = value;
+        if (d.line_of_reversible == 0)
+            d.line_of_reversible = line;
     } else if (key == "lock_timeout") {
         std::optional<watch::Millis> ms = watch::parse_duration(value);
         if (!ms)

@@ -1,7 +1,8 @@
 // Header directives of a migration file: `-- pg_deploy: key=value ...` lines in the leading comment block.
 //
-//   -- pg_deploy: transaction=off            the migration runs statement by statement at top level (pgdeploy up)
-//   -- pg_deploy: reversible=lossy           reversible|lossy|irreversible
+//   -- pg_deploy: transaction=off            the script runs statement by statement at top level (pgdeploy up, and
+//                                            in a down script pgdeploy rollback/down/once and the watcher)
+//   -- pg_deploy: reversible=lossy           reversible|lossy|irreversible (up script only)
 //   -- pg_deploy: transaction=off, reversible=irreversible
 //   -- pg_deploy: lock_timeout=2s               its statements wait at most this long for a lock
 //   (pg_deploy.lock_timeout)
@@ -19,6 +20,7 @@ struct Directives {
     std::optional<std::string> reversibility;  // nullopt: reversible if a down script exists, else irreversible
     std::optional<long long> lock_timeout_ms;  // nullopt: the server's pg_deploy.lock_timeout
     int line_of_first = 0;                     // 0 when the file has none (for "directives only in .up.sql")
+    int line_of_reversible = 0;                // where reversible= is (0: nowhere): only an up script may say it
 };
 
 // trim: s without leading and trailing white space (the loader's reading of names, keys and values).

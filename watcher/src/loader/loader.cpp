@@ -128,8 +128,9 @@ void sort_and_check_versions(std::vector<Migration>& ms, const std::string& dir)
 
 /*
  * apply_up_directives
- *		Directives live in the up script only; in a down or verify script they would suggest a per-script
- *		setting that the ledger does not have.
+ *		Directives live in the up script, except `transaction`, which the down script may give for itself (how
+ *		its revert runs: the ledger keeps down_transactional). Anything else in a down or verify script would
+ *		suggest a per-script setting that the ledger does not have.
  */
 void apply_up_directives(Migration& m) {
     Directives d = parse_directives(m.up_sql, m.up_path);
@@ -139,9 +140,13 @@ void apply_up_directives(Migration& m) {
     m.reversibility = d.reversibility;
     if (m.down_sql) {
         Directives dd = parse_directives(*m.down_sql, m.down_path);
-        if (dd.line_of_first)
-            fail(m.down_path + ":" + std::to_string(dd.line_of_first) +
+        if (dd.line_of_reversible)
+            fail(m.down_path + ":" + std::to_string(dd.line_of_reversible) +
                  ": pg_deploy directives belong in the up script (" + m.up_path + ")");
+        if (dd.lock_timeout_ms)
+            fail(m.down_path + ": lock_timeout belongs in the up script (" + m.up_path +
+                 "): it applies to the migration and to its revert");
+        m.down_transactional = dd.transactional;
     }
     if (m.verify_sql) {
         Directives dv = parse_directives(*m.verify_sql, m.verify_path);

@@ -28,6 +28,7 @@ struct Migration {
     std::optional<std::string> down_sql;
     std::optional<std::string> verify_sql;
     std::optional<bool> transactional;         // from `-- pg_deploy: transaction=...`; nullopt = detect
+    std::optional<bool> down_transactional;    // the same directive in the down script; nullopt = detect
     std::optional<std::string> reversibility;  // from `-- pg_deploy: reversible=...`; nullopt = default
     std::optional<std::string> lock_timeout;   // from `-- pg_deploy: lock_timeout=...`, as "<n>ms"
     std::string up_path, down_path, verify_path;

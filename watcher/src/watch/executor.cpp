@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "common/progress.hpp"
+#include "common/steps.hpp"
 #include "watch/hook_env.hpp"
 #include "watch/process.hpp"
 
@@ -107,7 +108,7 @@ json ExecOutcome::to_json() const {
     return {{"marker_id", marker_id},      {"deployment_id", deployment_id == 0 ? json(nullptr) : json(deployment_id)},
             {"result", to_string(result)}, {"error", error.empty() ? json(nullptr) : json(error)},
             {"hook_ran", hook_ran},        {"hook_attempt", hook_attempt},
-            {"rollback", rollback}};
+            {"rollback", rollback},        {"steps", steps}};
 }
 
 ExecOutcome RollbackExecutor::claim_and_execute(std::int64_t marker_id) {
@@ -204,18 +205,60 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
 }
 
 /*
- * RollbackExecutor::execute_watched
+ * RollbackExecutor::revert_database
  *
- * The database revert with this configuration's lock safety (applied before each revert, so that a reload counts
- * and a removed key goes back to the server's setting) and a progress monitor whose lines go to the log: a revert
- * that waits for the application's locks or rewrites a table says so while it runs.
+ * deploy.execute_rollback() for the marker. A revert that stops at the steps of a down SQL (DROP INDEX CONCURRENTLY,
+ * ...) is driven to its end by common::execute_marker: the steps run at top level on a connection of their own while
+ * this one renews the lease, the tick keeps the watchdog fed (a step may wait minutes for old transactions), and a
+ * stop request cancels the statement and leaves the marker ours, to resume at the next start. The configuration's
+ * lock safety is applied before each revert (so that a reload counts and a removed key goes back to the server's
+ * setting), and a progress monitor whose lines go to the log watches the calls: a revert that waits for the
+ * application's locks or rewrites a table says so while it runs.
  */
-json RollbackExecutor::execute_watched(const MarkerInfo& m) {
+bool RollbackExecutor::revert_database(const MarkerInfo& m, ExecOutcome& out) {
     common::apply_lock_safety(conn_, cfg_.rollback.lock, true);
     common::ProgressMonitor monitor(conn_,
                                     std::make_shared<common::ProgressOutput>(common::ProgressOutput::Mode::kLog));
     auto watching = monitor.watch("marker " + std::to_string(m.id) + ": deploy.execute_rollback()");
-    return ledger_.execute_rollback(m.id, cfg_.watcher_id, cfg_.rollback.force);
+    common::StepOptions options;
+    options.holder = cfg_.watcher_id;
+    options.operation = "pgdeploy watcher " + cfg_.watcher_id;
+    options.progress = [&m](const std::string& line) { spdlog::info("marker {}: {}", m.id, line); };
+    options.tick = [this]() { return tick_ ? tick_() : true; };
+    auto connect_steps = [this]() {
+        common::ConnectOptions opts;
+        opts.dsn = cfg_.database.dsn;
+        opts.application_name = "pgdeploy-watch-steps";
+        return common::Connection::connect(opts);
+    };
+    try {
+        common::MarkerRun run =
+            common::execute_marker(conn_, connect_steps, m.id, cfg_.rollback.force, cfg_.rollback.lease, options);
+        out.rollback = run.result;
+        out.steps = run.steps;
+    } catch (const common::Cancelled& e) {
+        out.result = ExecResult::interrupted;
+        out.error = "stopped while a step of the revert was running";
+        spdlog::warn("marker {}: {}; the marker stays ours and resumes at next start", m.id, out.error);
+        return false;
+    } catch (const common::DbError& e) {
+        // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
+        // failed attempt ourselves so the lease is released and the retry budget counts it.
+        out.error = std::string("database revert refused: ") + e.what();
+        spdlog::error("marker {}: {}", m.id, out.error);
+        out.result = result_after_failure(ledger_.fail_attempt(
+            m.id, cfg_.watcher_id, {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}}));
+        return false;
+    }
+    if (out.rollback.value("ok", false))
+        return true;
+    out.result = result_after_failure(marker_state_from(out.rollback.value("state", "failed")));
+    const auto& err = out.rollback["error"];
+    out.error = "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
+                                                  ? err["message"].get<std::string>()
+                                                  : out.rollback.dump());
+    spdlog::error("marker {}: {}", m.id, out.error);
+    return false;
 }
 
 /*
@@ -248,30 +291,7 @@ ExecOutcome RollbackExecutor::execute_claimed(std::int64_t marker_id) {
             ledger_.fail_attempt(m.id, cfg_.watcher_id, {{"message", out.error}, {"step", "app_hook"}}));
         return out;
     };
-    auto database = [&]() {
-        try {
-            out.rollback = execute_watched(m);
-        } catch (const common::DbError& e) {
-            // Refused before it could record anything (deploy lock held by a running deploy: 55P03, ...): record the
-            // failed attempt ourselves so the lease is released and the retry budget counts it.
-            out.error = std::string("database revert refused: ") + e.what();
-            spdlog::error("marker {}: {}", m.id, out.error);
-            out.result = result_after_failure(ledger_.fail_attempt(
-                m.id, cfg_.watcher_id,
-                {{"message", e.what()}, {"sqlstate", e.sqlstate()}, {"step", "execute_rollback"}}));
-            return false;
-        }
-        if (out.rollback.value("ok", false))
-            return true;
-        out.result = result_after_failure(marker_state_from(out.rollback.value("state", "failed")));
-        const auto& err = out.rollback["error"];
-        out.error =
-            "database revert failed: " + (err.is_object() && err.contains("message") && err["message"].is_string()
-                                              ? err["message"].get<std::string>()
-                                              : out.rollback.dump());
-        spdlog::error("marker {}: {}", m.id, out.error);
-        return false;
-    };
+    auto database = [&]() { return revert_database(m, out); };
 
     if (app_first) {
         if (!run_hook(m, out))

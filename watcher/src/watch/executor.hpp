@@ -46,7 +46,8 @@ struct ExecOutcome {
     std::string error;
     int hook_attempt = 0;
     bool hook_ran = false;
-    nlohmann::json rollback;  // execute_rollback's result
+    nlohmann::json rollback;                         // execute_rollback's result
+    nlohmann::json steps = nlohmann::json::array();  // the non-transactional steps of down SQL it ran
     nlohmann::json to_json() const;
 };
 
@@ -62,7 +63,7 @@ public:
 private:
     ExecOutcome execute_claimed(std::int64_t marker_id);
     bool run_hook(const MarkerInfo& m, ExecOutcome& out);
-    nlohmann::json execute_watched(const MarkerInfo& m);
+    bool revert_database(const MarkerInfo& m, ExecOutcome& out);
 
     const WatchConfig& cfg_;
     common::Connection& conn_;

@@ -204,11 +204,6 @@ MarkerInfo Ledger::marker_info(std::int64_t marker_id) {
     return m;
 }
 
-json Ledger::execute_rollback(std::int64_t marker_id, const std::string& holder, bool force) {
-    return conn_.query_json("SELECT deploy.execute_rollback($1::bigint, $2, $3::boolean)",
-                            {std::to_string(marker_id), holder, force ? "true" : "false"});
-}
-
 /*
  * Ledger::fail_attempt
  *

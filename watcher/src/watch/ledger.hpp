@@ -66,7 +66,6 @@ public:
     std::vector<ClaimableMarker> claimable(const std::string& holder);
     void renew_lease(std::int64_t marker_id, const std::string& holder, Millis lease);
     MarkerInfo marker_info(std::int64_t marker_id);
-    nlohmann::json execute_rollback(std::int64_t marker_id, const std::string& holder, bool force);
     // fail_attempt: the app hook failed: keep the marker (failed, claimable again) or needs_attention after the
     // last attempt. Returns the marker's new state.
     MarkerState fail_attempt(std::int64_t marker_id, const std::string& holder, const nlohmann::json& failure);

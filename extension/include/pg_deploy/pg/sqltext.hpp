@@ -20,11 +20,16 @@ struct DropTarget {
     bool cascade = false;
 };
 
-// The index a CREATE INDEX CONCURRENTLY builds (to clean up an INVALID leftover before a retry).
+// The index work of a concurrent statement, which decides what an interrupted or failed run of it leaves behind
+// (index_leftovers, pg/steps.cpp): CREATE INDEX CONCURRENTLY an INVALID index of that name, DROP INDEX CONCURRENTLY
+// an INVALID index (or nothing, when the drop finished), REINDEX ... CONCURRENTLY INVALID <name>_ccnew/_ccold indexes.
 struct ConcurrentIndex {
-    std::string index_name;
-    std::string table_schema;  // empty: search_path
-    std::string table_name;
+    enum class Action { create, drop, reindex_index, reindex_table };
+    Action action = Action::create;
+    std::string schema;      // empty: search_path. The table's (create, reindex_table) or the index's (drop,
+                             // reindex_index)
+    std::string index_name;  // create, drop, reindex_index
+    std::string table_name;  // create, reindex_table
 };
 
 struct SqlStatement {
