@@ -60,8 +60,9 @@ SQL_CASES = [
     ("register-null-name", "SELECT deploy.register('9', NULL, 'SELECT 1')", "22004"),
     ("register-empty-name", "SELECT deploy.register('9', '', 'SELECT 1')", "22023"),
     ("register-null-up", "SELECT deploy.register('9', 'x', NULL)", "22004"),
-    ("register-empty-up", "SELECT deploy.register('9', 'x', '')", "22023"),
-    ("register-blank-up", "SELECT deploy.register('9', 'x', E'  \\n\\t ')", "22023"),
+    # An empty or blank up_sql is a no-op migration (sql/lock_safe.sql), not bad input.
+    ("register-bad-lock-timeout", "SELECT deploy.register('9', 'x', 'SELECT 1', lock_timeout => 'soon')", "22023"),
+    ("register-negative-lock-timeout", "SELECT deploy.register('9', 'x', 'SELECT 1', lock_timeout => '-1s')", "22023"),
     ("register-up-syntax-error", "SELECT deploy.register('9', 'x', 'CREAT TABLE app.z (id int)')", "42601"),
     ("register-down-syntax-error", "SELECT deploy.register('9', 'x', 'SELECT 1', 'DROP TABL app.z')", "42601"),
     ("register-verify-syntax-error", "SELECT deploy.register('9', 'x', 'SELECT 1', 'SELECT 1', 'SELEC 1')", "42601"),
@@ -207,10 +208,12 @@ FILE_CASES = [
     ("contradicting-directives", {"0100_x.up.sql": "-- pg_deploy: transaction=on\n-- pg_deploy: transaction=off\n"
                                   + UP}, 2),
     ("not-utf8", {"0100_x.up.sql": b"CREATE TABLE app.f (v text DEFAULT '\xff\xfe');\n"}, 2),
-    ("empty-file", {"0100_x.up.sql": ""}, 2),
-    ("blank-file", {"0100_x.up.sql": "\n  \n\t\n"}, 2),
+    # An empty or blank file is a no-op migration (tests/e2e/test_noop_and_directives.py), not bad input.
+    ("bad-lock-timeout", {"0100_x.up.sql": "-- pg_deploy: lock_timeout=soon\n" + UP}, 2),
+    ("lock-timeout-in-down-file", {"0100_x.up.sql": UP, "0100_x.down.sql": "-- pg_deploy: lock_timeout=2s\nSELECT 1;"},
+     2),
     ("nul-byte", {"0100_x.up.sql": b"CREATE TABLE app.f (id int);\x00\n"}, 2),
-    ("one-good-one-bad", {"0100_x.up.sql": UP, "0101_y.up.sql": ""}, 2),
+    ("one-good-one-bad", {"0100_x.up.sql": UP, "0101_y.up.sql": "-- pg_deploy: colour=blue\nSELECT 1;"}, 2),
     ("flyway-single-underscore", {"V100_x.sql": UP}, 2),
     ("directory-named-like-a-file", {"0100_x.up.sql/inner.txt": "x"}, 2),
 ]
