@@ -1,4 +1,4 @@
-"""Section 5 of bench/bench.py: live traffic (issue 13).
+"""Section 5 of bench/bench.py: live traffic, deploys and rollbacks under application load (docs/benchmarks.md).
 
 A table of `rows` rows serves an application (pgbench with a custom script: primary-key reads and updates, `clients`
 clients, at a fixed arrival rate) for the whole run of each contender. Twice per run a separate session opens a
@@ -15,7 +15,8 @@ Contenders, each on a fresh copy of the database: `psql -1 -f` per file (the CON
 deploy.next_step() / deploy.step_done()), and `pgdeploy up --dir` / `pgdeploy rollback`.
 
 For each contender and phase: the application's p50, p99 and max latency and failed transactions, when the deploy
-finished relative to the end of the open transaction, and the goals of issue 13 as PASS/FAIL. A picture of the
+finished relative to the end of the open transaction, and the live-traffic goals as PASS/FAIL (docs/benchmarks.md:
+the app's max latency below the lock timeout + 100 ms, the deploy done within 2 s of the open transaction's end). The
 application's latency over time is drawn with matplotlib (Debian's python3-matplotlib) when it is installed.
 
 Parameters: the mode's defaults (MODES below), each overridden by an environment variable (ENV below).
@@ -81,9 +82,6 @@ RELEASE = [
      []),
 ]
 TOP_LEVEL = {"0004"}
-# What pg_deploy gets when the installed build refuses DROP INDEX CONCURRENTLY in a down script (PD004; before
-# issue 13's concurrent reverts): the plain DROP INDEX, said in the results.
-FALLBACK_DOWN_0002 = ["DROP INDEX IF EXISTS accounts_note_idx"]
 
 READ_SCRIPT = "\\set id random(1, :rows)\nSELECT balance FROM accounts WHERE id = :id;\n"
 UPDATE_SCRIPT = "\\set id random(1, :rows)\nUPDATE accounts SET balance = balance + 1 WHERE id = :id;\n"
@@ -116,11 +114,9 @@ def script(statements):
 # the release as files: pg_deploy's directory layout, psql runs the same files, Sqitch gets a project of its own
 
 
-def write_release(path, down_0002=None):
+def write_release(path):
     os.makedirs(path, exist_ok=True)
     for version, name, up, down in RELEASE:
-        if version == "0002" and down_0002:
-            down = down_0002
         header = "-- pg_deploy: transaction=off\n" if version in TOP_LEVEL else ""
         with open(os.path.join(path, f"{version}_{name}.up.sql"), "w") as f:
             f.write(header + script(up))
@@ -611,27 +607,6 @@ def lock_settings(db):
     return shown, timeout_ms
 
 
-def release_for_pg_deploy(ctx, template):
-    """The release directory pg_deploy gets, and a note when it is not the canonical one: a build that refuses DROP
-    INDEX CONCURRENTLY in a down script (PD004) gets the plain DROP INDEX."""
-    canonical = write_release(os.path.join(ctx.live_work, "release"))
-    db = ctx.cluster.create(template)
-    try:
-        r = b.run([ctx.pgdeploy, "load", canonical, "--dsn", b.dsn_for(db), "--json", "-q"])
-    finally:
-        ctx.cluster.drop(db)
-    if r.returncode == 0:
-        return canonical, canonical, ""
-    if "PD004" in r.stdout + r.stderr:
-        fallback = write_release(os.path.join(ctx.live_work, "release-plain-drop-index"), FALLBACK_DOWN_0002)
-        return canonical, fallback, (
-            "this build of pg_deploy refuses `DROP INDEX CONCURRENTLY` in a down script (PD004: no concurrent "
-            "reverts yet), so pg_deploy's contenders roll 0002 back with a plain `DROP INDEX IF EXISTS "
-            "accounts_note_idx` (in the same transaction as the other two down scripts); psql and Sqitch run the "
-            "canonical down script")
-    raise RuntimeError(f"pgdeploy load of the release exited {r.returncode}: {(r.stderr or r.stdout).strip()[:300]}")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the report
 
@@ -794,11 +769,11 @@ def section_live_traffic(ctx, rep):
     b.log(f"live-traffic: template with {p['rows']:,} rows")
     template = make_template(ctx, p)
     shown, timeout_ms = lock_settings(template)
-    canonical, pg_deploy_dir, variant_note = release_for_pg_deploy(ctx, template)
+    canonical = write_release(os.path.join(ctx.live_work, "release"))   # one release for every contender
     contenders = dict(alone=lambda: Psql(ctx, canonical), psql=lambda: Psql(ctx, canonical),
                       sqitch=lambda: Sqitch(ctx, write_sqitch_project(os.path.join(ctx.live_work, "sqitch"))),
-                      sql=lambda: DeploySql(ctx, pg_deploy_dir), pgdeploy=lambda: PgdeployCli(ctx, pg_deploy_dir))
-    describe(rep, p, shown, variant_note)
+                      sql=lambda: DeploySql(ctx, canonical), pgdeploy=lambda: PgdeployCli(ctx, canonical))
+    describe(rep, p, shown)
     runs = []
     for key in p["contenders"]:
         if key == "sqitch" and not shutil.which("sqitch"):
@@ -813,7 +788,7 @@ def section_live_traffic(ctx, rep):
     report(ctx, rep, runs, p, timeout_ms)
 
 
-def describe(rep, p, shown, variant_note):
+def describe(rep, p, shown):
     rep.add(f"`accounts(id bigint primary key, balance int, note text)`, {p['rows']:,} rows. The application: "
             f"`pgbench -M prepared -c {p['clients']}`" + (f" at `-R {p['rate']}` tps" if p["rate"] else "")
             + ", half its transactions `SELECT balance FROM accounts WHERE id = :id`, half `UPDATE accounts SET "
@@ -836,9 +811,6 @@ def describe(rep, p, shown, variant_note):
             "rollback`. pg_deploy runs with its defaults: "
             + ", ".join(f"`{k}` = {v}" for k, v in shown.items()) + ".")
     rep.add()
-    if variant_note:
-        rep.add(f"**Release variant:** {variant_note}.")
-        rep.add()
 
 
 def report(ctx, rep, runs, p, timeout_ms):
@@ -853,7 +825,7 @@ def report(ctx, rep, runs, p, timeout_ms):
         if run.error and run.stats:
             rep.add(f"Note ({run.label}): {run.error}.")
             rep.add()
-    rep.add("### Goals (issue 13)")
+    rep.add("### Goals (live traffic, docs/benchmarks.md)")
     rep.add()
     rep.add("pg_deploy.lock_timeout: " + ("n/a: this build has no lock-safe mode, so the latency goals cannot pass"
                                           if timeout_ms is None else f"{timeout_ms:,.0f} ms") + ".")

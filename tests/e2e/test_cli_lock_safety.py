@@ -1,4 +1,4 @@
-"""Lock safety of `pgdeploy` under live traffic (issue 13), with a REAL blocker: a psycopg2 session that keeps a
+"""Lock safety of `pgdeploy` under live traffic (docs/sql-reference.md, "Lock-safe mode"), with a REAL blocker: a psycopg2 session that keeps a
 transaction open on the table a migration must lock.
 
 - a blocker that lets go after ~1.5 s: `up` succeeds; stderr shows live "lock retry" lines naming the blocker's pid

@@ -115,3 +115,37 @@ def test_call_deploy_run_retries_and_finishes_after_the_blocker(pg):
     assert conn.notices and any("lock retry" in n and "run_blocker" in n for n in conn.notices)
     assert events(pg, "lock_retry")
     assert app.worst < LOCK_TIMEOUT_MS / 1000 + 0.3, f"the application waited {app.worst:.3f} s"
+
+
+def test_a_cancel_during_the_retries_ends_the_call_and_keeps_nothing(pg):
+    """Ctrl-C (a cancel request) while deploy.up() waits between two attempts ends the call at once: the backoff waits
+    on the latch, and nothing of the deployment (row, events, column) is left."""
+    import psycopg2
+    pg.sql("CREATE TABLE public.ls_t (id int PRIMARY KEY)")
+    pg.sql("SELECT deploy.register('0001', 'add_note', 'ALTER TABLE public.ls_t ADD COLUMN note text', "
+           "'ALTER TABLE public.ls_t DROP COLUMN note')")
+    timer, blocker = hold_table_for(pg, 30, name="cancel_blocker")
+    conn = pg.connect(autocommit=True)
+    cur = conn.cursor()
+    cur.execute("SET pg_deploy.lock_timeout = '100ms'")
+    pid = conn.get_backend_pid()
+    canceller = threading.Timer(1.0, lambda: pg.sql("SELECT pg_cancel_backend(%s)", (pid,)))
+    canceller.start()
+    started = time.monotonic()
+    try:
+        try:
+            cur.execute("SELECT deploy.up()")
+            raise AssertionError("deploy.up() returned although it was cancelled")
+        except psycopg2.errors.QueryCanceled:
+            pass
+        took = time.monotonic() - started
+    finally:
+        canceller.cancel()
+        timer.cancel()
+        blocker.rollback()
+    assert took < 5, f"the cancel took {took:.1f} s to end the call"
+    assert any("lock retry" in n for n in conn.notices), "it was retrying when the cancel came"
+    assert pg.scalar("SELECT count(*) FROM deploy.deployments") == 0
+    assert pg.scalar("SELECT count(*) FROM deploy.events WHERE kind = 'lock_retry'") == 0
+    assert pg.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ls_t' "
+                     "AND column_name = 'note'") == 0
