@@ -32,8 +32,9 @@ void print_status_human(const json& s) {
     const json& server = s.contains("server") ? s["server"] : json();
     if (server.is_object())
         summary.push_back({"server", server.value("in_recovery", false) ? "read-only standby (in recovery)"
-                                     : server.value("read_only", false) ? "read-only (default_transaction_read_only)"
-                                                                        : "primary (read-write)"});
+                                     : server.value("read_only", false)
+                                         ? "read-only server (default_transaction_read_only)"
+                                         : "primary (read-write)"});
     const json& l = s.contains("lock_holder") ? s["lock_holder"] : json();
     summary.push_back({"deploy lock", l.is_object() ? "held by pid " + jstr(l, "pid") + " (" +
                                                           jstr(l, "application_name") + ") since " + jstr(l, "since")

@@ -342,7 +342,7 @@ std::string ServerRole::describe() const {
     if (in_recovery)
         return "read-only standby (in recovery)";
     if (read_only)
-        return "read-only (default_transaction_read_only)";
+        return "read-only server (default_transaction_read_only)";
     return "primary (read-write)";
 }
 
@@ -353,9 +353,9 @@ nlohmann::json ServerRole::to_json() const {
     return {{"in_recovery", in_recovery}, {"read_only", read_only}, {"host", host}, {"port", port_value}};
 }
 
-std::string read_only_message(const std::string& command, const std::string& server, const std::string& waited) {
-    return "the server " + server + " is a read-only standby and no writable primary answered" + waited + "; " +
-           command +
+std::string read_only_message(const std::string& command, const ServerRole& role, const std::string& waited) {
+    return "the server " + role.host + ":" + role.port + " is a " + role.describe() +
+           " and no writable primary answered" + waited + "; " + command +
            " writes, so it needs the primary: list every host of the cluster in the DSN with "
            "target_session_attrs=read-write (e.g. \"host=db1,db2 target_session_attrs=read-write\") so that libpq "
            "finds the primary";
@@ -397,7 +397,9 @@ Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wai
         else
             spdlog::warn("{}", line);
     };
-    const std::string what = wait.need_writable ? "a writable primary" : "the database server";
+    const std::string waiting_for = wait.need_writable ? "a writable primary" : "the database server";
+    const std::string none_answered =
+        wait.need_writable ? "no writable primary answered" : "no database server answered";
     long long last_report = -kWaitReportEveryMs;
     bool waited = false;
     for (int attempt = 0;; ++attempt) {
@@ -407,7 +409,6 @@ Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wai
             attempt_options.connect_timeout_s =
                 static_cast<int>(std::clamp<long long>((left + 999) / 1000, 2, std::max(2, options.connect_timeout_s)));
         std::string reason;
-        bool read_only = false;
         try {
             Connection conn = Connection::connect(attempt_options);
             if (!wait.need_writable)
@@ -419,18 +420,15 @@ Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wai
                            std::to_string(ms_since(start) / 1000) + " s");
                 return conn;
             }
-            read_only = true;
             reason = "server " + role.host + ":" + role.port + " is a " + role.describe();
             if (deadline == 0)
-                throw Failure(kExitReadOnly,
-                              read_only_message(wait.command, role.host + ":" + role.port, " (--wait-primary 0)"));
+                throw Failure(kExitReadOnly, read_only_message(wait.command, role, " (--wait-primary 0)"));
             if (ms_since(start) >= deadline)
-                throw Failure(kExitReadOnly,
-                              read_only_message(wait.command, role.host + ":" + role.port, deadline_text));
+                throw Failure(kExitReadOnly, read_only_message(wait.command, role, deadline_text));
         } catch (const ConnectionLost& e) {
             reason = e.what();  // the server went while we asked it what it is
             if (deadline == 0 || ms_since(start) >= deadline)
-                throw Failure(kExitConnect, "no " + what + " answered" + deadline_text + ": " + reason);
+                throw Failure(kExitConnect, none_answered + deadline_text + ": " + reason);
         } catch (const Failure& e) {
             if (e.exit_code() != kExitConnect || !e.sqlstate().empty())
                 throw;
@@ -438,19 +436,18 @@ Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wai
             if (trouble == ConnectTrouble::kFatal || deadline == 0)
                 throw;
             reason = reason_of(e);
-            read_only = trouble == ConnectTrouble::kReadOnly;
             if (ms_since(start) >= deadline) {
-                if (read_only && wait.need_writable)
+                if (trouble == ConnectTrouble::kReadOnly && wait.need_writable)
                     throw Failure(kExitReadOnly, "no writable primary answered" + deadline_text + ": " + reason + "; " +
                                                      wait.command +
                                                      " writes, so it needs the primary (list every host of the "
                                                      "cluster in the DSN with target_session_attrs=read-write)");
-                throw Failure(kExitConnect, "no " + what + " answered" + deadline_text + ": " + reason);
+                throw Failure(kExitConnect, none_answered + deadline_text + ": " + reason);
             }
         }
         long long now = ms_since(start);
         if (now - last_report >= kWaitReportEveryMs) {
-            report("waiting for " + what + " " + wait_progress(now, deadline) + ": " + reason);
+            report("waiting for " + waiting_for + " " + wait_progress(now, deadline) + ": " + reason);
             last_report = now;
         }
         waited = true;

@@ -100,7 +100,8 @@ struct ServerRole {
     bool read_only = false;    // transaction_read_only: a standby, or a primary with default_transaction_read_only
     std::string host, port;    // the host it reached (of a multi-host DSN)
     bool writable() const { return !in_recovery && !read_only; }
-    // describe: "read-only standby (in recovery)", "read-only (default_transaction_read_only)" or "primary".
+    // describe: "read-only standby (in recovery)", "read-only server (default_transaction_read_only)" or
+    // "primary (read-write)".
     std::string describe() const;
     // to_json: {"in_recovery", "read_only", "host", "port"} (port a number when it is one).
     nlohmann::json to_json() const;
@@ -186,7 +187,7 @@ Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wai
 
 // read_only_message: why a write command stops on a read-only server, with the advice to list every host with
 // target_session_attrs=read-write. `waited` is "" or how the wait ended, e.g. " within --wait-primary 30s".
-std::string read_only_message(const std::string& command, const std::string& server, const std::string& waited);
+std::string read_only_message(const std::string& command, const ServerRole& role, const std::string& waited);
 
 // The oldest extension version this pgdeploy can drive (require_extension()).
 inline constexpr const char* kMinimumExtensionVersion = "0.1";
