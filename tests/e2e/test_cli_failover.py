@@ -27,7 +27,7 @@ FIRST = {
     "0001_a.down.sql": "DROP TABLE a;\n",
     # Slow only for the session that test_a_read_only_command_whose_connection_breaks_runs_again cuts.
     "0001_a.verify.sql": "SELECT pg_sleep(CASE WHEN current_setting('application_name') = 'failover-verify' "
-                         "THEN 2 ELSE 0 END), id FROM a WHERE false;\n",
+                         "THEN 2 ELSE 0 END);\nSELECT id FROM a WHERE false;\n",
 }
 BOTH = dict(FIRST, **{
     "0002_b.up.sql": "CREATE TABLE b (id int PRIMARY KEY);\n",
@@ -99,7 +99,7 @@ class Cluster:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql)
-                return cur.fetchone()[0]
+                return cur.fetchone()[0] if cur.description is not None else None
         finally:
             conn.close()
 
