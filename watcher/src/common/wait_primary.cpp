@@ -90,7 +90,9 @@ long long backoff_delay_ms(int attempt, long long remaining_ms, double jitter01)
         base *= 2;
     base = std::min(base, kMaxMs);
     jitter01 = std::clamp(jitter01, 0.0, 1.0);
-    long long delay = base / 2 + static_cast<long long>(static_cast<double>(base - base / 2) * jitter01);
+    const long long fixed = base / 2;  // the half that does not vary
+    const auto jittered = static_cast<long long>(static_cast<double>(base - fixed) * jitter01);
+    long long delay = fixed + jittered;
     return std::min(delay, remaining_ms);
 }
 
