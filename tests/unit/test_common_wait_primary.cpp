@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "cli/context.hpp"
+#include "common/connection.hpp"
 #include "common/exit_codes.hpp"
 #include "common/wait_primary.hpp"
 
@@ -166,4 +167,23 @@ TEST_CASE("read-only commands are the inspection ones", "[cli][wait_primary]") {
 TEST_CASE("a standby's refusal to write is exit 9", "[common][exit]") {
     CHECK(pgdeploy::exit_code_for_sqlstate("25006") == pgdeploy::kExitReadOnly);
     CHECK(pgdeploy::kExitReadOnly == 9);
+}
+
+TEST_CASE("the server's role as status shows it, and the read-only advice", "[common][wait_primary]") {
+    pgdeploy::common::ServerRole standby{true, true, "127.0.0.1", "5433"};
+    CHECK_FALSE(standby.writable());
+    CHECK(standby.describe() == "read-only standby (in recovery)");
+    CHECK(standby.to_json() ==
+          nlohmann::json{{"in_recovery", true}, {"read_only", true}, {"host", "127.0.0.1"}, {"port", 5433}});
+    pgdeploy::common::ServerRole socket{false, false, "/var/run/postgresql", "5432"};
+    CHECK(socket.writable());
+    CHECK(socket.describe() == "primary (read-write)");
+    CHECK(socket.to_json()["port"] == 5432);
+    pgdeploy::common::ServerRole frozen{false, true, "db", "x"};
+    CHECK_FALSE(frozen.writable());
+    CHECK(frozen.to_json()["port"] == "x");
+    std::string m = pgdeploy::common::read_only_message("pgdeploy up", standby, " within --wait-primary 60s");
+    CHECK(m.find("the server 127.0.0.1:5433 is a read-only standby (in recovery)") == 0);
+    CHECK(m.find("within --wait-primary 60s") != std::string::npos);
+    CHECK(m.find("target_session_attrs=read-write") != std::string::npos);
 }
