@@ -331,21 +331,47 @@ def terminate(cluster, application_name):
     wait_for(find_and_kill, timeout=30, interval=0.1, what="the pgdeploy session")
 
 
-def test_a_write_whose_connection_breaks_is_not_redone(pair, write_migrations):
+# Slow on its first try only: a sequence is not rolled back with the transaction the cut ends.
+SLOW_ONCE = ("SELECT pg_sleep(CASE WHEN nextval('tries') = 1 THEN 30 ELSE 0 END);\n")
+
+
+def test_up_whose_connection_breaks_resumes_itself(pair, write_migrations):
+    """`up` states its target: cut mid-migration, it waits for the primary and runs again; the migration is applied
+    exactly once."""
+    pair.primary.scalar("CREATE SEQUENCE tries")   # outside the deploy, whose transaction the cut rolls back
     d = write_migrations(dict(FIRST, **{
-        "0002_slow.up.sql": "SELECT pg_sleep(CASE WHEN current_setting('application_name') = 'failover-up' "
-                            "THEN 30 ELSE 0 END);\nCREATE TABLE slow (id int);\n"}))
+        "0002_slow.up.sql": SLOW_ONCE + "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\n"}))
     join = later(0.5, lambda: terminate(pair.primary, "failover-up"))
-    rc, out, err, took = timed("up", "--dir", d, "--dsn", pair.primary.dsn() + " application_name=failover-up")
+    rc, out, err, took = timed("up", "--dir", d, "--wait-primary", "20s",
+                               "--dsn", pair.primary.dsn() + " application_name=failover-up")
     join()
-    assert rc == 3, out + err
-    assert "lost the database connection" in err and "Running the same command again" in err
+    assert rc == 0, out + err
+    assert "lost the database connection" in err and "reconnecting to resume pgdeploy up" in err
     assert took < 25
-    assert applied(pair.primary) == ["0001"]
-    # As the message says: running it again resumes (here: applies what did not commit).
+    assert applied(pair.primary) == ["0001", "0002"]
+    assert pair.primary.scalar("SELECT count(*) FROM slow") == 1
+
+
+def test_a_write_counting_from_the_newest_state_is_not_redone(pair, write_migrations):
+    """`down` (one step back from wherever the ledger is) cut mid-revert is not run again on its own: if the first
+    run had committed, a second would revert one more. Exit 3, the message says to look first."""
+    d = write_migrations(dict(FIRST, **{
+        "0002_slow.up.sql": "CREATE SEQUENCE tries;\nCREATE TABLE slow (id int);\n",
+        "0002_slow.down.sql": SLOW_ONCE + "DROP TABLE slow;\nDROP SEQUENCE tries;\n"}))
     rc, out, err = pgdeploy("up", "--dir", d, "--dsn", pair.primary.dsn())
     assert rc == 0, out + err
+    join = later(0.5, lambda: terminate(pair.primary, "failover-down"))
+    rc, out, err, took = timed("down", "--wait-primary", "20s",
+                               "--dsn", pair.primary.dsn() + " application_name=failover-down")
+    join()
+    assert rc == 3, out + err
+    assert "lost the database connection" in err and "pgdeploy status" in err
+    assert took < 25
     assert applied(pair.primary) == ["0001", "0002"]
+    # Having looked: the revert did not commit, so running it again is what the operator does.
+    rc, out, err = pgdeploy("down", "--dsn", pair.primary.dsn())
+    assert rc == 0, out + err
+    assert applied(pair.primary) == ["0001"]
 
 
 def test_a_read_only_command_whose_connection_breaks_runs_again(pair):
@@ -353,4 +379,4 @@ def test_a_read_only_command_whose_connection_breaks_runs_again(pair):
     rc, out, err = pgdeploy("verify", "--dsn", pair.primary.dsn() + " application_name=failover-verify")
     join()
     assert rc == 0, out + err
-    assert "reconnecting to run pgdeploy verify again" in err
+    assert "reconnecting to resume pgdeploy verify" in err

@@ -128,11 +128,19 @@ void print_failure_text(const std::string& command, const Failure& f) {
 
 namespace {
 
+// resumes_itself: a command that is simply run again after its connection broke. Read-only ones have printed
+// nothing yet; `up` and `load` state their target (everything pending; these files), so the ledger skips what the
+// first run committed and non-transactional steps continue from their checkpoints, whatever the new primary got.
+bool resumes_itself(const Context& ctx) {
+    const std::string name = ctx.spec ? ctx.spec->name : std::string();
+    return ctx.read_only_command() || name == "up" || name == "load";
+}
+
 /*
  * run_body
- *		A read-only command whose connection breaks (the server it read from went down in a failover) is run
- *		again from the start: it has printed nothing yet, and its connect() waits for a server within
- *		--wait-primary. A write command is not redone (lost_connection_message says why and what to do).
+ *		A command whose connection breaks (the server went down in a failover) and that resumes_itself is run
+ *		again from the start, its connect() waiting for a server (a writable primary for up and load) within
+ *		--wait-primary. Any other write command is not redone (lost_connection_message says why and what to do).
  */
 int run_body(Context& ctx, const std::function<int(Context&)>& body) {
     constexpr int kMaxRedos = 3;
@@ -140,11 +148,12 @@ int run_body(Context& ctx, const std::function<int(Context&)>& body) {
         try {
             return body(ctx);
         } catch (const common::ConnectionLost& e) {
-            if (!ctx.read_only_command())
+            if (!resumes_itself(ctx))
                 throw common::ConnectionLost(lost_connection_message(ctx, e.what()));
             if (ctx.wait_primary_ms == 0 || redo >= kMaxRedos)
                 throw;
-            ctx.progress(std::string(e.what()) + ": reconnecting to run pgdeploy " + ctx.spec->name + " again");
+            ctx.progress(std::string(e.what()) + ": reconnecting to resume pgdeploy " + ctx.spec->name +
+                         (ctx.read_only_command() ? "" : " (what was applied is skipped; steps continue)"));
         }
     }
 }
