@@ -164,7 +164,7 @@ def test_two_watchers_perform_one_rollback_and_the_follower_takes_over(pg, healt
     assert len(events(pg, "watcher_decision")) == 1
     assert events(pg, "watcher_decision")[0][3]["watcher_id"] == "host-a"
 
-    # The leader stops: its session (and lock) goes; the follower takes over leadership.
+    # The leader stops: it releases its leadership lease; the follower takes over at its next poll.
     assert a.stop() == 0
     b.wait_state(lambda st: st.get("leader") is True, timeout=10, what="host-b to take over")
     assert "took over leadership" in b.log_text()

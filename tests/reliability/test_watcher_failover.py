@@ -5,15 +5,23 @@
   with it. The watcher reports "frozen" (the state file of --status, the metrics), holds the check's failures out of
   the evidence and rolls nothing back. When the server is back: frozen false, a `watcher_db_freeze` event with the
   duration and reason, leadership (the lease) is back.
+- Standby, then promotion: pointed at a standby the watcher stays frozen ("standby": the ledger cannot be written
+  there), and when that standby is promoted it thaws, leads and records the freeze.
 - Resume: a marker claimed (its hook running) when the database stops is resumed by the same watcher when it is
   back, and executed once: one revert of the migration, one rollback deployment, the marker done; executing it
   again (a stale resume) changes nothing.
 """
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 import urllib.request
 
-from conftest import free_port, stats, table_for, wait_until
+import psycopg2
+
+from conftest import PG_BIN, free_port, stats, table_for, wait_until
 from watch_helpers import Watcher, events, hook_entries, watch_config, write_hook, health  # noqa: F401 (a fixture)
 
 OUTAGE_S = 3.0
@@ -160,4 +168,92 @@ def test_marker_claimed_before_an_outage_is_resumed_and_executed_once(cluster, h
     finally:
         if not cluster.running():
             cluster.start()
+        db.close()
+
+
+class Standby:
+    """A streaming standby of `cluster` (pg_basebackup -R) on a socket and port of its own; removed by close()."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.dir = tempfile.mkdtemp(prefix="pgdeploy-standby-")
+        self.data = os.path.join(self.dir, "data")
+        self.sock = os.path.join(self.dir, "sock")
+        os.makedirs(self.sock)
+        self.log = os.path.join(self.dir, "server.log")
+        if cluster.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(self.sock, "postgres", "postgres")
+            os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self._pg(["pg_basebackup", "-D", self.data, "-h", cluster.sock, "-p", str(cluster.port), "-U", cluster.user,
+                  "-R", "-X", "stream", "--no-sync"], timeout=120)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(f"\nport = {self.port}\nunix_socket_directories = '{self.sock}'\n")
+        self._pg(["pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"], timeout=90)
+
+    def _pg(self, args, timeout=60, check=True):
+        cmd = [os.path.join(PG_BIN, args[0]), *args[1:]]
+        if self.cluster.as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+
+    def dsn(self, dbname):
+        return f"host={self.sock} port={self.port} user={self.cluster.user} dbname={dbname}"
+
+    def promote(self):
+        self._pg(["pg_ctl", "-D", self.data, "-w", "promote"], timeout=90)
+
+    def close(self):
+        try:
+            self._pg(["pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"], timeout=90, check=False)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_standby_keeps_the_watcher_frozen_until_it_is_promoted(cluster, health, tmp_path):
+    db = cluster.new_database("standby")
+    standby = None
+    try:
+        _release(db, "v1", ["0001"])
+        d2 = _release(db, "v2", ["0002"])
+        standby = Standby(cluster)
+        hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
+        cfg = watch_config(db, health, hook, tmp_path / "state.json", watcher_id="rel-standby")
+        cfg["database"]["dsn"] = standby.dsn("standby")
+        w = Watcher(tmp_path, cfg)
+        try:
+            st = w.wait_state(lambda s: s.get("frozen") is True and s["freeze"]["reason"] == "standby", timeout=20,
+                              what="the watcher to freeze on a standby")
+            assert st["connected"] is False and st["leader"] is False
+            assert "standby" in st["freeze"]["detail"]
+            time.sleep(1.0)
+            assert w.state()["frozen"] is True
+            cluster.stop("fast")     # the old primary goes away for good
+            standby.promote()
+            st = w.wait_state(lambda s: s.get("frozen") is False and s.get("leader") is True, timeout=30,
+                              what="the watcher to thaw on the promoted standby")
+            promoted = psycopg2.connect(standby.dsn("standby"))
+            promoted.autocommit = True
+            try:
+                with promoted.cursor() as cur:
+                    cur.execute("SELECT kind, details FROM deploy.events WHERE kind = 'watcher_db_freeze'")
+                    rows = cur.fetchall()
+                    assert len(rows) == 1 and rows[0][1]["reason"] == "standby", rows
+                    cur.execute("SELECT holder FROM deploy.leases WHERE name = 'watcher_leader'")
+                    assert cur.fetchall() == [("rel-standby",)]
+                    cur.execute("SELECT state FROM deploy.deployments WHERE id = %s", (d2,))
+                    assert cur.fetchall() == [("succeeded",)]
+            finally:
+                promoted.close()
+            assert hook_entries(hook_log) == []
+            assert w.stop() == 0
+        finally:
+            w.close()
+    finally:
+        if standby is not None:
+            standby.close()
+        if not cluster.running():
+            cluster.start()
+        db.reset()
         db.close()

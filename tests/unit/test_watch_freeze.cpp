@@ -180,8 +180,9 @@ TEST_CASE("leader.ttl and database.listen", "[watch][freeze][config]") {
         return "";
     };
     CHECK(error_of(R"({"database": {"poll_interval": "5s"}, "leader": {"ttl": "8s"}})").rfind("leader.ttl: ", 0) == 0);
-    CHECK(error_of(R"({"leader": {"ttl": "500ms"}, "database": {"poll_interval": "100ms"}})")
-              .rfind("leader.ttl: ", 0) == 0);
+    CHECK(
+        error_of(R"({"leader": {"ttl": "500ms"}, "database": {"poll_interval": "100ms"}})").rfind("leader.ttl: ", 0) ==
+        0);
     CHECK(error_of(R"({"database": {"listen": "yes"}})").rfind("database.listen", 0) == 0);
 
     WatchConfig old = parse_config("{}");

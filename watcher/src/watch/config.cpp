@@ -527,8 +527,8 @@ WatchConfig load_config(const std::string& file) {
 namespace {
 
 // The keys that a reload does not simply apply (pgbouncer's CF_NO_RELOAD, as a table). The connection's identity
-// needs a new session (the daemon releases its leadership lease first) and so does LISTEN. The metrics server binds once, and the log
-// sinks are set up once.
+// needs a new session (the daemon releases its leadership lease first) and so does LISTEN. The metrics server binds
+// once, and the log sinks are set up once.
 struct ReloadRule {
     const char* key;
     Reload reload;

@@ -131,7 +131,7 @@ struct WatchConfig {
     // leader.ttl: the leadership lease (deploy.try_watcher_leadership), renewed every poll; a leader that stops
     // renewing is replaced after it. Default: max(15 s, 3 x database.poll_interval) (default_leader_ttl).
     Millis leader_ttl = 0;
-    std::string state_file;   // where the daemon writes its view for `watch --status`
+    std::string state_file;  // where the daemon writes its view for `watch --status`
 };
 
 // parse_config parses and validates a configuration document; throws ConfigError naming the key.

@@ -261,9 +261,10 @@ bool Daemon::drop_if_unavailable(const common::DbError& e) {
  */
 void Daemon::enter_freeze(FreezeReason reason, const std::string& detail) {
     if (freeze_.enter(reason, detail, leader_, monotonic_ms(), wall_ms()))
-        spdlog::warn("decisions frozen ({}): no writable primary; checks go on, nothing is rolled back until it is "
-                     "back: {}",
-                     to_string(reason), detail);
+        spdlog::warn(
+            "decisions frozen ({}): no writable primary; checks go on, nothing is rolled back until it is "
+            "back: {}",
+            to_string(reason), detail);
     engine_.set_frozen(true);
 }
 
@@ -367,7 +368,13 @@ void Daemon::ensure_db(Millis now) {
         backoff_ = 0;
         refresh_ = true;
         thaw();
-        renew_leadership(true);
+        try {
+            renew_leadership(true);
+        } catch (const common::DbError& e) {
+            // Refused (not a lost primary): keep the connection and keep checking; the next poll asks again.
+            if (!drop_if_unavailable(e))
+                spdlog::error("cannot take the leadership lease: {}", e.what());
+        }
     } catch (const common::DbError& e) {
         spdlog::warn("cannot use the database (retrying with backoff): {}", e.what());
         drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::unreachable);
@@ -748,11 +755,9 @@ void Daemon::serve_metrics(unsigned wanted, Millis now) {
     }
     if (!(wanted & MetricsServer::kMetrics))
         return;
-    MetricsSnapshot snap{engine_, now, rollbacks_, decisions_, leader_, conn_.has_value(), pending_migrations_};
-    snap.frozen = freeze_.frozen();
-    snap.freezes = freeze_.freezes();
-    snap.frozen_ms_total = freeze_.frozen_ms_total(now);
-    metrics_.publish(MetricsServer::kMetrics, prometheus_text(snap));
+    metrics_.publish(MetricsServer::kMetrics, prometheus_text({engine_, now, rollbacks_, decisions_, leader_,
+                                                               conn_.has_value(), pending_migrations_, freeze_.frozen(),
+                                                               freeze_.freezes(), freeze_.frozen_ms_total(now)}));
 }
 
 /*

@@ -39,12 +39,8 @@ bool database_unavailable(const std::string& sqlstate) {
 }
 
 json FreezeRecord::to_json() const {
-    return {{"reason", to_string(reason)},
-            {"detail", detail},
-            {"started_at", iso_of(started_wall)},
-            {"ended_at", iso_of(ended_wall)},
-            {"duration_ms", duration_ms},
-            {"was_leader", was_leader}};
+    return {{"reason", to_string(reason)},    {"detail", detail},           {"started_at", iso_of(started_wall)},
+            {"ended_at", iso_of(ended_wall)}, {"duration_ms", duration_ms}, {"was_leader", was_leader}};
 }
 
 bool FreezeState::enter(FreezeReason reason, const std::string& detail, bool was_leader, Millis mono, Millis wall) {

@@ -30,11 +30,11 @@ bool database_unavailable(const std::string& sqlstate);
 // A freeze that ended: what the watcher_db_freeze event records once the primary is back.
 struct FreezeRecord {
     FreezeReason reason = FreezeReason::unreachable;
-    std::string detail;        // the last error seen (scrubbed by the caller)
-    Millis started_wall = 0;   // epoch milliseconds
-    Millis ended_wall = 0;     // epoch milliseconds
-    Millis duration_ms = 0;    // monotonic
-    bool was_leader = false;   // it led when the freeze began
+    std::string detail;       // the last error seen (scrubbed by the caller)
+    Millis started_wall = 0;  // epoch milliseconds
+    Millis ended_wall = 0;    // epoch milliseconds
+    Millis duration_ms = 0;   // monotonic
+    bool was_leader = false;  // it led when the freeze began
     nlohmann::json to_json() const;
 };
 
