@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import PGDEPLOY_BIN, SOURCE_DIR, conninfo, free_port, run_pgdeploy
-from watch_helpers import (Watcher, wait_for, watch_config, write_hook,  # noqa: F401
+from watch_helpers import (Watcher, events, wait_for, watch_config, write_hook,  # noqa: F401
                            health, watchers)  # health, watchers: fixtures
 
 UNITS = ["pgdeploy-watch.service", "pgdeploy-once.service", "pgdeploy-once.timer"]

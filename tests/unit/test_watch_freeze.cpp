@@ -184,6 +184,7 @@ TEST_CASE("leader.ttl and database.listen", "[watch][freeze][config]") {
         error_of(R"({"leader": {"ttl": "500ms"}, "database": {"poll_interval": "100ms"}})").rfind("leader.ttl: ", 0) ==
         0);
     CHECK(error_of(R"({"database": {"listen": "yes"}})").rfind("database.listen", 0) == 0);
+    CHECK(error_of(R"({"leader": {"ttl": "2d"}})").rfind("leader.ttl: must be at most 1d", 0) == 0);
 
     WatchConfig old = parse_config("{}");
     WatchConfig next = old;

@@ -495,6 +495,8 @@ WatchConfig parse_config(const std::string& text) {
     }
     if (cfg.leader_ttl == 0)
         cfg.leader_ttl = default_leader_ttl(cfg.database.poll_interval);
+    else if (cfg.leader_ttl > Millis{24} * 3600 * 1000)
+        throw ConfigError("leader.ttl", "must be at most 1d (the extension's limit for a lease)");
     else if (cfg.leader_ttl < 2 * cfg.database.poll_interval || cfg.leader_ttl < 1000)
         throw ConfigError("leader.ttl", "must be at least 1s and at least twice database.poll_interval (" +
                                             format_duration(cfg.database.poll_interval) +
