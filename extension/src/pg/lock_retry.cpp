@@ -194,6 +194,8 @@ int next_backoff_ms(int attempt) {
     return lock_retry_backoff_ms(attempt, draw);
 }
 
+}  // namespace
+
 // sleep_ms waits on the latch, so a cancel or a terminate ends the wait (and the call) at once.
 void sleep_ms(int ms) {
     pg_guard([&] {
@@ -208,8 +210,6 @@ void sleep_ms(int ms) {
         }
     });
 }
-
-}  // namespace
 
 int effective_lock_timeout_ms(const std::optional<int>& migration_ms) {
     return migration_ms.value_or(lock_timeout_ms);

@@ -71,4 +71,7 @@ private:
     Json retries_ = Json::array();
 };
 
+// sleep_ms waits on the latch, so a cancel or a terminate ends the wait (and the call) at once.
+void sleep_ms(int ms);
+
 }  // namespace pgdeploy
