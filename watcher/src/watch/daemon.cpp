@@ -609,9 +609,9 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
  * The ledger's backoff (list_claimable) covers markers in state failed; the in-memory one here also covers a marker
  * that is still ours because an attempt broke off with an error (a ledger query failed mid-way, the primary went
  * away), so that a persistent error is retried with backoff rather than in a tight loop. A marker this watcher still
- * holds (deploy.held_markers: claimed before a failover or a restart) is resumed by it whether it leads or not: no
- * one else may claim it before its lease expires. Others' markers only by the leader. Never while frozen (there is
- * no primary to claim them on).
+ * holds (the "own" rows of deploy.claimable_markers, as deploy.held_markers lists them: claimed before a failover or
+ * a restart) is resumed by it whether it leads or not: no one else may claim it before its lease expires. Others'
+ * markers only by the leader. Never while frozen (there is no primary to claim them on).
  */
 void Daemon::process_markers(Millis now) {
     if (!conn_ || freeze_.frozen())
