@@ -380,10 +380,12 @@ void Daemon::ensure_db(Millis now) {
         drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::unreachable);
     } catch (const Failure& e) {
         // Not a crash and not fatal: the checks go on (a postgres check reports the loss), and we retry.
-        bool had = conn_.has_value();
+        // Lost while setting up counts as lost; a refused connection or an unusable database (no pg_deploy, too old)
+        // as unreachable.
+        bool lost = conn_.has_value() && e.exit_code() == kExitConnect;
         conn_.reset();
         spdlog::warn("cannot connect to the database (retrying with backoff): {}", e.what());
-        drop_db(e.what(), had ? FreezeReason::lost : FreezeReason::unreachable);
+        drop_db(e.what(), lost ? FreezeReason::lost : FreezeReason::unreachable);
     }
 }
 
