@@ -216,11 +216,11 @@ int effective_lock_timeout_ms(const std::optional<int>& migration_ms) {
 }
 
 Json top_level_lock_policy(const std::string& statement, const std::optional<int>& migration_ms) {
-    bool concurrent = false;
+    bool refuses_transaction = false;
     for (const SqlStatement& st : parse_sql(statement, "step"))
-        concurrent = concurrent || st.non_transactional.find("CONCURRENTLY") != std::string::npos;
+        refuses_transaction = refuses_transaction || !st.non_transactional.empty();
     int ms = effective_lock_timeout_ms(migration_ms);
-    return Json{{"lock_timeout_ms", concurrent || ms <= 0 ? Json(nullptr) : Json(ms)},
+    return Json{{"lock_timeout_ms", refuses_transaction || ms <= 0 ? Json(nullptr) : Json(ms)},
                 {"lock_retry", Json{{"attempts", lock_attempts}, {"time_ms", lock_retry_time_ms}}}};
 }
 
