@@ -343,7 +343,8 @@ void Daemon::release_leadership() {
  *
  * One connection carries the ledger queries (and LISTEN pg_deploy when database.listen is on). Nothing on it has
  * to outlive a transaction: leadership is a lease, markers are claimed with leases. A standby is no better than no
- * connection (the ledger cannot be written there): the watcher stays frozen and tries again, so that a multi-host
+ * connection (the ledger cannot be written there; so is a primary with default_transaction_read_only): the watcher
+ * stays frozen and tries again, so that a multi-host
  * DSN (target_session_attrs=read-write) finds the new primary. Retries use jittered exponential backoff.
  */
 void Daemon::ensure_db(Millis now) {
@@ -356,8 +357,8 @@ void Daemon::ensure_db(Millis now) {
         opts.connect_timeout_s = 5;
         conn_.emplace(common::Connection::connect(opts));
         Ledger ledger(*conn_);
-        if (ledger.in_recovery()) {
-            drop_db("connected to " + conn_->describe() + ", a standby (pg_is_in_recovery()): waiting for a primary",
+        if (common::ServerRole role = conn_->server_role(); !role.writable()) {
+            drop_db("connected to " + conn_->describe() + ", a " + role.describe() + ": waiting for a primary",
                     FreezeReason::standby);
             return;
         }
@@ -400,8 +401,8 @@ void Daemon::refresh_view(Millis now) {
     if (!conn_)
         return;
     Ledger ledger(*conn_);
-    if (ledger.in_recovery()) {
-        drop_db("the server " + conn_->describe() + " is now a standby (pg_is_in_recovery())", FreezeReason::standby);
+    if (common::ServerRole role = conn_->server_role(); !role.writable()) {
+        drop_db("the server " + conn_->describe() + " is now a " + role.describe(), FreezeReason::standby);
         return;
     }
     record_freezes();

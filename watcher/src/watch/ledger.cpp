@@ -130,11 +130,6 @@ bool Ledger::release_lead(const std::string& holder) {
     return v && *v == "t";
 }
 
-bool Ledger::in_recovery() {
-    auto v = conn_.query_value("SELECT pg_catalog.pg_is_in_recovery()");
-    return v && *v == "t";
-}
-
 void Ledger::listen() {
     conn_.exec("LISTEN pg_deploy");
 }

@@ -58,8 +58,6 @@ public:
     bool try_lead(const std::string& holder, Millis ttl);
     // release_lead: deploy.release_watcher_leadership(holder); another watcher may lead at its next poll.
     bool release_lead(const std::string& holder);
-    // in_recovery: pg_is_in_recovery(): a standby, whose ledger cannot be written.
-    bool in_recovery();
     void listen();
     // drain_notifications: consumes input, returns how many pg_deploy notifications arrived (0 when none).
     int drain_notifications();
