@@ -272,9 +272,11 @@ def test_lost_connection_reconnects_and_leads_again(pg, health, tmp_path, watche
         return rows[0][0] if rows and rows[0][0] != pids[0] else None
 
     assert wait_for(new_pid, timeout=10, what="a new session") != pids[0]
+    # The loss and the reconnection may both fall between two writes of the state file: wait for the log.
+    wait_for(lambda: "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1],
+             timeout=10, what="the reconnected watcher to lead")
     w.wait_state(lambda st: st["connected"] and st["leader"] and not st["frozen"], timeout=10,
                  what="reconnected leader")
-    assert "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1]
     assert pg.sql("SELECT holder FROM deploy.leases WHERE name = 'watcher_leader' AND expires_at > now()") == [("w1",)]
     freezes = wait_for(lambda: events(pg, "watcher_db_freeze"), timeout=10, what="the freeze event")
     assert freezes[0][3]["reason"] == "connection_lost" and freezes[0][3]["watcher_id"] == "w1", freezes
