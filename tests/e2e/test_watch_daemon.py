@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import PGDEPLOY_BIN, SOURCE_DIR, conninfo, free_port, run_pgdeploy
-from watch_helpers import (Watcher, wait_for, watch_config, write_hook,  # noqa: F401
+from watch_helpers import (Watcher, events, wait_for, watch_config, write_hook,  # noqa: F401
                            health, watchers)  # health, watchers: fixtures
 
 UNITS = ["pgdeploy-watch.service", "pgdeploy-once.service", "pgdeploy-once.timer"]
@@ -148,8 +148,8 @@ def test_systemd_notify_watchdog_reload_and_stop(pg, health, tmp_path):
         notify.collect(0.2)
         assert "STOPPING=1" in notify.messages
         assert not os.path.exists(tmp_path / "state.json")
-        assert pg.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                         "AND classid = 1346651472 AND objid = 2") == 0
+        assert pg.scalar("SELECT count(*) FROM deploy.leases WHERE name = 'watcher_leader' "
+                         "AND expires_at > now()") == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,8 +184,9 @@ def test_sigint_stops_cleanly(pg, health, tmp_path, watchers):
 
 
 def test_database_away_is_not_a_crash(pg, health, tmp_path, watchers):
-    """No database at start-up (nothing listens on the port): the watcher runs, keeps checking, reports the loss,
-    and its postgres check is a critical result, not an exception."""
+    """No database at start-up (nothing listens on the port): the watcher runs, keeps checking, reports the loss
+    (frozen, in --status), and its postgres check is a critical result, not an exception, held out of the evidence
+    while frozen (it never turns failing for a database the watcher cannot reach)."""
     hook, _, _ = write_hook(tmp_path, health.bad_file)
     dead = conninfo(pg.name, host="127.0.0.1", port=str(free_port()), connect_timeout="1")
     cfg = watch_config(pg, health, hook, tmp_path / "state.json")
@@ -194,12 +195,15 @@ def test_database_away_is_not_a_crash(pg, health, tmp_path, watchers):
                           "critical": True})
     w = Watcher(tmp_path, cfg)
     watchers.append(w)
-    st = w.wait_state(lambda s: {c["name"]: c for c in s["checks"]}["db"]["state"] == "failing", timeout=15,
-                      what="the postgres check to fail")
+    st = w.wait_state(lambda s: {c["name"]: c for c in s["checks"]}["db"]["freeze_ignored"] >= 5, timeout=15,
+                      what="the postgres check to fail while frozen")
     assert st["connected"] is False and st["leader"] is False
+    assert st["frozen"] is True and st["freeze"]["reason"] == "database_unreachable", st["freeze"]
     checks = {c["name"]: c for c in st["checks"]}
     assert checks["api"]["state"] == "ok"
     assert checks["db"]["last"]["status"] == "critical"
+    assert checks["db"]["state"] != "failing"
+    assert st["last_decision"]["reason"] == "database_frozen", st["last_decision"]
     time.sleep(1.5)
     assert w.proc.poll() is None
     assert "cannot connect to the database" in w.log_text()
@@ -248,28 +252,34 @@ def test_systemd_units_verify(tmp_path):
 
 
 def test_lost_connection_reconnects_and_leads_again(pg, health, tmp_path, watchers):
-    """The watcher's session is terminated under it (a failover, a DBA, a network cut): no crash, the leadership lock
-    goes with the session, the watcher reconnects with backoff, LISTENs and leads again."""
+    """The watcher's session is terminated under it (a failover, a DBA, a network cut): no crash, it stops acting as
+    leader at once, freezes its decisions, reconnects with backoff and renews its leadership lease (its own, still
+    live: no take-over needed)."""
     hook, _, _ = write_hook(tmp_path, health.bad_file)
     w = Watcher(tmp_path, watch_config(pg, health, hook, tmp_path / "state.json"))
     watchers.append(w)
     w.wait_ready(leader=True)
+    assert pg.sql("SELECT holder FROM deploy.leases WHERE name = 'watcher_leader'") == [("w1",)]
     pids = [r[0] for r in pg.sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                                  "AND application_name = 'pgdeploy-watch'")]
     assert len(pids) == 1
     pg.sql("SELECT pg_terminate_backend(%s)", (pids[0],))
     wait_for(lambda: "database connection lost" in w.log_text(), timeout=10, what="the loss to be noticed")
 
-    def new_leader_pid():
-        rows = pg.sql("SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                      "WHERE a.datname = current_database() AND a.application_name = 'pgdeploy-watch' "
-                      "AND l.locktype = 'advisory' AND l.classid = 1346651472 AND l.objid = 2 AND l.granted")
+    def new_pid():
+        rows = pg.sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND application_name = 'pgdeploy-watch'")
         return rows[0][0] if rows and rows[0][0] != pids[0] else None
 
-    new_pid = wait_for(new_leader_pid, timeout=10, what="a new session holding the leadership lock")
-    assert new_pid != pids[0]
-    w.wait_state(lambda st: st["connected"] and st["leader"], timeout=10, what="reconnected leader")
-    assert "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1]
+    assert wait_for(new_pid, timeout=10, what="a new session") != pids[0]
+    # The loss and the reconnection may both fall between two writes of the state file: wait for the log.
+    wait_for(lambda: "this watcher (\"w1\") is the leader" in w.log_text().split("database connection lost")[1],
+             timeout=10, what="the reconnected watcher to lead")
+    w.wait_state(lambda st: st["connected"] and st["leader"] and not st["frozen"], timeout=10,
+                 what="reconnected leader")
+    assert pg.sql("SELECT holder FROM deploy.leases WHERE name = 'watcher_leader' AND expires_at > now()") == [("w1",)]
+    freezes = wait_for(lambda: events(pg, "watcher_db_freeze"), timeout=10, what="the freeze event")
+    assert freezes[0][3]["reason"] == "connection_lost" and freezes[0][3]["watcher_id"] == "w1", freezes
     assert w.proc.poll() is None
     assert w.stop() == 0
 

@@ -164,7 +164,7 @@ def test_two_watchers_perform_one_rollback_and_the_follower_takes_over(pg, healt
     assert len(events(pg, "watcher_decision")) == 1
     assert events(pg, "watcher_decision")[0][3]["watcher_id"] == "host-a"
 
-    # The leader stops: its session (and lock) goes; the follower takes over leadership.
+    # The leader stops: it releases its leadership lease; the follower takes over at its next poll.
     assert a.stop() == 0
     b.wait_state(lambda st: st.get("leader") is True, timeout=10, what="host-b to take over")
     assert "took over leadership" in b.log_text()
@@ -274,12 +274,15 @@ def test_grace_period_and_dry_run_do_not_roll_back(pg, health, tmp_path, watcher
 
 
 def test_listen_learns_of_deployments_and_markers_at_once(pg, health, tmp_path, watchers):
-    """With the fallback poll set to an hour, only LISTEN pg_deploy can tell the watcher about a new deployment and
-    a marker requested by a person in psql: both are acted on within a second or two."""
+    """With database.listen on (opt-in) and the poll set to an hour, only LISTEN pg_deploy can tell the watcher about a
+    new deployment and a marker requested by a person in psql: both are acted on within a second or two. (Without
+    it, polling does: test_watch_leadership.py.)"""
     deploy(pg, "v1", V1)
     hook, hook_log, _ = write_hook(tmp_path, health.bad_file)
     cfg = watch_config(pg, health, hook, tmp_path / "state.json")
     cfg["database"]["poll_interval"] = "1h"
+    cfg["database"]["listen"] = True
+    cfg["leader"] = {"ttl": "3h"}   # renewed once per poll: at least twice the poll interval
     w = Watcher(tmp_path, cfg)
     watchers.append(w)
     w.wait_ready(leader=True)

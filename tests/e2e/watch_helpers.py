@@ -125,6 +125,8 @@ def watch_config(pg, health, hook, state_file, watcher_id="w1", interval="200ms"
         "rollback": {"command": [hook], "timeout": "30s", "order": "app_first", "retry_backoff": "1s",
                      "retry_backoff_max": "2s", "lease": "30s"},
         "logging": {"level": "debug", "format": "plain"},
+        # A short leadership lease (renewed every poll): a killed leader is replaced within seconds.
+        "leader": {"ttl": "2s"},
         "state_file": str(state_file),
     }
     if metrics:

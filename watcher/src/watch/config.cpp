@@ -405,6 +405,7 @@ WatchConfig parse_config(const std::string& text) {
             cfg.database.poll_interval = d.duration("poll_interval", cfg.database.poll_interval);
             cfg.database.reconnect_min = d.duration("reconnect_min", cfg.database.reconnect_min);
             cfg.database.reconnect_max = d.duration("reconnect_max", cfg.database.reconnect_max);
+            cfg.database.listen = d.boolean("listen", false);
             if (cfg.database.reconnect_max < cfg.database.reconnect_min)
                 throw ConfigError("database.reconnect_max", "must not be less than database.reconnect_min");
             d.reject_unknown();
@@ -489,8 +490,17 @@ WatchConfig parse_config(const std::string& text) {
     if (const json* l = top.get("leader")) {
         ObjectReader r(*l, "leader");
         cfg.leader_lock = r.boolean("enabled", true);
+        cfg.leader_ttl = r.duration("ttl", 0);
         r.reject_unknown();
     }
+    if (cfg.leader_ttl == 0)
+        cfg.leader_ttl = default_leader_ttl(cfg.database.poll_interval);
+    else if (cfg.leader_ttl > Millis{24} * 3600 * 1000)
+        throw ConfigError("leader.ttl", "must be at most 1d (the extension's limit for a lease)");
+    else if (cfg.leader_ttl < 2 * cfg.database.poll_interval || cfg.leader_ttl < 1000)
+        throw ConfigError("leader.ttl", "must be at least 1s and at least twice database.poll_interval (" +
+                                            format_duration(cfg.database.poll_interval) +
+                                            "): leadership is renewed once per poll");
 
     cfg.state_file = top.string("state_file", "");
     if (!cfg.state_file.empty() && cfg.state_file[0] != '/')
@@ -519,8 +529,8 @@ WatchConfig load_config(const std::string& file) {
 namespace {
 
 // The keys that a reload does not simply apply (pgbouncer's CF_NO_RELOAD, as a table). The connection's identity
-// needs a new session: the leadership lock and LISTEN belong to it. The metrics server binds once, and the log
-// sinks are set up once.
+// needs a new session (the daemon releases its leadership lease first) and so does LISTEN. The metrics server binds
+// once, and the log sinks are set up once.
 struct ReloadRule {
     const char* key;
     Reload reload;
@@ -532,7 +542,9 @@ const ReloadRule kReloadRules[] = {
      [](const WatchConfig& a, const WatchConfig& b) { return a.database.dsn != b.database.dsn; }},
     {"watcher_id", Reload::reconnect,
      [](const WatchConfig& a, const WatchConfig& b) { return a.watcher_id != b.watcher_id; }},
-    {"leader_lock", Reload::reconnect,
+    {"database.listen", Reload::reconnect,
+     [](const WatchConfig& a, const WatchConfig& b) { return a.database.listen != b.database.listen; }},
+    {"leader.enabled", Reload::reconnect,
      [](const WatchConfig& a, const WatchConfig& b) { return a.leader_lock != b.leader_lock; }},
     {"metrics.listen", Reload::restart,
      [](const WatchConfig& a, const WatchConfig& b) { return a.metrics.listen != b.metrics.listen; }},
@@ -553,6 +565,10 @@ ReloadPlan reload_plan(const WatchConfig& old, const WatchConfig& next) {
             plan.restart_keys.emplace_back(r.key);
     }
     return plan;
+}
+
+Millis default_leader_ttl(Millis poll_interval) {
+    return std::max<Millis>(Millis{15} * 1000, 3 * poll_interval);
 }
 
 Millis shortest_interval(const WatchConfig& cfg) {

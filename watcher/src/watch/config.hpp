@@ -99,7 +99,9 @@ struct DecisionConfig {
 
 struct DatabaseConfig {
     std::string dsn;                          // libpq conninfo; empty: PG* environment
-    Millis poll_interval = Millis{5} * 1000;  // fallback poll of the ledger when no NOTIFY arrives
+    Millis poll_interval = Millis{5} * 1000;  // how often the ledger is read (and leadership renewed)
+    bool listen = false;  // LISTEN pg_deploy for a faster reaction; off by default: a transaction pooler (PgBouncer)
+                          // hands LISTEN to any server connection, so polling is the mechanism
     Millis reconnect_min = 500;
     Millis reconnect_max = Millis{30} * 1000;
 };
@@ -125,8 +127,11 @@ struct WatchConfig {
     HookEnvironmentConfig hook_environment;
     LoggingConfig logging;
     MetricsConfig metrics;
-    bool leader_lock = true;  // false: never lead (a pure observer)
-    std::string state_file;   // where the daemon writes its view for `watch --status`
+    bool leader_lock = true;  // leader.enabled; false: never lead (a pure observer)
+    // leader.ttl: the leadership lease (deploy.try_watcher_leadership), renewed every poll; a leader that stops
+    // renewing is replaced after it. Default: max(15 s, 3 x database.poll_interval) (default_leader_ttl).
+    Millis leader_ttl = 0;
+    std::string state_file;  // where the daemon writes its view for `watch --status`
 };
 
 // parse_config parses and validates a configuration document; throws ConfigError naming the key.
@@ -147,6 +152,9 @@ struct ReloadPlan {
 
 // reload_plan: what swapping old for next needs, from the table.
 ReloadPlan reload_plan(const WatchConfig& old, const WatchConfig& next);
+
+// default_leader_ttl: max(15 s, 3 x poll_interval).
+Millis default_leader_ttl(Millis poll_interval);
 
 // Smallest interval of all checks (the main loop's natural tick); 1 s when there are no checks.
 Millis shortest_interval(const WatchConfig& cfg);

@@ -28,6 +28,7 @@
 #include "watch/checks.hpp"
 #include "watch/decision.hpp"
 #include "watch/executor.hpp"
+#include "watch/freeze.hpp"
 #include "watch/ledger.hpp"
 #include "watch/metrics.hpp"
 
@@ -126,7 +127,13 @@ public:
 private:
     void reload();
     void ensure_db(Millis now);
-    void drop_db(const std::string& why);
+    void drop_db(const std::string& why, FreezeReason reason = FreezeReason::lost);
+    bool drop_if_unavailable(const common::DbError& e);
+    void enter_freeze(FreezeReason reason, const std::string& detail);
+    void thaw();
+    void record_freezes();
+    void renew_leadership(bool at_connect);
+    void release_leadership();
     void refresh_view(Millis now);
     void run_due_checks(Millis now);
     void act(const Decision& d, Millis now);
@@ -156,6 +163,8 @@ private:
     std::mt19937_64 rng_;
     std::optional<common::Connection> conn_;
     bool leader_ = false;
+    Millis lead_until_ = 0;  // monotonic: the lease as this watcher knows it (renewal sent + leader.ttl)
+    FreezeState freeze_;
     Millis reconnect_at_ = 0;
     Millis backoff_ = 0;
     Millis next_poll_ = 0;
@@ -201,15 +210,23 @@ void Daemon::record_event(const std::string& kind, std::int64_t dep, std::int64_
     try {
         Ledger(*conn_).log_event(kind, dep, marker, details);
     } catch (const common::DbError& e) {
-        spdlog::error("cannot record event {}: {}", kind, e.what());
+        if (!drop_if_unavailable(e))
+            spdlog::error("cannot record event {}: {}", kind, e.what());
     } catch (const Failure& e) {
         drop_db(e.what());
     }
 }
 
-void Daemon::drop_db(const std::string& why) {
+/*
+ * Daemon::drop_db
+ *
+ * The connection is lost or unusable (or leads to a standby): leadership stops here at once, although the lease row
+ * may outlive us until it expires (others take over then), and decisions freeze until a writable primary is back.
+ */
+void Daemon::drop_db(const std::string& why, FreezeReason reason) {
     if (conn_)
-        spdlog::warn("database connection lost: {}{}", why, leader_ ? " (leadership released)" : "");
+        spdlog::warn("database connection lost: {}{}", why, leader_ ? " (no longer acting as leader)" : "");
+    enter_freeze(reason, why);
     conn_.reset();
     leader_ = false;
     Millis now = monotonic_ms();
@@ -223,11 +240,112 @@ void Daemon::drop_db(const std::string& why) {
 }
 
 /*
+ * Daemon::drop_if_unavailable
+ *
+ * A server error that means the database is going away or read-only (through a pooler, a failover looks like this
+ * while the pooler's connection stays up): treated as a lost connection. false: an error of the statement itself.
+ */
+bool Daemon::drop_if_unavailable(const common::DbError& e) {
+    if (!database_unavailable(e.sqlstate()))
+        return false;
+    drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::lost);
+    return true;
+}
+
+/*
+ * Daemon::enter_freeze
+ *
+ * No writable primary: checks go on and are reported, but nothing is decided, requested, claimed or executed, and
+ * the checks' failures are held out of the evidence (DecisionEngine::set_frozen), so that a failover never rolls
+ * back a healthy release. Logged once per freeze.
+ */
+void Daemon::enter_freeze(FreezeReason reason, const std::string& detail) {
+    if (freeze_.enter(reason, detail, leader_, monotonic_ms(), wall_ms()))
+        spdlog::warn(
+            "decisions frozen ({}): no writable primary; checks go on, nothing is rolled back until it is "
+            "back: {}",
+            to_string(reason), detail);
+    engine_.set_frozen(true);
+}
+
+/*
+ * Daemon::thaw
+ *
+ * A writable primary is back: decisions resume on fresh evidence, and the freeze is recorded in the ledger now that
+ * it can be written.
+ */
+void Daemon::thaw() {
+    if (auto ended = freeze_.thaw(monotonic_ms(), wall_ms()))
+        spdlog::warn("decisions resume: a writable primary is back after {} ms ({})", ended->duration_ms,
+                     to_string(ended->reason));
+    engine_.set_frozen(false);
+    record_freezes();
+}
+
+// record_freezes: the ended freezes not yet in the ledger, oldest first; what cannot be written now stays queued.
+void Daemon::record_freezes() {
+    while (conn_ && !freeze_.pending().empty()) {
+        json details = freeze_.pending().front().to_json();
+        details["watcher_id"] = cfg_->watcher_id;
+        try {
+            Ledger(*conn_).log_event("watcher_db_freeze", 0, 0, details);
+        } catch (const common::DbError& e) {
+            if (!drop_if_unavailable(e))
+                spdlog::error("cannot record the freeze: {}", e.what());
+            return;
+        }
+        freeze_.recorded();
+    }
+}
+
+/*
+ * Daemon::renew_leadership
+ *
+ * Leadership is a lease (deploy.try_watcher_leadership), not a session lock: through a transaction pooler a session
+ * lock would stay behind on whatever server connection ran it. Taken or renewed once per poll; this watcher acts as
+ * leader only while its own view of the lease (time of the request + leader.ttl) has not run out, so a watcher
+ * that cannot renew stops leading locally before anyone else can take over.
+ */
+void Daemon::renew_leadership(bool at_connect) {
+    if (!conn_ || !cfg_->leader_lock)
+        return;
+    Millis asked = monotonic_ms();
+    bool lead = Ledger(*conn_).try_lead(cfg_->watcher_id, cfg_->leader_ttl);
+    if (lead && !leader_) {
+        if (at_connect)
+            spdlog::info("this watcher (\"{}\") is the leader", cfg_->watcher_id);
+        else
+            spdlog::warn("this watcher (\"{}\") took over leadership", cfg_->watcher_id);
+    } else if (!lead && leader_) {
+        spdlog::warn("this watcher (\"{}\") lost leadership: another watcher holds the lease", cfg_->watcher_id);
+    }
+    leader_ = lead;
+    if (lead)
+        lead_until_ = asked + cfg_->leader_ttl;
+}
+
+// release_leadership: on a clean stop (or a reconnect on reload), so that another watcher leads at its next poll.
+void Daemon::release_leadership() {
+    if (!conn_ || !leader_)
+        return;
+    try {
+        Ledger(*conn_).release_lead(cfg_->watcher_id);
+        spdlog::info("leadership released");
+    } catch (const Failure& e) {
+        spdlog::warn("cannot release leadership (it expires after {}): {}", format_duration(cfg_->leader_ttl),
+                     e.what());
+    }
+    leader_ = false;
+}
+
+/*
  * Daemon::ensure_db
  *
- * One session connection carries LISTEN pg_deploy, the leadership lock and the ledger queries. When it goes, so does
- * leadership (the server releases the session lock), and another watcher takes over; this one keeps checking and
- * reconnects with jittered exponential backoff.
+ * One connection carries the ledger queries (and LISTEN pg_deploy when database.listen is on). Nothing on it has
+ * to outlive a transaction: leadership is a lease, markers are claimed with leases. A standby is no better than no
+ * connection (the ledger cannot be written there; so is a primary with default_transaction_read_only): the watcher
+ * stays frozen and tries again, so that a multi-host
+ * DSN (target_session_attrs=read-write) finds the new primary. Retries use jittered exponential backoff.
  */
 void Daemon::ensure_db(Millis now) {
     if (conn_ || now < reconnect_at_)
@@ -238,32 +356,59 @@ void Daemon::ensure_db(Millis now) {
         opts.application_name = "pgdeploy-watch";
         opts.connect_timeout_s = 5;
         conn_.emplace(common::Connection::connect(opts));
-        conn_->require_extension();
         Ledger ledger(*conn_);
-        ledger.listen();
+        if (common::ServerRole role = conn_->server_role(); !role.writable()) {
+            drop_db("connected to " + conn_->describe() + ", a " + role.describe() + ": waiting for a primary",
+                    FreezeReason::standby);
+            return;
+        }
+        conn_->require_extension();
+        if (cfg_->database.listen)
+            ledger.listen();
         spdlog::info("connected to {} as watcher \"{}\"", conn_->describe(), cfg_->watcher_id);
         backoff_ = 0;
         refresh_ = true;
-        if (cfg_->leader_lock && ledger.try_lead()) {
-            leader_ = true;
-            spdlog::info("this watcher (\"{}\") is the leader", cfg_->watcher_id);
+        thaw();
+        try {
+            renew_leadership(true);
+        } catch (const common::DbError& e) {
+            // Refused (not a lost primary): keep the connection and keep checking; the next poll asks again.
+            if (!drop_if_unavailable(e))
+                spdlog::error("cannot take the leadership lease: {}", e.what());
         }
+    } catch (const common::DbError& e) {
+        spdlog::warn("cannot use the database (retrying with backoff): {}", e.what());
+        drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::unreachable);
     } catch (const Failure& e) {
         // Not a crash and not fatal: the checks go on (a postgres check reports the loss), and we retry.
+        // Lost while setting up counts as lost; a refused connection or an unusable database (no pg_deploy, too old)
+        // as unreachable.
+        bool lost = conn_.has_value() && e.exit_code() == kExitConnect;
         conn_.reset();
         spdlog::warn("cannot connect to the database (retrying with backoff): {}", e.what());
-        drop_db(e.what());
+        drop_db(e.what(), lost ? FreezeReason::lost : FreezeReason::unreachable);
     }
 }
 
+/*
+ * Daemon::refresh_view
+ *
+ * Once per poll (and at once on a NOTIFY with database.listen): is the server still a primary, the leadership
+ * lease, the ledger's view. Polling is the mechanism: a marker requested by `pgdeploy rollback --request` or by SQL
+ * is seen here within one poll interval.
+ */
 void Daemon::refresh_view(Millis now) {
     if (!conn_)
         return;
     Ledger ledger(*conn_);
-    if (!leader_ && cfg_->leader_lock && ledger.try_lead()) {
-        leader_ = true;
-        spdlog::warn("this watcher (\"{}\") took over leadership", cfg_->watcher_id);
+    if (common::ServerRole role = conn_->server_role(); !role.writable()) {
+        drop_db("the server " + conn_->describe() + " is now a " + role.describe(), FreezeReason::standby);
+        return;
     }
+    record_freezes();
+    if (!conn_)
+        return;
+    renew_leadership(false);
     DeploymentView v = ledger.read_view(now);
     const DeploymentView& old = engine_.deployment();
     if (v.id != old.id || v.state != old.state)
@@ -401,9 +546,12 @@ void Daemon::act(const Decision& d, Millis now) {
     try {
         refresh_view(now);
     } catch (const common::DbError& e) {
-        spdlog::error("cannot re-read the ledger before rolling back: {}", e.what());
+        if (!drop_if_unavailable(e))
+            spdlog::error("cannot re-read the ledger before rolling back: {}", e.what());
         return;
     }
+    if (!conn_ || !leader_)
+        return;  // the primary went away, or leadership with it: frozen, or another watcher acts
     Decision again = engine_.evaluate(now);
     if (again.kind != DecisionKind::rollback || again.deployment_id != d.deployment_id) {
         spdlog::info("decision changed on re-reading the ledger: {}", again.message);
@@ -421,6 +569,8 @@ void Daemon::act(const Decision& d, Millis now) {
         marker = ledger.request_rollback("watcher " + cfg_->watcher_id + ": " + d.message, d.deployment_id, details);
         tx.commit();
     } catch (const common::DbError& e) {
+        if (drop_if_unavailable(e))
+            return;  // not refused: the primary went away; decided again on fresh evidence when it is back
         spdlog::error("cannot request the rollback of deployment {}: {}", d.deployment_id, e.what());
         engine_.commit(d, now);  // never loop on a refused request; the event log and logs say why
         return;
@@ -442,7 +592,8 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
         try {
             refresh_view(now);  // the deployment is rolled_back now: checks start fresh evidence
         } catch (const common::DbError& e) {
-            spdlog::error("cannot re-read the ledger: {}", e.what());
+            if (!drop_if_unavailable(e))
+                spdlog::error("cannot re-read the ledger: {}", e.what());
         }
     } else if (o.result == ExecResult::failed) {
         spdlog::warn("marker {}: attempt failed ({}); retrying after backoff", o.marker_id, o.error);
@@ -459,16 +610,21 @@ void Daemon::handle_outcome(const ExecOutcome& o, Millis now) {
  * Daemon::process_markers
  *
  * The ledger's backoff (list_claimable) covers markers in state failed; the in-memory one here also covers a marker
- * that is still ours because an attempt broke off with an error (a ledger query failed mid-way), so that a
- * persistent error is retried with backoff rather than in a tight loop.
+ * that is still ours because an attempt broke off with an error (a ledger query failed mid-way, the primary went
+ * away), so that a persistent error is retried with backoff rather than in a tight loop. A marker this watcher still
+ * holds (the "own" rows of deploy.claimable_markers, as deploy.held_markers lists them: claimed before a failover or
+ * a restart) is resumed by it whether it leads or not: no one else may claim it before its lease expires. Others'
+ * markers only by the leader. Never while frozen (there is no primary to claim them on).
  */
 void Daemon::process_markers(Millis now) {
-    if (!conn_ || !leader_)
+    if (!conn_ || freeze_.frozen())
         return;
     auto ready = list_claimable(*conn_, cfg_->watcher_id, cfg_->rollback, true);
     for (const auto& m : ready) {
-        if (g_stop.load())
+        if (g_stop.load() || !conn_)
             return;
+        if (!m.own && !leader_)
+            continue;
         auto it = retry_at_.find(m.id);
         if (it != retry_at_.end() && now < it->second)
             continue;
@@ -526,7 +682,10 @@ void Daemon::status_document(Millis now, std::string& out, const std::function<v
                    {"pid", static_cast<long>(getpid())},
                    {"config_file", config_path_},
                    {"leader", leader_},
+                   {"leader_ttl_ms", cfg_->leader_ttl},
                    {"connected", conn_.has_value()},
+                   {"frozen", freeze_.frozen()},
+                   {"freeze", freeze_.to_json(now)},
                    {"dry_run", cfg_->decision.dry_run},
                    {"updated_at", iso_now()},
                    {"updated_at_epoch_ms", wall_ms()},
@@ -600,7 +759,8 @@ void Daemon::serve_metrics(unsigned wanted, Millis now) {
     if (!(wanted & MetricsServer::kMetrics))
         return;
     metrics_.publish(MetricsServer::kMetrics, prometheus_text({engine_, now, rollbacks_, decisions_, leader_,
-                                                               conn_.has_value(), pending_migrations_}));
+                                                               conn_.has_value(), pending_migrations_, freeze_.frozen(),
+                                                               freeze_.freezes(), freeze_.frozen_ms_total(now)}));
 }
 
 /*
@@ -627,6 +787,8 @@ void Daemon::reload() {
             if (auto it = old_due.find(next.checks[i].name); it != old_due.end())
                 due[i] = it->second;
         next_due_ = std::move(due);
+        if (plan.reconnect)
+            release_leadership();  // under the old watcher_id, before the new configuration takes its place
         cfg_ = std::make_shared<const WatchConfig>(std::move(next));
         engine_.reconfigure(cfg_);
         apply_log_level(cfg_->logging.level);
@@ -706,7 +868,17 @@ int Daemon::run() {
             if (g_reload.load())
                 reload();
             ensure_db(now);
+            if (leader_ && now >= lead_until_) {
+                // Not renewed within leader.ttl (a slow cycle, a hook that ran long): another watcher may lead by
+                // now. Stop acting as leader until the next renewal says otherwise.
+                spdlog::warn("leadership lease not renewed within {}: no longer acting as leader",
+                             format_duration(cfg_->leader_ttl));
+                leader_ = false;
+                refresh_ = true;
+            }
             try {
+                // Consuming input also notices a connection that the server closed; with database.listen it
+                // collects NOTIFYs too.
                 if (conn_ && Ledger(*conn_).drain_notifications() > 0)
                     refresh_ = true;
                 if (conn_ && (refresh_ || now >= next_poll_)) {
@@ -714,7 +886,8 @@ int Daemon::run() {
                     process_markers(now);  // pending markers: requested elsewhere, retries after backoff, a take-over
                 }
             } catch (const common::DbError& e) {
-                spdlog::error("ledger query failed: {}", e.what());
+                if (!drop_if_unavailable(e))
+                    spdlog::error("ledger query failed: {}", e.what());
                 next_poll_ = now + cfg_->database.poll_interval;
                 refresh_ = false;
             } catch (const Failure& e) {
@@ -731,7 +904,8 @@ int Daemon::run() {
                 act(d, now);
                 verify_recovery(monotonic_ms());
             } catch (const common::DbError& e) {
-                spdlog::error("ledger write failed: {}", e.what());
+                if (!drop_if_unavailable(e))
+                    spdlog::error("ledger write failed: {}", e.what());
             } catch (const Failure& e) {
                 drop_db(e.what());
             }
@@ -766,7 +940,8 @@ int Daemon::run() {
     sd_notify(0, "STOPPING=1");
     spdlog::info("stopping (signal received)");
     metrics_.stop();
-    conn_.reset();  // releases leadership at once
+    release_leadership();  // at once: another watcher leads at its next poll, not after leader.ttl
+    conn_.reset();
     if (!cfg_->state_file.empty())
         std::remove(cfg_->state_file.c_str());
     return kExitOk;

@@ -139,7 +139,7 @@ void CheckTracker::reconfigure(std::shared_ptr<const CheckConfig> cfg) {
  * Hysteresis is the point: a check that fails once in a while must neither page anyone nor roll a release back,
  * and a check that just recovered must prove it for success_threshold runs before the release counts as healthy.
  */
-void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
+void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace, bool frozen) {
     if (last_) {
         // Assign member by member: the strings keep their buffers from one result to the next.
         last_->name = r.name;
@@ -150,6 +150,10 @@ void CheckTracker::record(const CheckResult& r, Millis now, bool in_grace) {
         last_ = r;
     }
     last_at_ = now;
+    if (frozen && r.status != CheckStatus::ok) {
+        ++freeze_ignored_;
+        return;
+    }
     if (in_grace && r.status != CheckStatus::ok) {
         ++grace_ignored_;
         return;
@@ -181,6 +185,7 @@ void CheckTracker::reset() {
     state_ = HealthState::ok;
     consecutive_ok_ = consecutive_nonok_ = consecutive_critical_ = 0;
     grace_ignored_ = 0;
+    freeze_ignored_ = 0;
     std::fill(window_.begin(), window_.end(), Bucket{0, 0});
     oldest_ = 0;
     newest_ = -1;
@@ -239,7 +244,7 @@ const std::string kName = "name", kType = "type", kCritical = "critical", kDryRu
                   kConsecutiveFailures = "consecutive_failures", kConsecutiveSuccesses = "consecutive_successes",
                   kSamples = "samples", kErrorRate = "error_rate", kErrorRateExceeded = "error_rate_exceeded",
                   kGraceIgnored = "grace_ignored", kLast = "last", kStatus = "status", kLatencyMs = "latency_ms",
-                  kDetail = "detail", kAgeMs = "age_ms", kInGrace = "in_grace";
+                  kDetail = "detail", kAgeMs = "age_ms", kInGrace = "in_grace", kFreezeIgnored = "freeze_ignored";
 
 }  // namespace
 
@@ -257,6 +262,7 @@ void CheckTracker::to_json(Millis now, json& j) const {
     set(j[kErrorRate], error_rate(now));
     set(j[kErrorRateExceeded], error_rate_exceeded(now));
     set(j[kGraceIgnored], grace_ignored_);
+    set(j[kFreezeIgnored], freeze_ignored_);
     json& last = j[kLast];
     if (last_) {
         if (!last.is_object())
@@ -348,16 +354,23 @@ bool DecisionEngine::in_grace(const CheckTracker& t, Millis now) const {
     return now < view_.finished_at + t.config().grace_period;
 }
 
+void DecisionEngine::set_frozen(bool frozen) {
+    if (frozen_ && !frozen)
+        for (auto& [name, t] : trackers_)
+            t.reset();
+    frozen_ = frozen;
+}
+
 void DecisionEngine::record(const CheckResult& r, Millis now) {
     auto it = trackers_.find(r.name);
     if (it == trackers_.end())
         return;
-    it->second.record(r, now, in_grace(it->second, now));
+    it->second.record(r, now, in_grace(it->second, now), frozen_);
 }
 
 void DecisionEngine::record(std::size_t index, const CheckResult& r, Millis now) {
     CheckTracker& t = *by_index_.at(index);
-    t.record(r, now, in_grace(t, now));
+    t.record(r, now, in_grace(t, now), frozen_);
 }
 
 /*
@@ -387,6 +400,9 @@ Decision DecisionEngine::evaluate(Millis now) {
         return d;
     };
 
+    if (frozen_)
+        return finish(DecisionKind::none, "database_frozen",
+                      "no writable primary: decisions are frozen until the database is back");
     if (view_.id == 0)
         return finish(DecisionKind::none, "no_deployment", "no deployment in the ledger");
     if (view_.state != "succeeded")

@@ -40,6 +40,8 @@ struct CheckResult {
  * A warning result (command exit 1) never makes a check failing, and breaks a run of critical results.
  * Failures inside the grace period after a deployment are ignored (counted apart); successes count.
  * The error rate is critical results / all results in the sliding window; it means nothing below min_samples.
+ * Failures while the watcher is frozen (no writable primary: watch/freeze.hpp) are held out the same way (counted in
+ * freeze_ignored): a failover must not leave a check failing when the primary is back.
  */
 class CheckTracker {
 public:
@@ -47,7 +49,9 @@ public:
     // Shares the configuration (the engine points every tracker into its one copy of the watcher's configuration).
     explicit CheckTracker(std::shared_ptr<const CheckConfig> cfg) : cfg_(std::move(cfg)) {}
 
-    void record(const CheckResult& r, Millis now, bool in_grace);
+    // held_out: a failure (warning or critical) is counted apart and changes nothing else; true inside the grace
+    // period (grace_ignored) or during a freeze (freeze_ignored, with frozen).
+    void record(const CheckResult& r, Millis now, bool in_grace, bool frozen = false);
     void reset();
     void reconfigure(const CheckConfig& cfg) { reconfigure(std::make_shared<const CheckConfig>(cfg)); }
     void reconfigure(std::shared_ptr<const CheckConfig> cfg);
@@ -62,6 +66,7 @@ public:
     const std::optional<CheckResult>& last() const { return last_; }
     Millis last_at() const { return last_at_; }
     long grace_ignored() const { return grace_ignored_; }
+    long freeze_ignored() const { return freeze_ignored_; }
     nlohmann::json to_json(Millis now) const;
     // to_json into an object made by an earlier call: the same keys, so no allocation but for longer strings (the
     // status document of thousands of checks is written every second).
@@ -78,6 +83,7 @@ private:
     int consecutive_nonok_ = 0;
     int consecutive_critical_ = 0;
     long grace_ignored_ = 0;
+    long freeze_ignored_ = 0;
     std::optional<CheckResult> last_;
     Millis last_at_ = 0;
     // The error-rate window, in buckets of window/120 so that memory stays bounded (about 1 KB per check, allocated
@@ -148,6 +154,12 @@ public:
     void record(const CheckResult& r, Millis now);
     // record the result of the configuration's checks[index] (the daemon's loop: no lookup by name).
     void record(std::size_t index, const CheckResult& r, Millis now);
+    // set_frozen: the watcher cannot reach a writable primary (watch/freeze.hpp). While frozen, failures of every
+    // check are held out of the evidence (an app's own health endpoint fails too while its database fails over) and
+    // evaluate() decides nothing ("database_frozen"). The end of a freeze starts fresh evidence for every check, as a
+    // new deployment does: failures seen in the moments before the loss was noticed belong to the outage too.
+    void set_frozen(bool frozen);
+    bool frozen() const { return frozen_; }
     Decision evaluate(Millis now);
 
     // commit: the caller acted on (or recorded) a rollback/freeze/would_rollback decision: never again for this
@@ -183,6 +195,7 @@ private:
     std::set<std::int64_t> handled_;              // deployments rolled back / frozen / dry-run recorded
     std::set<std::string> failing_app_versions_;  // releases this watcher saw fail
     Millis last_rollback_at_ = 0;
+    bool frozen_ = false;
     std::string last_key_;  // kind/reason/deployment of the previous evaluation
 };
 

@@ -184,6 +184,12 @@ int show_status(const Args& a) {
                   << (st.value("leader", false) ? ", leader" : ", follower")
                   << (st.value("connected", false) ? "" : ", database DOWN")
                   << (st["stale"].get<bool>() ? ", STALE" : "") << "\n";
+        // A failover freeze (watch/freeze.hpp): since when and why, so that "no rollback" is not mistaken for health.
+        if (st.value("frozen", false) && st["freeze"].is_object()) {
+            const json& f = st["freeze"];
+            std::cout << "FROZEN since " << f.value("since", "?") << " (" << f.value("reason", "?")
+                      << "): no writable primary, decisions wait for it: " << f.value("detail", "") << "\n";
+        }
         std::vector<std::vector<std::string>> rows;
         for (const auto& c : st["checks"]) {
             rows.push_back({c.value("name", ""), c.value("type", ""), c.value("state", ""),

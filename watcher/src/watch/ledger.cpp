@@ -120,8 +120,13 @@ DeploymentView Ledger::read_view(Millis now) {
     return v;
 }
 
-bool Ledger::try_lead() {
-    auto v = conn_.query_value("SELECT deploy.try_watcher_leadership()");
+bool Ledger::try_lead(const std::string& holder, Millis ttl) {
+    auto v = conn_.query_value("SELECT deploy.try_watcher_leadership($1, $2::interval)", {holder, interval_param(ttl)});
+    return v && *v == "t";
+}
+
+bool Ledger::release_lead(const std::string& holder) {
+    auto v = conn_.query_value("SELECT deploy.release_watcher_leadership($1)", {holder});
     return v && *v == "t";
 }
 

@@ -1,6 +1,8 @@
 // The watcher's view of the ledger and its writes to it, all through the extension's functions (the watcher's API,
 // extension/sql/80_watcher_api.sql; docs/sql-reference.md), never a deploy.* table, so the ledger's layout can change
-// under a deployed watcher. One session connection: it also LISTENs on pg_deploy and holds the leadership lock.
+// under a deployed watcher. Nothing here relies on the session outliving a transaction (a transaction pooler such as
+// PgBouncer hands each transaction to any server connection): leadership is a lease row renewed every poll, and
+// LISTEN pg_deploy is opt-in (database.listen).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -51,8 +53,11 @@ public:
     // server so that clock skew between hosts does not move the watch window.
     DeploymentView read_view(Millis now);
 
-    // try_lead: deploy.try_watcher_leadership(); true while this connection leads.
-    bool try_lead();
+    // try_lead: deploy.try_watcher_leadership(holder, ttl): takes the leadership lease when it is free or expired,
+    // renews it when holder leads already; false while another watcher holds a live lease.
+    bool try_lead(const std::string& holder, Millis ttl);
+    // release_lead: deploy.release_watcher_leadership(holder); another watcher may lead at its next poll.
+    bool release_lead(const std::string& holder);
     void listen();
     // drain_notifications: consumes input, returns how many pg_deploy notifications arrived (0 when none).
     int drain_notifications();

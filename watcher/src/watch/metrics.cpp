@@ -239,8 +239,14 @@ void watcher_families(PromText& p, const MetricsSnapshot& s) {
         auto it = s.decisions.find(k);
         p.sample("pgdeploy_watch_decisions_total", {{"kind", to_string(k)}}, it == s.decisions.end() ? 0L : it->second);
     }
-    p.family("pgdeploy_watch_leader", "gauge", "1 when this watcher holds the leadership lock.");
+    p.family("pgdeploy_watch_leader", "gauge", "1 while this watcher holds the leadership lease.");
     p.sample("pgdeploy_watch_leader", {}, s.leader ? 1L : 0L);
+    p.family("pgdeploy_watch_frozen", "gauge", "1 while decisions are frozen: no writable primary.");
+    p.sample("pgdeploy_watch_frozen", {}, s.frozen ? 1L : 0L);
+    p.family("pgdeploy_watch_freezes_total", "counter", "Freezes (no writable primary) since the watcher started.");
+    p.sample("pgdeploy_watch_freezes_total", {}, s.freezes);
+    p.family("pgdeploy_watch_frozen_seconds_total", "counter", "Seconds spent frozen since the watcher started.");
+    p.sample("pgdeploy_watch_frozen_seconds_total", {}, static_cast<double>(s.frozen_ms_total) / 1000.0);
     p.family("pgdeploy_watch_database_up", "gauge", "1 when the watcher's database connection is up.");
     p.sample("pgdeploy_watch_database_up", {}, s.database_up ? 1L : 0L);
     if (s.pending_migrations >= 0) {

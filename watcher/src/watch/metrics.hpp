@@ -67,6 +67,9 @@ struct MetricsSnapshot {
     bool leader = false;
     bool database_up = false;
     int pending_migrations = -1;  // -1: not known yet (no gauge)
+    bool frozen = false;          // no writable primary: decisions frozen (watch/freeze.hpp)
+    long freezes = 0;             // freezes since start
+    Millis frozen_ms_total = 0;   // time frozen since start, the current freeze included
 };
 
 // prometheus_text: the /metrics document (docs/pgdeploy.md, "Metrics").
