@@ -162,10 +162,10 @@ void run_statement(Connection& conn, const json& step, const std::string& label,
  */
 class DeployLease {
 public:
-    DeployLease(Connection& conn, std::string holder, const std::string& operation)
-        : conn_(conn), holder_(std::move(holder)), last_(std::chrono::steady_clock::now()) {
+    DeployLease(Connection& conn, std::string holder, const std::string& operation, long long ttl_ms)
+        : conn_(conn), holder_(std::move(holder)), ttl_ms_(ttl_ms), last_(std::chrono::steady_clock::now()) {
         conn.exec("SELECT deploy.acquire_deploy_lease($1, $2, $3::pg_catalog.interval)",
-                  {holder_, operation, std::to_string(kTtlMs) + " milliseconds"});
+                  {holder_, operation, std::to_string(ttl_ms_) + " milliseconds"});
     }
     ~DeployLease() {
         try {
@@ -180,11 +180,11 @@ public:
 
     // renew_if_due: false when the lease was lost (it expired and another client took it): stop.
     bool renew_if_due() {
-        if (elapsed_ms(last_) < kTtlMs / 3.0)
+        if (elapsed_ms(last_) < static_cast<double>(ttl_ms_) / 3.0)
             return true;
         try {
             auto held = renewer().query_value("SELECT deploy.renew_deploy_lease($1, $2::pg_catalog.interval)",
-                                              {holder_, std::to_string(kTtlMs) + " milliseconds"});
+                                              {holder_, std::to_string(ttl_ms_) + " milliseconds"});
             last_ = std::chrono::steady_clock::now();
             if (held.value_or("f") != "t") {
                 spdlog::error("the deploy lease of \"{}\" expired and was taken over: stopping", holder_);
@@ -200,10 +200,6 @@ public:
     }
 
 private:
-    // Short enough that a killed client holds up the next run by less than pg_deploy.lock_wait (10 s), which waits
-    // for it; long enough to ride out a renewal that is late by a few seconds.
-    static constexpr long long kTtlMs = 8000;
-
     Connection& renewer() {
         if (!renewer_)
             renewer_.emplace(Connection::connect_with(conn_.sibling_settings("pgdeploy-lease", 5)));
@@ -212,6 +208,7 @@ private:
 
     Connection& conn_;
     std::string holder_;
+    long long ttl_ms_;
     std::optional<Connection> renewer_;
     std::chrono::steady_clock::time_point last_;
 };
@@ -321,7 +318,7 @@ json run_steps(Connection& conn, const json& awaiting, const StepOptions& option
     if (deployment.is_number_integer())
         dep_param = std::to_string(deployment.get<long long>());
     const std::string& holder = options.holder;
-    DeployLease lease(conn, holder, options.operation);
+    DeployLease lease(conn, holder, options.operation, options.lease_ttl_ms);
     const StepOptions leased = renewing(options, lease);
     return drive_steps(conn, dep_param, leased, steps_log, counter, total_ms);
 }
@@ -338,6 +335,7 @@ json execute_rollback(Connection& conn, std::int64_t marker_id, const std::strin
 StepOptions with_lease_renewal(const StepOptions& options, Connection& conn, std::int64_t marker_id,
                                std::int64_t lease_ms) {
     StepOptions renewing = options;
+    renewing.lease_ttl_ms = std::min<long long>(options.lease_ttl_ms, lease_ms);
     auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
     std::int64_t every_ms = std::max<std::int64_t>(1000, lease_ms / 3);
     renewing.tick = [&conn, options, marker_id, lease_ms, last, every_ms]() {

@@ -15,8 +15,12 @@
 namespace pgdeploy::common {
 
 struct StepOptions {
-    std::string holder;                                // recorded on each checkpoint (deploy.next_step's holder)
-    std::string operation = "pgdeploy up";             // names this client while it holds the deploy lock
+    std::string holder;                     // recorded on each checkpoint (deploy.next_step's holder)
+    std::string operation = "pgdeploy up";  // names this client while it holds the deploy lease
+    // The deploy lease's ttl: short enough that a killed client holds up the next run by less than
+    // pg_deploy.lock_wait (10 s), which waits for it; long enough to ride out a renewal late by a few seconds.
+    // A marker's steps use at most the marker's lease, so whoever may claim the marker may also run its steps.
+    long long lease_ttl_ms = 8000;
     std::function<void(const std::string&)> progress;  // one line per step outcome; may be empty
     // Empty: statements run as they always did. Set: called about every 100 ms while a statement runs and before
     // each step; false cancels the statement and ends run_steps with Cancelled (the step stays running: the next
