@@ -13,9 +13,11 @@
 #include <thread>
 
 #include "cli/args.hpp"
+#include "cli/context.hpp"
 #include "common/connection.hpp"
 #include "common/exit_codes.hpp"
 #include "common/logging.hpp"
+#include "common/wait_primary.hpp"
 #include "common/output.hpp"
 #include "watch/checks.hpp"
 #include "watch/config.hpp"
@@ -38,6 +40,7 @@ struct Args {
     bool help = false;
     std::string log_level;
     common::LockSafety lock;  // once: --lock-timeout, --lock-attempts, --lock-retry-time over rollback.lock_*
+    long long wait_primary_ms = common::kDefaultWaitPrimaryMs;  // once: --wait-primary, else PGDEPLOY_WAIT_PRIMARY
 };
 
 const char* kWatchUsage =
@@ -46,10 +49,11 @@ const char* kWatchUsage =
     "       pgdeploy watch --status --config FILE [--json]      show the running watcher's view (state_file)\n";
 const char* kOnceUsage =
     "usage: pgdeploy once --config FILE [--json] [--log-level LEVEL] [--lock-timeout DURATION] [--lock-attempts N]\n"
-    "                     [--lock-retry-time DURATION]\n";
+    "                     [--lock-retry-time DURATION] [--wait-primary DURATION]\n";
 
 // The lock flags of once, as `pgdeploy up` has them (cli::lock_flags: same syntax, same limits, same messages).
-const char* const kOnceLockFlags[] = {"lock-timeout", "lock-attempts", "lock-retry-time"};
+// --wait-primary rides along: the same parsing, into the same ParsedArgs.
+const char* const kOnceLockFlags[] = {"lock-timeout", "lock-attempts", "lock-retry-time", "wait-primary"};
 
 // once_lock_flag: records --lock-* [=]VALUE of once in lock_args; false when s is not one of them.
 template <typename Value>
@@ -100,6 +104,8 @@ Args parse_args(const std::vector<std::string>& args, bool watch) {
             throw UsageError("unknown argument \"" + s + "\"");
     }
     a.lock = cli::lock_flags(lock_args);
+    if (!watch)
+        a.wait_primary_ms = cli::wait_primary_ms_from(lock_args, std::getenv("PGDEPLOY_WAIT_PRIMARY"));
     if (a.help)
         return a;
     if (a.check_config && a.status)
@@ -233,7 +239,10 @@ int run_once_cycle(const Args& a) {
     common::ConnectOptions opts;
     opts.dsn = cfg.database.dsn;
     opts.application_name = "pgdeploy-once";
-    common::Connection conn = common::Connection::connect(opts);
+    common::WaitOptions wait;
+    wait.deadline_ms = a.wait_primary_ms;
+    wait.command = "pgdeploy once";
+    common::Connection conn = common::connect_waiting(opts, wait);
     conn.require_extension();
 
     std::vector<ExecOutcome> outcomes;
