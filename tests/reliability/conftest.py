@@ -167,6 +167,9 @@ def assert_consistent(db, versions):
     assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1346651472 "
                      "AND objid = 1 AND granted "
                      "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == 0
+    # ... and no live deploy lease of a client that is gone (the resume above released its own).
+    assert db.scalar("SELECT count(*) FROM deploy.leases WHERE name = 'deploy' "
+                     "AND expires_at >= clock_timestamp()") == 0
 
 
 def table_for(version):
