@@ -159,17 +159,21 @@ class HaDatabase:
         return self.ha.node_dsn(node.name, self.name)
 
 
-@pytest.fixture
-def hadb(ha):
+def fresh_db(request, ha):
+    """A new database on the cluster with pg_deploy and ha_side, dropped at the end of the test."""
     ha.wait_ready()
     name = "ha_" + uuid.uuid4().hex[:10]
     ha.create_database(name)
+    request.addfinalizer(lambda: ha.drop_database(name))
     db = HaDatabase(ha, name)
-    db.sql("SET client_min_messages = warning")
     db.sql("CREATE EXTENSION pg_deploy")
     db.sql("CREATE TABLE public.ha_side (version text NOT NULL, n int NOT NULL, at timestamptz DEFAULT now())")
-    yield db
-    ha.drop_database(name)
+    return db
+
+
+@pytest.fixture
+def hadb(request, ha):
+    return fresh_db(request, ha)
 
 
 # ---- commands ---------------------------------------------------------------------------------------------------
@@ -258,18 +262,16 @@ def leftover_locks(db):
     return locks, leases
 
 
-def check_ledger(db, expect, index_names=(), context=""):
-    """expect: {version: (ups, downs)} for every test version; a version is applied iff ups - downs == 1.
-    Checks ha_side against it, deploy.applied against it, nothing running or pending, validate() clean, every
-    index in index_names present once and valid, no deploy lock or lease left behind."""
-    side = side_counts(db)
-    for v, (ups, downs) in expect.items():
-        assert side.get(v, (0, 0)) == (ups, downs), \
-            f"{context}: ha_side for {v}: (ups, downs) = {side.get(v, (0, 0))}, expected {(ups, downs)}; all: {side}"
-    applied = {r[0] for r in db.sql("SELECT version FROM deploy.applied")}
-    want = {v for v, (u, d) in expect.items() if u - d == 1}
-    tracked = {v for v in applied if v in expect}
-    assert tracked == want, f"{context}: deploy.applied has {sorted(applied)}, expected {sorted(want)}"
+def check_ledger(db, side, applied, index_names=(), context=""):
+    """side: {version: (ups, downs)} expected in ha_side for the test versions that write it; applied: the versions
+    deploy.applied must hold (exactly). Also: nothing running or pending, validate() clean, every index in
+    index_names present once and valid, no INVALID index, no deploy lock or live deploy lease left behind."""
+    got = side_counts(db)
+    for v, (ups, downs) in side.items():
+        assert got.get(v, (0, 0)) == (ups, downs), \
+            f"{context}: ha_side for {v}: (ups, downs) = {got.get(v, (0, 0))}, expected {(ups, downs)}; all: {got}"
+    have = sorted(r[0] for r in db.sql("SELECT version FROM deploy.applied"))
+    assert have == sorted(applied), f"{context}: deploy.applied has {have}, expected {sorted(applied)}"
     running = db.sql("SELECT id, kind, state FROM deploy.deployments WHERE state = 'running'")
     assert running == [], f"{context}: deployments still running: {running}"
     cps = db.sql("SELECT version, step, state FROM deploy.checkpoints WHERE state <> 'done'")

@@ -38,7 +38,7 @@ def test_ledger_is_complete_on_every_replica(ha, hadb, tmp_path):
     d = write_dir(tmp_path, tx_migrations(["0001", "0002", "0003"]))
     rc, out, err = run_pgdeploy("up", "--dir", d, "--app-version", "r1", "--dsn", hadb.dsn)
     assert rc == 0, (out, err)
-    check_ledger(hadb, {"0001": (1, 0), "0002": (1, 0), "0003": (1, 0)})
+    check_ledger(hadb, {"0001": (1, 0), "0002": (1, 0), "0003": (1, 0)}, ["0001", "0002", "0003"])
     ha.wait_replicated()
     primary = ha.leader()
     want = {k: hadb.sql(q, dsn=hadb.on_node(primary)) for k, q in LEDGER.items()}
