@@ -75,12 +75,14 @@ def test_nontransactional_step_interrupted(ha, tmp_path, request, kind, timings)
         rc, out, err = run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", db.dsn)
         assert rc == 0, (out, err)
         blocker = psycopg2.connect(db.dsn)
-        blocker.cursor().execute("LOCK TABLE public.items IN SHARE UPDATE EXCLUSIVE MODE")   # CIC waits for it
+        # An open writer: CREATE INDEX CONCURRENTLY commits its (INVALID) index, then waits for this transaction.
+        blocker.cursor().execute("UPDATE public.items SET sku = sku WHERE id = 1")
         try:
             proc = start_pgdeploy("up", "--dir", d, "--app-version", "r1", "--dsn", db.dsn)
             wait_activity(db, "query ILIKE '%%CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'", proc,
                           what="the concurrent build to wait")
             invalid_before = db.scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            assert invalid_before == 1   # the interrupted build leaves an INVALID index behind
             old, t0 = lose_primary(ha, kind)
             rc1, out1, err1 = finish(proc)
         finally:
