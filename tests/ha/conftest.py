@@ -46,7 +46,7 @@ from rig import HaCluster  # noqa: E402
 LONG = os.environ.get("PGDEPLOY_LONG") == "1"
 TRIALS = int(os.environ.get("PGDEPLOY_HA_TRIALS") or (20 if LONG else 1))
 # Cases without a failover are cheap: a few trials even in the default run.
-CHEAP_TRIALS = int(os.environ.get("PGDEPLOY_HA_TRIALS") or (20 if LONG else 3))
+CHEAP_TRIALS = int(os.environ.get("PGDEPLOY_HA_TRIALS") or (20 if LONG else 2))
 SEED = int(os.environ.get("PGDEPLOY_SEED", "20261202"))
 DEPLOY_LOCK_CLASSID = 1346651472
 
@@ -109,6 +109,22 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"per-trial figures: {path}")
 
 
+_cluster = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _cluster:
+        c = _cluster[0]
+        try:
+            text = c.describe() + "\n" + "\n".join(c.events[-20:]) + "\n" + c.logs_tail(25)
+        except Exception as e:   # the report must not fail
+            text = f"(cluster state unavailable: {e})"
+        rep.sections.append(("production-topology rig", text))
+
+
 # ---- the cluster ------------------------------------------------------------------------------------------------
 
 def _missing_tools():
@@ -122,10 +138,12 @@ def ha():
         pytest.skip(f"the production-topology rig needs {', '.join(missing)} (scripts/setup installs them)")
     cluster = HaCluster()
     cluster.start()
+    _cluster.append(cluster)
     print(f"\n[ha] cluster up in {cluster.startup_seconds:.1f} s: {cluster.describe()}")
     try:
         yield cluster
     finally:
+        _cluster.clear()
         cluster.close()
 
 

@@ -137,6 +137,9 @@ class Node:
                     "host all all 127.0.0.1/32 scram-sha-256",
                 ],
                 "basebackup": [{"checkpoint": "fast"}],
+                # a killed primary that cannot be rewound is cloned again instead of staying out
+                "remove_data_directory_on_rewind_failure": True,
+                "remove_data_directory_on_diverged_timelines": True,
             },
             "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
         }

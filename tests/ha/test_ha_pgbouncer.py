@@ -128,6 +128,23 @@ def test_up_nontransactional_through_pgbouncer_under_load(ha, loaded, tmp_path, 
         timings("pgbouncer (transaction mode) + pgbench: up, CREATE INDEX CONCURRENTLY", seconds=elapsed, trial=trial)
 
 
+def test_up_nontransactional_through_a_session_mode_pool(ha, loaded, tmp_path, timings):
+    """The control case: PgBouncer's session-mode pool (one server connection per client for the session)."""
+    files = {**tx_migrations(["0001"]), **cic_migration("0002", "public.pgbench_accounts", "abalance", "ha_abalance_idx")}
+    db, load = loaded()
+    d = write_dir(tmp_path, files)
+    session_dsn = db.ha.bouncer_dsn(db.name, session=True)
+    t0 = time.monotonic()
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--app-version", "r1", "--dsn", session_dsn)
+    elapsed = time.monotonic() - t0
+    assert rc == 0, f"exit {rc}\n{out[-1500:]}\n{err[-2500:]}"
+    assert_load_survived(load)
+    check_ledger(db, {"0001": (1, 0)}, ["0001", "0002"], index_names=["ha_abalance_idx"])
+    rc, out, err = run_pgdeploy("up", "--dir", d, "--dsn", session_dsn)
+    assert rc == 0, f"exit {rc}\n{out[-1500:]}\n{err[-2500:]}"
+    timings("pgbouncer (session mode) + pgbench: up, CREATE INDEX CONCURRENTLY", seconds=elapsed)
+
+
 RELEASE_FILES = {**tx_migrations(["0001"]), **tx_migrations(["0002"]),
                  **cic_migration("0003", "public.pgbench_accounts", "abalance", "ha_abalance_idx")}
 
