@@ -13,7 +13,7 @@ import pytest
 
 from conftest import (TRIALS, check_ledger, cic_migration, finish, fresh_db, run_pgdeploy, start_pgdeploy, tx_migrations,
                       until_ok, write_dir)
-from watch_helpers import HealthServer, hook_entries, watch_config, write_hook
+from watch_helpers import HealthServer, Watcher, hook_entries, watch_config, write_hook
 
 KINDS = ("switchover", "hard_failover")
 
@@ -147,3 +147,62 @@ def test_watcher_rollback_interrupted(ha, tmp_path, request, kind, timings):
         assert entries and entries[-1]["phase"] == "done", entries
         timings(f"watcher rollback (pgdeploy once), {kind}: rollback finished", seconds=elapsed, first_exit=rc1,
                 retries=codes, hook_runs=len([e for e in entries if e["phase"] == "start"]), trial=trial)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_watcher_daemon_rollback_interrupted(ha, tmp_path, request, kind, timings):
+    """The `pgdeploy watch` daemon (multi-host DSN) decides to roll back; the primary is lost while the down script
+    runs. The daemon reconnects to the new primary and finishes the rollback exactly once."""
+    for trial in range(TRIALS):
+        db = fresh_db(request, ha)
+        t = tmp_path / f"t{trial}"
+        t.mkdir()
+        ha.wait_ready(1)
+        d1 = write_dir(t, tx_migrations(["0001"]), name="r1")
+        assert run_pgdeploy("up", "--dir", d1, "--app-version", "r1", "--dsn", db.dsn)[0] == 0
+        d2 = write_dir(t, {**tx_migrations(["0001"]), **tx_migrations(["0002"], down_sleep=3.0)}, name="r2")
+        assert run_pgdeploy("up", "--dir", d2, "--app-version", "r2", "--dsn", db.dsn)[0] == 0
+        dep = db.scalar("SELECT max(id) FROM deploy.deployments WHERE kind = 'up'")
+        health = HealthServer(t / "bad")
+        w = None
+        try:
+            hook, hook_log, _ = write_hook(t, health.bad_file)
+            cfg = watch_config(_Dsn(db.dsn), health, hook, t / "state.json", watcher_id="ha-daemon")
+            w = Watcher(t, cfg)
+            w.wait_ready(leader=True, timeout=30)
+            health.make_unhealthy()
+            wait_activity(db, "wait_event = 'PgSleep'", w.proc, what="the watcher's down script to run")
+            old, t0 = lose_primary(ha, kind)
+            disconnected_seen = None
+            reconnected_at = None
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                st = w.state() or {}
+                if st.get("connected") is False and disconnected_seen is None:
+                    disconnected_seen = time.monotonic()
+                if disconnected_seen is not None and st.get("connected") and reconnected_at is None:
+                    reconnected_at = time.monotonic()
+                try:
+                    if db.ha.sql(db.dsn, "SELECT state FROM deploy.deployments WHERE id = %s",
+                                 (dep,))[0][0] == "rolled_back":
+                        break
+                except psycopg2.Error:
+                    pass
+                assert w.proc.poll() is None, "the watcher exited:\n" + w.log_text()[-4000:]
+                time.sleep(0.1)
+            elapsed = time.monotonic() - t0
+            state = db.scalar("SELECT state FROM deploy.deployments WHERE id = %s", (dep,))
+            assert state == "rolled_back", f"not rolled back {elapsed:.0f} s after the {kind}:\n" + \
+                w.log_text()[-4000:]
+            assert w.stop() == 0, w.log_text()[-3000:]
+        finally:
+            if w is not None:
+                w.close()
+            health.close()
+        check_ledger(db, {"0001": (1, 0), "0002": (1, 1)}, ["0001"], context=f"{kind} trial {trial}")
+        assert db.scalar("SELECT count(*) FROM deploy.events WHERE kind = 'migration_reverted' AND version = '0002'") \
+            == 1
+        assert db.scalar("SELECT count(*) FROM deploy.deployments WHERE kind = 'rollback'") == 1
+        timings(f"watcher daemon rollback, {kind}: rolled back on the new primary", seconds=elapsed,
+                disconnected_for=(round(reconnected_at - disconnected_seen, 2)
+                                  if disconnected_seen and reconnected_at else None), trial=trial)
