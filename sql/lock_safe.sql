@@ -65,12 +65,17 @@ SELECT count(*) AS still_applied FROM deploy.applied WHERE version = '5';
 SELECT deploy.register('6', 'empty', '');
 SELECT (deploy.up())->'applied'->0->>'version' AS applied;
 
--- Top-level steps carry the lock policy: CONCURRENTLY statements run without the short timeout (they never make the
--- application's reads and writes queue), others with the migration's or the setting's timeout.
-SELECT deploy.register('7', 'concurrent', E'CREATE INDEX CONCURRENTLY seen_v ON app.seen (version);\nVACUUM app.seen;',
+-- Top-level steps carry the lock policy: statements that refuse a transaction block run without the short timeout
+-- (the client sends it transaction-locally, never as session state; CONCURRENTLY ones never make the application's
+-- reads and writes queue), others with the migration's or the setting's timeout.
+SELECT deploy.register('7', 'concurrent',
+                       E'CREATE INDEX CONCURRENTLY seen_v ON app.seen (version);\nVACUUM app.seen;\n'
+                       'ALTER TABLE app.seen ADD COLUMN seen_note text;',
                        'DROP INDEX app.seen_v', lock_timeout => '250ms');
 SELECT (deploy.up())->'awaiting_nontransactional'->'version' AS awaiting;
 SELECT s->'statement' AS statement, s->'lock_timeout_ms' AS lock_timeout_ms, s->'lock_retry' AS lock_retry
 FROM deploy.next_step() AS s;
 SELECT deploy.step_done((SELECT id FROM deploy.checkpoints WHERE version = '7' AND step = 1))->'state' AS state;
+SELECT s->'statement' AS statement, s->'lock_timeout_ms' AS lock_timeout_ms FROM deploy.next_step() AS s;
+SELECT deploy.step_done((SELECT id FROM deploy.checkpoints WHERE version = '7' AND step = 2))->'state' AS state;
 SELECT s->'statement' AS statement, s->'lock_timeout_ms' AS lock_timeout_ms FROM deploy.next_step() AS s;

@@ -68,18 +68,7 @@ SELECT deploy.resolve_marker(:m1, 'abandoned', 'by hand') ->> 'state' AS resolve
 SELECT jsonb_array_length(deploy.list_markers(open_only => true)) AS open_markers,
        deploy.list_markers() -> 0 ->> 'state' AS newest_state;
 
--- Leadership: the session lock is re-entrant for its holder and visible in pg_locks.
-SELECT deploy.try_watcher_leadership() AS leads, deploy.try_watcher_leadership() AS still_leads;
-SELECT count(*) AS leader_locks FROM pg_locks
-WHERE locktype = 'advisory' AND classid = 1346651472 AND objid = 2 AND pid = pg_backend_pid();
-SELECT pg_advisory_unlock(1346651472, 2) AND pg_advisory_unlock(1346651472, 2) AS released;
-
--- The session deploy lock: held across transactions until released, named by deploy_lock_holder().
-SELECT deploy.hold_deploy_lock('regress');
-SELECT (deploy.deploy_lock_holder() ->> 'pid')::int = pg_backend_pid() AS held_by_me;
-SELECT deploy.release_deploy_lock() AS released;
-SELECT deploy.deploy_lock_holder() IS NULL AS free;
-SELECT deploy.release_deploy_lock() AS released_again;
+-- Leadership and the deploy lease are rows (sql/leases.sql tests them); here only who may take them.
 
 -- Privileges: a reader may read through the API but neither lead nor hold the deploy lock; a role without grants
 -- may call nothing.
@@ -98,21 +87,22 @@ SELECT count(*) AS held FROM deploy.held_markers('watcher-a');
 SELECT hook_runs, hook_done FROM deploy.marker_context(:m1);
 SELECT jsonb_array_length(deploy.list_markers()) AS markers, deploy.pending_count() AS pending;
 \set VERBOSITY terse
-SELECT deploy.try_watcher_leadership();
+SELECT deploy.try_watcher_leadership('reader');
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.hold_deploy_lock('reader');
+SELECT deploy.acquire_deploy_lease('reader', 'regress');
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.release_deploy_lock();
+SELECT deploy.release_deploy_lease('reader');
 \echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS leases_visible FROM deploy.leases;
 \set VERBOSITY default
 RESET ROLE;
 
 SET ROLE regress_wapi_admin;
 SELECT deployment_id = :rel2 AS is_rel2 FROM deploy.watch_view();
-SELECT deploy.try_watcher_leadership() AS leads;
-SELECT pg_advisory_unlock(1346651472, 2) AS released;
-SELECT deploy.hold_deploy_lock('admin');
-SELECT deploy.release_deploy_lock() AS released;
+SELECT deploy.try_watcher_leadership('admin') AS leads;
+SELECT deploy.release_watcher_leadership('admin') AS released;
+SELECT deploy.acquire_deploy_lease('admin', 'regress') ->> 'holder' AS lease_holder;
+SELECT deploy.release_deploy_lease('admin') AS released;
 RESET ROLE;
 
 SET ROLE regress_wapi_nobody;
@@ -129,11 +119,13 @@ SELECT deploy.list_markers();
 \echo :LAST_ERROR_SQLSTATE
 SELECT deploy.pending_count();
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.try_watcher_leadership();
+SELECT deploy.try_watcher_leadership('nobody');
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.hold_deploy_lock('nobody');
+SELECT deploy.acquire_deploy_lease('nobody', 'regress');
 \echo :LAST_ERROR_SQLSTATE
-SELECT deploy.release_deploy_lock();
+SELECT deploy.release_deploy_lease('nobody');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM deploy.leases;
 \echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY default
 RESET ROLE;

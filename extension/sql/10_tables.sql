@@ -179,6 +179,24 @@ CREATE TABLE deploy.events (
 CREATE INDEX events_deployment_idx ON deploy.events (deployment_id) WHERE deployment_id IS NOT NULL;
 CREATE INDEX events_marker_idx ON deploy.events (marker_id) WHERE marker_id IS NOT NULL;
 
+-- Leases: what must outlive one transaction. Nothing pg_deploy relies on lives in a server session (behind PgBouncer
+-- in transaction mode each transaction may run on another server connection, and a session lock stays behind on a
+-- pooled one). A lease is a row: its holder renews it while working, and anyone may take it over once it expires, so
+-- a dead holder blocks nobody for longer than its ttl.
+--   deploy          held by a client while it runs non-transactional statements at top level (deploy.next_step);
+--                   every deploy operation of another holder waits for it (pg_deploy.lock_wait), then fails 55P03.
+--   watcher_leader  the watcher that decides and acts; the others watch.
+CREATE TABLE deploy.leases (
+    name              text        PRIMARY KEY CHECK (name IN ('deploy', 'watcher_leader')),
+    holder            text        NOT NULL,
+    operation         text,
+    acquired_at       timestamptz NOT NULL,
+    renewed_at        timestamptz NOT NULL,
+    expires_at        timestamptz NOT NULL,
+    pid               integer,    -- the server process of the last renewal (informational: it changes behind a pooler)
+    application_name  text
+);
+
 -- pg_dump keeps the history (the tables are extension members, so it would skip their rows otherwise).
 SELECT pg_catalog.pg_extension_config_dump('deploy.migrations', '');
 SELECT pg_catalog.pg_extension_config_dump('deploy.deployments', '');

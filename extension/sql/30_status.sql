@@ -15,13 +15,29 @@ RETURNS jsonb
 LANGUAGE c STABLE
 AS 'MODULE_PATHNAME', 'pgdeploy_deploy_lock_holder';
 
--- deploy.wait_for_deploy_lock takes the deploy lock for the PL/pgSQL operations (baseline, execute_rollback), as the
--- engine's own functions do: READ COMMITTED only (25000), at most pg_deploy.lock_wait, then 55P03 naming the holder.
--- The lock is re-entrant within a transaction, so calling deploy.rollback()/deploy.up() afterwards is fine.
-CREATE FUNCTION deploy.wait_for_deploy_lock(operation text)
+-- deploy.wait_for_deploy_lock takes the deploy lock for the PL/pgSQL operations (baseline, execute_rollback,
+-- acquire_deploy_lease), as the engine's own functions do: READ COMMITTED only (25000), at most pg_deploy.lock_wait
+-- for the lock and for another holder's live deploy lease (deploy.leases), then 55P03 naming the holder. A caller
+-- passing the lease's own holder is not kept out by it. The lock is re-entrant within a transaction, so calling
+-- deploy.rollback()/deploy.up() afterwards is fine.
+CREATE FUNCTION deploy.wait_for_deploy_lock(operation text, lease_holder text DEFAULT NULL)
 RETURNS void
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pgdeploy_wait_for_deploy_lock';
+
+-- deploy.deployment_interrupted: a deployment left running with nobody working on it (no session holds the deploy
+-- lock, no live deploy lease): its client was cut off, by a failover or a crash. Nothing of it is half-applied (each
+-- migration commits whole; a non-transactional one resumes at its first unfinished step), and the next deploy.up(),
+-- deploy.rollback() or pgdeploy command of the same kind resumes it. deploy.status() shows it as interrupted.
+CREATE FUNCTION deploy.deployment_interrupted(state text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+SELECT state = 'running'
+   AND NOT EXISTS (SELECT 1 FROM deploy.leases l WHERE l.name = 'deploy' AND l.expires_at >= clock_timestamp())
+   AND deploy.deploy_lock_holder() IS NULL
+$fn$;
 
 -- deploy.check_version_arg refuses a NULL or malformed version argument with the contract's SQLSTATEs before it
 -- reaches a query, so a typo reads "invalid version" rather than "unknown version".
@@ -121,9 +137,16 @@ BEGIN
             SELECT jsonb_build_object('id', d.id, 'kind', d.kind, 'state', d.state, 'app_version', d.app_version,
                                       'started_at', d.started_at, 'finished_at', d.finished_at,
                                       'started_by', d.started_by, 'version_before', d.version_before,
-                                      'version_after', d.version_after, 'error', d.error)
+                                      'version_after', d.version_after, 'error', d.error,
+                                      'interrupted', deploy.deployment_interrupted(d.state))
             FROM deploy.deployments d ORDER BY d.id DESC LIMIT 1),
         'lock_holder', deploy.deploy_lock_holder(),
+        'leases', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('lease', l.name, 'holder', l.holder, 'operation', l.operation,
+                                                'acquired_at', l.acquired_at, 'renewed_at', l.renewed_at,
+                                                'expires_at', l.expires_at,
+                                                'expired', l.expires_at < clock_timestamp()) ORDER BY l.name)
+            FROM deploy.leases l), '[]'),
         'open_markers', coalesce((
             SELECT jsonb_agg(jsonb_build_object('id', k.id, 'deployment_id', k.deployment_id, 'state', k.state,
                                                 'reason', k.reason, 'target_version', k.target_version,

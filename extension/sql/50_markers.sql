@@ -308,7 +308,7 @@ BEGIN
         RAISE EXCEPTION 'force must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM deploy.check_input_length('holder', holder);
-    PERFORM deploy.wait_for_deploy_lock('deploy.execute_rollback()');
+    PERFORM deploy.wait_for_deploy_lock('deploy.execute_rollback()', who);
 
     SELECT * INTO m FROM deploy.rollback_markers k WHERE k.id = execute_rollback_begin.marker_id FOR UPDATE;
     IF NOT FOUND THEN

@@ -1,8 +1,9 @@
 -- pg_deploy install script, part 80: the watcher's API. pgdeploy (the watcher, `pgdeploy once` and the CLI) asks the
 -- extension what it needs to know through these functions instead of reading deploy.* tables, so that the ledger's
 -- layout can change under a deployed watcher (docs/sql-reference.md, "The watcher's API"). The read functions are
--- SECURITY INVOKER: they see what the caller's grants let it see, as a direct SELECT did. The lock functions take
--- advisory locks at session level on purpose: their holder is the calling connection (docs/architecture.md, "Locks").
+-- SECURITY INVOKER: they see what the caller's grants let it see, as a direct SELECT did. What must outlive a
+-- transaction (the deploy lease, the watcher's leadership) is a lease row, never session state (docs/architecture.md,
+-- "Locks").
 
 -- deploy.watch_view: the newest up deployment, the release a rollback would return to, and what the watcher's rules
 -- need about both, in one row (all NULL but last_rollback_age_ms when nothing was deployed). Ages come from the
@@ -130,38 +131,163 @@ WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
   AND (target IS NULL OR m.sort_key <= deploy.version_key(target))
 $fn$;
 
--- The locks the watcher and pgdeploy hold at session level (their key and wait live in extension/src/pg/lock.cpp):
--- deploy.try_watcher_leadership: one watcher leads; the leader's connection holds the leadership lock, so leadership
--- ends with that connection (a dead watcher's backend goes, and another one takes over at its next cycle).
--- deploy.hold_deploy_lock: the deploy lock held at session level, for a client that runs statements at top level
--- between deploy.next_step() and deploy.step_done() (CREATE INDEX CONCURRENTLY): the functions take the same lock per
--- transaction, so without it a second client could be handed the same running step. Waits at most
--- pg_deploy.lock_wait in the lock manager, like every deploy operation; the 55P03 error names the holder. A dead
--- client's lock lives exactly as long as its backend. deploy.release_deploy_lock gives it back.
-CREATE FUNCTION deploy.try_watcher_leadership()
-RETURNS boolean
-LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'pgdeploy_try_watcher_leadership';
+-- Leases (deploy.leases, part 10): the deploy lease and the watcher's leadership. One rule takes, renews and takes
+-- over both: deploy.take_lease. A holder renews by taking again; a live lease of another holder is refused; an
+-- expired one is taken over, with a lease_taken_over event naming whom it replaced.
+CREATE FUNCTION deploy.take_lease(lease text, holder text, operation text, ttl interval)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    now_ts  timestamptz := clock_timestamp();
+    old     deploy.leases;
+    taken   deploy.leases;
+BEGIN
+    IF holder IS NULL OR ttl IS NULL THEN
+        RAISE EXCEPTION 'holder and ttl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM deploy.check_input_length('holder', holder);
+    PERFORM deploy.check_input_length('operation', operation);
+    IF ttl <= interval '0' OR ttl > interval '1 day' THEN
+        RAISE EXCEPTION 'ttl must be positive and at most 1 day, not %', ttl USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO old FROM deploy.leases l WHERE l.name = take_lease.lease FOR UPDATE;
+    IF FOUND AND old.holder <> take_lease.holder AND old.expires_at >= now_ts THEN
+        RETURN jsonb_build_object('acquired', false, 'lease', lease, 'holder', old.holder,
+                                  'operation', old.operation, 'expires_at', old.expires_at);
+    END IF;
+    INSERT INTO deploy.leases AS l (name, holder, operation, acquired_at, renewed_at, expires_at, pid,
+                                    application_name)
+    VALUES (lease, holder, operation, now_ts, now_ts, now_ts + ttl, pg_backend_pid(),
+            current_setting('application_name'))
+    ON CONFLICT (name) DO UPDATE
+        SET holder = EXCLUDED.holder, operation = coalesce(EXCLUDED.operation, l.operation),
+            acquired_at = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at >= now_ts THEN l.acquired_at
+                               ELSE EXCLUDED.acquired_at END,
+            renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at, pid = EXCLUDED.pid,
+            application_name = EXCLUDED.application_name
+    RETURNING * INTO taken;
+    IF old.holder IS NOT NULL AND old.holder <> take_lease.holder THEN
+        PERFORM deploy.log_event('lease_taken_over', NULL, NULL, NULL,
+                                 jsonb_build_object('lease', lease, 'holder', holder, 'operation', operation,
+                                                    'previous_holder', old.holder,
+                                                    'previous_operation', old.operation,
+                                                    'expired_at', old.expires_at));
+    END IF;
+    RETURN jsonb_build_object('acquired', true, 'lease', lease, 'holder', taken.holder,
+                              'operation', taken.operation, 'acquired_at', taken.acquired_at,
+                              'expires_at', taken.expires_at,
+                              'took_over', CASE WHEN old.holder IS NOT NULL AND old.holder <> take_lease.holder
+                                                THEN jsonb_build_object('holder', old.holder,
+                                                                        'operation', old.operation,
+                                                                        'expired_at', old.expires_at) END);
+END
+$fn$;
 
-CREATE FUNCTION deploy.hold_deploy_lock(operation text)
-RETURNS void
-LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'pgdeploy_hold_deploy_lock';
-
-CREATE FUNCTION deploy.release_deploy_lock()
+-- deploy.give_up_lease ends a holder's lease (false when it did not hold it: expired and taken over).
+CREATE FUNCTION deploy.give_up_lease(lease text, holder text)
 RETURNS boolean
-LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'pgdeploy_release_deploy_lock';
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF holder IS NULL THEN
+        RAISE EXCEPTION 'holder must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM deploy.leases l WHERE l.name = give_up_lease.lease AND l.holder = give_up_lease.holder;
+    RETURN FOUND;
+END
+$fn$;
+
+-- deploy.acquire_deploy_lease: the deploy lease, for a client that runs statements at top level between
+-- deploy.next_step() and deploy.step_done() (CREATE INDEX CONCURRENTLY): each function call is its own transaction,
+-- so without a lease a second client could be handed the same running step. Waits like every deploy operation (the
+-- deploy lock and another holder's live lease, at most pg_deploy.lock_wait; 55P03 names the holder), then takes the
+-- lease, or renews it when holder already holds it. The holder renews it while it works (deploy.renew_deploy_lease,
+-- from another connection while a statement runs) and gives it back with deploy.release_deploy_lease; a holder that
+-- died blocks the others for at most ttl.
+CREATE FUNCTION deploy.acquire_deploy_lease(holder text, operation text, ttl interval DEFAULT '30 seconds')
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF holder IS NULL THEN
+        RAISE EXCEPTION 'holder must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM deploy.wait_for_deploy_lock(coalesce(operation, 'deploy.acquire_deploy_lease()'), holder);
+    RETURN deploy.take_lease('deploy', holder, operation, ttl);
+END
+$fn$;
+
+-- deploy.renew_deploy_lease: false when holder no longer holds the deploy lease (it expired and was taken over):
+-- the holder must stop. Waits for nothing, so a renewal never queues behind the holder's own work.
+CREATE FUNCTION deploy.renew_deploy_lease(holder text, ttl interval DEFAULT '30 seconds')
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF holder IS NULL OR ttl IS NULL THEN
+        RAISE EXCEPTION 'holder and ttl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF ttl <= interval '0' OR ttl > interval '1 day' THEN
+        RAISE EXCEPTION 'ttl must be positive and at most 1 day, not %', ttl USING ERRCODE = '22023';
+    END IF;
+    UPDATE deploy.leases l
+    SET renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ttl, pid = pg_backend_pid(),
+        application_name = current_setting('application_name')
+    WHERE l.name = 'deploy' AND l.holder = renew_deploy_lease.holder;
+    RETURN FOUND;
+END
+$fn$;
+
+CREATE FUNCTION deploy.release_deploy_lease(holder text)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT deploy.give_up_lease('deploy', holder) $fn$;
+
+-- deploy.try_watcher_leadership: one watcher leads. It calls this on every cycle: true while it leads (taken when
+-- free or expired, renewed when its own), false while another watcher's lease is live. A leader that stops
+-- renewing (dead, cut off by a failover) loses leadership when its ttl runs out.
+CREATE FUNCTION deploy.try_watcher_leadership(holder text, ttl interval DEFAULT '15 seconds')
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN (deploy.take_lease('watcher_leader', holder, 'watcher', ttl) ->> 'acquired')::boolean;
+END
+$fn$;
+
+CREATE FUNCTION deploy.release_watcher_leadership(holder text)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT deploy.give_up_lease('watcher_leader', holder) $fn$;
 
 REVOKE ALL ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
     deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text),
-    deploy.try_watcher_leadership(), deploy.hold_deploy_lock(text), deploy.release_deploy_lock()
+    deploy.take_lease(text, text, text, interval), deploy.give_up_lease(text, text),
+    deploy.acquire_deploy_lease(text, text, interval), deploy.renew_deploy_lease(text, interval),
+    deploy.release_deploy_lease(text), deploy.try_watcher_leadership(text, interval),
+    deploy.release_watcher_leadership(text)
 FROM PUBLIC;
 
 -- What the watcher reads, a reader (a monitoring role, a dashboard) may read too: the same rows it could SELECT.
 GRANT EXECUTE ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
     deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text)
 TO deploy_reader, deploy_admin;
--- Leading and holding the deploy lock are an administrator's.
-GRANT EXECUTE ON FUNCTION deploy.try_watcher_leadership(), deploy.hold_deploy_lock(text), deploy.release_deploy_lock()
+-- Leading and holding the deploy lease are an administrator's (deploy.take_lease and deploy.give_up_lease are granted
+-- to nobody: the functions above call them as the owner).
+GRANT EXECUTE ON FUNCTION deploy.acquire_deploy_lease(text, text, interval), deploy.renew_deploy_lease(text, interval),
+    deploy.release_deploy_lease(text), deploy.try_watcher_leadership(text, interval),
+    deploy.release_watcher_leadership(text)
 TO deploy_admin;

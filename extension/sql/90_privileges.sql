@@ -18,7 +18,7 @@ REVOKE ALL ON ALL ROUTINES IN SCHEMA deploy FROM PUBLIC;
 -- Readers: the ledger, but no SQL bodies (up/down/verify SQL and checkpoint statements may embed secrets or data,
 -- and readers include monitoring) and no error detail, context or hook output (they quote values): column grants
 -- leave them out.
-GRANT SELECT ON deploy.archived, deploy.ledger_stats TO deploy_reader;
+GRANT SELECT ON deploy.archived, deploy.ledger_stats, deploy.leases TO deploy_reader;
 GRANT SELECT (id, kind, app_version, state, started_at, finished_at, started_by, version_before, version_after,
               reverts, rolled_back_by, error, metadata)
     ON deploy.deployments TO deploy_reader;
@@ -46,6 +46,7 @@ GRANT EXECUTE ON FUNCTION
     deploy.validate(),
     deploy.rollback_eligibility(bigint),
     deploy.deploy_lock_holder(),
+    deploy.deployment_interrupted(text),
     deploy.check_version_arg(text, text),
     deploy.newest_revertible_deployment(),
     deploy.marker_is_open(text),

@@ -24,7 +24,7 @@ struct Limit {
 // Characters, not bytes. JSON arguments (metadata, details) are measured as their text.
 constexpr Limit kLimits[] = {
     {"reason", 1000}, {"note", 1000},      {"app_version", 200}, {"holder", 200},    {"name", 200},
-    {"kind", 64},     {"metadata", 65536}, {"details", 65536},   {"resolution", 64},
+    {"kind", 64},     {"metadata", 65536}, {"details", 65536},   {"resolution", 64}, {"operation", 200},
 };
 
 int limit_of(const std::string& argument) {

@@ -1,7 +1,13 @@
 // pg_deploy: the deploy lock — one deploy operation at a time per database (docs/architecture.md, "Locks"). The one
-// implementation: the engine's operations call acquire_deploy_lock(); deploy.baseline and deploy.execute_rollback take
-// it through deploy.wait_for_deploy_lock(), and deploy.status() names the holder through deploy.deploy_lock_holder().
+// implementation: the engine's operations call acquire_deploy_lock(); deploy.baseline, deploy.execute_rollback and
+// deploy.acquire_deploy_lease take it through deploy.wait_for_deploy_lock(), and deploy.status() names the holder
+// through deploy.deploy_lock_holder(). The lock is transaction-scoped; what must outlive a transaction (a client
+// running statements at top level) is the deploy lease (deploy.leases), which the lock's wait honours.
+#include <algorithm>
+#include <optional>
 #include <string>
+
+#include "pg_deploy/pg/lock_retry.hpp"
 
 #include "pg_deploy/errors.hpp"
 #include "pg_deploy/pg/engine.hpp"
@@ -17,11 +23,11 @@ namespace pgdeploy {
 
 namespace {
 
-bool try_lock_now(LockScope scope, int key) {
+bool try_lock_now() {
     bool got = false;
     pg_guard([&] {
-        PGFunction fn = scope == LockScope::transaction ? pg_try_advisory_xact_lock_int4 : pg_try_advisory_lock_int4;
-        got = DatumGetBool(DirectFunctionCall2(fn, Int32GetDatum(kLockClassKey), Int32GetDatum(key)));
+        got = DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4, Int32GetDatum(kLockClassKey),
+                                               Int32GetDatum(kDeployLockKey)));
     });
     return got;
 }
@@ -32,7 +38,7 @@ bool try_lock_now(LockScope scope, int key) {
  * moment the holder commits. The wait runs in a subtransaction so a timeout can be caught and explained; on success
  * the subtransaction is released and the lock passes to the enclosing transaction.
  */
-bool wait_for_lock(int wait_ms, LockScope scope) {
+bool wait_for_lock(int wait_ms) {
     bool acquired = false;
     try {
         in_subtransaction([&] {
@@ -42,9 +48,8 @@ bool wait_for_lock(int wait_ms, LockScope scope) {
                 int nest = NewGUCNestLevel();
                 (void)set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
                                         false);
-                DirectFunctionCall2(
-                    scope == LockScope::transaction ? pg_advisory_xact_lock_int4 : pg_advisory_lock_int4,
-                    Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey));
+                DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(kLockClassKey),
+                                    Int32GetDatum(kDeployLockKey));
                 AtEOXact_GUC(true, nest);
             });
         });
@@ -115,41 +120,86 @@ Datum deploy_lock_holder_impl(FunctionCallInfo fcinfo) {
 // (deploy.baseline, deploy.execute_rollback's first step). Granted to nobody: they call it as the owner.
 Datum wait_for_deploy_lock_impl(FunctionCallInfo fcinfo) {
     std::string operation = required_text_arg(fcinfo, 0, "operation");
+    std::optional<std::string> lease_holder = opt_text_arg(fcinfo, 1);
     {
         SpiSession spi;
-        acquire_deploy_lock(operation.c_str());
+        acquire_deploy_lock(operation.c_str(), lease_holder);
         spi.finish();
     }
     PG_RETURN_VOID();
 }
 
-// hold_deploy_lock_impl: deploy.hold_deploy_lock(operation), the deploy lock at session level for a client that runs
-// statements at top level between deploy.next_step() and deploy.step_done(); the same bounded wait and error.
-Datum hold_deploy_lock_impl(FunctionCallInfo fcinfo) {
-    std::string operation = PG_ARGISNULL(0) ? std::string("pg_deploy") : text_arg(fcinfo, 0);
-    {
-        SpiSession spi;
-        acquire_deploy_lock(operation.c_str(), LockScope::session);
-        spi.finish();
+// A live deploy lease of another holder than the caller's (deploy.leases).
+struct ForeignLease {
+    std::string holder, operation, expires_at, application_name;
+    int64_t expires_in_ms = 0;
+};
+
+std::optional<ForeignLease> foreign_lease(const std::optional<std::string>& lease_holder) {
+    Rows r = run_query(
+        "SELECT l.holder, coalesce(l.operation, ''), l.expires_at::text, coalesce(l.application_name, ''), "
+        "(extract(epoch FROM l.expires_at - pg_catalog.clock_timestamp()) * 1000)::bigint "
+        "FROM deploy.leases l WHERE l.name = 'deploy' AND l.expires_at >= pg_catalog.clock_timestamp() "
+        "AND l.holder IS DISTINCT FROM $1",
+        {TEXTOID}, {lease_holder ? p_text(*lease_holder) : Param{}});
+    if (r.empty())
+        return std::nullopt;
+    const Row& l = r.front();
+    return ForeignLease{l[0].value_or(""), l[1].value_or(""), l[2].value_or(""), l[3].value_or(""),
+                        l[4] ? cell_int8(l[4]) : 0};
+}
+
+DeployError lease_held(const char* operation, const ForeignLease& lease, int waited_ms) {
+    return DeployError(sqlstate::lock_not_available,
+                       std::string("deploy lease is held by \"") + lease.holder + "\"" +
+                           (lease.operation.empty() ? "" : " (" + lease.operation + ")") + ": " + operation +
+                           " gave up after pg_deploy.lock_wait",
+                       "The holder runs statements at top level (application_name \"" + lease.application_name +
+                           "\"); its lease expires at " + lease.expires_at + " unless renewed; waited " +
+                           std::to_string(waited_ms) + " ms",
+                       "Wait for the other deploy operation to finish. A holder that died blocks nobody once its "
+                       "lease expires; deploy.status() shows the lease.");
+}
+
+int elapsed_ms_since(int64_t started_us) {
+    int64_t now = 0;
+    pg_guard([&] { now = GetCurrentTimestamp(); });
+    return static_cast<int>((now - started_us) / 1000);
+}
+
+// wait_for_foreign_lease polls (every 100 ms) while another holder's live lease exists, for at most
+// pg_deploy.lock_wait; then 55P03 naming it. Polls outside the deploy lock, which the holder needs for each step.
+void wait_for_foreign_lease(const char* operation, const std::optional<std::string>& lease_holder, int64_t started_us) {
+    while (std::optional<ForeignLease> lease = foreign_lease(lease_holder)) {
+        int waited = elapsed_ms_since(started_us);
+        if (waited >= lock_wait_ms)
+            throw lease_held(operation, *lease, waited);
+        sleep_ms(std::min<int>({100, lock_wait_ms - waited, static_cast<int>(lease->expires_in_ms) + 1}));
     }
-    PG_RETURN_VOID();
 }
 
-// release_deploy_lock_impl: deploy.release_deploy_lock() gives back what hold_deploy_lock took (false, with
-// PostgreSQL's warning, when this session did not hold it).
-Datum release_deploy_lock_impl(FunctionCallInfo fcinfo) {
-    bool released = false;
-    pg_guard([&] {
-        released = DatumGetBool(
-            DirectFunctionCall2(pg_advisory_unlock_int4, Int32GetDatum(kLockClassKey), Int32GetDatum(kDeployLockKey)));
-    });
-    PG_RETURN_BOOL(released);
-}
+// take_deploy_lock: the transaction-scoped lock, waiting at most wait_ms; then 55P03 naming the session that holds it.
+void take_deploy_lock(const char* operation, int wait_ms) {
+    if (try_lock_now())
+        return;
+    if (wait_ms > 0 && wait_for_lock(wait_ms))
+        return;
 
-// try_watcher_leadership_impl: deploy.try_watcher_leadership(). One watcher leads: its connection holds the
-// leadership lock at session level, so leadership ends with that connection and another watcher takes over.
-Datum try_watcher_leadership_impl(FunctionCallInfo fcinfo) {
-    PG_RETURN_BOOL(try_lock_now(LockScope::session, kLeaderLockKey));
+    std::optional<LockHolder> holder = lock_holder();
+    std::string waited = std::to_string(wait_ms) + " ms";
+    if (!holder) {
+        throw DeployError(sqlstate::lock_not_available,
+                          std::string("could not take the deploy lock for ") + operation +
+                              " within pg_deploy.lock_wait (" + waited + "); it has just been released",
+                          {}, "Retry the operation.");
+    }
+    throw DeployError(sqlstate::lock_not_available,
+                      std::string("deploy lock is held by another session (application_name \"") +
+                          holder->application_name.value_or("") + "\"): " + operation +
+                          " gave up after pg_deploy.lock_wait",
+                      "holder pid " + holder->pid.value_or("?") + ", user " + holder->user.value_or("?") + ", since " +
+                          holder->since.value_or("?") + "; waited " + waited,
+                      "Wait for the other deploy operation to finish, or raise pg_deploy.lock_wait.");
 }
 
 }  // namespace
@@ -169,7 +219,7 @@ bool caller_may_see_activity(Oid caller, Oid holder_role) {
     return may;
 }
 
-void acquire_deploy_lock(const char* operation, LockScope scope) {
+void acquire_deploy_lock(const char* operation, const std::optional<std::string>& lease_holder) {
     // The ledger must be read after the lock is taken. Under REPEATABLE READ or SERIALIZABLE the snapshot predates
     // the lock, so a deploy committed meanwhile would be invisible and could be applied twice: refuse.
     if (IsolationUsesXactSnapshot()) {
@@ -179,32 +229,20 @@ void acquire_deploy_lock(const char* operation, LockScope scope) {
                           "while this one waited.",
                           "Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.");
     }
-    if (try_lock_now(scope, kDeployLockKey))
-        return;
-    if (lock_wait_ms > 0 && wait_for_lock(lock_wait_ms, scope))
-        return;
+    int64_t started_us = 0;
+    pg_guard([&] { started_us = GetCurrentTimestamp(); });
+    wait_for_foreign_lease(operation, lease_holder, started_us);
+    take_deploy_lock(operation, std::max(0, lock_wait_ms - elapsed_ms_since(started_us)));
+    // A lease taken between the wait and the lock (its transaction committed before we got the lock) keeps us out.
+    if (std::optional<ForeignLease> lease = foreign_lease(lease_holder))
+        throw lease_held(operation, *lease, 0);
+}
 
-    std::optional<LockHolder> holder = lock_holder();
-    std::string waited = std::to_string(lock_wait_ms) + " ms";
-    if (!holder) {
-        throw DeployError(sqlstate::lock_not_available,
-                          std::string("could not take the deploy lock for ") + operation +
-                              " within pg_deploy.lock_wait (" + waited + "); it has just been released",
-                          {}, "Retry the operation.");
-    }
-    throw DeployError(sqlstate::lock_not_available,
-                      std::string("deploy lock is held by another session (application_name \"") +
-                          holder->application_name.value_or("") + "\"): " + operation +
-                          " gave up after pg_deploy.lock_wait",
-                      "holder pid " + holder->pid.value_or("?") + ", user " + holder->user.value_or("?") + ", since " +
-                          holder->since.value_or("?") + "; waited " + waited,
-                      "Wait for the other deploy operation to finish, or raise pg_deploy.lock_wait.");
+void acquire_deploy_lock_for_step(const char* operation) {
+    take_deploy_lock(operation, lock_wait_ms);
 }
 
 }  // namespace pgdeploy
 
 PGDEPLOY_SQL_FUNCTION(pgdeploy_deploy_lock_holder, pgdeploy::deploy_lock_holder_impl)
 PGDEPLOY_SQL_FUNCTION(pgdeploy_wait_for_deploy_lock, pgdeploy::wait_for_deploy_lock_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_hold_deploy_lock, pgdeploy::hold_deploy_lock_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_release_deploy_lock, pgdeploy::release_deploy_lock_impl)
-PGDEPLOY_SQL_FUNCTION(pgdeploy_try_watcher_leadership, pgdeploy::try_watcher_leadership_impl)

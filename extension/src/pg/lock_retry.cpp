@@ -194,6 +194,8 @@ int next_backoff_ms(int attempt) {
     return lock_retry_backoff_ms(attempt, draw);
 }
 
+}  // namespace
+
 // sleep_ms waits on the latch, so a cancel or a terminate ends the wait (and the call) at once.
 void sleep_ms(int ms) {
     pg_guard([&] {
@@ -209,18 +211,16 @@ void sleep_ms(int ms) {
     });
 }
 
-}  // namespace
-
 int effective_lock_timeout_ms(const std::optional<int>& migration_ms) {
     return migration_ms.value_or(lock_timeout_ms);
 }
 
 Json top_level_lock_policy(const std::string& statement, const std::optional<int>& migration_ms) {
-    bool concurrent = false;
+    bool refuses_transaction = false;
     for (const SqlStatement& st : parse_sql(statement, "step"))
-        concurrent = concurrent || st.non_transactional.find("CONCURRENTLY") != std::string::npos;
+        refuses_transaction = refuses_transaction || !st.non_transactional.empty();
     int ms = effective_lock_timeout_ms(migration_ms);
-    return Json{{"lock_timeout_ms", concurrent || ms <= 0 ? Json(nullptr) : Json(ms)},
+    return Json{{"lock_timeout_ms", refuses_transaction || ms <= 0 ? Json(nullptr) : Json(ms)},
                 {"lock_retry", Json{{"attempts", lock_attempts}, {"time_ms", lock_retry_time_ms}}}};
 }
 

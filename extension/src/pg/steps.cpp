@@ -239,6 +239,21 @@ std::string step_label(int64_t step_id) {
 }
 
 /*
+ * refuse_if_still_running: a step handed out before (its client died, or its deploy lease expired) whose statement
+ * a live backend is still executing (the server goes on with a statement whose client is gone) is not handed out
+ * again: a second copy would race the first. pg_stat_activity keeps the first track_activity_query_size bytes.
+ */
+void refuse_if_still_running(int64_t step_id, const std::string& statement) {
+    Rows running = run_query(
+        "SELECT a.pid::text FROM pg_catalog.pg_stat_activity a WHERE a.state = 'active' "
+        "AND a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend' "
+        "AND (a.query = $1 OR (pg_catalog.length(a.query) >= 1000 AND pg_catalog.starts_with($1, a.query))) LIMIT 1",
+        {TEXTOID}, {p_text(statement)});
+    if (!running.empty())
+        run_elsewhere(step_id, running.front()[0].value_or("?"), "is still executing its statement");
+}
+
+/*
  * created_index_leftovers: the index a CREATE INDEX CONCURRENTLY builds, on the table as the statement will resolve
  * it (the caller's path). An INVALID one is a failed build's leftover, unless a live backend is still building it
  * (another client runs the step: PD007). A VALID one, for a step a client claimed before, is a build that finished
@@ -368,6 +383,8 @@ std::optional<Json> claim_next_step(const std::optional<int64_t>& deployment_id,
         int64_t step_id = cell_int8(s[0]);
         std::string statement = s[3].value_or("");
         bool claimed_before = s[4].value_or("pending") != "pending";
+        if (s[4].value_or("pending") == "running")
+            refuse_if_still_running(step_id, statement);
         IndexLeftovers leftovers = index_leftovers(step_id, statement, claimed_before);
         run_query(
             "UPDATE deploy.checkpoints SET state = 'running', holder = $2, "
@@ -401,7 +418,7 @@ Datum next_step_impl(FunctionCallInfo fcinfo) {
     std::optional<Json> step;
     {
         SpiSession spi;
-        acquire_deploy_lock("deploy.next_step()");
+        acquire_deploy_lock("deploy.next_step()", holder);
         step = claim_next_step(running_deployment(given), holder);
         spi.finish();
     }
@@ -424,7 +441,7 @@ Datum step_done_impl(FunctionCallInfo fcinfo) {
     Json result;
     {
         SpiSession spi;
-        acquire_deploy_lock("deploy.step_done()");
+        acquire_deploy_lock_for_step("deploy.step_done()");
         StepRow s = load_step(step_id, "done");
         result = complete_step(s, Json::object());
         spi.finish();
@@ -445,7 +462,7 @@ Datum step_failed_impl(FunctionCallInfo fcinfo) {
     Json result;
     {
         SpiSession spi;
-        acquire_deploy_lock("deploy.step_failed()");
+        acquire_deploy_lock_for_step("deploy.step_failed()");
         StepRow s = load_step(step_id, "failed");
         Json error{{"sqlstate", code ? Json(*code) : Json(nullptr)}, {"message", message}};
         run_query(

@@ -222,6 +222,12 @@ void Connection::throw_error(PGresult* res) {
 }
 
 Result Connection::exec(const std::string& sql, const std::vector<Param>& params) {
+    if (!params.empty() && !transaction_settings_.empty() && PQtransactionStatus(conn_.get()) == PQTRANS_IDLE)
+        return exec_under_settings(sql, params);
+    return exec_params(sql, params);
+}
+
+Result Connection::exec_params(const std::string& sql, const std::vector<Param>& params) {
     PGresult* res;
     if (params.empty()) {
         res = PQexec(conn_.get(), sql.c_str());
@@ -237,6 +243,35 @@ Result Connection::exec(const std::string& sql, const std::vector<Param>& params
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
         throw_error(res);
     return Result(res);
+}
+
+/*
+ * Connection::exec_under_settings
+ *		One transaction: BEGIN and the settings (set_config(..., true)), the statement, COMMIT. The settings end
+ *		with the transaction, on the server connection that ran it. A failed statement is rolled back before its
+ *		error is thrown, so the connection is idle again (behind a pooler, a transaction left open keeps its
+ *		server connection).
+ */
+Result Connection::exec_under_settings(const std::string& sql, const std::vector<Param>& params) {
+    std::string settings;
+    std::vector<Param> values;
+    for (const auto& [name, value] : transaction_settings_) {
+        settings += (values.empty() ? "SELECT " : ", ") + std::string("pg_catalog.set_config($") +
+                    std::to_string(values.size() + 1) + ", $" + std::to_string(values.size() + 2) + ", true)";
+        values.emplace_back(name);
+        values.emplace_back(value);
+    }
+    exec_params("BEGIN", {});
+    try {
+        exec_params(settings, values);
+        Result result = exec_params(sql, params);
+        exec_params("COMMIT", {});
+        return result;
+    } catch (...) {
+        if (ok() && PQtransactionStatus(conn_.get()) != PQTRANS_IDLE)
+            PQclear(PQexec(conn_.get(), "ROLLBACK"));
+        throw;
+    }
 }
 
 /*

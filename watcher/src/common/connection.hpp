@@ -126,6 +126,13 @@ public:
     // set_notice_handler: see NoticeHandler; an empty function restores the default.
     void set_notice_handler(NoticeHandler handler) { *notices_ = std::move(handler); }
 
+    // set_transaction_settings: settings (name, value) that every statement with parameters on this connection runs
+    // under, transaction-locally: BEGIN, set_config(name, value, true), the statement, COMMIT (ROLLBACK when it
+    // fails), when no transaction is open. Never a session SET: behind PgBouncer in transaction mode a session
+    // setting stays on a pooled server connection and reaches other clients. Statements without parameters (a
+    // step's own SQL, which may refuse a transaction block) run as they are.
+    void set_transaction_settings(ConnectSettings settings) { transaction_settings_ = std::move(settings); }
+
     // backend_pid: the server process of this session (pg_stat_activity.pid).
     int backend_pid() const { return PQbackendPID(conn_.get()); }
 
@@ -137,11 +144,14 @@ private:
     static Connection open(const std::vector<const char*>& keys, const std::vector<const char*>& values,
                            bool expand_dbname);
     [[noreturn]] void throw_error(PGresult* res);
+    Result exec_params(const std::string& sql, const std::vector<Param>& params);
+    Result exec_under_settings(const std::string& sql, const std::vector<Param>& params);
 
     // On the heap, so that libpq's pointer to it survives moves of the Connection; declared first, so destroyed
     // after the PGconn.
     std::unique_ptr<NoticeHandler> notices_;
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+    ConnectSettings transaction_settings_;
 };
 
 // The oldest extension version this pgdeploy can drive (require_extension()).

@@ -11,19 +11,6 @@ using nlohmann::json;
 
 namespace {
 
-void apply_one(Connection& conn, const char* name, const std::optional<long long>& value, const char* unit,
-               bool reset_unset) {
-    if (value) {
-        conn.exec("SELECT pg_catalog.set_config($1, $2, false)", {std::string(name), std::to_string(*value) + unit});
-    } else if (reset_unset) {
-        // Through pg_settings, so that a setting this server does not know (an older extension) is no error.
-        conn.exec(
-            "SELECT pg_catalog.set_config(s.name, s.reset_val, false) FROM pg_catalog.pg_settings s "
-            "WHERE s.name OPERATOR(pg_catalog.=) $1",
-            {std::string(name)});
-    }
-}
-
 std::string text_of(const json& obj, const char* key) {
     if (!obj.is_object() || !obj.contains(key) || obj[key].is_null())
         return "";
@@ -39,11 +26,17 @@ std::string age_text(double ms) {
 
 }  // namespace
 
-void apply_lock_safety(Connection& conn, const LockSafety& settings, bool reset_unset) {
-    apply_one(conn, "pg_deploy.lock_wait", settings.lock_wait_ms, "ms", reset_unset);
-    apply_one(conn, "pg_deploy.lock_timeout", settings.lock_timeout_ms, "ms", reset_unset);
-    apply_one(conn, "pg_deploy.lock_attempts", settings.lock_attempts, "", reset_unset);
-    apply_one(conn, "pg_deploy.lock_retry_time", settings.lock_retry_time_ms, "ms", reset_unset);
+void apply_lock_safety(Connection& conn, const LockSafety& settings) {
+    ConnectSettings values;
+    auto add = [&values](const char* name, const std::optional<long long>& value, const char* unit) {
+        if (value)
+            values.emplace_back(name, std::to_string(*value) + unit);
+    };
+    add("pg_deploy.lock_wait", settings.lock_wait_ms, "ms");
+    add("pg_deploy.lock_timeout", settings.lock_timeout_ms, "ms");
+    add("pg_deploy.lock_attempts", settings.lock_attempts, "");
+    add("pg_deploy.lock_retry_time", settings.lock_retry_time_ms, "ms");
+    conn.set_transaction_settings(std::move(values));
 }
 
 std::string describe_lock(const json& lock) {

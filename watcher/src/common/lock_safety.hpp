@@ -36,11 +36,11 @@ struct LockSafety {
     bool empty() const { return !lock_wait_ms && !lock_timeout_ms && !lock_attempts && !lock_retry_time_ms; }
 };
 
-// apply_lock_safety: sets the given settings for the session (set_config, not SET LOCAL: they must outlive the
-// transactions of the calls that read them). reset_unset: an unset one goes back to its session default, for a
-// connection that outlives a configuration (the watcher's, across reloads); without it, unset ones are not touched,
-// so a command without these flags sends nothing (and works with an extension that predates them).
-void apply_lock_safety(Connection& conn, const LockSafety& settings, bool reset_unset = false);
+// apply_lock_safety: the calls made on conn from now on run under the given settings, each in its own transaction
+// (Connection::set_transaction_settings: never a session SET, which a transaction pooler would leak to other
+// clients). Unset ones are not sent, so a command without these flags sends nothing (and works with an extension
+// that predates them); calling it again replaces the previous settings (the watcher's, across reloads).
+void apply_lock_safety(Connection& conn, const LockSafety& settings);
 
 // LockRetryBudget: next_step's "lock_retry" ({"attempts", "time_ms"}): how often and how long a statement is tried
 // (time_ms 0: no time limit).

@@ -247,9 +247,8 @@ void ProgressMonitor::run() {
 json ProgressMonitor::sample() {
     if (!conn_) {
         conn_.emplace(Connection::connect_with(settings_));
-        conn_->exec(
-            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), "
-            "pg_catalog.set_config('statement_timeout', '5s', false)");
+        // Per sample, transaction-locally: a session SET would stay behind on a pooler's server connection.
+        conn_->set_transaction_settings({{"search_path", "pg_catalog, pg_temp"}, {"statement_timeout", "5s"}});
     }
     return conn_->query_json(kSampleQuery, {std::to_string(pid_)});
 }

@@ -57,31 +57,15 @@ double jitter() {
 }
 
 /*
- * ScopedLockTimeout
- *		The session's lock_timeout for one statement: set before it, the previous value restored after it, also
- *		when it failed (autocommit: nothing is left aborted that would refuse the restore).
+ * with_lock_timeout
+ *		The statement preceded by a transaction-local lock_timeout in one simple query: PostgreSQL runs the two
+ *as one implicit transaction, so the setting ends with the statement, on the same server connection, also behind
+ *PgBouncer in transaction mode (a session SET would stay behind on a pooled server connection, and apply to whichever
+ *client gets it next). next_step hands a lock timeout only to statements that may run in a transaction block.
  */
-class ScopedLockTimeout {
-public:
-    ScopedLockTimeout(Connection& conn, long long ms) : conn_(conn) {
-        previous_ = conn.query_value("SELECT pg_catalog.current_setting('lock_timeout')").value_or("0");
-        conn.exec("SELECT pg_catalog.set_config('lock_timeout', $1, false)", {std::to_string(ms) + "ms"});
-    }
-    ~ScopedLockTimeout() {
-        try {
-            if (conn_.ok())
-                conn_.exec("SELECT pg_catalog.set_config('lock_timeout', $1, false)", {previous_});
-        } catch (const std::exception& e) {
-            spdlog::debug("cannot restore lock_timeout: {}", e.what());
-        }
-    }
-    ScopedLockTimeout(const ScopedLockTimeout&) = delete;
-    ScopedLockTimeout& operator=(const ScopedLockTimeout&) = delete;
-
-private:
-    Connection& conn_;
-    std::string previous_;
-};
+std::string with_lock_timeout(const std::string& sql, long long ms) {
+    return "SELECT pg_catalog.set_config('lock_timeout', '" + std::to_string(ms) + "ms', true);\n" + sql;
+}
 
 // poll_for: sample often enough to see the blocker before a lock timeout of ms fires.
 std::chrono::milliseconds poll_for(long long ms) {
@@ -146,8 +130,7 @@ void run_statement(Connection& conn, const json& step, const std::string& label,
     for (int attempt = 1;; ++attempt) {
         try {
             auto watching = watched(options, label, poll_for(timeout));
-            ScopedLockTimeout limit(conn, timeout);
-            exec_statement(conn, sql, options);
+            exec_statement(conn, with_lock_timeout(sql, timeout), options);
             return;
         } catch (const DbError& e) {
             if (e.sqlstate() != "55P03")
@@ -169,33 +152,76 @@ void run_statement(Connection& conn, const json& step, const std::string& label,
 }
 
 /*
- * SessionDeployLock
- *		Holds the deploy lock at session level while this client runs top-level statements
- *(deploy.hold_deploy_lock: the extension owns the lock's key, its bounded wait and the error naming the holder). The
- *extension's functions take the same lock per transaction, so between next_step() and step_done() nothing else would
- *keep a second `pgdeploy up` from being handed the same running step and starting a duplicate concurrent build. The
- *same session may still call deploy.* (advisory locks are re-entrant per session). If this process dies, the lock lives
- *exactly as long as its backend: while the statement still runs, nobody else starts it again.
+ * DeployLease
+ *		The deploy lease (deploy.acquire_deploy_lease) while this client runs statements at top level: between
+ *		next_step() and step_done() no transaction holds the deploy lock, and the lease keeps every other deploy
+ *		operation out (a second `pgdeploy up` would otherwise be handed the same running step). It is a row, not
+ *		session state, so it works behind PgBouncer in transaction mode. renew_if_due() renews it every third of
+ *		its ttl, from a connection of its own (the statement keeps this one busy); a client that dies blocks the
+ *		others for at most the ttl, and next_step refuses a step whose statement a backend still executes.
  */
-class SessionDeployLock {
+class DeployLease {
 public:
-    SessionDeployLock(Connection& conn, const std::string& operation) : conn_(conn) {
-        conn.exec("SELECT deploy.hold_deploy_lock($1)", {operation});
+    DeployLease(Connection& conn, std::string holder, const std::string& operation)
+        : conn_(conn), holder_(std::move(holder)), last_(std::chrono::steady_clock::now()) {
+        conn.exec("SELECT deploy.acquire_deploy_lease($1, $2, $3::pg_catalog.interval)",
+                  {holder_, operation, std::to_string(kTtlMs) + " milliseconds"});
     }
-    ~SessionDeployLock() {
+    ~DeployLease() {
         try {
-            if (conn_.ok())
-                conn_.exec("SELECT deploy.release_deploy_lock()");
-        } catch (...) {
-            // The session ends soon anyway, and with it the lock.
+            Connection& c = conn_.ok() ? conn_ : renewer();
+            c.exec("SELECT deploy.release_deploy_lease($1)", {holder_});
+        } catch (const std::exception& e) {
+            spdlog::debug("cannot release the deploy lease (it expires by itself): {}", e.what());
         }
     }
-    SessionDeployLock(const SessionDeployLock&) = delete;
-    SessionDeployLock& operator=(const SessionDeployLock&) = delete;
+    DeployLease(const DeployLease&) = delete;
+    DeployLease& operator=(const DeployLease&) = delete;
+
+    // renew_if_due: false when the lease was lost (it expired and another client took it): stop.
+    bool renew_if_due() {
+        if (elapsed_ms(last_) < kTtlMs / 3.0)
+            return true;
+        try {
+            auto held = renewer().query_value("SELECT deploy.renew_deploy_lease($1, $2::pg_catalog.interval)",
+                                              {holder_, std::to_string(kTtlMs) + " milliseconds"});
+            last_ = std::chrono::steady_clock::now();
+            if (held.value_or("f") != "t") {
+                spdlog::error("the deploy lease of \"{}\" expired and was taken over: stopping", holder_);
+                return false;
+            }
+        } catch (const Failure& e) {
+            // The server may be failing over: the statement's own connection tells; try again next tick.
+            spdlog::warn("cannot renew the deploy lease: {}", e.what());
+            renewer_.reset();
+            last_ = std::chrono::steady_clock::now();
+        }
+        return true;
+    }
 
 private:
+    // Short enough that a killed client holds up the next run by less than pg_deploy.lock_wait (10 s), which waits
+    // for it; long enough to ride out a renewal that is late by a few seconds.
+    static constexpr long long kTtlMs = 8000;
+
+    Connection& renewer() {
+        if (!renewer_)
+            renewer_.emplace(Connection::connect_with(conn_.sibling_settings("pgdeploy-lease", 5)));
+        return *renewer_;
+    }
+
     Connection& conn_;
+    std::string holder_;
+    std::optional<Connection> renewer_;
+    std::chrono::steady_clock::time_point last_;
 };
+
+// renewing: the options with a tick that also renews the lease (false, cancelling the statement, once it is lost).
+StepOptions renewing(const StepOptions& options, DeployLease& lease) {
+    StepOptions out = options;
+    out.tick = [&lease, tick = options.tick]() { return lease.renew_if_due() && (!tick || tick()); };
+    return out;
+}
 
 }  // namespace
 
@@ -217,22 +243,11 @@ LockRetryBudget step_retry_budget(const json& step) {
     return budget;
 }
 
-/*
- * run_steps
- *		The client half of a non-transactional script: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
- *		friends inside a function, so the extension hands out one statement at a time and we run it at top
- *		level on this connection (autocommit). Cleanup statements come first: on a resume they remove what a
- *		failed attempt left behind (an INVALID index). Returns the failure object, or null when every step is
- *		done.
- */
-json run_steps(Connection& conn, const json& awaiting, const StepOptions& options, json& steps_log,
-               const std::string& counter, double& total_ms) {
-    json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
-    Param dep_param;
-    if (deployment.is_number_integer())
-        dep_param = std::to_string(deployment.get<long long>());
+namespace {
+
+json drive_steps(Connection& conn, const Param& dep_param, const StepOptions& options, json& steps_log,
+                 const std::string& counter, double& total_ms) {
     const std::string& holder = options.holder;
-    SessionDeployLock lock(conn, options.operation);
     while (true) {
         if (options.tick && !options.tick())
             throw Cancelled("stopped between two steps");
@@ -287,6 +302,28 @@ json run_steps(Connection& conn, const json& awaiting, const StepOptions& option
                              {"ok", true},
                              {"duration_ms", ms}});
     }
+}
+
+}  // namespace
+
+/*
+ * run_steps
+ *		The client half of a non-transactional script: PostgreSQL refuses CREATE INDEX CONCURRENTLY and
+ *		friends inside a function, so the extension hands out one statement at a time and we run it at top
+ *		level on this connection (autocommit). Cleanup statements come first: on a resume they remove what a
+ *		failed attempt left behind (an INVALID index). Returns the failure object, or null when every step is
+ *		done.
+ */
+json run_steps(Connection& conn, const json& awaiting, const StepOptions& options, json& steps_log,
+               const std::string& counter, double& total_ms) {
+    json deployment = awaiting.is_object() && awaiting.contains("deployment_id") ? awaiting["deployment_id"] : json();
+    Param dep_param;
+    if (deployment.is_number_integer())
+        dep_param = std::to_string(deployment.get<long long>());
+    const std::string& holder = options.holder;
+    DeployLease lease(conn, holder, options.operation);
+    const StepOptions leased = renewing(options, lease);
+    return drive_steps(conn, dep_param, leased, steps_log, counter, total_ms);
 }
 
 namespace {

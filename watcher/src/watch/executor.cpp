@@ -216,7 +216,7 @@ bool RollbackExecutor::run_hook(const MarkerInfo& m, ExecOutcome& out) {
  * application's locks or rewrites a table says so while it runs.
  */
 bool RollbackExecutor::revert_database(const MarkerInfo& m, ExecOutcome& out) {
-    common::apply_lock_safety(conn_, cfg_.rollback.lock, true);
+    common::apply_lock_safety(conn_, cfg_.rollback.lock);
     common::ProgressMonitor monitor(conn_,
                                     std::make_shared<common::ProgressOutput>(common::ProgressOutput::Mode::kLog));
     auto watching = monitor.watch("marker " + std::to_string(m.id) + ": deploy.execute_rollback()");

@@ -19,9 +19,12 @@ int effective_lock_timeout_ms(const std::optional<int>& migration_ms);
 
 /*
  * top_level_lock_policy is how a client runs a statement of a non-transactional migration at top level
- * (deploy.next_step()): {"lock_timeout_ms": N or null, "lock_retry": {"attempts", "time_ms"}}. CONCURRENTLY
- * statements get none: they take only locks that the application's reads and writes never queue behind, and they
- * must wait for older transactions as PostgreSQL requires; a short timeout would only make them fail and rebuild.
+ * (deploy.next_step()): {"lock_timeout_ms": N or null, "lock_retry": {"attempts", "time_ms"}}. The client sends
+ * the timeout with the statement in one implicit transaction (set_config(..., true)), never as session state,
+ * which a transaction pooler would leak to other clients. So statements that refuse a transaction block get none:
+ * CONCURRENTLY ones take only locks that the application's reads and writes never queue behind, and must wait for
+ * older transactions as PostgreSQL requires (a short timeout would only make them fail and rebuild); the rest
+ * (VACUUM, REINDEX SCHEMA, ALTER SYSTEM, ...) run as PostgreSQL runs them.
  */
 Json top_level_lock_policy(const std::string& statement, const std::optional<int>& migration_ms);
 
@@ -70,5 +73,8 @@ private:
     int backoff_ms_ = 0;
     Json retries_ = Json::array();
 };
+
+// sleep_ms waits on the latch, so a cancel or a terminate ends the wait (and the call) at once.
+void sleep_ms(int ms);
 
 }  // namespace pgdeploy

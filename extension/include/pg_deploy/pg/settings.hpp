@@ -1,6 +1,8 @@
 // pg_deploy: the settings (pg_deploy.*, defined with their defaults in src/pg/settings.cpp) and the deploy lock
 // (src/pg/lock.cpp), whose key lives here only.
 #pragma once
+#include <optional>
+#include <string>
 
 namespace pgdeploy {
 
@@ -16,14 +18,14 @@ extern int lock_retry_time_ms;     // pg_deploy.lock_retry_time: total time for 
 // The deploy advisory lock: class key 'PDEP', key2 1 (docs/architecture.md, "Locks").
 inline constexpr int kLockClassKey = 1346651472;
 inline constexpr int kDeployLockKey = 1;
-inline constexpr int kLeaderLockKey = 2;  // watcher leadership (session level, the leader's connection)
 
-// Transaction-scoped for the engine's operations; session-scoped for a client running steps at top level.
-enum class LockScope { transaction, session };
+// acquire_deploy_lock takes the transaction-scoped deploy lock, waiting at most pg_deploy.lock_wait, also for a live
+// deploy lease (deploy.leases) of another holder than lease_holder; on timeout it throws 55P03 naming the holder. It
+// refuses REPEATABLE READ and SERIALIZABLE (25000): the ledger must be read after the lock is taken.
+void acquire_deploy_lock(const char* operation, const std::optional<std::string>& lease_holder = std::nullopt);
 
-// acquire_deploy_lock takes the transaction-scoped deploy lock, waiting at most pg_deploy.lock_wait; on timeout it
-// throws 55P03 naming the holder. It refuses REPEATABLE READ and SERIALIZABLE (25000): the ledger must be read after
-// the lock is taken.
-void acquire_deploy_lock(const char* operation, LockScope scope = LockScope::transaction);
+// acquire_deploy_lock_for_step: the lock alone, for the report on a step the caller was handed (deploy.step_done,
+// deploy.step_failed): the step's own holder reports it, whoever holds the lease now.
+void acquire_deploy_lock_for_step(const char* operation);
 
 }  // namespace pgdeploy
