@@ -89,6 +89,7 @@ class Node:
         self.log_path = os.path.join(self.dir, "patroni.log")
         self.proc = None
         self.log = None
+        self.rejoined_at = None   # set by HaCluster.rejoin, cleared once it streams
 
     @property
     def rest(self):
@@ -478,7 +479,9 @@ class HaCluster:
 
     def wait_ready(self, replicas=1, timeout=120):
         """Restarts killed nodes (in the background) and waits for a primary with at least `replicas` streaming
-        replicas: what the next failover needs, without waiting for every rejoin."""
+        replicas: what the next failover needs, without waiting for every rejoin. A rejoined node that is still
+        not streaming after REJOIN_GRACE seconds (seen: a killed primary left "starting up as a standby" for good)
+        is re-cloned with `patronictl reinit`."""
         for n in self.nodes:
             if n.proc is None or n.proc.poll() is not None:
                 self.rejoin(n)
@@ -492,9 +495,31 @@ class HaCluster:
                                 "WHERE state = 'streaming'")
             except psycopg2.Error:
                 return False
-            names = {n.name for n in self.nodes}
-            return len([r for r in rows if r[0] in names]) >= replicas
+            streaming = {r[0] for r in rows}
+            for n in self.nodes:
+                if n.name in streaming:
+                    n.rejoined_at = None
+                if n is p or n.rejoined_at is None:
+                    continue
+                if time.monotonic() - n.rejoined_at > self.REJOIN_GRACE:
+                    self.reinit(n)
+            return len([r for r in rows if r[0] in {n.name for n in self.nodes}]) >= replicas
         self.wait_for(ok, timeout, f"a primary with {replicas} streaming replica(s)", interval=0.2)
+
+    REJOIN_GRACE = 40
+
+    def reinit(self, node):
+        try:
+            with open(node.log_path) as f:
+                tail = "".join(line for line in f.readlines()[-200:] if "no action" not in line
+                               and "Lock owner" not in line)[-1500:]
+        except OSError:
+            tail = ""
+        self.events.append(f"{time.strftime('%H:%M:%S')} {node.name} not streaming {self.REJOIN_GRACE} s after its "
+                           f"rejoin: patronictl reinit; its log:\n{tail}")
+        node.rejoined_at = time.monotonic()
+        subprocess.run(as_postgres(["patronictl", "-c", node.config, "reinit", self.scope, node.name, "--force"]),
+                       capture_output=True, text=True, timeout=120, env=clean_env())
 
     def switchover(self):
         """`patronictl switchover` to a replica; returns (old primary, the time the command started)."""
@@ -527,6 +552,7 @@ class HaCluster:
         if node.log:
             node.log.close()
         node.start()
+        node.rejoined_at = time.monotonic()
         self.events.append(f"{time.strftime('%H:%M:%S')} rejoin {node.name}")
 
     # ---- connections --------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ deploy pointed at a replica.
   works on a replica and says it is a standby.
 """
 import re
-import subprocess
 import time
 
 from conftest import (TRIALS, check_ledger, finish, run_pgdeploy, start_pgdeploy, tx_migrations,
