@@ -11,7 +11,9 @@ Fixtures and helpers (keep them general; every e2e suite uses them):
   ``pg.connect(autocommit=True)`` a new psycopg2 connection (closed at teardown); ``pg.snapshot()`` the ledger's
   contents, for "nothing changed" assertions.
 - ``run_pgdeploy(*args, env=None, input=None, timeout=120)`` → (exit code, stdout, stderr). ``env`` adds to (or,
-  with value None, removes from) the current environment.
+  with value None, removes from) the current environment. Unless ``env`` or the environment names it,
+  ``PGDEPLOY_WAIT_PRIMARY=0``: a test that points at a closed port means "server down, exit 3 at once", not "wait
+  for a failover" (tests/e2e/test_cli_failover.py removes it to test the waiting).
 - ``write_migrations(files, subdir="migrations")`` (fixture) writes {relative name: content (str or bytes)} into a
   fresh directory under the test's tmp_path and returns its path as a string.
 - ``free_port()``: a TCP port on 127.0.0.1 where nothing listens.
@@ -183,6 +185,8 @@ def wait_for(fn, timeout=15, interval=0.05, what="condition"):
 def run_pgdeploy(*args, env=None, input=None, timeout=120):
     """Runs the real binary; returns (exit code, stdout, stderr)."""
     full_env = dict(os.environ)
+    if "PGDEPLOY_WAIT_PRIMARY" not in (env or {}):
+        full_env.setdefault("PGDEPLOY_WAIT_PRIMARY", "0")
     for k, v in (env or {}).items():
         if v is None:
             full_env.pop(k, None)

@@ -153,13 +153,15 @@ def test_nothing_granted_to_public(roles):
                aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
         WHERE n.nspname = 'deploy' AND a.grantee = 0""")
     assert rows == []
-    # SECURITY DEFINER only where deploy_admin must write and no user SQL runs; each pins search_path.
+    # SECURITY DEFINER only where deploy_admin must write and no user SQL runs (the marker, event and lease functions);
+    # each pins search_path.
     definers = roles.sql("SELECT p.proname, coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) "
                          "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                          "WHERE n.nspname = 'deploy' AND p.prosecdef ORDER BY 1")
     assert definers == [(name, True) for name in sorted([
-        "baseline", "claim_marker", "fail_marker_attempt", "log_event", "renew_lease", "request_rollback",
-        "resolve_marker", "validate"])]
+        "acquire_deploy_lease", "baseline", "claim_marker", "fail_marker_attempt", "log_event",
+        "release_deploy_lease", "release_watcher_leadership", "renew_deploy_lease", "renew_lease",
+        "request_rollback", "resolve_marker", "try_watcher_leadership", "validate"])]
 
 
 def test_sql_in_names_and_versions_is_inert(pg):

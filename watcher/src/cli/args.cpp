@@ -17,6 +17,9 @@ const std::vector<OptionSpec>& global_options() {
         {"dsn", 0, true, "DSN", "connection string or URI (default: libpq's PG* variables, service file, .pgpass)"},
         {"json", 0, false, "", "print one JSON document on stdout (schema_version 1)"},
         {"log-format", 0, true, "FMT", "log format on stderr: plain (default) or json"},
+        {"wait-primary", 0, true, "DURATION",
+         "during a failover, wait this long for a writable primary (read-only commands: for any server); "
+         "default 60s or PGDEPLOY_WAIT_PRIMARY, 0 = do not wait"},
         {"verbose", 'v', false, "", "debug logging"},
         {"quiet", 'q', false, "", "warnings and errors only on stderr (no progress lines)"},
         {"help", 'h', false, "", "show this help"},

@@ -50,7 +50,8 @@ struct ParsedArgs {
     }
 };
 
-// global_options: --dsn, --json, --log-format, -v/--verbose, -q/--quiet, -h/--help (accepted by every command).
+// global_options: --dsn, --json, --log-format, --wait-primary, -v/--verbose, -q/--quiet, -h/--help (accepted by every
+// command).
 const std::vector<OptionSpec>& global_options();
 
 // parse_args: args exclude "pgdeploy COMMAND". Throws UsageError.

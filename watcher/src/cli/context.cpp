@@ -14,10 +14,24 @@
 
 namespace pgdeploy::cli {
 
+bool Context::read_only_command() const {
+    if (spec == nullptr)
+        return false;
+    const std::string& name = spec->name;
+    if (name == "status" || name == "validate" || name == "verify")
+        return true;
+    return name == "markers" && (args.positionals.empty() || args.positionals[0] == "list");
+}
+
 common::Connection Context::connect() const {
     common::ConnectOptions opts;
     opts.dsn = args.get("dsn").value_or("");
-    auto conn = common::Connection::connect(opts);
+    common::WaitOptions wait;
+    wait.deadline_ms = wait_primary_ms;
+    wait.need_writable = !read_only_command();
+    wait.command = "pgdeploy " + (spec ? spec->name : std::string("command"));
+    wait.report = [this](const std::string& line) { progress(line); };
+    auto conn = common::connect_waiting(opts, wait);
     std::string version = conn.require_extension();
     spdlog::debug("pg_deploy {} in {}", version, conn.describe());
     conn.set_notice_handler([out = output](const common::Notice& n) {
@@ -53,6 +67,48 @@ void Context::progress(const std::string& line) const {
         output->line(line);
 }
 
+long long wait_primary_ms_from(const ParsedArgs& args, const char* env_value) {
+    if (auto v = args.get("wait-primary"))
+        return parse_duration_ms("wait-primary", *v);
+    if (env_value != nullptr && *env_value != '\0') {
+        try {
+            return parse_duration_ms("wait-primary", env_value);
+        } catch (const UsageError&) {
+            throw UsageError(std::string("PGDEPLOY_WAIT_PRIMARY needs a duration like 60s, 500ms, 2min or 0, not \"") +
+                             env_value + "\"");
+        }
+    }
+    return common::kDefaultWaitPrimaryMs;
+}
+
+/*
+ * lost_connection_message
+ *		A write whose connection broke may have committed or not, and the new primary may not have its last
+ *		commits (asynchronous replication): pgdeploy does not redo it on its own. Commands whose target is
+ *		stated (up, load, baseline, down --to, rollback --deployment, markers execute) can simply be run again:
+ *		the ledger skips what is done and non-transactional steps resume from their checkpoints. Commands that
+ *		count from the newest state (down --steps, rollback of the newest deployment, markers request) would do
+ *		one more thing if the first run committed, so the message asks to look first.
+ */
+std::string lost_connection_message(const Context& ctx, const std::string& reason) {
+    std::string name = ctx.spec ? ctx.spec->name : std::string("command");
+    std::string action = name == "markers" && !ctx.args.positionals.empty() ? ctx.args.positionals[0] : "";
+    std::string command = "pgdeploy " + name + (action.empty() ? "" : " " + action);
+    std::string head = reason + " (a failover or a server restart?) while " + command +
+                       " ran; it may or may not have committed, and pgdeploy does not redo a write on its own. ";
+    bool counts_from_newest = (name == "down" && !ctx.args.has("to")) ||
+                              (name == "rollback" && !ctx.args.has("deployment")) ||
+                              (name == "markers" && action == "request");
+    if (counts_from_newest)
+        return head +
+               "Check `pgdeploy status` once a primary is up before running it again: if it committed, "
+               "running it again would " +
+               (name == "markers" ? std::string("request a second rollback") : std::string("revert one more")) + ".";
+    return head +
+           "Running the same command again once a primary is up resumes: applied migrations are skipped "
+           "and non-transactional steps continue from their checkpoints.";
+}
+
 namespace {
 
 void print_failure_text(const std::string& command, const Failure& f) {
@@ -65,6 +121,31 @@ void print_failure_text(const std::string& command, const Failure& f) {
             std::cerr << "DETAIL: " << db->detail() << "\n";
         if (!db->hint().empty())
             std::cerr << "HINT: " << db->hint() << "\n";
+    }
+}
+
+}  // namespace
+
+namespace {
+
+/*
+ * run_body
+ *		A read-only command whose connection breaks (the server it read from went down in a failover) is run
+ *		again from the start: it has printed nothing yet, and its connect() waits for a server within
+ *		--wait-primary. A write command is not redone (lost_connection_message says why and what to do).
+ */
+int run_body(Context& ctx, const std::function<int(Context&)>& body) {
+    constexpr int kMaxRedos = 3;
+    for (int redo = 0;; ++redo) {
+        try {
+            return body(ctx);
+        } catch (const common::ConnectionLost& e) {
+            if (!ctx.read_only_command())
+                throw common::ConnectionLost(lost_connection_message(ctx, e.what()));
+            if (ctx.wait_primary_ms == 0 || redo >= kMaxRedos)
+                throw;
+            ctx.progress(std::string(e.what()) + ": reconnecting to run pgdeploy " + ctx.spec->name + " again");
+        }
     }
 }
 
@@ -104,6 +185,7 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
         reject_together(ctx.args, "verbose", "quiet");
         common::setup_logging(log);
         ctx.quiet = log.quiet;
+        ctx.wait_primary_ms = wait_primary_ms_from(ctx.args, std::getenv("PGDEPLOY_WAIT_PRIMARY"));
         ctx.log_json = log.format == common::LogFormat::kJson;
         using Mode = common::ProgressOutput::Mode;
         ctx.output = std::make_shared<common::ProgressOutput>(ctx.quiet      ? Mode::kSilent
@@ -117,7 +199,7 @@ int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
         return e.exit_code();
     }
     try {
-        return body(ctx);
+        return run_body(ctx, body);
     } catch (const Failure& e) {
         print_failure_text(spec.name, e);
         if (dynamic_cast<const ArgumentError*>(&e))

@@ -11,6 +11,7 @@
 #include "common/connection.hpp"
 #include "common/progress.hpp"
 #include "common/steps.hpp"
+#include "common/wait_primary.hpp"
 
 namespace pgdeploy::cli {
 
@@ -23,9 +24,19 @@ struct Context {
     // Where progress lines go (stderr, the log, or nowhere under --quiet); shared with the progress monitor.
     std::shared_ptr<common::ProgressOutput> output;
 
-    // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8). The
-    // extension's "lock retry" NOTICEs become progress lines while a call runs.
+    // How long connect() waits for a writable primary (or, for read-only commands, for any server) during a
+    // failover: --wait-primary, else PGDEPLOY_WAIT_PRIMARY, else 60 s; 0 = do not wait.
+    long long wait_primary_ms = common::kDefaultWaitPrimaryMs;
+
+    // connect: connection from --dsn (or libpq defaults) with the extension checked (exit 3 / exit 8), after
+    // waiting out a failover (common::connect_waiting): a write command needs a writable primary (exit 9 when it
+    // finds only a read-only standby), a read-only command takes a standby. The extension's "lock retry" NOTICEs
+    // become progress lines while a call runs.
     common::Connection connect() const;
+
+    // read_only_command: the command only reads (status, validate, verify, markers list): it works on a standby
+    // and is run again from the start when its connection is lost.
+    bool read_only_command() const;
 
     // holder: "pgdeploy@HOST:PID", how this process names itself in checkpoints and markers.
     static std::string holder();
@@ -42,6 +53,14 @@ struct Context {
 // to an exit code. body returns the exit code of a completed command.
 int run_command(const CommandSpec& spec, const std::vector<std::string>& args,
                 const std::function<int(Context&)>& body);
+
+// wait_primary_ms_from: the --wait-primary value, else PGDEPLOY_WAIT_PRIMARY (env_value; nullptr when unset), else
+// the default; UsageError naming where a bad value came from.
+long long wait_primary_ms_from(const ParsedArgs& args, const char* env_value);
+
+// lost_connection_message: what a write command says when its connection broke mid-way (a failover): whether
+// running it again resumes, or what to check first.
+std::string lost_connection_message(const Context& ctx, const std::string& reason);
 
 // emit: under --json prints doc + {"command", "exit_code"} (schema_version is always present); otherwise calls
 // human(). Returns exit_code.

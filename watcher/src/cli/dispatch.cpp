@@ -28,9 +28,10 @@ const char* kOverview =
     "  once              one watcher cycle (for a systemd timer)\n"
     "  version           print the version\n"
     "\n"
-    "common options: --dsn DSN, --json, --log-format plain|json, -v/--verbose, -q/--quiet, -h/--help\n"
+    "common options: --dsn DSN, --json, --log-format plain|json, --wait-primary DURATION, -v/--verbose,\n"
+    "                -q/--quiet, -h/--help\n"
     "exit codes: 0 ok, 1 failed, 2 usage, 3 cannot connect, 4 lock held, 5 irreversible, 6 drift,\n"
-    "            7 rollback refused, 8 extension missing, 10 needs attention\n"
+    "            7 rollback refused, 8 extension missing, 9 read-only standby, 10 needs attention\n"
     "`pgdeploy COMMAND --help` shows a command's options; docs/pgdeploy.md is the reference.\n";
 
 }  // namespace

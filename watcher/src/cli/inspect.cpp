@@ -29,6 +29,12 @@ void print_status_human(const json& s) {
                                                   jstr(d, "version_after", "(none)") + "  " + jstr(d, "started_at")});
     else
         summary.push_back({"last deployment", "(none)"});
+    const json& server = s.contains("server") ? s["server"] : json();
+    if (server.is_object())
+        summary.push_back({"server", server.value("in_recovery", false) ? "read-only standby (in recovery)"
+                                     : server.value("read_only", false)
+                                         ? "read-only server (default_transaction_read_only)"
+                                         : "primary (read-write)"});
     const json& l = s.contains("lock_holder") ? s["lock_holder"] : json();
     summary.push_back({"deploy lock", l.is_object() ? "held by pid " + jstr(l, "pid") + " (" +
                                                           jstr(l, "application_name") + ") since " + jstr(l, "since")
@@ -91,6 +97,9 @@ int cmd_status(const std::vector<std::string>& args) {
     return run_command(spec, args, [](Context& ctx) {
         auto conn = ctx.connect();
         json doc = conn.query_json("SELECT deploy.status()");
+        // Status works on a hot standby (deploy.status() only reads); say which kind of server answered.
+        if (doc.is_object())
+            doc["server"] = conn.server_role().to_json();
         return emit(ctx, doc, kExitOk, [&]() { print_status_human(doc); });
     });
 }

@@ -5,11 +5,16 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
+#include <random>
+#include <thread>
 
 #include "common/conninfo.hpp"
 #include "common/lock_safety.hpp"
+#include "common/wait_primary.hpp"
 
 namespace pgdeploy::common {
 
@@ -208,11 +213,12 @@ Connection Connection::connect_with(const ConnectSettings& settings) {
 
 void Connection::throw_error(PGresult* res) {
     Result owned(res);
-    if (!ok()) {
-        std::string msg = one_line(PQerrorMessage(conn_.get()));
-        throw Failure(kExitConnect, "lost the database connection: " + scrub(msg));
-    }
     std::string sqlstate = res ? field(res, PG_DIAG_SQLSTATE) : "";
+    // 57P01/57P02: the server is shutting down (or crashing) and ends this session with it.
+    if (!ok() || sqlstate == "57P01" || sqlstate == "57P02") {
+        std::string msg = one_line(PQerrorMessage(conn_.get()));
+        throw ConnectionLost("lost the database connection: " + scrub(msg));
+    }
     std::string message = res ? trim_trailing_newlines(field(res, PG_DIAG_MESSAGE_PRIMARY)) : "";
     if (message.empty())
         message = trim_trailing_newlines(PQerrorMessage(conn_.get()));
@@ -351,6 +357,138 @@ std::string Connection::require_extension() {
                                           kMinimumExtensionVersion +
                                           " or later): run ALTER EXTENSION pg_deploy UPDATE;");
     return *version;
+}
+
+ServerRole Connection::server_role() {
+    Result r = exec(
+        "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('transaction_read_only') "
+        "OPERATOR(pg_catalog.=) 'on'");
+    ServerRole role;
+    role.in_recovery = r.rows() > 0 && r.value(0, 0) == "t";
+    role.read_only = r.rows() > 0 && r.value(0, 1) == "t";
+    const char* host = PQhost(conn_.get());
+    const char* port = PQport(conn_.get());
+    role.host = host ? host : "";
+    role.port = port ? port : "";
+    return role;
+}
+
+std::string ServerRole::describe() const {
+    if (in_recovery)
+        return "read-only standby (in recovery)";
+    if (read_only)
+        return "read-only server (default_transaction_read_only)";
+    return "primary (read-write)";
+}
+
+nlohmann::json ServerRole::to_json() const {
+    nlohmann::json port_value = port;
+    if (!port.empty() && std::all_of(port.begin(), port.end(), [](unsigned char c) { return std::isdigit(c); }))
+        port_value = std::stoi(port);
+    return {{"in_recovery", in_recovery}, {"read_only", read_only}, {"host", host}, {"port", port_value}};
+}
+
+std::string read_only_message(const std::string& command, const ServerRole& role, const std::string& waited) {
+    return "the server " + role.host + ":" + role.port + " is a " + role.describe() +
+           " and no writable primary answered" + waited + "; " + command +
+           " writes, so it needs the primary: list every host of the cluster in the DSN with "
+           "target_session_attrs=read-write (e.g. \"host=db1,db2 target_session_attrs=read-write\") so that libpq "
+           "finds the primary";
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+long long ms_since(Clock::time_point start) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+}
+
+// strip_prefix: libpq's reason without connect()'s "cannot connect to the database: ".
+std::string reason_of(const Failure& f) {
+    static const std::string prefix = "cannot connect to the database: ";
+    std::string m = f.what();
+    return m.rfind(prefix, 0) == 0 ? m.substr(prefix.size()) : m;
+}
+
+}  // namespace
+
+/*
+ * connect_waiting
+ *		A failover leaves no writable server for a while; a deploy started then (by CI, by a timer) should wait
+ *		for the promotion instead of failing, but only within a deadline, and never for troubles that waiting
+ *		cannot cure. Each attempt's connect_timeout is cut to the time left, so a host that does not answer at
+ *		all cannot carry the wait past the deadline by more than libpq's 2 s minimum.
+ */
+Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wait) {
+    const Clock::time_point start = Clock::now();
+    const long long deadline = std::max<long long>(0, wait.deadline_ms);
+    const std::string deadline_text = " within --wait-primary " + format_duration_ms(deadline);
+    std::mt19937 rng(std::random_device{}());
+    std::uniform_real_distribution<double> jitter(0.0, 1.0);
+    auto report = [&wait](const std::string& line) {
+        if (wait.report)
+            wait.report(line);
+        else
+            spdlog::warn("{}", line);
+    };
+    const std::string waiting_for = wait.need_writable ? "a writable primary" : "the database server";
+    const std::string none_answered =
+        wait.need_writable ? "no writable primary answered" : "no database server answered";
+    long long last_report = -kWaitReportEveryMs;
+    bool waited = false;
+    for (int attempt = 0;; ++attempt) {
+        ConnectOptions attempt_options = options;
+        long long left = deadline - ms_since(start);
+        if (deadline > 0)
+            attempt_options.connect_timeout_s =
+                static_cast<int>(std::clamp<long long>((left + 999) / 1000, 2, std::max(2, options.connect_timeout_s)));
+        std::string reason;
+        try {
+            Connection conn = Connection::connect(attempt_options);
+            if (!wait.need_writable)
+                return conn;
+            ServerRole role = conn.server_role();
+            if (role.writable()) {
+                if (waited)
+                    report("connected to a writable primary (" + role.host + ":" + role.port + ") after " +
+                           std::to_string(ms_since(start) / 1000) + " s");
+                return conn;
+            }
+            reason = "server " + role.host + ":" + role.port + " is a " + role.describe();
+            if (deadline == 0)
+                throw Failure(kExitReadOnly, read_only_message(wait.command, role, " (--wait-primary 0)"));
+            if (ms_since(start) >= deadline)
+                throw Failure(kExitReadOnly, read_only_message(wait.command, role, deadline_text));
+        } catch (const ConnectionLost& e) {
+            reason = e.what();  // the server went while we asked it what it is
+            if (deadline == 0 || ms_since(start) >= deadline)
+                throw Failure(kExitConnect, none_answered + deadline_text + ": " + reason);
+        } catch (const Failure& e) {
+            if (e.exit_code() != kExitConnect || !e.sqlstate().empty())
+                throw;
+            ConnectTrouble trouble = classify_connect_error(e.what());
+            if (trouble == ConnectTrouble::kFatal || deadline == 0)
+                throw;
+            reason = reason_of(e);
+            if (ms_since(start) >= deadline) {
+                if (trouble == ConnectTrouble::kReadOnly && wait.need_writable)
+                    throw Failure(kExitReadOnly, "no writable primary answered" + deadline_text + ": " + reason + "; " +
+                                                     wait.command +
+                                                     " writes, so it needs the primary (list every host of the "
+                                                     "cluster in the DSN with target_session_attrs=read-write)");
+                throw Failure(kExitConnect, none_answered + deadline_text + ": " + reason);
+            }
+        }
+        long long now = ms_since(start);
+        if (now - last_report >= kWaitReportEveryMs) {
+            report("waiting for " + waiting_for + " " + wait_progress(now, deadline) + ": " + reason);
+            last_report = now;
+        }
+        waited = true;
+        long long delay = backoff_delay_ms(attempt, deadline - now, jitter(rng));
+        std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
 }
 
 std::string Connection::describe() const {

@@ -3,7 +3,9 @@
 // - Connection::connect() hands the DSN to libpq untouched (conninfo or URI; PG* variables, service=, .pgpass and
 //   multi-host target_session_attrs all work natively) and sets fallback_application_name.
 // - exec() uses PQexecParams with text parameters (never string concatenation of user values) and throws DbError
-//   carrying the SQLSTATE, message, detail, hint and context; a lost connection throws a Failure with exit code 3.
+//   carrying the SQLSTATE, message, detail, hint and context; a lost connection throws ConnectionLost (exit code 3).
+// - connect_waiting() waits out a failover: it reconnects with backoff until a (writable) server answers or a
+//   deadline passes (common/wait_primary.hpp has the rules).
 // - Every message that leaves this file has its passwords scrubbed.
 // - The session keeps the user's search_path, because migration SQL (and the non-transactional statements that
 //   `pgdeploy up` sends) must resolve names on it. So every SQL text of pgdeploy's own names what it calls in
@@ -30,6 +32,13 @@ namespace pgdeploy::common {
 class Cancelled : public Failure {
 public:
     explicit Cancelled(const std::string& message) : Failure(kExitFailed, message) {}
+};
+
+// ConnectionLost: the connection broke while a statement ran (the server died, was shut down or failed over). What
+// the statement did is unknown: it may have committed before the connection went.
+class ConnectionLost : public Failure {
+public:
+    explicit ConnectionLost(const std::string& message) : Failure(kExitConnect, message) {}
 };
 
 // DbError: the server refused a statement. exit_code() follows exit_code_for_sqlstate().
@@ -85,6 +94,19 @@ struct ConnectOptions {
     int connect_timeout_s = 10;                 // unless the DSN or PGCONNECT_TIMEOUT sets one; 0 = none
 };
 
+// ServerRole: what kind of server a connection reached (Connection::server_role).
+struct ServerRole {
+    bool in_recovery = false;  // a hot standby (pg_is_in_recovery())
+    bool read_only = false;    // transaction_read_only: a standby, or a primary with default_transaction_read_only
+    std::string host, port;    // the host it reached (of a multi-host DSN)
+    bool writable() const { return !in_recovery && !read_only; }
+    // describe: "read-only standby (in recovery)", "read-only server (default_transaction_read_only)" or
+    // "primary (read-write)".
+    std::string describe() const;
+    // to_json: {"in_recovery", "read_only", "host", "port"} (port a number when it is one).
+    nlohmann::json to_json() const;
+};
+
 class Connection {
 public:
     // connect: throws Failure(kExitConnect) with libpq's message (scrubbed) when the connection fails.
@@ -111,6 +133,9 @@ public:
     // require_extension: throws Failure(kExitExtension) unless pg_deploy (>= the minimum version this pgdeploy
     // knows) is installed in the database; returns the installed version.
     std::string require_extension();
+
+    // server_role: whether the server is a standby or read-only (one query; works on a hot standby).
+    ServerRole server_role();
 
     // describe: "user@host:port/dbname" for logs (never the password).
     std::string describe() const;
@@ -153,6 +178,26 @@ private:
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
     ConnectSettings transaction_settings_;
 };
+
+// WaitOptions: how connect_waiting waits (common/wait_primary.hpp).
+struct WaitOptions {
+    long long deadline_ms = 60000;  // 0 = do not wait: the first failure is final
+    bool need_writable = true;      // false: any server will do (read-only commands work on a standby)
+    std::string command;            // "pgdeploy up", for the messages
+    // report: one line saying what the command waits for (at most every kWaitReportEveryMs); empty = the log.
+    std::function<void(const std::string&)> report;
+};
+
+// connect_waiting: Connection::connect, retried with jittered exponential backoff while the trouble is one a
+// failover causes (classify_connect_error) and, with need_writable, while the server reached is read-only. Throws
+// at once for fatal troubles (their own Failure), and when the deadline passes: Failure(kExitReadOnly) when the
+// last server seen was read-only, else Failure(kExitConnect), both naming the deadline. The waited time counts
+// from the call.
+Connection connect_waiting(const ConnectOptions& options, const WaitOptions& wait);
+
+// read_only_message: why a write command stops on a read-only server, with the advice to list every host with
+// target_session_attrs=read-write. `waited` is "" or how the wait ended, e.g. " within --wait-primary 30s".
+std::string read_only_message(const std::string& command, const ServerRole& role, const std::string& waited);
 
 // The oldest extension version this pgdeploy can drive (require_extension()).
 inline constexpr const char* kMinimumExtensionVersion = "0.1";

@@ -17,6 +17,10 @@ int exit_code_for_sqlstate(const std::string& sqlstate) {
         return kExitDrift;
     if (sqlstate == "PD006" || sqlstate == "55000")
         return kExitRollbackRefused;
+    // read_only_sql_transaction: a standby (or a read-only session) refused a write; waiting or pointing the DSN at
+    // the primary helps, fixing the migration does not.
+    if (sqlstate == "25006")
+        return kExitReadOnly;
     if (sqlstate == "08000" || sqlstate == "08001" || sqlstate == "08003" || sqlstate == "08004" ||
         sqlstate == "08006" || sqlstate == "57P03")
         return kExitConnect;

@@ -18,6 +18,7 @@ enum ExitCode : int {
     kExitDrift = 6,            // checksum drift refused (PD001)
     kExitRollbackRefused = 7,  // outside the rollback window (PD006) or not eligible (55000)
     kExitExtension = 8,        // extension missing or wrong version
+    kExitReadOnly = 9,         // the server is a read-only standby (a write command needs the primary; 25006)
     kExitNeedsAttention = 10,  // watcher: rollback did not recover health / marker needs attention
 };
 
