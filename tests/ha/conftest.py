@@ -282,6 +282,18 @@ def leftover_locks(db):
     return locks, leases
 
 
+def assert_nothing_half_applied(db, versions, context=""):
+    """Right after a fault, before anything is run again: per version, ha_side's net count is 1 exactly when the
+    ledger says the version is applied (a transactional migration is all or nothing, with its ledger row)."""
+    got = side_counts(db)
+    applied = {r[0] for r in db.sql("SELECT version FROM deploy.applied")}
+    for v in versions:
+        ups, downs = got.get(v, (0, 0))
+        assert ups - downs == (1 if v in applied else 0), \
+            f"{context}: {v}: ha_side net {ups - downs}, applied {v in applied} (half-applied); all: {got}"
+    return sorted(applied)
+
+
 def check_ledger(db, side, applied, index_names=(), context=""):
     """side: {version: (ups, downs)} expected in ha_side for the test versions that write it; applied: the versions
     deploy.applied must hold (exactly). Also: nothing running or pending, validate() clean, every index in

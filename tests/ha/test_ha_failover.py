@@ -11,7 +11,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import (TRIALS, check_ledger, cic_migration, finish, fresh_db, run_pgdeploy, start_pgdeploy, tx_migrations,
+from conftest import (TRIALS, assert_nothing_half_applied, check_ledger, cic_migration, finish, fresh_db, run_pgdeploy, start_pgdeploy, tx_migrations,
                       until_ok, write_dir)
 from watch_helpers import HealthServer, Watcher, hook_entries, watch_config, write_hook
 
@@ -50,12 +50,13 @@ def test_transactional_deploy_interrupted(ha, tmp_path, request, kind, rng, timi
         time.sleep(rng.uniform(0.0, 1.5))
         old, t0 = lose_primary(ha, kind)
         rc1, out1, err1 = finish(proc)
+        applied_after_loss = assert_nothing_half_applied(db, versions, context=f"{kind} trial {trial}, after the loss")
         codes, (rc, out, err) = until_ok("up", "--dir", d, "--app-version", "r1", "--dsn", db.dsn, timeout=120)
         elapsed = time.monotonic() - t0
         assert rc == 0, (codes, out, err, ha.describe())
         check_ledger(db, {v: (1, 0) for v in versions}, versions, context=f"{kind} trial {trial}")
         timings(f"transactional deploy, {kind}: deploy finished", seconds=elapsed, first_exit=rc1,
-                retries=codes, trial=trial)
+                retries=codes, applied_after_loss=applied_after_loss, trial=trial)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -90,6 +91,7 @@ def test_nontransactional_step_interrupted(ha, tmp_path, request, kind, timings)
                 blocker.close()
             except psycopg2.Error:
                 pass
+        assert_nothing_half_applied(db, ["0001", "0003"], context=f"{kind} trial {trial}, after the loss")
         codes, (rc, out, err) = until_ok("up", "--dir", d, "--app-version", "r1", "--dsn", db.dsn, timeout=120)
         elapsed = time.monotonic() - t0
         assert rc == 0, (codes, out, err, ha.describe())
@@ -132,6 +134,7 @@ def test_watcher_rollback_interrupted(ha, tmp_path, request, kind, timings):
             wait_activity(db, "wait_event = 'PgSleep'", proc, what="the down script to run")
             old, t0 = lose_primary(ha, kind)
             rc1, out1, err1 = finish(proc)
+            assert_nothing_half_applied(db, ["0001", "0002"], context=f"{kind} trial {trial}, after the loss")
             codes, (rc, out, err) = until_ok("once", "--config", cfg_path, "--json", timeout=120)
             elapsed = time.monotonic() - t0
             assert rc == 0, (codes, out, err, ha.describe())
