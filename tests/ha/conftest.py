@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def ha():
     missing = _missing_tools()
     if missing:
         pytest.skip(f"the production-topology rig needs {', '.join(missing)} (scripts/setup installs them)")
+    def on_term(signum, frame):   # ctest/CI stopping us: tear the cluster down (pytest's default would not)
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, on_term)
     cluster = HaCluster()
     cluster.start()
     _cluster.append(cluster)

@@ -267,14 +267,49 @@ def pid_alive(pid):
         return False
 
 
+def reap_stale_rigs():
+    """Stops what a rig left behind when its test process was killed (a ctest timeout sends SIGKILL, no teardown
+    runs): every /tmp/pgdeploy-ha-* whose owner process is gone has its processes killed and is removed."""
+    base = tempfile.gettempdir()
+    for entry in os.listdir(base):
+        d = os.path.join(base, entry)
+        if not entry.startswith("pgdeploy-ha-") or not os.path.isdir(d):
+            continue
+        try:
+            with open(os.path.join(d, "owner.pid")) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(owner):
+            continue
+        for entry_pid in os.listdir("/proc"):
+            if not entry_pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry_pid}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if d in cmd:
+                try:
+                    os.kill(int(entry_pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        time.sleep(0.5)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class HaCluster:
     def __init__(self, ttl=8, loop_wait=1, retry_timeout=3):
+        reap_stale_rigs()
         self.bin_dir = pg_bin_dir()
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         self.dir = tempfile.mkdtemp(prefix="pgdeploy-ha-")
         if AS_POSTGRES:
             shutil.chown(self.dir, "postgres", "postgres")
         os.chmod(self.dir, 0o755)   # PgBouncer's and etcd's dirs inside; data dirs are 0700
+        with open(os.path.join(self.dir, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
         self.scope = "pgdeploy-ha-" + secrets.token_hex(4)
         self.password = "ha-" + secrets.token_hex(8)
         self.repl_password = "repl-" + secrets.token_hex(8)
