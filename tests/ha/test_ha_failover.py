@@ -50,6 +50,8 @@ def test_transactional_deploy_interrupted(ha, tmp_path, request, kind, rng, timi
         time.sleep(rng.uniform(0.0, 1.5))
         old, t0 = lose_primary(ha, kind)
         rc1, out1, err1 = finish(proc)
+        # `up` states its target: it waits for the new primary and resumes by itself.
+        assert rc1 == 0 and "reconnecting to resume pgdeploy up" in err1, (rc1, out1, err1[-3000:])
         applied_after_loss = assert_nothing_half_applied(db, versions, context=f"{kind} trial {trial}, after the loss")
         codes, (rc, out, err) = until_ok("up", "--dir", d, "--app-version", "r1", "--dsn", db.dsn, timeout=120)
         elapsed = time.monotonic() - t0
@@ -134,6 +136,8 @@ def test_watcher_rollback_interrupted(ha, tmp_path, request, kind, timings):
             wait_activity(db, "wait_event = 'PgSleep'", proc, what="the down script to run")
             old, t0 = lose_primary(ha, kind)
             rc1, out1, err1 = finish(proc)
+            # once resumes the marker it holds on the new primary by itself.
+            assert rc1 == 0, (rc1, out1, err1[-3000:])
             assert_nothing_half_applied(db, ["0001", "0002"], context=f"{kind} trial {trial}, after the loss")
             codes, (rc, out, err) = until_ok("once", "--config", cfg_path, "--json", timeout=120)
             elapsed = time.monotonic() - t0

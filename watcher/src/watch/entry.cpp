@@ -370,6 +370,25 @@ int run_watch(const std::vector<std::string>& args) {
     }
 }
 
+/*
+ * run_once_resuming
+ *		once resumes itself after a lost connection (a failover): it claims markers under its watcher_id, so the
+ *		next cycle resumes what this one held (its hook is not run again once done), and a marker's state machine
+ *		never executes a rollback twice. The reconnection waits for a writable primary within --wait-primary.
+ */
+int run_once_resuming(const Args& a) {
+    constexpr int kMaxRedos = 3;
+    for (int redo = 0;; ++redo) {
+        try {
+            return run_once_cycle(a);
+        } catch (const common::ConnectionLost& e) {
+            if (a.wait_primary_ms == 0 || redo >= kMaxRedos)
+                throw;
+            spdlog::warn("{}: reconnecting to resume pgdeploy once (the markers it holds are resumed)", e.what());
+        }
+    }
+}
+
 int run_once(const std::vector<std::string>& args) {
     bool as_json = false;
     for (const auto& s : args)
@@ -380,7 +399,7 @@ int run_once(const std::vector<std::string>& args) {
             std::cout << kOnceUsage;
             return kExitOk;
         }
-        return run_once_cycle(a);
+        return run_once_resuming(a);
     } catch (const ConfigError& e) {
         return fail("once", UsageError(e.what()), as_json);
     } catch (const Failure& e) {
