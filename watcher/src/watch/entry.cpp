@@ -17,8 +17,8 @@
 #include "common/connection.hpp"
 #include "common/exit_codes.hpp"
 #include "common/logging.hpp"
-#include "common/wait_primary.hpp"
 #include "common/output.hpp"
+#include "common/wait_primary.hpp"
 #include "watch/checks.hpp"
 #include "watch/config.hpp"
 #include "watch/daemon.hpp"
@@ -373,8 +373,8 @@ int run_watch(const std::vector<std::string>& args) {
 /*
  * run_once_resuming
  *		once resumes itself after a lost connection (a failover): it claims markers under its watcher_id, so the
- *		next cycle resumes what this one held (its hook is not run again once done), and a marker's state machine
- *		never executes a rollback twice. The reconnection waits for a writable primary within --wait-primary.
+ *		next cycle resumes what this one held (its hook is not run again once done), and a marker's state
+ *machine never executes a rollback twice. The reconnection waits for a writable primary within --wait-primary.
  */
 int run_once_resuming(const Args& a) {
     constexpr int kMaxRedos = 3;
