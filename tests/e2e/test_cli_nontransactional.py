@@ -151,6 +151,16 @@ def test_killed_pgdeploy_mid_step_resumes_with_the_next_up(pg, write_migrations)
         blocker.rollback()
         blocker.close()
     assert pg.scalar("SELECT state FROM deploy.checkpoints WHERE version = '0002'") == "running"
+    # The dead client's deploy lease lives on for its ttl: status names it, and the deployment is not interrupted yet.
+    rc, out, _ = run_pgdeploy("status", "--json", "--dsn", pg.dsn)
+    doc = json.loads(out)
+    [lease] = doc["leases"]
+    assert lease["lease"] == "deploy" and lease["holder"].startswith("pgdeploy@") and lease["expired"] is False
+    assert doc["last_deployment"]["state"] == "running" and doc["last_deployment"]["interrupted"] is False
+    # Once it has expired, nobody works on the deployment: status says interrupted, and the next up resumes it.
+    pg.sql("UPDATE deploy.leases SET expires_at = clock_timestamp() - interval '1 s'")
+    rc, out, _ = run_pgdeploy("status", "--dsn", pg.dsn)
+    assert rc == 0 and "running (interrupted: run it again)" in out, out
     rc, out, err = run_pgdeploy("up", "--json", "--dsn", pg.dsn)
     assert rc == 0, (out, err)
     assert [a["version"] for a in json.loads(out)["applied"]] == ["0002"]

@@ -23,10 +23,11 @@ void print_status_human(const json& s) {
                                               " applied, " + jstr(s, "pending_count", "0") + " pending)"});
     const json& d = s.contains("last_deployment") ? s["last_deployment"] : json();
     if (d.is_object())
-        summary.push_back({"last deployment", "#" + jstr(d, "id") + " " + jstr(d, "kind") + " " + jstr(d, "state") +
-                                                  "  app " + jstr(d, "app_version") + "  " +
-                                                  jstr(d, "version_before", "(none)") + " -> " +
-                                                  jstr(d, "version_after", "(none)") + "  " + jstr(d, "started_at")});
+        summary.push_back(
+            {"last deployment", "#" + jstr(d, "id") + " " + jstr(d, "kind") + " " + jstr(d, "state") +
+                                    (d.value("interrupted", false) ? " (interrupted: run it again)" : "") + "  app " +
+                                    jstr(d, "app_version") + "  " + jstr(d, "version_before", "(none)") + " -> " +
+                                    jstr(d, "version_after", "(none)") + "  " + jstr(d, "started_at")});
     else
         summary.push_back({"last deployment", "(none)"});
     const json& server = s.contains("server") ? s["server"] : json();
@@ -39,6 +40,13 @@ void print_status_human(const json& s) {
     summary.push_back({"deploy lock", l.is_object() ? "held by pid " + jstr(l, "pid") + " (" +
                                                           jstr(l, "application_name") + ") since " + jstr(l, "since")
                                                     : "free"});
+    for (const auto& lease : arr(s, "leases"))
+        summary.push_back(
+            {lease.value("lease", "") == "deploy" ? "deploy lease" : "watcher leader",
+             jstr(lease, "holder") +
+                 (lease.contains("operation") && !lease["operation"].is_null() ? " (" + jstr(lease, "operation") + ")"
+                                                                               : "") +
+                 (lease.value("expired", false) ? "  expired at " : "  until ") + jstr(lease, "expires_at")});
     for (const auto& row : summary)
         std::cout << row[0] << std::string(17 - row[0].size(), ' ') << row[1] << "\n";
 
