@@ -192,6 +192,8 @@ def fresh_db(request, ha):
     db = HaDatabase(ha, name)
     db.sql("CREATE EXTENSION pg_deploy")
     db.sql("CREATE TABLE public.ha_side (version text NOT NULL, n int NOT NULL, at timestamptz DEFAULT now())")
+    ha.wait_ready(2)
+    ha.wait_caught_up()
     return db
 
 

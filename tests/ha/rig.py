@@ -541,6 +541,27 @@ class HaCluster:
             return len([r for r in rows if r[0] in {n.name for n in self.nodes}]) >= replicas
         self.wait_for(ok, timeout, f"a primary with {replicas} streaming replica(s)", interval=0.2)
 
+    def wait_caught_up(self, timeout=60):
+        """Waits until every replica has replayed what the primary has written so far. With asynchronous
+        replication Patroni may promote a replica that lags (within maximum_lag_on_failover), and a database created
+        just before would then be missing on the new primary: the scenarios fault a primary whose setup every
+        replica already has, so that only the deploy's own last commits can be lost, as in production."""
+        p = self.primary()
+        lsn = self.sql(self.node_dsn(p.name), "SELECT pg_current_wal_lsn()::text")[0][0]
+
+        def replayed():
+            for n in self.nodes:
+                if n is p:
+                    continue
+                try:
+                    rows = self.sql(self.node_dsn(n.name), "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))
+                except psycopg2.Error:
+                    return False
+                if not rows or rows[0][0] is not True:
+                    return False
+            return True
+        self.wait_for(replayed, timeout, "every replica to replay the primary's WAL", interval=0.1)
+
     REJOIN_GRACE = 40
 
     def reinit(self, node):
