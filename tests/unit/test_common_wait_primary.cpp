@@ -91,7 +91,7 @@ TEST_CASE("durations and waiting progress are spelled as the flags spell them", 
     CHECK(pgdeploy::common::wait_progress(12400, 60000) == "(12 s of 60 s)");
 }
 
-TEST_CASE("--wait-primary, then PGDEPLOY_WAIT_PRIMARY, then 60 s", "[cli][wait_primary]") {
+TEST_CASE("wait for a primary: --wait-primary, then PGDEPLOY_WAIT_PRIMARY, then 60 s", "[cli][wait_primary]") {
     using pgdeploy::cli::ParsedArgs;
     using pgdeploy::cli::wait_primary_ms_from;
     ParsedArgs none;
