@@ -131,6 +131,24 @@ WHERE NOT EXISTS (SELECT 1 FROM deploy.applied a WHERE a.version = m.version)
   AND (target IS NULL OR m.sort_key <= deploy.version_key(target))
 $fn$;
 
+-- deploy.check_lease_args: the one rule for a lease's holder and ttl (22004 NULL, 22001 holder too long, 22023 a ttl
+-- that is not positive or over 1 day).
+CREATE FUNCTION deploy.check_lease_args(holder text, ttl interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF holder IS NULL OR ttl IS NULL THEN
+        RAISE EXCEPTION 'holder and ttl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM deploy.check_input_length('holder', holder);
+    IF ttl <= interval '0' OR ttl > interval '1 day' THEN
+        RAISE EXCEPTION 'ttl must be positive and at most 1 day, not %', ttl USING ERRCODE = '22023';
+    END IF;
+END
+$fn$;
+
 -- Leases (deploy.leases, part 10): the deploy lease and the watcher's leadership. One rule takes, renews and takes
 -- over both: deploy.take_lease. A holder renews by taking again; a live lease of another holder is refused; an
 -- expired one is taken over, with a lease_taken_over event naming whom it replaced.
@@ -144,14 +162,8 @@ DECLARE
     old     deploy.leases;
     taken   deploy.leases;
 BEGIN
-    IF holder IS NULL OR ttl IS NULL THEN
-        RAISE EXCEPTION 'holder and ttl must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    PERFORM deploy.check_input_length('holder', holder);
+    PERFORM deploy.check_lease_args(holder, ttl);
     PERFORM deploy.check_input_length('operation', operation);
-    IF ttl <= interval '0' OR ttl > interval '1 day' THEN
-        RAISE EXCEPTION 'ttl must be positive and at most 1 day, not %', ttl USING ERRCODE = '22023';
-    END IF;
     SELECT * INTO old FROM deploy.leases l WHERE l.name = take_lease.lease FOR UPDATE;
     IF FOUND AND old.holder <> take_lease.holder AND old.expires_at >= now_ts THEN
         RETURN jsonb_build_object('acquired', false, 'lease', lease, 'holder', old.holder,
@@ -231,12 +243,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    IF holder IS NULL OR ttl IS NULL THEN
-        RAISE EXCEPTION 'holder and ttl must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF ttl <= interval '0' OR ttl > interval '1 day' THEN
-        RAISE EXCEPTION 'ttl must be positive and at most 1 day, not %', ttl USING ERRCODE = '22023';
-    END IF;
+    PERFORM deploy.check_lease_args(holder, ttl);
     UPDATE deploy.leases l
     SET renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ttl, pid = pg_backend_pid(),
         application_name = current_setting('application_name')
@@ -275,7 +282,8 @@ AS $fn$ SELECT deploy.give_up_lease('watcher_leader', holder) $fn$;
 
 REVOKE ALL ON FUNCTION deploy.watch_view(), deploy.claimable_markers(text), deploy.held_markers(text),
     deploy.marker_context(bigint), deploy.list_markers(boolean, integer), deploy.pending_count(text),
-    deploy.take_lease(text, text, text, interval), deploy.give_up_lease(text, text),
+    deploy.check_lease_args(text, interval), deploy.take_lease(text, text, text, interval),
+    deploy.give_up_lease(text, text),
     deploy.acquire_deploy_lease(text, text, interval), deploy.renew_deploy_lease(text, interval),
     deploy.release_deploy_lease(text), deploy.try_watcher_leadership(text, interval),
     deploy.release_watcher_leadership(text)

@@ -493,16 +493,20 @@ class HaCluster:
     def node(self, name):
         return next(n for n in self.nodes if n.name == name)
 
-    def healthy(self):
-        p = self.leader()
-        if p is None:
-            return False
+    def streaming_from(self, p):
+        """The names of the nodes streaming from primary p, or None when p cannot be asked."""
         try:
             rows = self.sql(self.node_dsn(p.name), "SELECT application_name FROM pg_stat_replication "
                             "WHERE state = 'streaming'")
         except psycopg2.Error:
+            return None
+        return {r[0] for r in rows}
+
+    def healthy(self):
+        p = self.leader()
+        streaming = self.streaming_from(p) if p is not None else None
+        if streaming is None:
             return False
-        streaming = {r[0] for r in rows}
         return all(n.name in streaming and (n.role() or ("", ""))[0] == "replica" for n in self.nodes if n is not p)
 
     def wait_healthy(self, timeout=120):
@@ -523,14 +527,9 @@ class HaCluster:
 
         def ok():
             p = self.leader()
-            if p is None:
+            streaming = self.streaming_from(p) if p is not None else None
+            if streaming is None:
                 return False
-            try:
-                rows = self.sql(self.node_dsn(p.name), "SELECT application_name FROM pg_stat_replication "
-                                "WHERE state = 'streaming'")
-            except psycopg2.Error:
-                return False
-            streaming = {r[0] for r in rows}
             for n in self.nodes:
                 if n.name in streaming:
                     n.rejoined_at = None
@@ -538,7 +537,7 @@ class HaCluster:
                     continue
                 if time.monotonic() - n.rejoined_at > self.REJOIN_GRACE:
                     self.reinit(n)
-            return len([r for r in rows if r[0] in {n.name for n in self.nodes}]) >= replicas
+            return len(streaming & {n.name for n in self.nodes}) >= replicas
         self.wait_for(ok, timeout, f"a primary with {replicas} streaming replica(s)", interval=0.2)
 
     def wait_caught_up(self, timeout=60):

@@ -44,7 +44,6 @@ def test_transactional_deploy_interrupted(ha, tmp_path, request, kind, rng, timi
     for trial in range(TRIALS):
         db = fresh_db(request, ha)
         d = write_dir(tmp_path, tx_migrations(versions, sleep=1.0), name=f"m{trial}")
-        ha.wait_ready(1)
         proc = start_pgdeploy("up", "--dir", d, "--app-version", "r1", "--dsn", db.dsn)
         wait_activity(db, "wait_event = 'PgSleep'", proc, what="a migration to run")
         time.sleep(rng.uniform(0.0, 1.5))
@@ -74,7 +73,6 @@ def test_nontransactional_step_interrupted(ha, tmp_path, request, kind, timings)
     for trial in range(TRIALS):
         db = fresh_db(request, ha)
         d = write_dir(tmp_path, files, name=f"m{trial}")
-        ha.wait_ready(1)
         rc, out, err = run_pgdeploy("up", "--dir", d, "--target", "0001", "--dsn", db.dsn)
         assert rc == 0, (out, err)
         blocker = psycopg2.connect(db.dsn)
@@ -111,18 +109,24 @@ class _Dsn:
         self.dsn = dsn
 
 
+def two_releases(request, ha, tmp_path, trial):
+    """A fresh database with release r1 (0001) and r2 (0002, whose down script sleeps 3 s) deployed; the trial's
+    own directory."""
+    db = fresh_db(request, ha)
+    t = tmp_path / f"t{trial}"
+    t.mkdir()
+    d1 = write_dir(t, tx_migrations(["0001"]), name="r1")
+    assert run_pgdeploy("up", "--dir", d1, "--app-version", "r1", "--dsn", db.dsn)[0] == 0
+    d2 = write_dir(t, {**tx_migrations(["0001"]), **tx_migrations(["0002"], down_sleep=3.0)}, name="r2")
+    rc, out, err = run_pgdeploy("up", "--dir", d2, "--app-version", "r2", "--dsn", db.dsn)
+    assert rc == 0, (out, err)
+    return db, t
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_watcher_rollback_interrupted(ha, tmp_path, request, kind, timings):
     for trial in range(TRIALS):
-        db = fresh_db(request, ha)
-        t = tmp_path / f"t{trial}"
-        t.mkdir()
-        ha.wait_ready(1)
-        d1 = write_dir(t, tx_migrations(["0001"]), name="r1")
-        assert run_pgdeploy("up", "--dir", d1, "--app-version", "r1", "--dsn", db.dsn)[0] == 0
-        d2 = write_dir(t, {**tx_migrations(["0001"]), **tx_migrations(["0002"], down_sleep=3.0)}, name="r2")
-        rc, out, err = run_pgdeploy("up", "--dir", d2, "--app-version", "r2", "--dsn", db.dsn)
-        assert rc == 0, (out, err)
+        db, t = two_releases(request, ha, tmp_path, trial)
         dep = db.scalar("SELECT max(id) FROM deploy.deployments WHERE kind = 'up'")
         health = HealthServer(t / "bad")
         try:
@@ -161,14 +165,7 @@ def test_watcher_daemon_rollback_interrupted(ha, tmp_path, request, kind, timing
     """The `pgdeploy watch` daemon (multi-host DSN) decides to roll back; the primary is lost while the down script
     runs. The daemon reconnects to the new primary and finishes the rollback exactly once."""
     for trial in range(TRIALS):
-        db = fresh_db(request, ha)
-        t = tmp_path / f"t{trial}"
-        t.mkdir()
-        ha.wait_ready(1)
-        d1 = write_dir(t, tx_migrations(["0001"]), name="r1")
-        assert run_pgdeploy("up", "--dir", d1, "--app-version", "r1", "--dsn", db.dsn)[0] == 0
-        d2 = write_dir(t, {**tx_migrations(["0001"]), **tx_migrations(["0002"], down_sleep=3.0)}, name="r2")
-        assert run_pgdeploy("up", "--dir", d2, "--app-version", "r2", "--dsn", db.dsn)[0] == 0
+        db, t = two_releases(request, ha, tmp_path, trial)
         dep = db.scalar("SELECT max(id) FROM deploy.deployments WHERE kind = 'up'")
         health = HealthServer(t / "bad")
         w = None
