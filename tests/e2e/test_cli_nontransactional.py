@@ -185,3 +185,43 @@ def test_second_pgdeploy_does_not_run_the_same_step_concurrently(pg, write_migra
     assert first.returncode == 0, (out, err)
     assert index_state(pg, "items_sku_idx") is True
     assert pg.sql("SELECT state, attempts FROM deploy.checkpoints WHERE version = '0002'") == [("done", 1)]
+
+
+def test_the_deploy_lease_is_renewed_while_a_step_runs(pg, write_migrations):
+    """A step that runs longer than the lease's ttl (8 s): pgdeploy renews the lease from a second connection, so it
+    never expires under a live client and another `pgdeploy up` is refused with 55P03 naming the holder."""
+    proc, blocker, _ = start_blocked_concurrent_build(pg, write_migrations)
+    try:
+        acquired = pg.scalar("SELECT acquired_at FROM deploy.leases WHERE name = 'deploy'")
+        time.sleep(10)
+        assert pg.sql("SELECT expires_at > clock_timestamp(), renewed_at > acquired_at FROM deploy.leases "
+                      "WHERE name = 'deploy'") == [(True, True)]
+        assert pg.scalar("SELECT acquired_at FROM deploy.leases WHERE name = 'deploy'") == acquired
+        rc, out, err = run_pgdeploy("up", "--lock-wait", "200ms", "--dsn", pg.dsn)
+        assert rc == 4 and "deploy lease is held by \"pgdeploy@" in err, (rc, out, err)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    assert index_state(pg, "items_sku_idx") is True
+    assert pg.scalar("SELECT count(*) FROM deploy.leases") == 0
+
+
+def test_a_lost_lease_stops_the_step(pg, write_migrations):
+    """The lease taken over while a step runs (its holder looked dead): pgdeploy's next renewal finds it lost,
+    cancels the statement and stops, and the step stays to be resumed by the new holder's run."""
+    proc, blocker, _ = start_blocked_concurrent_build(pg, write_migrations)
+    try:
+        pg.sql("UPDATE deploy.leases SET holder = 'thief' WHERE name = 'deploy'")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert proc.returncode != 0, (out, err)
+    assert "expired and was taken over" in err, err
+    assert pg.scalar("SELECT count(*) FROM deploy.applied WHERE version = '0002'") == 0
+    pg.sql("DELETE FROM deploy.leases")
+    rc, out, err = run_pgdeploy("up", "--dsn", pg.dsn)
+    assert rc == 0, (out, err)
+    assert index_state(pg, "items_sku_idx") is True
