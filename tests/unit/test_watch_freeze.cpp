@@ -119,6 +119,9 @@ TEST_CASE("server errors that mean the database is unavailable", "[watch][freeze
         CHECK(database_unavailable(s));
     for (const char* s : {"", "42883", "55P03", "PD007", "57014", "40001", "0800"})
         CHECK_FALSE(database_unavailable(s));
+    CHECK(freeze_reason_for("25006", FreezeReason::lost) == FreezeReason::standby);
+    CHECK(freeze_reason_for("57P01", FreezeReason::lost) == FreezeReason::lost);
+    CHECK(freeze_reason_for("08006", FreezeReason::unreachable) == FreezeReason::unreachable);
 }
 
 TEST_CASE("while frozen nothing is decided and failures do not count, then evidence starts fresh",

@@ -248,7 +248,7 @@ void Daemon::drop_db(const std::string& why, FreezeReason reason) {
 bool Daemon::drop_if_unavailable(const common::DbError& e) {
     if (!database_unavailable(e.sqlstate()))
         return false;
-    drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::lost);
+    drop_db(e.what(), freeze_reason_for(e.sqlstate(), FreezeReason::lost));
     return true;
 }
 
@@ -378,7 +378,7 @@ void Daemon::ensure_db(Millis now) {
         }
     } catch (const common::DbError& e) {
         spdlog::warn("cannot use the database (retrying with backoff): {}", e.what());
-        drop_db(e.what(), e.sqlstate() == "25006" ? FreezeReason::standby : FreezeReason::unreachable);
+        drop_db(e.what(), freeze_reason_for(e.sqlstate(), FreezeReason::unreachable));
     } catch (const Failure& e) {
         // Not a crash and not fatal: the checks go on (a postgres check reports the loss), and we retry.
         // Lost while setting up counts as lost; a refused connection or an unusable database (no pg_deploy, too old)

@@ -38,6 +38,10 @@ bool database_unavailable(const std::string& sqlstate) {
            || sqlstate == "25006";            // read_only_sql_transaction: a standby
 }
 
+FreezeReason freeze_reason_for(const std::string& sqlstate, FreezeReason otherwise) {
+    return sqlstate == "25006" ? FreezeReason::standby : otherwise;
+}
+
 json FreezeRecord::to_json() const {
     return {{"reason", to_string(reason)},    {"detail", detail},           {"started_at", iso_of(started_wall)},
             {"ended_at", iso_of(ended_wall)}, {"duration_ms", duration_ms}, {"was_leader", was_leader}};

@@ -27,6 +27,9 @@ const char* to_string(FreezeReason r);
 // PgBouncer a failover shows up this way while the client's own connection stays open.
 bool database_unavailable(const std::string& sqlstate);
 
+// freeze_reason_for: standby for a read-only standby's refusal (25006), otherwise the given reason.
+FreezeReason freeze_reason_for(const std::string& sqlstate, FreezeReason otherwise);
+
 // A freeze that ended: what the watcher_db_freeze event records once the primary is back.
 struct FreezeRecord {
     FreezeReason reason = FreezeReason::unreachable;
