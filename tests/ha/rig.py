@@ -340,6 +340,10 @@ class HaCluster:
             self._start_bouncer()
             self._follower = threading.Thread(target=self._follow, daemon=True)
             self._follower.start()
+        except AssertionError as e:
+            logs = self.logs_tail(60)   # read before close() removes them: a rig that cannot start says why
+            self.close()
+            raise AssertionError(f"{e}\n{logs}") from None
         except BaseException:
             self.close()
             raise
@@ -678,10 +682,12 @@ class HaCluster:
 
     def logs_tail(self, lines=30):
         out = []
-        for n in self.nodes:
+        logs = [(f"{n.name} patroni.log", n.log_path) for n in self.nodes]
+        logs.append(("etcd.log", os.path.join(self.dir, "etcd.log")))
+        for name, path in logs:
             try:
-                with open(n.log_path) as f:
-                    out.append(f"--- {n.name} patroni.log\n" + "".join(f.readlines()[-lines:]))
+                with open(path) as f:
+                    out.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
             except OSError:
                 pass
         return "\n".join(out)
