@@ -570,8 +570,8 @@ class HaCluster:
     def reinit(self, node):
         try:
             with open(node.log_path) as f:
-                tail = "".join(line for line in f.readlines()[-200:] if "no action" not in line
-                               and "Lock owner" not in line)[-1500:]
+                tail = "".join(line for line in f.readlines()[-200:]
+                               if not any(noise in line for noise in self.LOG_NOISE))[-1500:]
         except OSError:
             tail = ""
         self.events.append(f"{time.strftime('%H:%M:%S')} {node.name} not streaming {self.REJOIN_GRACE} s after its "
@@ -680,6 +680,9 @@ class HaCluster:
             rows.append(f"{n.name} pg={n.pg_port} rest={n.rest_port} role={n.role()}")
         return "; ".join(rows) + f"; pgbouncer={self.bouncer_port} -> {self.bouncer_target}; etcd={self.etcd_client_port}"
 
+    # Patroni's once-a-loop lines, which would push what went wrong out of a log's tail.
+    LOG_NOISE = ("no action", "Lock owner", "not healthy enough for leader race", "bootstrap in progress")
+
     def logs_tail(self, lines=30):
         out = []
         logs = [(f"{n.name} patroni.log", n.log_path) for n in self.nodes]
@@ -687,7 +690,8 @@ class HaCluster:
         for name, path in logs:
             try:
                 with open(path) as f:
-                    out.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
+                    kept = [line for line in f if not any(noise in line for noise in self.LOG_NOISE)]
+                out.append(f"--- {name}\n" + "".join(kept[-lines:]))
             except OSError:
                 pass
         return "\n".join(out)
